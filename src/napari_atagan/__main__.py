@@ -1,0 +1,3 @@
+from napari_atagan.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""The one description of a training run.
+
+A :class:`TrainConfig` is saved inside every checkpoint (as JSON) and is what
+``train --resume``, synthesis, slide attention and every widget read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+TEACHERS = ("classifier", "mask", "none")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one ATA-GAN training run (all plain JSON types)."""
+
+    # --- data ---------------------------------------------------------------
+    image_size: int = 64
+    """Side of the square crops the models see (64 default; 128 supported)."""
+
+    # --- models -------------------------------------------------------------
+    z_dim: int = 100
+    g_channels: tuple[int, ...] = (256, 128, 64, 32)
+    """Generator widths after the 4x4 seed, one per nearest-x2 upsampling block."""
+    d_channels: tuple[int, ...] = (32, 64, 128, 256)
+    """Discriminator widths, one per stride-2 block; the last block feeds the CAM."""
+    spectral_norm: bool = False
+
+    # --- attention transfer ---------------------------------------------------
+    teacher: str = "mask"
+    """``classifier`` (pattern CNN soft-CAM), ``mask`` (smoothed cell mask) or ``none``."""
+    beta: float = 1.0
+    """Weight of the attention-transfer loss; forced to 0 for teacher ``none``."""
+    mask_sigma: float = 2.0
+    """Gaussian smoothing (pixels at model scale) of masks used as attention targets."""
+    classifier_epochs: int = 8
+
+    # --- augmentation (on the training device) --------------------------------
+    aug_dihedral: bool = True
+    aug_translate: float = 16.0
+    """Largest shift, in pixels at model scale, of a real cell seen by the transfer loss."""
+    aug_zoom_min: float = 0.6
+    """Smallest zoom factor (< 1 zooms out) of a real cell seen by the transfer loss."""
+    aug_intensity: float = 0.1
+    """Mild multiplicative/additive intensity jitter."""
+    aug_p: float = 1.0
+    """Probability that a real cell in the transfer batch gets translation/zoom."""
+
+    # --- optimisation ----------------------------------------------------------
+    steps: int = 4000
+    batch_size: int = 128
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    adam_betas: tuple[float, float] = (0.5, 0.999)
+    ema_decay: float = 0.999
+    seed: int = 0
+
+    # --- runtime ---------------------------------------------------------------
+    device: str = "auto"
+    amp: bool = True
+    """bf16 autocast and channels_last on CUDA (ignored on CPU)."""
+    compile: bool = False
+    checkpoint_every: int = 500
+    sample_every: int = 100
+    log_every: int = 10
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes (e.g. the command that produced the run)."""
+
+    def __post_init__(self) -> None:
+        self.g_channels = tuple(int(c) for c in self.g_channels)
+        self.d_channels = tuple(int(c) for c in self.d_channels)
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field that is out of range."""
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.image_size < 16 or self.image_size % 16:
+            raise ValueError(
+                f"image_size must be a multiple of 16 and at least 16, got {self.image_size}"
+            )
+        if self.image_size != 4 * 2 ** len(self.g_channels):
+            raise ValueError(
+                f"image_size {self.image_size} needs {_log2(self.image_size // 4)} generator "
+                f"blocks (g_channels), got {len(self.g_channels)}"
+            )
+        for name in ("steps", "batch_size", "z_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not 0 < self.aug_zoom_min <= 1:
+            raise ValueError(f"aug_zoom_min must be in (0, 1], got {self.aug_zoom_min}")
+        if not 0 <= self.aug_p <= 1:
+            raise ValueError(f"aug_p must be in [0, 1], got {self.aug_p}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @property
+    def effective_beta(self) -> float:
+        return 0.0 if self.teacher == "none" else float(self.beta)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, refusing unknown keys so typos are caught."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def generator_channels(image_size: int, widths: tuple[int, ...] = (256, 128, 64, 32)
+                       ) -> tuple[int, ...]:
+    """Generator widths for ``image_size``: one block per doubling from 4x4.
+
+    Extra blocks for larger sizes halve the last width (down to 8); smaller
+    sizes drop the widest blocks.
+    """
+    n = _log2(image_size // 4)
+    out = list(widths)
+    while len(out) < n:
+        out.append(max(out[-1] // 2, 8))
+    return tuple(out[len(out) - n:])
+
+
+def _log2(n: int) -> int:
+    return max(n.bit_length() - 1, 0)

@@ -1,0 +1,49 @@
+"""Choosing the torch device: ``auto`` prefers CUDA, then Apple MPS, then the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Return the torch device for ``auto``/``cuda``/``mps``/``cpu`` (or ``cuda:1``).
+
+    Asking for a GPU that this machine does not have raises ``RuntimeError`` with
+    a message that says what to choose instead.
+    """
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "device 'cuda' was asked for but no CUDA GPU is available here; "
+                "use device 'auto' or 'cpu'"
+            )
+        return torch.device(name)
+    if name == "mps":
+        if not _mps_available():
+            raise RuntimeError(
+                "device 'mps' was asked for but Apple MPS is not available here; "
+                "use device 'auto' or 'cpu'"
+            )
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {name!r}: use auto, cuda, mps or cpu")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def describe(device: torch.device) -> str:
+    """A short human description, e.g. ``cuda (NVIDIA H100 80GB HBM3)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
