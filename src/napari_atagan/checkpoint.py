@@ -1,0 +1,631 @@
+"""Safe checkpoints: one ``.safetensors`` file with weights plus JSON metadata.
+
+A checkpoint never contains pickled Python objects, so opening a model file that
+someone shared cannot run code.  Everything lives in one file:
+
+* tensors, keyed by prefix: ``G.`` (generator), ``G_ema.`` (its moving average),
+  ``D.`` (discriminator), optionally ``teacher.``, ``optim.<name>.state.<i>.<key>``
+  (optimizer moments), ``rng.`` (random-number-generator states) and anything the
+  caller adds;
+* one JSON document in the safetensors header metadata under the key
+  ``"napari_atagan"``: the format version, the :class:`TrainConfig`, class names,
+  the caller's notes (intensity normalisation, data facts, teacher, step, timings,
+  training summary), the optimizers' hyper-parameters, the model architectures,
+  software versions, the creation time and a checksum of the tensor data.
+
+Writing is atomic: the file is written under a temporary name in the same folder,
+flushed to disk and then renamed over the target, so a crash never leaves a
+half-written checkpoint and never damages the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import torch
+from safetensors.torch import load as _safetensors_from_bytes
+from safetensors.torch import save as _safetensors_to_bytes
+from torch import nn
+
+from . import __version__
+from .config import TrainConfig
+from .models import Discriminator, Generator
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_module_state",
+    "load_optimizer_state",
+    "restore_rng",
+    "rng_tensors",
+    "save_checkpoint",
+]
+
+FORMAT_VERSION = 1
+METADATA_KEY = "napari_atagan"
+SUFFIX = ".safetensors"
+
+_WRITE_CHUNK = 1 << 20
+_PICKLE_STARTS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # pickle protocols 2-5
+_ZIP_START = b"PK\x03\x04"  # torch.save archives are zip files
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, not ours, or does not fit the models."""
+
+
+def _error(path: Path | str, problem: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {str(path)!r}: {problem}")
+
+
+# ---------------------------------------------------------------------------
+# saving
+# ---------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    config: TrainConfig,
+    modules: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
+    metadata: Mapping[str, Any] | None = None,
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    extra_tensors: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a checkpoint atomically and return its path.
+
+    Parameters
+    ----------
+    path:
+        Target file; ``.safetensors`` is appended when the name lacks it.  Missing
+        parent folders are created.  An existing file is replaced only once the new
+        one is completely on disk.
+    config:
+        The training configuration (stored as JSON).
+    modules:
+        Networks (or plain state dicts) by prefix, e.g. ``{"G": G, "G_ema": G_ema,
+        "D": D}``.  Names must not contain dots.
+    metadata:
+        JSON-compatible notes: ``class_names``, ``intensity``, ``data``, ``teacher``,
+        ``step``, ``timings``, ``summary``, ...  The keys ``format_version``,
+        ``config``, ``modules``, ``optimizers``, ``versions``, ``created`` and
+        ``checksum`` are written by this function (values passed for them, e.g.
+        when re-saving a loaded checkpoint's metadata, are replaced).
+    optimizers:
+        Optimizers by name (e.g. ``{"G": opt_g, "D": opt_d}``); their tensors are
+        stored under ``optim.<name>.`` and their hyper-parameters in the JSON.
+    extra_tensors:
+        More tensors by full key, e.g. ``{"rng.data": data_generator.get_state()}``.
+
+    The global torch RNG states (:func:`rng_tensors`) are always stored too, so a
+    run can resume exactly where it stopped.
+    """
+    path = _with_suffix(Path(path))
+    tensors: dict[str, torch.Tensor] = {}
+    module_info: dict[str, Any] = {}
+    for name, module in modules.items():
+        _check_name(name, "module")
+        module = getattr(module, "_orig_mod", module)  # unwrap torch.compile
+        module_info[name] = _module_record(module)
+        state = module.state_dict() if isinstance(module, nn.Module) else module
+        _add_tensors(tensors, {f"{name}.{k}": v for k, v in state.items()})
+
+    optimizer_info: dict[str, Any] = {}
+    for name, optimizer in (optimizers or {}).items():
+        _check_name(name, "optimizer")
+        optimizer_info[name], optim_tensors = _optimizer_to_parts(name, optimizer)
+        _add_tensors(tensors, optim_tensors)
+
+    _add_tensors(tensors, rng_tensors())
+    if extra_tensors:
+        _add_tensors(tensors, dict(extra_tensors), replace_prefix="rng.")
+
+    document = dict(metadata or {})
+    document.update(
+        format_version=FORMAT_VERSION,
+        config=config.to_dict(),
+        modules=module_info,
+        optimizers=optimizer_info,
+        versions=_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        checksum=_checksum(tensors),
+    )
+    try:
+        text = json.dumps(document, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint metadata is not JSON-compatible: {exc}") from exc
+    data = _safetensors_to_bytes(tensors, metadata={METADATA_KEY: text})
+    _write_atomically(path, data)
+    return path
+
+
+def _with_suffix(path: Path) -> Path:
+    return path if path.name.endswith(SUFFIX) else path.with_name(path.name + SUFFIX)
+
+
+def _check_name(name: str, what: str) -> None:
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"{what} name must be a non-empty string without dots, got {name!r}")
+
+
+def _module_record(module: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Class name and, for our own networks, the constructor arguments."""
+    if not isinstance(module, nn.Module):
+        return {"class": "state_dict"}
+    record: dict[str, Any] = {"class": type(module).__name__}
+    hparams = getattr(module, "hparams", None)
+    if isinstance(hparams, dict):
+        record["hparams"] = hparams
+    return record
+
+
+def _add_tensors(
+    tensors: dict[str, torch.Tensor],
+    new: Mapping[str, torch.Tensor],
+    replace_prefix: str | None = None,
+) -> None:
+    """Add contiguous CPU copies (never shared storage); refuse duplicate keys.
+
+    Keys starting with ``replace_prefix`` may overwrite existing ones (a caller's
+    own RNG states win over the automatic ones).
+    """
+    for key, value in new.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"checkpoint tensor {key!r} is a {type(value).__name__}, not a tensor")
+        if key in tensors and not (replace_prefix and key.startswith(replace_prefix)):
+            raise ValueError(f"checkpoint tensor key {key!r} is given twice")
+        tensors[key] = value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+
+
+def _optimizer_to_parts(
+    name: str, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Split an optimizer state dict into JSON (numbers, groups) and tensors."""
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    json_state: dict[str, dict[str, Any]] = {}
+    for index, param_state in state_dict["state"].items():
+        numbers: dict[str, Any] = {}
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{name}.state.{index}.{key}"] = value
+            else:
+                numbers[key] = value
+        json_state[str(index)] = numbers
+    groups = [
+        {key: _group_value(name, key, value) for key, value in group.items()}
+        for group in state_dict["param_groups"]
+    ]
+    info = {
+        "class": type(optimizer).__name__,
+        "param_groups": groups,
+        "state": json_state,
+    }
+    return info, tensors
+
+
+def _group_value(name: str, key: str, value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"optimizer {name!r}: param_group entry {key!r} is a tensor with "
+                f"{value.numel()} values; only numbers can be saved"
+            )
+        return value.item()
+    return value
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "napari_atagan": __version__,
+        "torch": torch.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _json_default(value: Any) -> Any:
+    """Turn numpy numbers/arrays, paths, tuples-in-sets etc. into JSON types."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, (Path, os.PathLike)):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} value {value!r} cannot be stored as JSON")
+
+
+def _checksum(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """SHA-256 over keys, dtypes, shapes and bytes of all tensors (in key order)."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key]
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        if flat.numel():
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return {"sha256": digest.hexdigest(), "n_tensors": len(tensors)}
+
+
+def _write_all(file, data: bytes) -> None:
+    """Write ``data`` in chunks (a separate function so a crash can be simulated)."""
+    view = memoryview(data)
+    for start in range(0, len(view), _WRITE_CHUNK):
+        file.write(view[start : start + _WRITE_CHUNK])
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp_name, mode)  # mkstemp makes 0600 files; keep a normal file mode
+        with os.fdopen(fd, "wb") as file:
+            _write_all(file, data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable where the OS allows it (POSIX)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# random-number generators
+# ---------------------------------------------------------------------------
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    """The global torch RNG states: ``rng.torch`` and, when in use, ``rng.cuda.<i>``."""
+    states = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"rng.cuda.{index}"] = state
+    return states
+
+
+def restore_rng(ckpt: Checkpoint | Mapping[str, torch.Tensor]) -> list[str]:
+    """Restore the global torch RNG states saved by :func:`rng_tensors`.
+
+    CUDA states are restored for the GPUs present here.  Returns the restored keys.
+    Generators of your own (saved via ``extra_tensors``) are restored with
+    ``generator.set_state(ckpt.tensors["rng.data"])``.
+    """
+    tensors = ckpt.tensors if isinstance(ckpt, Checkpoint) else ckpt
+    restored = []
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"].to("cpu", torch.uint8))
+        restored.append("rng.torch")
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            key = f"rng.cuda.{index}"
+            if key in tensors:
+                torch.cuda.set_rng_state(tensors[key].to("cpu", torch.uint8), index)
+                restored.append(key)
+    return restored
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: config, metadata and all tensors (by full key)."""
+
+    path: Path
+    config: TrainConfig
+    metadata: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the staining patterns (may be empty)."""
+        return list(self.metadata.get("class_names") or [])
+
+    @property
+    def n_classes(self) -> int:
+        """Number of patterns the generator is conditioned on (0: unconditional)."""
+        for name in ("G_ema", "G", "D"):
+            hparams = self._hparams(name)
+            if hparams is not None and "n_classes" in hparams:
+                return int(hparams["n_classes"])
+        return len(self.class_names)
+
+    @property
+    def step(self) -> int:
+        """Training step at which the checkpoint was written (0 if unknown)."""
+        return int(self.metadata.get("step") or 0)
+
+    @property
+    def module_names(self) -> list[str]:
+        """Module prefixes stored in the file, e.g. ``["D", "G", "G_ema"]``."""
+        return sorted((self.metadata.get("modules") or {}).keys())
+
+    def has(self, prefix: str) -> bool:
+        """Whether any tensor is stored under ``prefix`` (e.g. ``"teacher"``)."""
+        prefix = prefix.rstrip(".") + "."
+        return any(key.startswith(prefix) for key in self.tensors)
+
+    def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Tensors under ``prefix`` (``"G"`` or ``"G."``), with the prefix stripped."""
+        prefix = prefix.rstrip(".") + "."
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def generator(self, device: str | torch.device = "cpu", ema: bool = True) -> Generator:
+        """The generator in eval mode: the moving average ``G_ema`` when stored
+        (and ``ema`` is true), else the raw ``G``."""
+        name = "G_ema" if ema and self.has("G_ema") else "G"
+        if not self.has(name):
+            raise _error(self.path, "contains no generator weights (no 'G.' tensors)")
+        hparams = self._hparams(name) or {
+            "z_dim": self.config.z_dim,
+            "channels": self.config.g_channels,
+            "image_size": self.config.image_size,
+            "n_classes": len(self.class_names),
+        }
+        model = self._build(Generator, hparams, name)
+        load_module_state(model, self.state_dict(name), what=f"generator ({name})", path=self.path)
+        return model.to(device).eval()
+
+    def discriminator(self, device: str | torch.device = "cpu") -> Discriminator:
+        """The discriminator in eval mode."""
+        if not self.has("D"):
+            raise _error(self.path, "contains no discriminator weights (no 'D.' tensors)")
+        hparams = self._hparams("D") or {
+            "channels": self.config.d_channels,
+            "image_size": self.config.image_size,
+            "n_classes": len(self.class_names),
+            "spectral_norm": self.config.spectral_norm,
+        }
+        model = self._build(Discriminator, hparams, "D")
+        load_module_state(model, self.state_dict("D"), what="discriminator (D)", path=self.path)
+        return model.to(device).eval()
+
+    def _hparams(self, name: str) -> dict | None:
+        record = (self.metadata.get("modules") or {}).get(name)
+        if isinstance(record, dict) and isinstance(record.get("hparams"), dict):
+            return record["hparams"]
+        return None
+
+    def _build(self, cls: type, hparams: dict, name: str) -> nn.Module:
+        try:
+            return cls(**hparams)
+        except (TypeError, ValueError) as exc:
+            problem = f"cannot rebuild {name} from its stored architecture: {exc}"
+            raise _error(self.path, problem) from exc
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Open and fully check a checkpoint; tensors are placed on ``map_location``.
+
+    Raises :class:`CheckpointError` (naming the file) when the file is missing,
+    is a folder, is not a safetensors file (pickles and zip archives from
+    ``torch.save`` are refused without being opened as such), is truncated or
+    corrupt, is not a napari-atagan checkpoint, was written by a newer format, or
+    holds an invalid training config.
+    """
+    path = Path(path)
+    data = _read_file(path)
+    tensors = _parse_tensors(path, data)
+    document = _parse_metadata(path, data)
+    _check_format_version(path, document)
+    config = _parse_config(path, document)
+    _check_class_names(path, document)
+    _verify_checksum(path, document, tensors)
+    if str(map_location) != "cpu":
+        tensors = {k: v.to(map_location) for k, v in tensors.items()}
+    return Checkpoint(path=path, config=config, metadata=document, tensors=tensors)
+
+
+def _read_file(path: Path) -> bytes:
+    if not path.exists():
+        raise _error(path, "no such file")
+    if path.is_dir():
+        raise _error(path, f"is a folder, not a {SUFFIX} file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _error(path, f"cannot be read: {exc}") from exc
+
+
+def _parse_tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+    if data[:2] in _PICKLE_STARTS or data[:4] == _ZIP_START:
+        raise _error(
+            path,
+            "looks like a pickle or torch.save archive; napari-atagan only opens "
+            f"{SUFFIX} checkpoints, which cannot run code",
+        )
+    try:
+        return _safetensors_from_bytes(data)
+    except Exception as exc:  # SafetensorError is not importable in a stable place
+        raise _error(path, f"is not a valid {SUFFIX} file (truncated or corrupt?): {exc}") from exc
+
+
+def _parse_metadata(path: Path, data: bytes) -> dict[str, Any]:
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])  # already validated by safetensors
+    text = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if text is None:
+        raise _error(path, f"is a {SUFFIX} file but not a napari-atagan checkpoint "
+                     f"(no {METADATA_KEY!r} metadata)")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _error(path, f"has corrupt metadata (invalid JSON: {exc})") from exc
+    if not isinstance(document, dict):
+        raise _error(path, "has corrupt metadata (not a JSON object)")
+    return document
+
+
+def _check_format_version(path: Path, document: dict) -> None:
+    version = document.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _error(path, f"has an unknown checkpoint format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise _error(
+            path,
+            f"was written in checkpoint format {version}, newer than this napari-atagan "
+            f"({__version__}) reads (up to {FORMAT_VERSION}); update napari-atagan",
+        )
+
+
+def _parse_config(path: Path, document: dict) -> TrainConfig:
+    raw = document.get("config")
+    if not isinstance(raw, dict):
+        raise _error(path, "has no training config in its metadata")
+    try:
+        return TrainConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise _error(path, f"has an invalid training config: {exc}") from exc
+
+
+def _check_class_names(path: Path, document: dict) -> None:
+    names = document.get("class_names", [])
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _error(path, f"has invalid class_names (expected a list of strings): {names!r}")
+
+
+def _verify_checksum(path: Path, document: dict, tensors: dict[str, torch.Tensor]) -> None:
+    stored = document.get("checksum")
+    if not isinstance(stored, dict) or "sha256" not in stored:
+        return  # written without a checksum: nothing to compare
+    if _checksum(tensors)["sha256"] != stored["sha256"]:
+        raise _error(path, "is corrupt: the tensor data does not match its checksum")
+
+
+# ---------------------------------------------------------------------------
+# putting weights and optimizer state back
+# ---------------------------------------------------------------------------
+
+
+def load_module_state(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    what: str,
+    path: str | os.PathLike,
+) -> None:
+    """Load ``state`` strictly into ``module``; mismatches raise :class:`CheckpointError`.
+
+    The message says which keys are missing, unexpected or of the wrong shape
+    (a few of each), e.g. when a checkpoint of another architecture is opened.
+    """
+    expected = module.state_dict()
+    problems = _state_mismatch(expected, state)
+    if problems:
+        raise _error(path, f"the {what} weights do not fit the model: {'; '.join(problems)}")
+    try:
+        module.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        summary = " ".join(str(exc).split())[:400]
+        raise _error(path, f"the {what} weights could not be loaded: {summary}") from exc
+
+
+def _state_mismatch(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> list[str]:
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = [
+        f"{k} (file {tuple(given[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in sorted(set(expected) & set(given))
+        if tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if keys:
+            problems.append(f"{len(keys)} {label}: {_first_few(keys)}")
+    return problems
+
+
+def _first_few(items: list[str], n: int = 4) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def load_optimizer_state(
+    ckpt: Checkpoint, name: str, optimizer: torch.optim.Optimizer
+) -> None:
+    """Restore optimizer ``name`` (e.g. ``"G"``) saved with :func:`save_checkpoint`.
+
+    The optimizer must be built over the same parameters, in the same order.
+    """
+    info = (ckpt.metadata.get("optimizers") or {}).get(name)
+    if not isinstance(info, dict):
+        raise _error(ckpt.path, f"has no state for optimizer {name!r}")
+    saved_class = info.get("class")
+    if saved_class and saved_class != type(optimizer).__name__:
+        raise _error(
+            ckpt.path,
+            f"optimizer {name!r} was saved as {saved_class}, cannot load into "
+            f"{type(optimizer).__name__}",
+        )
+    try:
+        state = _optimizer_state(ckpt, name, info)
+        groups = [_restore_group(g) for g in info["param_groups"]]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise _error(ckpt.path, f"optimizer {name!r} state does not fit: {exc}") from exc
+
+
+def _optimizer_state(ckpt: Checkpoint, name: str, info: dict) -> dict[int, dict[str, Any]]:
+    state: dict[int, dict[str, Any]] = {
+        int(index): dict(numbers) for index, numbers in (info.get("state") or {}).items()
+    }
+    prefix = f"optim.{name}.state."
+    for key, tensor in ckpt.tensors.items():
+        if key.startswith(prefix):
+            index, _, field = key[len(prefix):].partition(".")
+            state.setdefault(int(index), {})[field] = tensor
+    return state
+
+
+def _restore_group(group: dict) -> dict:
+    """JSON turned tuples (e.g. Adam's betas) into lists; turn them back."""
+    return {
+        key: tuple(value) if isinstance(value, list) and key != "params" else value
+        for key, value in group.items()
+    }

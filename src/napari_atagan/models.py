@@ -1,0 +1,503 @@
+"""The two ATA-GAN networks: a DCGAN-style generator and a CAM-ready discriminator.
+
+Generator ``G``
+    noise ``z`` (and, for a pattern-conditional model, the staining-pattern label)
+    -> a 4x4 seed -> repeated (nearest x2 upsample, 3x3 conv, BatchNorm, ReLU)
+    -> 3x3 conv to one channel -> ``tanh``.  Output: one-channel images in [-1, 1].
+
+Discriminator ``D``
+    3x3 convolutions (LeakyReLU 0.2, BatchNorm or spectral normalisation), every
+    block but the last halving the resolution.  The last convolution has no
+    activation; its output ``A`` (the *features*) is averaged over space (global
+    average pooling) and fed to one linear *realness* unit.  Because of that, the
+    realness weights ``w`` turn ``A`` into a class activation map (CAM),
+    ``cam = sum_k w_k A_k``, and the *soft-CAM* of ATA-GAN is
+    ``sigmoid(logit) * cam``: regions that look like a real cell light up, and a
+    window of pure background gets a small map because its realness is low.
+
+    Everything up to the pooling is convolutional, so :meth:`Discriminator.features`
+    runs on a whole slide at once (any size that is a multiple of ``D.stride``).
+
+A pattern-conditional model (``n_classes > 0``) feeds the label to ``G`` twice: a
+learned class embedding concatenated to ``z`` and class-conditional BatchNorm
+gains/biases in every block, so the label reaches every resolution.  ``D`` gets an
+auxiliary pattern classifier on the same pooled features (AC-GAN); the realness
+unit, and therefore the CAM, stays class-free.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from .config import TrainConfig
+
+__all__ = [
+    "ClassBatchNorm2d",
+    "Discriminator",
+    "Generator",
+    "build_models",
+    "count_parameters",
+    "describe_models",
+    "init_weights",
+]
+
+LEAKY_SLOPE = 0.2
+MIN_INPUT_SIZE = 16
+
+
+# ---------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------
+
+
+class ClassBatchNorm2d(nn.Module):
+    """BatchNorm whose gain and bias are chosen by the class label.
+
+    With ``n_classes == 0`` it is an ordinary :class:`torch.nn.BatchNorm2d`.
+    Otherwise the normalisation itself has no parameters and each class owns one
+    row of ``gain`` and ``bias`` (shape ``(n_classes, channels)``).
+    """
+
+    def __init__(self, channels: int, n_classes: int = 0) -> None:
+        super().__init__()
+        self.n_classes = n_classes
+        self.bn = nn.BatchNorm2d(channels, affine=n_classes == 0)
+        if n_classes > 0:
+            self.gain = nn.Parameter(torch.ones(n_classes, channels))
+            self.bias = nn.Parameter(torch.zeros(n_classes, channels))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.bn(x)
+        if self.n_classes == 0:
+            return x
+        gain = self.gain[labels].to(x.dtype)[:, :, None, None]
+        bias = self.bias[labels].to(x.dtype)[:, :, None, None]
+        return x * gain + bias
+
+
+def _conv3x3(c_in: int, c_out: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=bias)
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN-style initialisation, for use with ``model.apply(init_weights)``.
+
+    Convolutions and linear layers: weights ~ N(0, 0.02), biases 0.
+    BatchNorm (and class-conditional BatchNorm) gains ~ N(1, 0.02), biases 0.
+    Class embeddings ~ N(0, 1), the same scale as the noise ``z`` they join.
+    Spectrally normalised layers are initialised through their original weight.
+    """
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        weight = _raw_weight(module)
+        nn.init.normal_(weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d) and module.affine:
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, ClassBatchNorm2d) and module.n_classes > 0:
+        nn.init.normal_(module.gain, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, 0.0, 1.0)
+
+
+def _raw_weight(module: nn.Module) -> torch.Tensor:
+    """The trainable weight tensor, also under a spectral-norm parametrisation."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _log2_exact(n: int) -> int | None:
+    """``log2(n)`` when ``n`` is a positive power of two, else ``None``."""
+    if n < 1 or n & (n - 1):
+        return None
+    return n.bit_length() - 1
+
+
+# ---------------------------------------------------------------------------
+# generator
+# ---------------------------------------------------------------------------
+
+
+class _UpBlock(nn.Module):
+    """Nearest x2 upsample, 3x3 conv, (class-)BatchNorm, ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, n_classes: int) -> None:
+        super().__init__()
+        self.conv = _conv3x3(c_in, c_out, bias=False)
+        self.norm = ClassBatchNorm2d(c_out, n_classes)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return F.relu(self.norm(self.conv(x), labels))
+
+
+class Generator(nn.Module):
+    """Maps noise ``z`` (and optionally a pattern label) to a one-channel image.
+
+    Parameters
+    ----------
+    z_dim:
+        Length of the noise vector.
+    channels:
+        Width of the 4x4 seed (the first entry) and of each upsampling block;
+        ``len(channels)`` must equal ``log2(image_size / 4)`` (4 for 64x64).
+    image_size:
+        Side of the square output images.
+    n_classes:
+        Number of staining patterns to condition on; 0 for an unconditional model.
+    """
+
+    def __init__(
+        self,
+        z_dim: int = 100,
+        channels: tuple[int, ...] = (256, 128, 64, 32),
+        image_size: int = 64,
+        n_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        _check_generator_args(z_dim, channels, image_size, n_classes)
+        self.z_dim = int(z_dim)
+        self.channels = channels
+        self.image_size = int(image_size)
+        self.n_classes = int(n_classes)
+
+        seed_width = channels[0]
+        embed_dim = self.z_dim if self.n_classes else 0
+        self.embed = nn.Embedding(self.n_classes, embed_dim) if self.n_classes else None
+        self.seed = nn.Linear(self.z_dim + embed_dim, 4 * 4 * seed_width, bias=False)
+        self.seed_norm = ClassBatchNorm2d(seed_width, self.n_classes)
+        widths = (seed_width, *channels)
+        self.blocks = nn.ModuleList(
+            _UpBlock(c_in, c_out, self.n_classes) for c_in, c_out in zip(widths[:-1], widths[1:])
+        )
+        self.to_image = _conv3x3(channels[-1], 1)
+        self.apply(init_weights)
+
+    @property
+    def hparams(self) -> dict:
+        """The constructor arguments, as plain JSON types (saved in checkpoints)."""
+        return {
+            "z_dim": self.z_dim,
+            "channels": list(self.channels),
+            "image_size": self.image_size,
+            "n_classes": self.n_classes,
+        }
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images ``(B, 1, S, S)`` in [-1, 1] from noise ``z`` of shape ``(B, z_dim)``.
+
+        ``labels`` (integer pattern ids, shape ``(B,)``) are required when the model
+        is conditional (``n_classes > 0``) and refused when it is not.
+        """
+        if z.dim() != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(
+                f"the generator expects noise of shape (batch, {self.z_dim}), "
+                f"got {tuple(z.shape)}"
+            )
+        labels = self._check_labels(labels, z.shape[0])
+        if labels is not None:
+            z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)
+        x = self.seed(z).view(z.shape[0], self.channels[0], 4, 4)
+        x = F.relu(self.seed_norm(x, labels))
+        for block in self.blocks:
+            x = block(x, labels)
+        return torch.tanh(self.to_image(x))
+
+    def _check_labels(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        if self.n_classes == 0:
+            if labels is not None:
+                raise ValueError(
+                    "this generator is not pattern-conditional (n_classes=0): "
+                    "call it without labels"
+                )
+            return None
+        if labels is None:
+            raise ValueError(
+                f"this generator is conditioned on {self.n_classes} patterns: pass labels, "
+                f"a tensor of {batch} integer pattern ids in [0, {self.n_classes - 1}]"
+            )
+        if labels.shape != (batch,) or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(
+                f"labels must be an integer tensor of shape ({batch},), "
+                f"got {labels.dtype} of shape {tuple(labels.shape)}"
+            )
+        labels = labels.long()
+        if batch and not torch.compiler.is_compiling():
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= self.n_classes:
+                raise ValueError(
+                    f"labels must lie in [0, {self.n_classes - 1}] "
+                    f"(one per pattern), got values from {low} to {high}"
+                )
+        return labels
+
+
+def _check_generator_args(
+    z_dim: int, channels: tuple[int, ...], image_size: int, n_classes: int
+) -> None:
+    if z_dim < 1:
+        raise ValueError(f"z_dim must be >= 1, got {z_dim}")
+    if n_classes < 0:
+        raise ValueError(f"n_classes must be >= 0, got {n_classes}")
+    if not channels or min(channels) < 1:
+        raise ValueError(f"generator channels must be positive widths, got {channels}")
+    blocks = _log2_exact(image_size // 4) if image_size % 4 == 0 else None
+    if blocks is None or blocks < 1:
+        raise ValueError(
+            f"image_size must be 4 times a power of two (e.g. 64 or 128), got {image_size}"
+        )
+    if len(channels) != blocks:
+        raise ValueError(
+            f"a {image_size}x{image_size} generator needs {blocks} widths "
+            f"(log2({image_size}/4)), got {len(channels)}: {channels}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# discriminator
+# ---------------------------------------------------------------------------
+
+
+class _DownBlock(nn.Module):
+    """3x3 conv (stride 1 or 2), optional BatchNorm, optional LeakyReLU(0.2)."""
+
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, batch_norm: bool, activation: bool
+    ) -> None:
+        super().__init__()
+        self.conv = _conv3x3(c_in, c_out, stride=stride, bias=not batch_norm)
+        self.norm = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(x))
+        return F.leaky_relu(x, LEAKY_SLOPE) if self.activation else x
+
+
+class Discriminator(nn.Module):
+    """Tells real cells from generated ones and shows where it looks (its CAM).
+
+    Parameters
+    ----------
+    channels:
+        Width of each 3x3-conv block.  Every block but the last halves the
+        resolution, so 4 widths turn a 64x64 crop into an 8x8 feature map.
+    image_size:
+        Side of the training crops (the network itself accepts any size that is a
+        multiple of :attr:`stride` and at least 16).
+    n_classes:
+        Number of staining patterns for the auxiliary classifier head; 0 for none.
+    spectral_norm:
+        Spectral normalisation on every conv and linear layer instead of BatchNorm.
+
+    Attributes
+    ----------
+    stride:
+        Total downsampling from input pixels to feature-map cells.
+    receptive_field:
+        Side, in input pixels, of the window one feature-map cell sees.
+    realness:
+        The one linear realness unit; its weights make the CAM.
+    classifier:
+        The auxiliary pattern head, or ``None`` when ``n_classes == 0``.
+
+    BatchNorm follows every conv except the first (on the raw image, as in DCGAN)
+    and the last (whose output is the CAM's feature map).
+    """
+
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (32, 64, 128, 256),
+        image_size: int = 64,
+        n_classes: int = 0,
+        spectral_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if not channels or min(channels) < 1:
+            raise ValueError(f"discriminator channels must be positive widths, got {channels}")
+        if n_classes < 0:
+            raise ValueError(f"n_classes must be >= 0, got {n_classes}")
+        self.channels = channels
+        self.image_size = int(image_size)
+        self.n_classes = int(n_classes)
+        self.spectral_norm = bool(spectral_norm)
+
+        last = len(channels) - 1
+        widths = (1, *channels)
+        self.blocks = nn.ModuleList(
+            _DownBlock(
+                c_in,
+                c_out,
+                stride=1 if i == last else 2,
+                batch_norm=not self.spectral_norm and 0 < i < last,
+                activation=i != last,
+            )
+            for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]))
+        )
+        self.feature_channels = channels[-1]
+        self.realness = nn.Linear(self.feature_channels, 1)
+        self.classifier = (
+            nn.Linear(self.feature_channels, self.n_classes) if self.n_classes else None
+        )
+        self.stride, self.receptive_field = _conv_geometry(self)
+        self._check_image_size()
+        self.apply(init_weights)
+        if self.spectral_norm:
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    _spectral_norm(module)
+
+    def _check_image_size(self) -> None:
+        size = self.image_size
+        if size < MIN_INPUT_SIZE or size % self.stride:
+            raise ValueError(
+                f"image_size must be at least {MIN_INPUT_SIZE} and a multiple of the "
+                f"discriminator's stride {self.stride} ({len(self.channels)} widths), got {size}"
+            )
+
+    @property
+    def hparams(self) -> dict:
+        """The constructor arguments, as plain JSON types (saved in checkpoints)."""
+        return {
+            "channels": list(self.channels),
+            "image_size": self.image_size,
+            "n_classes": self.n_classes,
+            "spectral_norm": self.spectral_norm,
+        }
+
+    # -- the convolutional part ----------------------------------------------
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last conv output ``A`` of shape ``(B, C, H / stride, W / stride)``.
+
+        ``x`` is ``(B, 1, H, W)`` with H and W multiples of :attr:`stride`, >= 16.
+        """
+        self._check_input(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(
+                f"the discriminator expects one-channel images (batch, 1, H, W), "
+                f"got shape {tuple(x.shape)}"
+            )
+        h, w = x.shape[-2:]
+        if min(h, w) < MIN_INPUT_SIZE or h % self.stride or w % self.stride:
+            raise ValueError(
+                f"image height and width must be multiples of {self.stride} and at least "
+                f"{MIN_INPUT_SIZE}, got {h}x{w}: pad or crop the image first"
+            )
+
+    # -- heads -----------------------------------------------------------------
+
+    def forward(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(logit (B,), class_logits (B, n_classes) or None, features A)``."""
+        a = self.features(x)
+        logit, class_logits = self.heads(a)
+        return logit, class_logits, a
+
+    def heads(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Realness logit ``(B,)`` and class logits from features ``A`` (pooled here)."""
+        pooled = a.mean(dim=(2, 3))
+        weight, bias = self.realness_weight()
+        logit = F.linear(pooled, weight.to(pooled.dtype), bias.to(pooled.dtype)).squeeze(1)
+        class_logits = self.classifier(pooled) if self.classifier is not None else None
+        return logit, class_logits
+
+    def realness_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights ``(1, C)`` and bias ``(1,)`` of the realness unit."""
+        return self.realness.weight, self.realness.bias
+
+    def cam_map(self, a: torch.Tensor) -> torch.Tensor:
+        """Class activation map ``sum_k w_k A_k`` of shape ``(B, h, w)`` (no bias, no sigmoid).
+
+        Its spatial mean plus the realness bias equals the realness logit.
+        """
+        weight, _ = self.realness_weight()
+        return torch.einsum("bchw,c->bhw", a, weight[0].to(a.dtype))
+
+    def soft_cam(
+        self, x: torch.Tensor, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """ATA-GAN soft-CAM ``sigmoid(logit) * cam_map(A)``, upsampled to ``x`` (or ``size``).
+
+        Returns ``(B, H, W)``; differentiable (the attention-transfer loss uses it).
+        """
+        # one spectral-norm weight for logit and map alike (no second power iteration)
+        with parametrize.cached():
+            logit, _, a = self(x)
+            return self.soft_cam_from(a, logit, size or tuple(x.shape[-2:]))
+
+    def soft_cam_from(
+        self, a: torch.Tensor, logit: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Soft-CAM from features ``A`` and logits already computed (saves a forward pass)."""
+        cam = torch.sigmoid(logit).to(a.dtype)[:, None, None] * self.cam_map(a)
+        return F.interpolate(
+            cam[:, None], size=tuple(size), mode="bilinear", align_corners=False
+        )[:, 0]
+
+
+def _conv_geometry(model: nn.Module) -> tuple[int, int]:
+    """Total stride and receptive field (pixels) of the model's conv stack, in order."""
+    stride, field = 1, 1
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            k, s = module.kernel_size[0], module.stride[0]
+            field += (k - 1) * module.dilation[0] * stride
+            stride *= s
+    return stride, field
+
+
+# ---------------------------------------------------------------------------
+# from a config
+# ---------------------------------------------------------------------------
+
+
+def build_models(config: TrainConfig, n_classes: int) -> tuple[Generator, Discriminator]:
+    """A freshly initialised (DCGAN init) generator and discriminator for ``config``.
+
+    ``n_classes`` > 0 makes both pattern-conditional (G takes labels, D gets an
+    auxiliary classifier); 0 makes an unconditional pair.
+    """
+    generator = Generator(
+        z_dim=config.z_dim,
+        channels=config.g_channels,
+        image_size=config.image_size,
+        n_classes=n_classes,
+    )
+    discriminator = Discriminator(
+        channels=config.d_channels,
+        image_size=config.image_size,
+        n_classes=n_classes,
+        spectral_norm=config.spectral_norm,
+    )
+    return generator, discriminator
+
+
+def describe_models(generator: Generator, discriminator: Discriminator) -> str:
+    """One line with parameter counts and the discriminator's geometry."""
+    return (
+        f"G {count_parameters(generator) / 1e6:.2f} M parameters, "
+        f"D {count_parameters(discriminator) / 1e6:.2f} M parameters "
+        f"(stride {discriminator.stride}, receptive field {discriminator.receptive_field} px)"
+    )
+

@@ -1,0 +1,47 @@
+import pytest
+
+from napari_atagan.config import TrainConfig, generator_channels
+
+
+def test_defaults_are_valid_and_round_trip():
+    cfg = TrainConfig()
+    assert cfg.image_size == 4 * 2 ** len(cfg.g_channels)
+    again = TrainConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+def test_teacher_none_means_beta_zero():
+    assert TrainConfig(teacher="none", beta=3.0).effective_beta == 0.0
+    assert TrainConfig(teacher="mask", beta=3.0).effective_beta == 3.0
+
+
+@pytest.mark.parametrize(
+    "changes, word",
+    [
+        ({"teacher": "teacher"}, "teacher"),
+        ({"device": "tpu"}, "device"),
+        ({"image_size": 48}, "image_size"),
+        ({"image_size": 128}, "g_channels"),
+        ({"steps": 0}, "steps"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"beta": -1.0}, "beta"),
+        ({"aug_zoom_min": 0.0}, "aug_zoom_min"),
+        ({"aug_p": 2.0}, "aug_p"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+    ],
+)
+def test_out_of_range_values_name_the_field(changes, word):
+    with pytest.raises(ValueError, match=word):
+        TrainConfig(**changes)
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"stepz": 3})
+
+
+@pytest.mark.parametrize("size, n", [(16, 2), (32, 3), (64, 4), (128, 5)])
+def test_generator_channels_match_the_size(size, n):
+    g = generator_channels(size)
+    assert len(g) == n
+    TrainConfig(image_size=size, g_channels=g)
