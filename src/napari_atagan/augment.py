@@ -1,0 +1,195 @@
+"""Augmentation of cell batches on the training device (torch only).
+
+All random numbers come from a ``torch.Generator`` on the batch's device, so a
+run is reproducible and no work happens on the host between steps.
+
+* **Dihedral** (:func:`dihedral`): the 8 flips / 90-degree rotations of a square.
+  A fluorescence cell has no preferred orientation, so these are always valid.
+* **Translation and zoom-out** (:func:`affine`): the cell is shifted by up to
+  ``aug_translate`` pixels and shrunk to a factor in ``[aug_zoom_min, 1]``, so the
+  discriminator also sees off-centre and smaller cells, as on a slide. Uncovered
+  image area is filled with the image's own border (background) level, uncovered
+  map area with 0.
+* **Intensity jitter** (images only): a mild random gain and offset.
+
+The *same* geometric transform is applied to a cell and to its attention map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+
+__all__ = ["Augmenter", "dihedral", "dihedral_inverse", "affine", "border_level"]
+
+
+def dihedral(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """Apply dihedral transform ``k`` (0..7) to square images ``(..., S, S)``.
+
+    ``k`` encodes three steps, applied in this order: bit 0 flips left-right,
+    bit 1 flips up-down, bit 2 transposes (swaps rows and columns). ``k = 0`` is
+    the identity; together they give all 8 symmetries of the square.
+
+    ``k`` may be an int (same transform for all) or a tensor of shape ``(B,)``
+    giving one transform per sample of a batch ``(B, ...)``; the per-sample form
+    needs no host synchronisation. The result is exact (pixels are only moved).
+    """
+    if isinstance(k, int):
+        if not 0 <= k < 8:
+            raise ValueError(f"dihedral index k must be in 0..7, got {k}")
+        if k & 1:
+            x = x.flip(-1)
+        if k & 2:
+            x = x.flip(-2)
+        if k & 4:
+            x = x.transpose(-1, -2)
+        return x.contiguous()
+    k = k.to(device=x.device, dtype=torch.long)
+    if k.shape != (x.shape[0],):
+        raise ValueError(f"per-sample k must have shape ({x.shape[0]},), got {tuple(k.shape)}")
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    steps = (
+        (1, lambda t: t.flip(-1)),
+        (2, lambda t: t.flip(-2)),
+        (4, lambda t: t.transpose(-1, -2)),
+    )
+    for bit, op in steps:
+        sel = ((k & bit) > 0).view(shape)
+        x = torch.where(sel, op(x), x)
+    return x.contiguous()
+
+
+def dihedral_inverse(k: int | torch.Tensor) -> int | torch.Tensor:
+    """The index that undoes :func:`dihedral` transform ``k``.
+
+    Flips alone are their own inverse; with the transpose the two flips swap
+    roles (transposing turns a left-right flip into an up-down flip).
+    """
+    if isinstance(k, int):
+        if k & 4:
+            return 4 | ((k & 1) << 1) | ((k & 2) >> 1)
+        return k
+    swapped = 4 | ((k & 1) << 1) | ((k & 2) >> 1)
+    return torch.where((k & 4) > 0, swapped, k)
+
+
+def affine(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    zoom: torch.Tensor,
+    fill: torch.Tensor | float = 0.0,
+    *,
+    image_size: int | None = None,
+) -> torch.Tensor:
+    """Zoom about the centre, then shift, a batch ``(B, C, H, W)`` (bilinear).
+
+    Args:
+        x: the batch.
+        shift: ``(B, 2)`` shift ``(dx, dy)`` in pixels of ``image_size`` (right, down).
+        zoom: ``(B,)`` scale factor; ``< 1`` shrinks the content (zoom-out).
+        fill: value of the area uncovered by the transform, a number or ``(B,)``.
+        image_size: the side that ``shift`` is measured in (default: ``x``'s width),
+            so a map of another resolution moves by the same fraction.
+    """
+    b, _, h, w = x.shape
+    size = float(image_size or w)
+    shift = shift.to(device=x.device, dtype=torch.float32)
+    zoom = zoom.to(device=x.device, dtype=torch.float32)
+    # affine_grid maps output coordinates to input coordinates (normalised to
+    # [-1, 1]; one pixel is 2/size): input = (output - t) / zoom.
+    inv = 1.0 / zoom
+    tx = 2.0 * shift[:, 0] / size
+    ty = 2.0 * shift[:, 1] / size
+    zeros = torch.zeros_like(inv)
+    theta = torch.stack(
+        [torch.stack([inv, zeros, -tx * inv], 1), torch.stack([zeros, inv, -ty * inv], 1)], 1
+    )
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    if fill_t.dim() == 1:
+        fill_t = fill_t.view(-1, 1, 1, 1)
+    out = F.grid_sample(
+        x - fill_t, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return out + fill_t
+
+
+def border_level(x: torch.Tensor) -> torch.Tensor:
+    """Median of the border pixels of every image in ``(B, C, H, W)``: shape ``(B,)``."""
+    border = torch.cat(
+        [x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1
+    )
+    return border.flatten(1).median(dim=1).values
+
+
+class Augmenter:
+    """Random augmentation of real cells (and their teacher maps) on the device.
+
+    Args:
+        config: uses ``aug_dihedral``, ``aug_translate``, ``aug_zoom_min``,
+            ``aug_intensity``, ``aug_p`` and ``image_size``.
+        device: the training device (batches and the generator live there).
+
+    Call it with ``(images, maps, generator=g)``; ``images`` and ``maps`` are
+    ``(B, 1, S, S)`` tensors (maps may have another resolution or be ``None``).
+    """
+
+    def __init__(self, config: TrainConfig, device: torch.device | str) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.dihedral = bool(config.aug_dihedral)
+        self.translate = float(config.aug_translate)
+        self.zoom_min = float(config.aug_zoom_min)
+        self.intensity = float(config.aug_intensity)
+        self.p = float(config.aug_p)
+        self.image_size = int(config.image_size)
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        maps: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator,
+        geometric: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return augmented ``(images, maps)``; ``maps`` stays ``None`` when not given.
+
+        ``geometric=False`` skips translation/zoom (dihedral and intensity
+        jitter still apply), e.g. for the batch the adversarial loss sees.
+        """
+        if images.dim() != 4:
+            raise ValueError(f"images must be (B, 1, S, S), got shape {tuple(images.shape)}")
+        if maps is not None and maps.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"got {maps.shape[0]} maps for {images.shape[0]} images: one map per image"
+            )
+        b, dev = images.shape[0], images.device
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=generator, device=dev)
+
+        if self.dihedral:
+            k = torch.randint(0, 8, (b,), generator=generator, device=dev)
+            images = dihedral(images, k)
+            if maps is not None:
+                maps = dihedral(maps, k)
+
+        if geometric and (self.translate > 0 or self.zoom_min < 1) and self.p > 0:
+            apply = rand(b) < self.p
+            shift = (rand(b, 2) * 2 - 1) * self.translate
+            zoom = self.zoom_min + (1 - self.zoom_min) * rand(b)
+            sel = apply.view(-1, 1, 1, 1)
+            fill = border_level(images)
+            size = images.shape[-1]
+            images = torch.where(sel, affine(images, shift, zoom, fill, image_size=size), images)
+            if maps is not None:
+                moved = affine(maps, shift, zoom, 0.0, image_size=size)
+                maps = torch.where(sel, moved, maps)
+
+        if self.intensity > 0:
+            gain = 1 + (rand(b) * 2 - 1).view(-1, 1, 1, 1) * self.intensity
+            offset = (rand(b) * 2 - 1).view(-1, 1, 1, 1) * self.intensity
+            images = ((images + 1) * gain - 1 + offset).clamp(-1, 1)
+        return images, maps
