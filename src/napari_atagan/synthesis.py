@@ -1,0 +1,234 @@
+"""Synthetic cells with their attention maps and masks, and attention on real crops.
+
+``generate`` draws cells from a checkpoint's averaged generator (optionally of
+one staining pattern), asks the discriminator where it looks (its soft-CAM),
+and turns each map into a mask: ready-made annotated training data.
+``write_dataset`` stores them in the same folder layout the trainer reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from skimage.transform import resize
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .data import render
+from .device import resolve_device
+
+
+@dataclass
+class Synthesis:
+    """N synthetic cells, all arrays aligned along the first axis."""
+
+    images: np.ndarray
+    """float32 (N, S, S) in [-1, 1], as the generator drew them."""
+    rendered: np.ndarray
+    """uint8/uint16 (N, S, S) with the training data's typical intensities."""
+    attention: np.ndarray
+    """float32 (N, S, S) >= 0: the discriminator's soft-CAM of each cell."""
+    masks: np.ndarray
+    """uint8 (N, S, S): 1 inside the cell (thresholded attention)."""
+    labels: np.ndarray | None
+    """int64 (N,) pattern index per cell, or None for an unconditional model."""
+    class_names: list[str]
+    seed: int
+
+    @property
+    def patterns(self) -> list[str]:
+        if self.labels is None:
+            return ["" for _ in range(len(self.images))]
+        return [self.class_names[i] for i in self.labels]
+
+
+def as_checkpoint(checkpoint: str | os.PathLike | Checkpoint) -> Checkpoint:
+    return checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+
+
+def _pattern_labels(ckpt: Checkpoint, n: int, pattern: str | int | None, gen: torch.Generator):
+    names = ckpt.class_names
+    if not names:
+        if pattern not in (None, ""):
+            raise ValueError(
+                f"{ckpt.path.name} was trained without patterns, so pattern {pattern!r} "
+                "cannot be chosen: leave the pattern empty"
+            )
+        return None
+    if pattern in (None, "", "all", "any"):
+        return torch.randint(len(names), (n,), generator=gen)
+    if isinstance(pattern, int) or (isinstance(pattern, str) and pattern.isdigit()):
+        k = int(pattern)
+        if not 0 <= k < len(names):
+            raise ValueError(f"pattern index {k} is out of range 0..{len(names) - 1}")
+        return torch.full((n,), k, dtype=torch.int64)
+    lower = [c.lower() for c in names]
+    if pattern.lower() not in lower:
+        raise ValueError(
+            f"{ckpt.path.name} does not know the pattern {pattern!r}; it knows: "
+            + ", ".join(names)
+        )
+    return torch.full((n,), lower.index(pattern.lower()), dtype=torch.int64)
+
+
+@torch.no_grad()
+def generate(
+    checkpoint: str | os.PathLike | Checkpoint,
+    n: int,
+    *,
+    pattern: str | int | None = None,
+    seed: int = 0,
+    batch_size: int = 1024,
+    device: str = "auto",
+    threshold: str | float = "otsu",
+    progress: Callable[[int, int], None] | None = None,
+) -> Synthesis:
+    """Generate ``n`` cells with attention maps and masks.
+
+    Work is streamed in batches of ``batch_size``: only the final uint8/float
+    arrays are kept, so 100,000 cells need about 100,000 x 64 x 64 x 10 bytes.
+    """
+    if int(n) < 1:
+        raise ValueError(f"n (number of cells) must be >= 1, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ckpt = as_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    G = ckpt.generator(dev, ema=True)
+    D = ckpt.discriminator(dev)
+    gen = torch.Generator().manual_seed(int(seed))
+    labels = _pattern_labels(ckpt, n, pattern, gen)
+    z_dim = ckpt.config.z_dim
+    s = ckpt.config.image_size
+
+    images = np.empty((n, s, s), np.float32)
+    cams = np.empty((n, s, s), np.float32)
+    for i in range(0, n, batch_size):
+        j = min(n, i + batch_size)
+        z = torch.randn(j - i, z_dim, generator=gen).to(dev)
+        y = labels[i:j].to(dev) if labels is not None else None
+        x = G(z, y)
+        images[i:j] = x[:, 0].float().cpu().numpy()
+        cams[i:j] = D.soft_cam(x).clamp_min(0).float().cpu().numpy()
+        if progress is not None:
+            progress(j, n)
+    masks = cams_to_masks(cams, threshold=threshold)
+    rendered = render(images, ckpt.metadata.get("intensity", {}), seed=seed)
+    return Synthesis(
+        images=images,
+        rendered=rendered,
+        attention=cams,
+        masks=masks,
+        labels=None if labels is None else labels.numpy().astype(np.int64),
+        class_names=list(ckpt.class_names),
+        seed=int(seed),
+    )
+
+
+def cam_to_mask(cam: np.ndarray, threshold: str | float = "otsu") -> np.ndarray:
+    """One cell's mask from its attention map: threshold, largest component, holes filled."""
+    cam = np.asarray(cam, np.float32)
+    if not np.isfinite(cam).all():
+        raise ValueError("the attention map contains NaN or infinite values")
+    peak = float(cam.max())
+    if peak <= 0:
+        return np.zeros(cam.shape, np.uint8)
+    if threshold == "otsu":
+        t = threshold_otsu(cam) if cam.min() < peak else peak
+    elif isinstance(threshold, int | float):
+        t = float(threshold) * peak  # a fraction of the map's maximum
+    else:
+        raise ValueError(f"threshold must be 'otsu' or a fraction in (0, 1), got {threshold!r}")
+    fg = cam > t
+    lab, k = ndi.label(fg)
+    if k == 0:
+        return np.zeros(cam.shape, np.uint8)
+    if k > 1:
+        sizes = ndi.sum_labels(fg, lab, index=np.arange(1, k + 1))
+        fg = lab == (1 + int(np.argmax(sizes)))
+    return ndi.binary_fill_holes(fg).astype(np.uint8)
+
+
+def cams_to_masks(cams: np.ndarray, threshold: str | float = "otsu") -> np.ndarray:
+    return np.stack([cam_to_mask(c, threshold) for c in cams]) if len(cams) else (
+        np.zeros(cams.shape, np.uint8))
+
+
+@torch.no_grad()
+def crop_attention(
+    checkpoint: str | os.PathLike | Checkpoint,
+    crops: np.ndarray | Sequence[np.ndarray],
+    *,
+    device: str = "auto",
+    batch_size: int = 512,
+) -> list[np.ndarray]:
+    """The discriminator's soft-CAM for real crops of any size.
+
+    Each crop is normalised and resized like the training data (per-cell robust
+    percentiles, padded to a square, resized to the model size); the map is
+    brought back to the crop's own shape. Returns one float32 map per crop.
+    """
+    from .data import prepare_crop
+
+    ckpt = as_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    D = ckpt.discriminator(dev)
+    s = ckpt.config.image_size
+    crops = [np.asarray(c) for c in crops]
+    prepared, boxes = [], []
+    for i, c in enumerate(crops):
+        if c.ndim != 2:
+            raise ValueError(f"crop {i} has shape {c.shape}: 2-D grey crops are expected")
+        x, box = prepare_crop(c, None, s, return_box=True)[0::2]
+        prepared.append(x)
+        boxes.append(box)
+    out: list[np.ndarray] = []
+    arr = np.stack(prepared) if prepared else np.zeros((0, s, s), np.float32)
+    for i in range(0, len(arr), batch_size):
+        x = torch.from_numpy(arr[i:i + batch_size]).to(dev).unsqueeze(1)
+        out.extend(D.soft_cam(x).clamp_min(0).float().cpu().numpy())
+    return [_unpad(m, box, c.shape) for m, box, c in zip(out, boxes, crops, strict=True)]
+
+
+def _unpad(cam: np.ndarray, box, shape) -> np.ndarray:
+    """Map a model-size map back onto the crop: undo the resize, then the padding."""
+    side, top, left = box
+    sq = resize(cam, (side, side), order=1, preserve_range=True, anti_aliasing=False)
+    return np.ascontiguousarray(sq[top:top + shape[0], left:left + shape[1]], np.float32)
+
+
+def write_dataset(syn: Synthesis, out_dir: str | os.PathLike) -> Path:
+    """Write cells in the training layout: ``<pattern>/NNNNN.png`` + ``NNNNN_Mask.png``.
+
+    An unconditional model writes a flat folder. ``cells.csv`` lists file,
+    pattern and seed of every cell.
+    """
+    from skimage.io import imsave
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (img, mask, pat) in enumerate(zip(syn.rendered, syn.masks, syn.patterns, strict=True)):
+        folder = out / pat if pat else out
+        folder.mkdir(exist_ok=True)
+        name = f"{i + 1:05d}"
+        imsave(folder / f"{name}.png", img, check_contrast=False)
+        imsave(folder / f"{name}_Mask.png", (mask * 255).astype(np.uint8), check_contrast=False)
+        rows.append({"file": str((folder / f"{name}.png").relative_to(out)),
+                     "pattern": pat, "seed": syn.seed, "index": i})
+    with open(out / "cells.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "pattern", "seed", "index"])
+        w.writeheader()
+        w.writerows(rows)
+    return out
+
+
+__all__ = ["Synthesis", "cam_to_mask", "cams_to_masks", "crop_attention", "generate",
+           "write_dataset"]

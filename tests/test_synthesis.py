@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from napari_atagan.data import load_folder
+from napari_atagan.synthesis import cam_to_mask, crop_attention, generate, write_dataset
+
+
+def test_generate_shapes_dtypes_and_alignment(tiny_checkpoint):
+    syn = generate(tiny_checkpoint, 10, seed=1, device="cpu", batch_size=4)
+    assert syn.images.shape == syn.attention.shape == syn.masks.shape == (10, 16, 16)
+    assert syn.images.dtype == np.float32 and syn.attention.dtype == np.float32
+    assert syn.masks.dtype == np.uint8 and set(np.unique(syn.masks)) <= {0, 1}
+    assert syn.rendered.shape == (10, 16, 16) and syn.rendered.dtype in (np.uint8, np.uint16)
+    assert syn.images.min() >= -1 and syn.images.max() <= 1
+    assert (syn.attention >= 0).all()
+    assert syn.labels.shape == (10,) and syn.labels.max() < 3
+    # the same seed gives the same cells; batching does not change them
+    again = generate(tiny_checkpoint, 10, seed=1, device="cpu", batch_size=10)
+    np.testing.assert_allclose(again.images, syn.images, atol=1e-5)
+
+
+def test_pattern_choice(tiny_checkpoint):
+    syn = generate(tiny_checkpoint, 6, pattern="numem", device="cpu")
+    assert syn.patterns == ["NuMem"] * 6
+    with pytest.raises(ValueError, match="does not know the pattern 'Golgi'.*Centromere"):
+        generate(tiny_checkpoint, 2, pattern="Golgi", device="cpu")
+    with pytest.raises(ValueError, match="n"):
+        generate(tiny_checkpoint, 0, device="cpu")
+
+
+def test_written_dataset_reads_back(tmp_path, tiny_checkpoint):
+    syn = generate(tiny_checkpoint, 9, seed=2, device="cpu")
+    out = write_dataset(syn, tmp_path / "synth")
+    data = load_folder(out, image_size=16)
+    assert data.n == 9 and data.has_masks
+    assert set(data.class_names) == set(syn.patterns)
+    lines = (out / "cells.csv").read_text().splitlines()
+    assert lines[0] == "file,pattern,seed,index" and len(lines) == 10
+
+
+def test_cam_to_mask_known_answer():
+    cam = np.zeros((32, 32), np.float32)
+    yy, xx = np.mgrid[:32, :32]
+    cam[(yy - 16) ** 2 + (xx - 16) ** 2 < 64] = 1.0  # a disc of radius 8
+    cam[14:18, 14:18] = 0.0                           # a hole, filled in the mask
+    cam[0:2, 0:2] = 1.0                               # a small blob, dropped
+    mask = cam_to_mask(cam)
+    disc = (yy - 16) ** 2 + (xx - 16) ** 2 < 64
+    np.testing.assert_array_equal(mask.astype(bool), disc)
+    assert cam_to_mask(np.zeros((8, 8))).sum() == 0
+    with pytest.raises(ValueError, match="NaN"):
+        cam_to_mask(np.full((8, 8), np.nan))
+
+
+def test_crop_attention_returns_maps_of_each_crop_shape(tiny_checkpoint, rng):
+    crops = [rng.integers(0, 255, (20, 30)).astype(np.uint8), rng.random((40, 40))]
+    maps = crop_attention(tiny_checkpoint, crops, device="cpu")
+    assert [m.shape for m in maps] == [(20, 30), (40, 40)]
+    assert all(m.dtype == np.float32 and (m >= 0).all() for m in maps)
+    with pytest.raises(ValueError, match="2-D"):
+        crop_attention(tiny_checkpoint, [np.zeros((4, 20, 20))], device="cpu")

@@ -1,0 +1,152 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_atagan.checkpoint import load_checkpoint
+from napari_atagan.data import from_arrays
+from napari_atagan.training import (
+    CheckpointSaved,
+    Finished,
+    Message,
+    Progress,
+    Samples,
+    run_to_end,
+    train,
+)
+
+from .conftest import tiny_config
+
+
+def _tensors(path):
+    ck = load_checkpoint(path)
+    return {k: v for k, v in ck.tensors.items() if k.split(".")[0] in ("G", "G_ema", "D")}
+
+
+def test_events_and_final_checkpoint(tmp_path, tiny_data):
+    events = list(train(tiny_config(), tiny_data, tmp_path))
+    kinds = {type(e) for e in events}
+    assert {Message, Progress, Samples, CheckpointSaved, Finished} <= kinds
+    assert isinstance(events[-1], Finished) and not events[-1].stopped
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [p.step for p in progress] == list(range(1, 7))
+    assert set(progress[-1].losses) == {"d", "d_cls", "g", "at"}
+    assert all(np.isfinite(v) for p in progress for v in p.losses.values())
+    assert progress[-1].images_per_s > 0 and progress[-1].eta_s == pytest.approx(0, abs=1e-6)
+    samples = [e for e in events if isinstance(e, Samples)]
+    assert samples[0].images.shape == (18, 16, 16)  # 6 per pattern, 3 patterns
+    assert samples[0].images.min() >= -1 and samples[0].images.max() <= 1
+    assert list(samples[0].labels) == [0] * 6 + [1] * 6 + [2] * 6
+
+    ck = load_checkpoint(events[-1].checkpoint)
+    assert ck.step == 6
+    assert ck.class_names == tiny_data.class_names
+    assert ck.metadata["summary"]["finished"] is True
+    assert ck.metadata["data"]["cell_diameter"] == pytest.approx(tiny_data.cell_diameter)
+    assert (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize("teacher", ["none", "classifier"])
+def test_other_teachers_train(tmp_path, tiny_data, teacher):
+    fin = run_to_end(train(tiny_config(teacher=teacher, steps=2), tiny_data, tmp_path))
+    ck = load_checkpoint(fin.checkpoint)
+    assert ck.config.teacher == teacher
+    losses = ck.metadata["summary"]["final_losses"]
+    assert ("at" in losses) == (teacher != "none")
+    if teacher == "classifier":
+        assert 0.0 <= ck.metadata["teacher"]["val_accuracy"] <= 1.0
+        assert any(k.startswith("teacher.") for k in ck.tensors)
+
+
+def test_unlabelled_data_trains_an_unconditional_model(tmp_path, tiny_data):
+    data = from_arrays(tiny_data.images, tiny_data.masks, image_size=16)
+    fin = run_to_end(train(tiny_config(steps=2), data, tmp_path))
+    ck = load_checkpoint(fin.checkpoint)
+    assert ck.class_names == [] and ck.n_classes == 0
+
+
+def test_stop_keeps_a_loadable_checkpoint(tmp_path, tiny_data):
+    stop = threading.Event()
+    events = []
+    for ev in train(tiny_config(steps=50), tiny_data, tmp_path, stop=stop):
+        events.append(ev)
+        if isinstance(ev, Progress) and ev.step == 3:
+            stop.set()
+    assert isinstance(events[-1], Finished) and events[-1].stopped
+    assert load_checkpoint(events[-1].checkpoint).step == 3
+
+
+def test_closing_the_generator_writes_a_checkpoint(tmp_path, tiny_data):
+    gen = train(tiny_config(steps=50), tiny_data, tmp_path)
+    for ev in gen:
+        if isinstance(ev, Progress) and ev.step == 2:
+            break
+    gen.close()
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors").step == 2
+
+
+def test_resume_continues_bit_for_bit(tmp_path, tiny_data):
+    cfg = tiny_config(steps=6)
+    full = run_to_end(train(cfg, tiny_data, tmp_path / "full")).checkpoint
+
+    stop = threading.Event()
+    for ev in train(cfg, tiny_data, tmp_path / "part", stop=stop):
+        if isinstance(ev, Progress) and ev.step == 3:
+            stop.set()
+    part = tmp_path / "part" / "checkpoint.safetensors"
+    assert load_checkpoint(part).step == 3
+    resumed = run_to_end(train(cfg, tiny_data, tmp_path / "resumed", resume=part)).checkpoint
+
+    a, b = _tensors(full), _tensors(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize(
+    "teacher, make, match",
+    [
+        ("mask", lambda d: from_arrays(d.images, None, list(d.labels), image_size=16), "mask"),
+        ("classifier", lambda d: from_arrays(d.images, d.masks, image_size=16), "2 patterns"),
+    ],
+)
+def test_teacher_needs_its_data(tmp_path, tiny_data, teacher, make, match):
+    with pytest.raises(ValueError, match=match):
+        list(train(tiny_config(teacher=teacher), make(tiny_data), tmp_path))
+
+
+def test_wrong_image_size_is_explained(tmp_path, tiny_data):
+    cfg = tiny_config(image_size=32, g_channels=(16, 8, 8))
+    with pytest.raises(ValueError, match="image_size=32"):
+        list(train(cfg, tiny_data, tmp_path))
+
+
+def test_missing_gpu_is_a_clear_error(tmp_path, tiny_data):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        list(train(tiny_config(device="cuda"), tiny_data, tmp_path))
+
+
+def test_out_of_memory_halves_the_batch(tmp_path, tiny_data, monkeypatch):
+    import napari_atagan.training as tr
+
+    real_make_step = tr._make_step
+
+    def make_step(*args, **kwargs):
+        step = real_make_step(*args, **kwargs)
+        calls = {"n": 0}
+
+        def flaky():
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return step()
+
+        return flaky
+
+    monkeypatch.setattr(tr, "_make_step", make_step)
+    events = list(train(tiny_config(steps=3), tiny_data, tmp_path))
+    assert any(isinstance(e, Message) and "batch size halved to 4" in e.text for e in events)
+    assert events[-1].summary["steps"] == 3 and events[-1].summary["batch_size"] == 4
