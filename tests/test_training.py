@@ -150,3 +150,20 @@ def test_out_of_memory_halves_the_batch(tmp_path, tiny_data, monkeypatch):
     events = list(train(tiny_config(steps=3), tiny_data, tmp_path))
     assert any(isinstance(e, Message) and "batch size halved to 4" in e.text for e in events)
     assert events[-1].summary["steps"] == 3 and events[-1].summary["batch_size"] == 4
+
+
+def test_batchnorm_statistics_come_from_real_cells(tiny_data):
+    from napari_atagan.models import Discriminator
+    from napari_atagan.training import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    D = Discriminator((8, 16, 16), image_size=16)
+    x = torch.from_numpy(tiny_data.images).unsqueeze(1)
+    recalibrate_batchnorm(D, x, batch_size=len(x))
+    D.eval()
+    eval_out = D.features(x)
+    D.train()
+    with torch.no_grad():
+        train_out = D.features(x)  # normalised with this very batch's statistics
+    # running variance is unbiased, batch variance biased: equal up to n/(n-1)
+    torch.testing.assert_close(eval_out, train_out, rtol=0.05, atol=0.05)

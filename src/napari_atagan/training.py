@@ -207,6 +207,7 @@ def train(
     metadata = _metadata_base(config, data, device)
 
     def save(final: bool = False) -> Path:
+        recalibrate_batchnorm(state.D, images, config.batch_size)
         meta = dict(metadata)
         meta.update(
             step=state.step,
@@ -302,14 +303,16 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
         if beta > 0:
             real_at, map_at = augment(real, maps[idx], generator=gen, geometric=True)
 
-        # --- discriminator
+        # --- discriminator. Real and generated cells go through D in separate
+        # batches, as in the generator step, so batch normalisation never lets D
+        # tell them apart by batch composition.
         with amp:
             fake = g_step(z, y_fake)
-            batch = [real_adv, fake.detach()] + ([real_at] if beta > 0 else [])
-            logit, cls, feats = d_step(torch.cat(batch))
-        logit = logit.float()
-        l_real, l_fake = logit[:b], logit[b:2 * b]
-        loss_d = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
+            reals = torch.cat([real_adv, real_at]) if beta > 0 else real_adv
+            l_real, cls, feats = d_step(reals)
+            l_fake = d_step(fake.detach())[0]
+        l_real, l_fake = l_real.float(), l_fake.float()
+        loss_d = F.softplus(-l_real[:b]).mean() + F.softplus(l_fake).mean()
         out = {"d": loss_d.detach()}
         if n_classes:
             loss_cls = F.cross_entropy(cls[:b].float(), y_real)
@@ -318,7 +321,7 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
         if beta > 0:
             # The soft-CAM's sigmoid(logit) factor cancels after L2 normalisation,
             # so the transfer compares the class activation map itself.
-            cam = D.cam_map(feats[2 * b:].float())
+            cam = D.cam_map(feats[b:].float())
             loss_at = at_loss(cam, map_at[:, 0])
             loss_d = loss_d + beta * loss_at
             out["at"] = loss_at.detach()
@@ -472,6 +475,35 @@ def _summary(state: _State, config: TrainConfig, final: bool) -> dict[str, Any]:
         "teacher": {k: v for k, v in state.teacher_info.items()
                     if isinstance(v, int | float | str | bool | type(None))},
     }
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(D: torch.nn.Module, images: torch.Tensor, batch_size: int,
+                          n: int = 4096) -> None:
+    """Set D's batch-norm running statistics to those of real cells.
+
+    During training the running averages drift towards whatever D saw last
+    (mostly generated cells). At inference D only ever sees real images (crops
+    and slides), so its statistics are recomputed from up to ``n`` real cells,
+    spread evenly over the data set, before every checkpoint. Deterministic, and
+    it leaves the training state (weights, RNG) untouched.
+    """
+    bns = [m for m in D.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    was_training = D.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    D.train()
+    idx = torch.linspace(0, len(images) - 1, min(n, len(images)), device=images.device).long()
+    for chunk in idx.split(max(batch_size, 2)):
+        if len(chunk) > 1:
+            D.features(images[chunk])
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+    D.train(was_training)
 
 
 def _release(device: torch.device) -> None:

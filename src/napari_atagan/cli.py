@@ -1,0 +1,325 @@
+"""The ``napari-atagan`` command line (also ``python -m napari_atagan``).
+
+Every subcommand is a thin front end over the engine: it parses options,
+drives an engine function or generator, prints progress on stderr and
+results on stdout. User mistakes end with a one-line message on stderr and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+
+# --------------------------------------------------------------------------- helpers
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    # In a log file, a line every half minute instead of a redraw several times a second.
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=tty,
+                mininterval=0.1 if tty else 30.0, ascii=not tty)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def has_display() -> bool:
+    """True where a napari window can open (a desktop, or an X/Wayland display)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+# --------------------------------------------------------------------------- train
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train an ATA-GAN on a folder of cell crops",
+        description=(
+            "Train an attention-aware GAN on cell crops. DIR holds one sub-folder per "
+            "staining pattern (or images directly), each image NNNNN.png with an optional "
+            "NNNNN_Mask.png. Writes OUT/checkpoint.safetensors (every --checkpoint-every "
+            "steps and at the end) and OUT/summary.json."
+        ),
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of cell crops")
+    p.add_argument("--out", default="runs/atagan", metavar="DIR",
+                   help="output folder for checkpoints and the summary (default: %(default)s)")
+    p.add_argument("--teacher", choices=("classifier", "mask", "none"), default=None,
+                   help="attention target: a pattern classifier trained on the crops, the "
+                        "smoothed cell masks, or none (plain GAN). Default: mask when masks "
+                        "exist, else classifier when there are >= 2 patterns, else none")
+    p.add_argument("--beta", type=_non_negative_float, default=None,
+                   help="weight of the attention-transfer loss (default: from the config, 1.0)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, default=None,
+                        help="training steps (default 4000)")
+    length.add_argument("--epochs", type=_non_negative_float, default=None,
+                        help="training length in passes over the data (converted to steps)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="cells per step (128)")
+    p.add_argument("--lr", type=_non_negative_float, default=None,
+                   help="learning rate of both networks (2e-4)")
+    p.add_argument("--image-size", type=int, choices=(32, 64, 128), default=64,
+                   help="model crop size in pixels (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+                   help="where to train (default: %(default)s = cuda > mps > cpu)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                   help="steps between checkpoints (500)")
+    p.add_argument("--quick", action="store_true",
+                   help="a small, fast configuration for a laptop CPU (a first look in minutes)")
+    p.add_argument("--compile", action="store_true", help="use torch.compile (GPU)")
+    p.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue an earlier run from its checkpoint (same data)")
+    p.set_defaults(run=_run_train)
+
+
+def quick_config_changes() -> dict:
+    """Smaller networks and batches that give cell-like samples in minutes on a CPU."""
+    return dict(g_channels=(128, 64, 32, 16), d_channels=(16, 32, 64, 128), batch_size=32,
+                steps=1500, checkpoint_every=250, sample_every=250)
+
+
+def _run_train(args) -> int:
+    from .config import TrainConfig, generator_channels
+    from .data import load_folder
+    from .training import CheckpointSaved, Finished, Message, Progress, train
+
+    t0 = time.perf_counter()
+    data = load_folder(args.data, image_size=args.image_size)
+    print(f"read {data.n} cells from {args.data} in {time.perf_counter() - t0:.1f} s "
+          f"({len(data.class_names) or 'no'} patterns, masks: {'yes' if data.has_masks else 'no'})",
+          file=sys.stderr)
+    teacher = args.teacher or (
+        "mask" if data.has_masks else "classifier" if len(data.class_names) >= 2 else "none")
+    changes: dict = {"teacher": teacher, "seed": args.seed, "device": args.device,
+                     "compile": args.compile}
+    if args.quick:
+        changes.update(quick_config_changes())
+    base = TrainConfig()
+    g = generator_channels(args.image_size, changes.get("g_channels", base.g_channels))
+    changes.update(image_size=args.image_size, g_channels=g)
+    for opt, field_name in (("beta", "beta"), ("steps", "steps"),
+                            ("batch_size", "batch_size"),
+                            ("checkpoint_every", "checkpoint_every")):
+        if getattr(args, opt) is not None:
+            changes[field_name] = getattr(args, opt)
+    if args.lr is not None:
+        changes.update(lr_g=args.lr, lr_d=args.lr)
+    if args.epochs is not None:
+        bs = changes.get("batch_size", base.batch_size)
+        changes["steps"] = max(1, math.ceil(args.epochs * data.n / bs))
+    changes["extra"] = {"command": " ".join(["napari-atagan", *sys.argv[1:]])}
+    config = base.replace(**changes)
+
+    bar = _progress_bar(config.steps, "train")
+    result = None
+    try:
+        for ev in train(config, data, args.out, resume=args.resume):
+            if isinstance(ev, Progress):
+                if ev.step < bar.n:  # resumed: jump the bar
+                    bar.reset()
+                bar.update(ev.step - bar.n)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in ev.losses.items()}
+                                | {"img/s": f"{ev.images_per_s:.0f}"}, refresh=False)
+            elif isinstance(ev, Message):
+                bar.write(ev.text, file=sys.stderr)
+            elif isinstance(ev, CheckpointSaved):
+                bar.write(f"checkpoint: {ev.path} (step {ev.step})", file=sys.stderr)
+            elif isinstance(ev, Finished):
+                result = ev
+    finally:
+        bar.close()
+    summary = dict(result.summary)
+    summary.pop("history", None)
+    summary["checkpoint"] = str(result.checkpoint)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- synth
+def _add_synth(sub) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="generate synthetic cells with attention masks",
+        description=(
+            "Generate N cells from a checkpoint, with the discriminator's attention map "
+            "and a mask for each, and write them as a folder in the training layout "
+            "(<pattern>/NNNNN.png + NNNNN_Mask.png, cells.csv) that `train` reads back."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a trained checkpoint")
+    p.add_argument("-n", "--number", type=_positive_int, default=100, dest="n",
+                   help="number of cells (default: %(default)s)")
+    p.add_argument("--pattern", default=None,
+                   help="staining pattern of all cells (a name the checkpoint knows); "
+                        "default: patterns drawn at random")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+                   help="where to run (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=1024,
+                   help="cells per batch (default: %(default)s)")
+    p.set_defaults(run=_run_synth)
+
+
+def _run_synth(args) -> int:
+    from .synthesis import generate, write_dataset
+
+    t0 = time.perf_counter()
+    bar = _progress_bar(args.n, "synth")
+    try:
+        syn = generate(args.checkpoint, args.n, pattern=args.pattern, seed=args.seed,
+                       device=args.device, batch_size=args.batch_size,
+                       progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
+    out = write_dataset(syn, args.out)
+    counts: dict[str, int] = {}
+    for p in syn.patterns:
+        counts[p or "(none)"] = counts.get(p or "(none)", 0) + 1
+    print(json.dumps({"out": str(out), "cells": args.n, "patterns": counts,
+                      "seconds": round(time.perf_counter() - t0, 2)}, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- simulate
+def _add_simulate(sub) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="simulated IIF HEp-2 cells and slides with exact ground truth",
+        description=(
+            "Write simulated IIF HEp-2 data: the shipped sample data (--sample-data DIR), "
+            "or N single-cell crops in the training layout (--crops N --out DIR)."
+        ),
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--sample-data", metavar="DIR",
+                      help="(re)generate the sample data files into DIR")
+    what.add_argument("--crops", type=_positive_int, metavar="N",
+                      help="number of single-cell crops to write (with --out)")
+    p.add_argument("--out", metavar="DIR", help="output folder for --crops")
+    p.add_argument("--size", type=int, default=64, help="crop side in pixels (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8,
+                   help="bits per pixel of the crops (default: %(default)s)")
+    p.set_defaults(run=_run_simulate)
+
+
+def _run_simulate(args) -> int:
+    from .simulate import make_sample_data, simulate_crops, write_crops_folder
+
+    if args.sample_data:
+        files = make_sample_data(args.sample_data)
+        print(json.dumps({k: str(v) for k, v in files.items()}, indent=2))
+        return 0
+    if not args.out:
+        raise UserError("--crops needs --out DIR")
+    crops = simulate_crops(args.crops, size=args.size, seed=args.seed, bit_depth=args.bit_depth)
+    out = write_crops_folder(crops, args.out)
+    print(json.dumps({"out": str(out), "cells": int(len(crops.images))}, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the main job on the shipped sample data",
+        description=(
+            "Open napari with the simulated IIF HEp-2 sample data. Where no display "
+            "exists (or with --headless) the same data is written to --out."
+        ),
+    )
+    p.add_argument("--out", default="out", metavar="DIR",
+                   help="output folder for the headless run (default: %(default)s)")
+    p.add_argument("--headless", action="store_true", help="never open a window")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), headless=args.headless or not has_display())
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-atagan",
+        description="Attention-aware GANs (ATA-GAN) for fluorescence microscopy.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-atagan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train(sub)
+    _add_synth(sub)
+    try:
+        from .cli_attention import register as _add_attention
+    except ImportError:  # pragma: no cover - the slide module is optional at import time
+        _add_attention = None
+    if _add_attention is not None:
+        _add_attention(sub)
+    _add_simulate(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .checkpoint import CheckpointError
+
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (UserError, CheckpointError, ValueError, FileNotFoundError, NotADirectoryError,
+            RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not _is_user_runtime_error(exc):
+            raise
+        print(f"napari-atagan {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _is_user_runtime_error(exc: RuntimeError) -> bool:
+    """Device errors (no GPU) are the user's to fix; other RuntimeErrors are bugs."""
+    text = str(exc)
+    return "was asked for but" in text
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from napari_atagan.checkpoint import load_checkpoint
+from napari_atagan.cli import build_parser, main
+
+
+def _help(command):
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    return sub.format_help(), sub
+
+
+@pytest.mark.parametrize("command", ["train", "synth", "attention", "simulate", "demo"])
+def test_help_documents_every_option(command):
+    text, sub = _help(command)
+    for action in sub._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{command} {action.option_strings} has no help"
+
+
+def test_python_dash_m_runs():
+    out = subprocess.run([sys.executable, "-m", "napari_atagan", "--version"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("napari-atagan ")
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "cells"
+    assert main(["simulate", "--crops", "24", "--size", "32", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_then_synth_round_trip(tmp_path, cells, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(cells), "--out", str(run), "--quick", "--steps", "2",
+                 "--batch-size", "4", "--image-size", "32", "--device", "cpu"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 2 and summary["finished"]
+    ck = load_checkpoint(summary["checkpoint"])
+    assert ck.config.teacher == "mask" and ck.config.image_size == 32
+    assert len(ck.class_names) == 6
+
+    synth = tmp_path / "synth"
+    assert main(["synth", "--checkpoint", summary["checkpoint"], "-n", "5",
+                 "--pattern", "Golgi", "--out", str(synth), "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["patterns"] == {"Golgi": 5}
+    assert len(list((synth / "Golgi").glob("*_Mask.png"))) == 5
+
+    # the synthetic folder is training data again; resume extends the first run
+    assert main(["train", "--data", str(synth), "--out", str(tmp_path / "again"), "--quick",
+                 "--steps", "1", "--batch-size", "4", "--image-size", "32",
+                 "--teacher", "none", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(cells), "--out", str(run), "--steps", "3",
+                 "--image-size", "32", "--resume", summary["checkpoint"], "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--data", "/nonexistent/folder"], "/nonexistent/folder"),
+        (["synth", "--checkpoint", "/nonexistent.safetensors", "--out", "x"], "nonexistent"),
+        (["simulate", "--crops", "3"], "--out"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_and_unknown_pattern(tmp_path, tiny_checkpoint, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert main(["synth", "--checkpoint", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.safetensors" in capsys.readouterr().err
+    assert main(["synth", "--checkpoint", str(tiny_checkpoint), "--pattern", "Golgi",
+                 "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert "Golgi" in capsys.readouterr().err
+
+
+def test_bad_option_values_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "--checkpoint", "x", "-n", "-3", "--out", "o"])
+    assert exc.value.code == 2
+    assert ">= 1" in capsys.readouterr().err
+
+
+def test_demo_headless_writes_the_sample_data(tmp_path, capsys):
+    assert main(["demo", "--headless", "--out", str(tmp_path / "demo")]) == 0
+    assert (tmp_path / "demo" / "hep2_slide.tif").exists()
+    assert str(tmp_path / "demo") in capsys.readouterr().err
