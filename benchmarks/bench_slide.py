@@ -1,0 +1,272 @@
+"""Speed and memory of whole-slide attention, beside a sliding-window baseline.
+
+Usage::
+
+    python benchmarks/bench_slide.py                 # 4096^2 on a GPU, 1024^2 on the CPU
+    python benchmarks/bench_slide.py --device cpu --size 2048
+    python benchmarks/bench_slide.py --big           # 20,000^2 uint16 TIFF memmap
+
+A default discriminator with random weights runs at model scale (factor 1) on a
+synthetic uint16 slide. Reported:
+
+* the fully convolutional tiled path (:func:`napari_atagan.slide.discriminator_attention`):
+  megapixels per second at model scale, peak host memory (RSS high-water mark
+  during the run, Linux VmHWM reset just before it; resident memory of the
+  process before the run, mostly the torch runtime, is given beside it)
+  and peak GPU memory;
+* the sliding-window baseline: 64x64 windows every 16 pixels, batched through
+  ``D.soft_cam``, overlapping maps averaged; and the speed ratio of the two.
+
+``--big`` writes a 20,000 x 20,000 uint16 TIFF into a temporary folder, then
+measures the tiled path in a fresh process reading it as a memory map and writing
+into a memory-mapped output (the host peak then includes the mapped file pages
+that were touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_atagan.device import describe, resolve_device
+from napari_atagan.models import Discriminator
+from napari_atagan.slide import discriminator_attention
+
+
+def _status_mb(key: str) -> float | None:
+    """A memory figure of this process from /proc/self/status (Linux), in MiB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> None:
+    """Restart the peak-RSS count from the current RSS (Linux; elsewhere a no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _rss_mb() -> float:
+    current = _status_mb("VmRSS")
+    return current if current is not None else _peak_rss_mb()
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory since the last :func:`_reset_peak_rss` (whole life elsewhere)."""
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _gpu_peak_mb(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _reset_gpu_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _model(device: torch.device) -> Discriminator:
+    torch.manual_seed(0)
+    return Discriminator().to(device).eval()
+
+
+def _synthetic(size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 4096, size=(size, size), dtype=np.uint16)
+
+
+def time_tiled(disc, image, device, tile_size: int, out=None, repeat: int = 1) -> dict:
+    """Best of ``repeat`` timed runs of the fully convolutional path (after a warm-up)."""
+    discriminator_attention(disc, image[:256, :256], device=device, tile_size=tile_size)
+    _sync(device)
+    _reset_gpu_peak(device)
+    host_before = _rss_mb()
+    _reset_peak_rss()
+    seconds = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        discriminator_attention(disc, image, device=device, tile_size=tile_size, out=out)
+        _sync(device)
+        seconds = min(seconds, time.perf_counter() - t0)
+    pixels = image.shape[0] * image.shape[1]
+    return {"seconds": round(seconds, 3), "mpx_per_s": round(pixels / seconds / 1e6, 2),
+            "host_rss_before_mb": round(host_before, 1),
+            "peak_host_mb": round(_peak_rss_mb(), 1), "peak_gpu_mb": _round(_gpu_peak_mb(device))}
+
+
+def sliding_window(disc, image: np.ndarray, device, window: int = 64, step: int = 16,
+                   batch: int = 512) -> np.ndarray:
+    """Soft-CAM of every ``window`` crop every ``step`` pixels, overlaps averaged."""
+    lo, hi = np.percentile(image[::4, ::4], [0.5, 99.8])
+    x = torch.from_numpy(image.astype(np.float32)).to(device)
+    x = ((x - float(lo)) * (2.0 / (float(hi) - float(lo))) - 1.0).clamp_(-1, 1)
+    h, w = x.shape
+    patches = x.unfold(0, window, step).unfold(1, window, step)  # (ny, nx, win, win) view
+    ny, nx = patches.shape[:2]
+    acc = torch.zeros((h, w), device=device)
+    rows_per_pass = max(1, batch // nx)
+    with torch.inference_mode():
+        for r0 in range(0, ny, rows_per_pass):
+            r1 = min(ny, r0 + rows_per_pass)
+            crops = patches[r0:r1].reshape(-1, 1, window, window)
+            maps = torch.cat([disc.soft_cam(crops[i:i + batch])
+                              for i in range(0, crops.shape[0], batch)])
+            cols = maps.reshape(r1 - r0, nx, window * window).permute(0, 2, 1)
+            for k in range(r1 - r0):  # fold one window row at a time
+                strip = F.fold(cols[k:k + 1], (window, (nx - 1) * step + window),
+                               kernel_size=window, stride=step)[0, 0]
+                y = (r0 + k) * step
+                acc[y:y + window, : strip.shape[1]] += strip
+    ones = torch.ones((1, window * window, ny * nx), device=device)
+    count = F.fold(ones, ((ny - 1) * step + window, (nx - 1) * step + window),
+                   kernel_size=window, stride=step)[0, 0]
+    acc[: count.shape[0], : count.shape[1]] /= count.clamp(min=1)
+    return acc.cpu().numpy()
+
+
+def time_sliding(disc, image, device, repeat: int = 1) -> dict:
+    sliding_window(disc, image[:256, :256], device)
+    _sync(device)
+    seconds = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        sliding_window(disc, image, device)
+        _sync(device)
+        seconds = min(seconds, time.perf_counter() - t0)
+    pixels = image.shape[0] * image.shape[1]
+    return {"seconds": round(seconds, 3), "mpx_per_s": round(pixels / seconds / 1e6, 2)}
+
+
+def _round(v):
+    return None if v is None else round(v, 1)
+
+
+def run_standard(device: torch.device, size: int, tile_size: int, repeat: int) -> dict:
+    disc = _model(device)
+    image = _synthetic(size)
+    tiled = time_tiled(disc, image, device, tile_size, repeat=repeat)
+    sliding = time_sliding(disc, image, device, repeat=repeat)
+    return {
+        "device": describe(device), "size": size, "tile_size": tile_size, "repeat": repeat,
+        "fully_convolutional": tiled, "sliding_window_64_stride_16": sliding,
+        "speedup": round(sliding["seconds"] / tiled["seconds"], 1),
+    }
+
+
+def run_big(device: torch.device, size: int, tile_size: int) -> dict:
+    """Write the big TIFF here, measure in a fresh process (clean memory high-water mark)."""
+    import tifffile
+
+    with tempfile.TemporaryDirectory(prefix="bench-slide-") as tmp:
+        path = Path(tmp) / "big.tif"
+        t0 = time.perf_counter()
+        _write_big_tiff(path, size)
+        write_s = time.perf_counter() - t0
+        tifffile.TiffFile(path).close()
+        cmd = [sys.executable, __file__, "--device", str(device), "--tile-size", str(tile_size),
+               "--_measure-big", str(path)]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"big-slide measurement failed:\n{result.stderr}")
+        report = json.loads(result.stdout)
+    report["tiff_write_seconds"] = round(write_s, 1)
+    return report
+
+
+def _write_big_tiff(path: Path, size: int) -> None:
+    import tifffile
+
+    mm = tifffile.memmap(path, shape=(size, size), dtype=np.uint16)
+    rng = np.random.default_rng(0)
+    band = 1024
+    for y in range(0, size, band):
+        mm[y:y + band] = rng.integers(0, 4096, size=(min(band, size - y), size), dtype=np.uint16)
+    mm.flush()
+    del mm
+
+
+def _measure_big(path: str, device: torch.device, tile_size: int) -> dict:
+    import tifffile
+
+    image = tifffile.memmap(path, mode="r")
+    disc = _model(device)
+    with tempfile.TemporaryDirectory(prefix="bench-out-", dir=os.path.dirname(path)) as tmp:
+        out = np.lib.format.open_memmap(Path(tmp) / "att.npy", mode="w+", dtype=np.float32,
+                                        shape=image.shape)
+        _reset_gpu_peak(device)
+        host_before = _rss_mb()
+        _reset_peak_rss()
+        t0 = time.perf_counter()
+        discriminator_attention(disc, image, device=device, tile_size=tile_size, out=out)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        finite = bool(np.isfinite(out[:: 997, :: 991]).all())
+        del out
+    pixels = image.shape[0] * image.shape[1]
+    return {
+        "device": describe(device), "size": list(image.shape), "dtype": str(image.dtype),
+        "tile_size": tile_size, "seconds": round(seconds, 1),
+        "mpx_per_s": round(pixels / seconds / 1e6, 2),
+        "host_rss_before_mb": round(host_before, 1),
+        "peak_host_mb": round(_peak_rss_mb(), 1), "peak_gpu_mb": _round(_gpu_peak_mb(device)),
+        "finite": finite,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    parser.add_argument("--size", type=int, default=None,
+                        help="side of the synthetic slide (default: 4096 on GPU, 1024 on CPU)")
+    parser.add_argument("--tile-size", type=int, default=1024, help="tile side (model pixels)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed runs of each method; the fastest counts (default: 3)")
+    parser.add_argument("--big", action="store_true",
+                        help="also measure a 20,000^2 uint16 TIFF memmap (tiled path only)")
+    parser.add_argument("--_measure-big", dest="measure_big", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    if args.measure_big:
+        print(json.dumps(_measure_big(args.measure_big, device, args.tile_size)))
+        return 0
+    size = args.size or (4096 if device.type == "cuda" else 1024)
+    report = {"standard": run_standard(device, size, args.tile_size, max(1, args.repeat))}
+    print(json.dumps(report["standard"], indent=2), flush=True)
+    if args.big:
+        report["big"] = run_big(device, 20_000, args.tile_size)
+        print(json.dumps(report["big"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""``napari-atagan attention``: attention map and cell labels of a whole slide.
+
+::
+
+    napari-atagan attention --checkpoint run.safetensors --image slide.tif \\
+        --diameter 40 --out results/ [--threshold otsu|VALUE] [--min-size N] \\
+        [--device auto] [--tile-size 1024] [--grey]
+
+writes ``results/slide_attention.tif`` (float32) and ``results/slide_labels.tif``
+(uint16 cell ids), both ImageJ TIFFs carrying how they were made, and prints a
+JSON summary (cells found, seconds, megapixels per second) on stdout. Progress
+goes to stderr. A 3-D TIFF is treated as a stack of planes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXIT_USAGE = 2
+EXIT_STOPPED = 130
+_MEMMAP_PIXELS = 1 << 27
+"""Attention maps larger than this (512 MB of float32) are staged in a file, not in RAM."""
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``attention`` subcommand to an argparse sub-parser set."""
+    p = subparsers.add_parser(
+        "attention",
+        help="attention map and cell labels of a whole slide",
+        description=(
+            "Run a trained discriminator over a whole slide (no sliding window, tiled to "
+            "bound memory), and write its attention map and the cells found in it as "
+            "ImageJ TIFFs: <stem>_attention.tif and <stem>_labels.tif in --out."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a trained checkpoint")
+    p.add_argument("--image", required=True, metavar="FILE",
+                   help="the slide: TIFF (2-D, or a 3-D stack), PNG or .npy")
+    p.add_argument("--diameter", required=True, type=_diameter, metavar="PIXELS",
+                   help="typical cell diameter in the slide, in pixels, or 'auto' to estimate it")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--threshold", type=_threshold, default="otsu",
+                   help="attention level that separates cells from background: 'otsu' "
+                        "(automatic) or a number (default: %(default)s)")
+    p.add_argument("--min-size", type=int, default=None, metavar="N",
+                   help="smallest cell kept, in pixels (default: a tenth of a cell's area)")
+    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+                   help="where to run (default: %(default)s)")
+    p.add_argument("--tile-size", type=int, default=1024, metavar="N",
+                   help="tile side at model scale in pixels; smaller needs less memory "
+                        "(default: %(default)s)")
+    p.add_argument("--grey", action="store_true",
+                   help="convert a colour (RGB) image to grey instead of refusing it")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute the subcommand; 0 on success, 2 for a user mistake, 130 when interrupted."""
+    from .checkpoint import CheckpointError
+    from .slide import Stopped
+
+    try:
+        return _run(args)
+    except (Stopped, KeyboardInterrupt):
+        print("napari-atagan attention: interrupted", file=sys.stderr)
+        return EXIT_STOPPED
+    except (CheckpointError, ValueError, OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "was asked for but" not in str(exc):
+            raise  # a bug, not a user mistake: keep the traceback
+        print(f"napari-atagan attention: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# ---------------------------------------------------------------------------
+
+
+def _diameter(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a cell diameter in pixels or 'auto', got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"the cell diameter must be > 0 pixels, got {text}")
+    return value
+
+
+def _threshold(text: str) -> float | str:
+    if text.strip().lower() == "otsu":
+        return "otsu"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'otsu' or a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"the threshold must be a finite number, got {text}")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .checkpoint import load_checkpoint
+    from .export import save_attention_tiff, save_labels_tiff
+    from .labels import attention_to_labels
+    from .slide import estimate_cell_diameter, model_cell_diameter, slide_attention, \
+        slide_attention_stack
+
+    _check_args(args)
+    out_dir = Path(args.out)
+    image_path = Path(args.image)
+    image = open_image(image_path)
+    rgb = "grey" if args.grey else None
+    stack = _is_stack(image.shape, args.grey)
+    ckpt = load_checkpoint(args.checkpoint)
+    diameter = args.diameter
+    if diameter == "auto":
+        diameter = estimate_cell_diameter(image[0] if stack else image, rgb=rgb)
+        print(f"estimated cell diameter: {diameter:.1f} px", file=sys.stderr)
+    min_size = args.min_size if args.min_size is not None else _default_min_size(diameter)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    shape = tuple(image.shape[:3] if stack else image.shape[:2])
+    bar = _TextProgress("attention")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".attention-") as scratch:
+        out = _allocate(shape, Path(scratch))
+        compute = slide_attention_stack if stack else slide_attention
+        try:
+            attention = compute(ckpt, image, cell_diameter=diameter, tile_size=args.tile_size,
+                                device=args.device, progress=bar, out=out, rgb=rgb)
+        finally:
+            bar.close()
+        seconds_map = time.perf_counter() - t0
+        labels = attention_to_labels(np.asarray(attention), threshold=args.threshold,
+                                     min_size=min_size)
+        metadata = {
+            "checkpoint": Path(args.checkpoint).name,
+            "checkpoint_format_version": ckpt.metadata.get("format_version"),
+            "image": image_path.name,
+            "cell_diameter": float(diameter),
+            "model_cell_diameter": model_cell_diameter(ckpt),
+            "threshold": args.threshold,
+            "min_size": int(min_size),
+            "tile_size": int(args.tile_size),
+            "software_version": __version__,
+        }
+        stem = image_path.stem
+        att_path = save_attention_tiff(out_dir / f"{stem}_attention.tif", attention,
+                                       metadata=metadata)
+        del attention, out
+    lab_path = save_labels_tiff(out_dir / f"{stem}_labels.tif", labels, metadata=metadata)
+    seconds = time.perf_counter() - t0
+    n_pixels = int(np.prod(shape))
+    print(json.dumps({
+        "attention": str(att_path),
+        "labels": str(lab_path),
+        "cells": int(labels.max()),
+        "cell_diameter": round(float(diameter), 2),
+        "seconds": round(seconds, 2),
+        "megapixels_per_s": round(n_pixels / 1e6 / max(seconds_map, 1e-9), 2),
+    }, indent=2))
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.tile_size < 16:
+        raise ValueError(f"--tile-size must be at least 16 pixels, got {args.tile_size}")
+    if args.min_size is not None and args.min_size < 0:
+        raise ValueError(f"--min-size must be >= 0 pixels, got {args.min_size}")
+    if not Path(args.image).is_file():
+        raise ValueError(f"image {args.image!r} does not exist or is not a file")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out!r} is a file, not a folder")
+
+
+def _default_min_size(diameter: float) -> int:
+    """A tenth of the area of a cell of the given diameter."""
+    return max(1, int(0.1 * math.pi * diameter**2 / 4))
+
+
+def _is_stack(shape: tuple[int, ...], grey: bool) -> bool:
+    colour = len(shape) in (3, 4) and shape[-1] in (3, 4)
+    if colour and not grey:
+        raise ValueError(
+            f"the image looks like colour (shape {tuple(shape)}): pass --grey to use its "
+            "luminance, or save one channel"
+        )
+    if len(shape) == 3:
+        return not (grey and shape[-1] in (3, 4))
+    return len(shape) == 4 and grey and shape[-1] in (3, 4)
+
+
+def _allocate(shape: tuple[int, ...], scratch: Path) -> np.ndarray:
+    """The float32 result array; a file-backed memmap when it is large."""
+    if int(np.prod(shape)) <= _MEMMAP_PIXELS:
+        return np.zeros(shape, dtype=np.float32)
+    return np.lib.format.open_memmap(scratch / "attention.npy", mode="w+", dtype=np.float32,
+                                     shape=shape)
+
+
+def open_image(path: Path) -> Any:
+    """Open a slide without reading it into memory where the format allows it.
+
+    Uncompressed TIFF and ``.npy`` files are memory-mapped; other TIFFs and PNGs
+    are read whole. Leading axes of length 1 are dropped.
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            image = _open_tiff(path)
+        elif suffix == ".npy":
+            image = np.load(path, mmap_mode="r")
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                image = np.asarray(im)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"could not read image {str(path)!r}: {exc}") from None
+    while image.ndim > 2 and image.shape[0] == 1:
+        image = image[0]
+    return image
+
+
+def _open_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return tifffile.memmap(path, mode="r")
+    except (ValueError, OSError):  # compressed or tiled: no memory map possible
+        return tifffile.imread(path)
+
+
+class _TextProgress:
+    """``label  37/120 (31%)`` on stderr, rewritten in place; quiet when not a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.last = -1.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100.0 * done / max(total, 1)
+        if not self.tty and done < total:
+            return
+        if done < total and pct - self.last < 1.0:
+            return
+        self.last = pct
+        print(f"\r{self.label} {done}/{total} ({pct:.0f}%)", end="", file=sys.stderr,
+              flush=True)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
+            self.shown = False

@@ -1,0 +1,706 @@
+"""The discriminator's attention on whole slides, tile by tile, in bounded memory.
+
+What is computed
+----------------
+The discriminator ``D`` is convolutional up to its global average pooling, so it
+needs no sliding window. For a slide:
+
+1. **Scale.** The slide is resampled so that its cells have the size cells had in
+   the training crops at model scale: ``factor = model_cell_diameter / cell_diameter``
+   (see :func:`model_cell_diameter`). Downscaling is anti-aliased (a triangle
+   filter as wide as the scale step), upscaling is bilinear.
+2. **Intensity.** Like the training crops, the slide is mapped linearly so that its
+   robust low/high percentiles (0.5 % and 99.8 % by default, the values of
+   :func:`napari_atagan.data.normalise_slide`) become -1 and +1, then clipped. The
+   percentiles are taken on a regular sub-sample of at most ~4 million pixels,
+   so a huge slide is never loaded whole.
+3. **Features.** ``D.features`` runs once over the rescaled slide. This is done in
+   tiles with a halo wider than ``D``'s receptive field and origins on multiples
+   of ``D.stride``, so the result does not depend on the tiling: a tile's feature
+   cells are exactly those of the untiled slide.
+4. **Window realness.** The realness logit of every feature cell,
+   ``l = w . A + b``, is averaged over windows the size of one training crop
+   (``image_size / stride`` cells, centred on the cell). ``D``'s logit on a crop is
+   exactly such an average, so this is "how real does the crop around here look".
+   At the slide edge the window holds only the cells inside the slide (no
+   padding is counted).
+5. **Soft-CAM.** ``sigmoid(window logit) * cam``, with ``cam = sum_k w_k A_k``,
+   per feature cell; background far from any cell gets a small value because its
+   window looks unreal. The feature-cell map is finally resampled bilinearly to
+   the slide's own pixel grid (feature cell ``j`` covers model pixels
+   ``[j * stride, (j + 1) * stride)``, as in ``D.soft_cam``).
+
+Memory
+------
+Only one tile of the slide (plus halo) is read and converted to float at a time.
+The feature-cell map is small (``stride**2`` times fewer cells than the rescaled
+slide). The full-resolution result is written band by band into ``out``, which
+can be a preallocated array or a ``numpy.memmap`` for slides whose float32 map
+does not fit in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from .data import SLIDE_HI_PCT, SLIDE_LO_PCT
+from .device import resolve_device
+
+__all__ = [
+    "Stopped",
+    "discriminator_attention",
+    "estimate_cell_diameter",
+    "model_cell_diameter",
+    "slide_attention",
+    "slide_attention_stack",
+]
+
+CELL_FRACTION = 0.7
+"""Cell diameter / crop side assumed when a checkpoint does not record the cell
+diameter at model scale (median 0.67 for the I3A HEp-2 crops with masks)."""
+MIN_INPUT = 16
+"""Smallest side (model pixels) the discriminator accepts."""
+MAX_MODEL_PIXELS = 2**34
+"""Refuse slides that would exceed this many pixels at model scale (a typo'd diameter)."""
+_SAMPLE_PIXELS = 4_000_000
+_OUT_BAND_PIXELS = 1 << 22
+_LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
+
+Progress = Callable[[int, int], Any]
+Stop = Callable[[], bool]
+
+
+class Stopped(Exception):
+    """Raised when the ``stop`` callback asked to abort a slide computation."""
+
+
+# ---------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------
+
+
+def slide_attention(
+    checkpoint: Any,
+    image: Any,
+    *,
+    cell_diameter: float,
+    tile_size: int = 1024,
+    device: str | torch.device = "auto",
+    stop: Stop | None = None,
+    progress: Progress | None = None,
+    out: np.ndarray | None = None,
+    intensity: tuple[float, float] | None = None,
+    rgb: str | None = None,
+) -> np.ndarray:
+    """Attention map of a trained discriminator over a whole 2-D slide.
+
+    Parameters
+    ----------
+    checkpoint:
+        Path of a checkpoint, or a loaded :class:`~napari_atagan.checkpoint.Checkpoint`.
+    image:
+        2-D grey slide ``(Y, X)`` of any numeric dtype: a numpy array, a
+        ``numpy.memmap`` / ``tifffile.memmap``, or any array-like with ``.shape``,
+        ``.dtype`` and slicing (dask, zarr); it is read region by region.
+    cell_diameter:
+        Typical cell diameter in the slide, in pixels (see :func:`estimate_cell_diameter`).
+    tile_size:
+        Side of a tile at model scale, in pixels (bounds host and GPU memory).
+    device:
+        ``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
+    stop:
+        Called between tiles; when it returns True, :class:`Stopped` is raised.
+    progress:
+        Called as ``progress(done, total)`` after every tile / output band.
+    out:
+        Optional preallocated float array (or memmap) of the slide's shape that
+        receives the map; it is also returned.
+    intensity:
+        ``(low, high)`` source levels that map to -1 and +1; default: the slide's
+        0.5 % / 99.8 % percentiles.
+    rgb:
+        ``"grey"`` converts an RGB(A) image ``(Y, X, 3|4)`` to luminance; colour
+        images are refused otherwise.
+
+    Returns
+    -------
+    float32 array of the slide's shape (``out`` when given). A constant image
+    gives all zeros.
+    """
+    slide = _as_slide(image, rgb)
+    ckpt = _load(checkpoint)
+    factor = model_cell_diameter(ckpt) / _check_diameter(cell_diameter)
+    dev = resolve_device(str(device))
+    disc = ckpt.discriminator(dev)
+    return discriminator_attention(
+        disc, slide, factor=factor, tile_size=tile_size, device=dev, stop=stop,
+        progress=progress, out=out, intensity=intensity,
+    )
+
+
+def slide_attention_stack(
+    checkpoint: Any,
+    stack: Any,
+    *,
+    cell_diameter: float,
+    tile_size: int = 1024,
+    device: str | torch.device = "auto",
+    stop: Stop | None = None,
+    progress: Progress | None = None,
+    out: np.ndarray | None = None,
+    rgb: str | None = None,
+) -> np.ndarray:
+    """Attention maps of a stack ``(T, Y, X)``, plane by plane.
+
+    Every plane is treated as its own slide (its own intensity percentiles).
+    ``progress`` counts over the whole stack. ``rgb="grey"`` also accepts a
+    colour stack ``(T, Y, X, 3|4)``. Other parameters as in :func:`slide_attention`.
+    """
+    if not hasattr(stack, "shape") or not hasattr(stack, "dtype"):
+        stack = np.asarray(stack)
+    ndim = len(stack.shape)
+    is_rgb = ndim == 4 and stack.shape[-1] in (3, 4)
+    if ndim == 3 and stack.shape[-1] in (3, 4) and min(stack.shape[:2]) > 4:
+        raise ValueError(
+            f"shape {tuple(stack.shape)} looks like one colour image, not a stack: use "
+            "slide_attention(..., rgb='grey')"
+        )
+    if ndim != 3 and not (is_rgb and rgb == "grey"):
+        raise ValueError(
+            f"a stack must be 3-D (T, Y, X), got shape {tuple(stack.shape)}"
+            + ("; for colour planes pass rgb='grey'" if is_rgb else "")
+        )
+    n = int(stack.shape[0])
+    if n == 0:
+        raise ValueError("the stack has no planes")
+    planes = [_as_slide(_Plane(stack, t), "grey" if is_rgb else None) for t in range(n)]
+    ckpt = _load(checkpoint)
+    factor = model_cell_diameter(ckpt) / _check_diameter(cell_diameter)
+    dev = resolve_device(str(device))
+    disc = ckpt.discriminator(dev)
+    shape = (n, *planes[0].shape)
+    out = _output(out, shape)
+    plans = [_plan(disc, p.shape, factor, tile_size) for p in planes]
+    total = sum(p.n_steps for p in plans)
+    done = 0
+    for t, (plane, plan) in enumerate(zip(planes, plans)):
+        offset = done
+
+        def plane_progress(k: int, _total: int, offset: int = offset) -> None:
+            if progress is not None:
+                progress(offset + k, total)
+
+        _run(disc, plane, plan, out[t], dev, stop, plane_progress, None)
+        done += plan.n_steps
+    return out
+
+
+def discriminator_attention(
+    discriminator: torch.nn.Module,
+    image: Any,
+    *,
+    factor: float = 1.0,
+    tile_size: int = 1024,
+    device: str | torch.device | None = None,
+    stop: Stop | None = None,
+    progress: Progress | None = None,
+    out: np.ndarray | None = None,
+    intensity: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """The engine of :func:`slide_attention` for a bare discriminator.
+
+    ``factor`` is the resampling factor to model scale (``> 1`` enlarges the
+    slide). ``discriminator`` must offer ``features``, ``cam_map``,
+    ``realness_weight``, ``stride``, ``receptive_field`` and ``image_size``; it is
+    moved to ``device`` (default: where its weights are) and put in eval mode.
+    """
+    slide = _as_slide(image, None)
+    if device is None:
+        dev = next(discriminator.parameters()).device
+    else:
+        dev = device if isinstance(device, torch.device) else resolve_device(str(device))
+    discriminator = discriminator.to(dev).eval()
+    plan = _plan(discriminator, slide.shape, factor, tile_size)
+    return _run(discriminator, slide, plan, _output(out, slide.shape), dev, stop, progress,
+                intensity)
+
+
+def model_cell_diameter(checkpoint: Any) -> float:
+    """Typical cell diameter, in pixels at model scale, of the checkpoint's training crops.
+
+    Training crops of different source sizes were all resized to ``image_size``,
+    so a cell's model-scale diameter is its source diameter times
+    ``image_size / crop side``. Checkpoints record the median of that as
+    ``metadata["data"]["model_cell_diameter"]``; where it is missing it is taken
+    as ``CELL_FRACTION * image_size`` (cells fill about 70 % of a crop's side).
+    """
+    ckpt = _load(checkpoint)
+    data = ckpt.metadata.get("data") or {}
+    value = data.get("model_cell_diameter")
+    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        return float(value)
+    size = int(data.get("image_size") or ckpt.config.image_size)
+    return CELL_FRACTION * size
+
+
+def estimate_cell_diameter(image: Any, *, rgb: str | None = None, max_side: int = 2048) -> float:
+    """Rough typical cell diameter (pixels) of a fluorescence slide, for a starting value.
+
+    The brightest 3 % of pixels are clipped (so bright speckles inside a cell do
+    not stand out from it), then objects are found by Otsu's threshold of the
+    Gaussian-smoothed image, with holes filled and touching cells split
+    (:func:`napari_atagan.labels.attention_to_labels`); the estimate is the median equivalent diameter of the objects that do not
+    touch the image edge. How much to smooth depends on the answer (too little
+    and bright speckles inside large cells count as cells, too much merges
+    neighbours), so sigma grows in steps of sqrt(2) from 1 pixel while the
+    objects found stay at least 6 sigma wide.
+    Only a central region of at most ``max_side`` pixels is looked at.
+
+    Raises ``ValueError`` when no cell-like objects are found.
+    """
+    slide = _as_slide(image, rgb)
+    h, w = slide.shape
+    y0, x0 = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
+    region = np.asarray(slide[y0:y0 + max_side, x0:x0 + max_side], dtype=np.float32)
+    if not np.isfinite(region).all():
+        raise ValueError("the image contains NaN or infinite values: replace them first")
+    if float(region.max()) - float(region.min()) <= 0:
+        raise ValueError("the image is constant: there are no cells to measure")
+    region = _flatten_bright_spots(region)
+    # Smooth as much as possible while objects stay >= 6 sigma wide: less smoothing
+    # splits large textured cells into their bright spots, more merges neighbours.
+    sigma, diameter = 1.0, _diameter_at(region, 1.0)
+    while sigma * math.sqrt(2) <= max(region.shape) / 12:
+        try:
+            bigger = _diameter_at(region, sigma * math.sqrt(2))
+        except ValueError:
+            break
+        if bigger < 6 * sigma * math.sqrt(2):
+            break
+        sigma, diameter = sigma * math.sqrt(2), bigger
+    return diameter
+
+
+def _flatten_bright_spots(region: np.ndarray) -> np.ndarray:
+    """Clip the brightest 3 % of pixels (speckles, nucleoli) so that cells become plateaus.
+
+    The clip level never drops below Otsu's threshold, so a slide with only a few
+    cells keeps them above it.
+    """
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    level = max(float(np.percentile(region, 97.0)),
+                float(threshold_otsu(ndi.gaussian_filter(region, 1.0))))
+    return np.minimum(region, np.float32(level))
+
+
+def _diameter_at(region: np.ndarray, sigma: float) -> float:
+    """Median equivalent diameter of the objects found after smoothing by ``sigma``."""
+    from scipy import ndimage as ndi
+    from skimage.transform import downscale_local_mean
+
+    from .labels import attention_to_labels
+
+    shrink = max(1, min(int(sigma // 2), min(region.shape) // 64))
+    work = downscale_local_mean(region, (shrink, shrink)) if shrink > 1 else region
+    smooth = ndi.gaussian_filter(work, sigma=sigma / shrink)
+    labels = attention_to_labels(smooth, threshold="otsu", min_size=max(4, 20 // shrink**2),
+                                 smooth=0, split_depth=max(1.0, sigma / shrink / 2))
+    inner = _drop_edge_objects(labels)
+    use = inner if inner.max() > 0 else labels
+    areas = np.bincount(use.ravel())[1:]
+    areas = areas[areas > 0]
+    if areas.size == 0:
+        raise ValueError(
+            "no cell-like objects were found: enter the cell diameter by hand "
+            "(measure a few cells in pixels)"
+        )
+    return float(np.median(np.sqrt(4.0 * areas / np.pi))) * shrink
+
+
+# ---------------------------------------------------------------------------
+# input checks and lazy views
+# ---------------------------------------------------------------------------
+
+
+class _Plane:
+    """Plane ``t`` of a stack, read lazily (slicing reads only that region)."""
+
+    def __init__(self, stack: Any, t: int) -> None:
+        self._stack, self._t = stack, t
+        self.base_array = stack
+        self.shape = tuple(stack.shape[1:])
+        self.dtype = np.dtype(stack.dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return np.asarray(self._stack[(self._t, *key)])
+
+
+class _Grey:
+    """Luminance view of an RGB(A) array ``(Y, X, 3|4)``, computed region by region."""
+
+    def __init__(self, rgb: Any) -> None:
+        self._rgb = rgb
+        self.base_array = getattr(rgb, "base_array", rgb)
+        self.shape = tuple(rgb.shape[:2])
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        region = np.asarray(self._rgb[key])
+        return region[..., :3].astype(np.float32) @ _LUMA
+
+
+def _as_slide(image: Any, rgb: str | None) -> Any:
+    """Check a slide's shape and dtype; return a 2-D array-like (no data read)."""
+    if rgb not in (None, "grey"):
+        raise ValueError(f"rgb must be None or 'grey', got {rgb!r}")
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    shape = tuple(int(s) for s in image.shape)
+    is_rgb = len(shape) == 3 and shape[-1] in (3, 4)
+    if is_rgb:
+        if rgb != "grey":
+            raise ValueError(
+                f"the image looks like colour (RGB/RGBA), shape {shape}: pass rgb='grey' "
+                "to use its luminance, or pick one channel"
+            )
+        image, shape = _Grey(image), shape[:2]
+    elif len(shape) == 3:
+        raise ValueError(
+            f"the image is 3-D, shape {shape}: use slide_attention_stack for a (T, Y, X) "
+            "stack, or pick one plane"
+        )
+    elif len(shape) != 2:
+        raise ValueError(
+            f"a slide must be a 2-D grey image (Y, X), got {len(shape)}-D shape {shape}: "
+            "pick one plane and one channel"
+        )
+    kind = np.dtype(image.dtype).kind
+    if kind not in "biuf":
+        raise ValueError(f"the image must be numeric, got dtype {image.dtype}")
+    if min(shape) < 2:
+        raise ValueError(
+            f"the image is {shape[0]} x {shape[1]} pixels: a slide must be at least "
+            "2 pixels in both directions (and hold at least one cell)"
+        )
+    return image
+
+
+def _check_diameter(cell_diameter: float) -> float:
+    message = f"cell_diameter must be a positive number of pixels, got {cell_diameter!r}"
+    try:
+        d = float(cell_diameter)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if not math.isfinite(d) or d <= 0:
+        raise ValueError(message)
+    return d
+
+
+def _load(checkpoint: Any) -> Any:
+    if isinstance(checkpoint, (str, os.PathLike)):
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(checkpoint)
+    return checkpoint
+
+
+def _output(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if out is None:
+        return np.zeros(shape, dtype=np.float32)
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out has shape {tuple(out.shape)} but the result has shape {shape}")
+    if np.dtype(out.dtype).kind != "f":
+        raise ValueError(f"out must be a float array, got dtype {out.dtype}")
+    return out
+
+
+def _release_pages(array: Any) -> None:
+    """Drop the touched pages of a memory-mapped array from this process's memory.
+
+    Reading a ``numpy.memmap`` (or a ``tifffile.memmap``) tile by tile, or writing
+    the result into one, would otherwise keep every page that was touched
+    resident until the end: the whole slide plus the whole map. The data stays in
+    the file (written pages included: the mapping is shared) and is mapped in
+    again on the next access. Copy-on-write maps (mode ``"c"``) are left alone.
+    """
+    array = getattr(array, "base_array", array)
+    handle = getattr(array, "_mmap", None)
+    if handle is None or getattr(array, "mode", "c") not in ("r", "r+", "w+"):
+        return
+    if not hasattr(mmap, "MADV_DONTNEED") or not hasattr(handle, "madvise"):
+        return
+    try:
+        handle.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):
+        pass
+
+
+def _drop_edge_objects(labels: np.ndarray) -> np.ndarray:
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.where(np.isin(labels, edge[edge > 0]), 0, labels)
+
+
+# ---------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one slide maps to model scale and into tiles."""
+
+    shape: tuple[int, int]  # source pixels (Y, X)
+    factor: float  # model pixels per source pixel
+    stride: int  # model pixels per feature cell
+    window: int  # feature cells per training crop side
+    halo: int  # feature cells of context for exact convolution
+    grid: tuple[int, int]  # feature cells (Y, X)
+    core: int  # feature cells per tile side
+    band: int  # source rows per output band
+
+    @property
+    def tiles(self) -> list[tuple[int, int, int, int]]:
+        ys = range(0, self.grid[0], self.core)
+        xs = range(0, self.grid[1], self.core)
+        return [(y, min(y + self.core, self.grid[0]), x, min(x + self.core, self.grid[1]))
+                for y in ys for x in xs]
+
+    @property
+    def n_bands(self) -> int:
+        return -(-self.shape[0] // self.band)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.tiles) + self.n_bands
+
+
+def _plan(disc: Any, shape: tuple[int, int], factor: float, tile_size: int) -> _Plan:
+    if not math.isfinite(factor) or factor <= 0:
+        raise ValueError(f"the scale factor must be a positive number, got {factor}")
+    if int(tile_size) < 1:
+        raise ValueError(f"tile_size must be a positive number of pixels, got {tile_size}")
+    stride = int(disc.stride)
+    crop = int(disc.image_size)
+    h, w = shape
+    model = (max(1, round(h * factor)), max(1, round(w * factor)))
+    if model[0] * model[1] > MAX_MODEL_PIXELS:
+        raise ValueError(
+            f"at this cell diameter the {h} x {w} slide would be enlarged {factor:.1f} times "
+            f"to {model[0]} x {model[1]} pixels: check the cell diameter (it is too small)"
+        )
+    if min(model) < crop:
+        raise ValueError(
+            f"at this cell diameter the {h} x {w} slide shrinks to {model[0]} x {model[1]} "
+            f"pixels at model scale, smaller than one training crop ({crop} x {crop}): "
+            "check the cell diameter (it is too large for this image)"
+        )
+    halo = -(-int(disc.receptive_field) // stride)
+    core = max(1, int(tile_size) // stride)
+    grid = (-(-model[0] // stride), -(-model[1] // stride))
+    band = max(1, _OUT_BAND_PIXELS // w)
+    return _Plan(shape, factor, stride, crop // stride, halo, grid, core, band)
+
+
+def _taps(start: int, stop: int, scale: float, n_src: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resampling taps for destination pixels ``start..stop-1``.
+
+    Destination pixel ``i`` sits at source coordinate ``(i + 0.5) * scale - 0.5``
+    (``scale`` = source pixels per destination pixel). A triangle filter of
+    half-width ``max(1, scale)`` gives bilinear interpolation when enlarging and
+    anti-aliased averaging when shrinking; indices beyond the source are clamped
+    (edge pixels repeat). Returns ``(index, weight)``, both ``(n, taps)``.
+    """
+    x = (torch.arange(start, stop, dtype=torch.float64) + 0.5) * scale - 0.5
+    radius = max(1.0, float(scale))
+    first = torch.floor(x - radius) + 1
+    n_taps = int(math.ceil(2 * radius)) + 1
+    idx = first[:, None] + torch.arange(n_taps, dtype=torch.float64)[None]
+    weight = (1 - (x[:, None] - idx).abs() / radius).clamp(min=0)
+    keep = weight.sum(0) > 0
+    idx, weight = idx[:, keep], weight[:, keep]
+    weight = weight / weight.sum(1, keepdim=True)
+    return idx.clamp(0, n_src - 1).long(), weight.float()
+
+
+def _resample(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """Weighted gather of ``x`` along ``dim`` (0 rows, 1 columns) with taps from :func:`_taps`."""
+    out = None
+    for t in range(idx.shape[1]):
+        part = x.index_select(dim, idx[:, t])
+        w = weight[:, t, None] if dim == 0 else weight[None, :, t]
+        out = part * w if out is None else out.addcmul_(part, w)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the computation
+# ---------------------------------------------------------------------------
+
+
+def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np.ndarray:
+    lo, hi = intensity if intensity is not None else _percentiles(slide)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"intensity levels must be finite, got {(lo, hi)}")
+    total = plan.n_steps
+    if hi - lo <= 1e-6 * max(abs(hi), 1.0):
+        out[...] = 0  # a constant image holds no cells
+        if progress is not None:
+            progress(total, total)
+        return out
+    reader = _ModelScaleReader(slide, plan, lo, hi, device)
+    cells = torch.zeros(plan.grid, dtype=torch.float32, device=device)
+    done = 0
+    with torch.inference_mode(), parametrize.cached():  # one spectral-norm weight per run
+        for tile in plan.tiles:
+            _check_stop(stop)
+            y0, y1, x0, x1 = tile
+            cells[y0:y1, x0:x1] = _tile_soft_cam(disc, reader, plan, tile)
+            _release_pages(slide)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        _upsample_into(cells, plan, out, stop, progress, done, total)
+    return out
+
+
+def _check_stop(stop: Stop | None) -> None:
+    if stop is not None and stop():
+        raise Stopped("stopped on request")
+
+
+def _percentiles(slide: Any) -> tuple[float, float]:
+    """Robust low/high levels of the slide from a regular sub-sample.
+
+    The sample (every ``step``-th pixel in both directions, at most ~4 million
+    pixels) is read in bands of rows, so a memory-mapped slide never has more
+    than one band resident.
+    """
+    h, w = slide.shape
+    step = max(1, math.ceil(math.sqrt(h * w / _SAMPLE_PIXELS)))
+    band = max(1, _SAMPLE_PIXELS // (w * step)) * step
+    parts = []
+    for y in range(0, h, band):
+        parts.append(_strided_rows(slide, y, min(h, y + band), step).astype(np.float32))
+        _release_pages(slide)
+    sample = np.concatenate(parts)
+    if not np.isfinite(sample).all():
+        raise ValueError("the slide contains NaN or infinite values: replace them first")
+    lo, hi = np.percentile(sample, [SLIDE_LO_PCT, SLIDE_HI_PCT])
+    if hi <= lo:  # cells cover too little of the slide to reach the high percentile
+        hi = sample.max()
+    return float(lo), float(hi)
+
+
+def _strided_rows(slide: Any, y0: int, y1: int, step: int) -> np.ndarray:
+    """Every ``step``-th pixel of rows ``y0..y1-1``, also for arrays without step slicing."""
+    try:
+        return np.asarray(slide[y0:y1:step, ::step])
+    except (TypeError, ValueError, IndexError, NotImplementedError):
+        rows = [np.asarray(slide[y:y + 1, :])[:, ::step] for y in range(y0, y1, step)]
+        return np.concatenate(rows)
+
+
+class _ModelScaleReader:
+    """Reads regions of the slide resampled to model scale and normalised to [-1, 1]."""
+
+    def __init__(self, slide, plan: _Plan, lo: float, hi: float, device) -> None:
+        self.slide, self.plan, self.device = slide, plan, device
+        self.lo = np.float32(lo)
+        self.scale = np.float32(2.0 / (hi - lo))
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        """Model pixels ``[y0, y1) x [x0, x1)`` as a ``(1, 1, h, w)`` tensor."""
+        h, w = self.plan.shape
+        iy, wy = _taps(y0, y1, 1.0 / self.plan.factor, h)
+        ix, wx = _taps(x0, x1, 1.0 / self.plan.factor, w)
+        r0, r1 = int(iy.min()), int(iy.max()) + 1
+        c0, c1 = int(ix.min()), int(ix.max()) + 1
+        region = np.asarray(self.slide[r0:r1, c0:c1])
+        if region.dtype.kind == "f" and not np.isfinite(region).all():
+            raise ValueError(
+                f"the slide contains NaN or infinite values (near rows {r0}-{r1}, "
+                f"columns {c0}-{c1}): replace them first"
+            )
+        norm = (region.astype(np.float32) - self.lo) * self.scale - 1.0
+        x = torch.from_numpy(norm).to(self.device)
+        x = _resample(x, (iy - r0).to(self.device), wy.to(self.device), 0)
+        x = _resample(x, (ix - c0).to(self.device), wx.to(self.device), 1)
+        return x.clamp_(-1.0, 1.0)[None, None]
+
+
+def _tile_soft_cam(disc, reader: _ModelScaleReader, plan: _Plan, tile) -> torch.Tensor:
+    """Soft-CAM of the core feature cells ``tile = (y0, y1, x0, x1)``."""
+    (y0, y1, x0, x1), s = tile, plan.stride
+    p = plan.window // 2  # window cells before the centre cell
+    q = plan.window - 1 - p  # window cells after it
+    # feature cells the window pooling needs, and the chunk computed for them
+    fy = (max(0, y0 - p), min(plan.grid[0], y1 + q))
+    fx = (max(0, x0 - p), min(plan.grid[1], x1 + q))
+    ay = _chunk(fy, plan.halo, plan.grid[0], s)
+    ax = _chunk(fx, plan.halo, plan.grid[1], s)
+    x = reader.read(ay[0] * s, ay[1] * s, ax[0] * s, ax[1] * s)
+    cam = disc.cam_map(disc.features(x))[0]
+    _, bias = disc.realness_weight()
+    logit = cam[fy[0] - ay[0]:fy[1] - ay[0], fx[0] - ax[0]:fx[1] - ax[0]] + bias.to(cam.dtype)
+    # cells of the window range [y0 - p, y1 + q) that lie outside the slide
+    missing_y = (fy[0] - (y0 - p), (y1 + q) - fy[1])
+    missing_x = (fx[0] - (x0 - p), (x1 + q) - fx[1])
+    window_logit = _window_mean(logit, missing_y, missing_x, plan.window)
+    core = cam[y0 - ay[0]:y1 - ay[0], x0 - ax[0]:x1 - ax[0]]
+    return torch.sigmoid(window_logit) * core
+
+
+def _chunk(cells: tuple[int, int], halo: int, n: int, stride: int) -> tuple[int, int]:
+    """Feature-cell range to compute so that ``cells`` are exact (halo, >= 16 pixels)."""
+    a0, a1 = max(0, cells[0] - halo), min(n, cells[1] + halo)
+    while (a1 - a0) * stride < MIN_INPUT and (a0 > 0 or a1 < n):
+        a0, a1 = max(0, a0 - 1), min(n, a1 + 1)
+    return a0, a1
+
+
+def _window_mean(logit: torch.Tensor, missing_y: tuple[int, int], missing_x: tuple[int, int],
+                 window: int) -> torch.Tensor:
+    """Mean of ``logit`` over ``window x window`` cells, counting only cells that exist.
+
+    ``missing_y``/``missing_x``: how many cells of the needed range lie beyond the
+    slide before and after ``logit``; they are padded and left out of the mean.
+    """
+    pads = (missing_x[0], missing_x[1], missing_y[0], missing_y[1])
+    value = F.pad(logit[None, None], pads)
+    count = F.pad(torch.ones_like(logit)[None, None], pads)
+    total = F.avg_pool2d(value, window, stride=1)
+    n = F.avg_pool2d(count, window, stride=1)
+    return (total / n)[0, 0]
+
+
+def _upsample_into(cells: torch.Tensor, plan: _Plan, out, stop, progress, done: int,
+                   total: int) -> None:
+    """Bilinear resampling of the feature-cell map onto the slide's pixels, band by band."""
+    h, w = plan.shape
+    scale = plan.factor / plan.stride  # feature cells per source pixel
+    ix, wx = (t.to(cells.device) for t in _taps(0, w, scale, plan.grid[1]))
+    for y0 in range(0, h, plan.band):
+        _check_stop(stop)
+        y1 = min(h, y0 + plan.band)
+        iy, wy = (t.to(cells.device) for t in _taps(y0, y1, scale, plan.grid[0]))
+        r0, r1 = int(iy.min()), int(iy.max()) + 1
+        rows = _resample(cells[r0:r1], iy - r0, wy, 0)
+        out[y0:y1] = _resample(rows, ix, wx, 1).cpu().numpy()
+        _release_pages(out)
+        done += 1
+        if progress is not None:
+            progress(done, total)

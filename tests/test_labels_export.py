@@ -1,0 +1,326 @@
+"""Attention map -> labels, TIFF export, and the ``attention`` subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_atagan import __version__
+from napari_atagan.checkpoint import save_checkpoint
+from napari_atagan.cli_attention import register, run
+from napari_atagan.config import TrainConfig
+from napari_atagan.export import read_tiff_metadata, save_attention_tiff, save_labels_tiff
+from napari_atagan.labels import attention_to_labels
+from napari_atagan.models import build_models
+
+
+def _disc_map(shape, centres, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    m = np.zeros(shape, np.float32)
+    for cy, cx in centres:
+        m[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 1.0
+    return m
+
+
+# ---------------------------------------------------------------------------
+# labels
+# ---------------------------------------------------------------------------
+
+
+def test_one_unique_label_per_separate_cell():
+    m = _disc_map((100, 120), [(25, 25), (25, 90), (75, 50)], 10)
+    lab = attention_to_labels(m, threshold=0.5)
+    assert lab.dtype == np.uint16
+    assert sorted(np.unique(lab)) == [0, 1, 2, 3]
+    for cy, cx in [(25, 25), (25, 90), (75, 50)]:
+        assert lab[cy, cx] > 0
+    assert len({lab[25, 25], lab[25, 90], lab[75, 50]}) == 3
+
+
+def test_touching_discs_are_split():
+    m = _disc_map((80, 120), [(40, 45), (40, 75)], 17)  # overlapping by 4 px
+    from scipy import ndimage as ndi
+
+    assert ndi.label(m > 0.5)[1] == 1  # one connected blob
+    lab = attention_to_labels(m, threshold=0.5)
+    assert lab.max() == 2
+    assert lab[40, 40] != lab[40, 80] and lab[40, 40] > 0 and lab[40, 80] > 0
+    no_split = attention_to_labels(m, threshold=0.5, split_touching=False)
+    assert no_split.max() == 1
+
+
+def test_elongated_cell_is_not_split():
+    m = np.zeros((60, 120), np.float32)
+    yy, xx = np.mgrid[:60, :120]
+    m[((yy - 30) / 12.0) ** 2 + ((xx - 60) / 35.0) ** 2 <= 1] = 1
+    assert attention_to_labels(m, threshold=0.5).max() == 1
+
+
+def test_holes_are_filled():
+    m = _disc_map((60, 60), [(30, 30)], 15)
+    m[25:35, 25:35] = 0
+    lab = attention_to_labels(m, threshold=0.5, smooth=0)
+    assert lab.max() == 1 and lab[30, 30] == 1
+
+
+def test_min_size_removes_small_objects():
+    m = _disc_map((60, 100), [(30, 25)], 12)
+    m[28:31, 80:83] = 1  # 9 pixels
+    assert attention_to_labels(m, threshold=0.5, smooth=0, min_size=1).max() == 2
+    lab = attention_to_labels(m, threshold=0.5, smooth=0, min_size=20)
+    assert lab.max() == 1 and lab[29, 81] == 0
+
+
+def test_otsu_threshold_on_soft_map():
+    m = _disc_map((80, 80), [(40, 40)], 15) * 0.8 + 0.1
+    m += np.random.default_rng(0).normal(0, 0.02, m.shape).astype(np.float32)
+    lab = attention_to_labels(m)
+    assert lab.max() == 1
+    area = (lab > 0).sum()
+    assert abs(area - np.pi * 15**2) < 0.15 * np.pi * 15**2
+
+
+@pytest.mark.parametrize("value", [0.0, 3.5])
+def test_constant_map_has_no_labels(value):
+    lab = attention_to_labels(np.full((40, 50), value, np.float32))
+    assert lab.shape == (40, 50) and lab.dtype == np.uint16 and not lab.any()
+
+
+def test_many_labels_become_uint32():
+    m = np.zeros((520, 520), np.float32)
+    m[::2, ::2] = 1  # 67,600 isolated pixels
+    lab = attention_to_labels(m, threshold=0.5, min_size=1, smooth=0, split_touching=False)
+    assert lab.dtype == np.uint32 and lab.max() == 260 * 260
+
+
+def test_relabelled_sequentially():
+    m = _disc_map((60, 200), [(30, 20), (30, 100), (30, 180)], 10)
+    m[28:31, 55:58] = 1  # removed by min_size, must leave no gap in the ids
+    lab = attention_to_labels(m, threshold=0.5, min_size=50)
+    assert sorted(np.unique(lab)) == [0, 1, 2, 3]
+
+
+def test_stack_labels_are_unique_over_planes():
+    m = np.stack([_disc_map((50, 50), [(25, 25)], 10)] * 3)
+    lab = attention_to_labels(m, threshold=0.5)
+    assert lab.shape == m.shape
+    assert [lab[t, 25, 25] for t in range(3)] == [1, 2, 3]
+
+
+def test_pure_function_of_the_map():
+    m = _disc_map((60, 60), [(30, 30)], 10)
+    before = m.copy()
+    attention_to_labels(m, threshold=0.5)
+    assert np.array_equal(m, before)
+
+
+@pytest.mark.parametrize("kwargs", [{"threshold": "mean"}, {"threshold": float("nan")},
+                                    {"min_size": -1}, {"smooth": -1.0}])
+def test_bad_options(kwargs):
+    with pytest.raises(ValueError):
+        attention_to_labels(np.zeros((10, 10)), **kwargs)
+
+
+def test_bad_map():
+    with pytest.raises(ValueError, match="2-D"):
+        attention_to_labels(np.zeros(10))
+    bad = np.ones((10, 10))
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        attention_to_labels(bad)
+
+
+# ---------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------
+
+META = {"checkpoint": "run.safetensors", "checkpoint_format_version": 1, "cell_diameter": 40.0,
+        "threshold": "otsu", "min_size": 30, "diameter_np": np.float32(12.5)}
+
+
+def test_labels_tiff_round_trip(tmp_path):
+    lab = np.zeros((50, 70), np.uint16)
+    lab[5:15, 5:15] = 1
+    lab[30:40, 40:60] = 2
+    path = save_labels_tiff(tmp_path / "labels.tif", lab, metadata=META)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej
+        back = tif.asarray()
+    assert back.dtype == np.uint16 and back.shape == lab.shape and np.array_equal(back, lab)
+    meta = read_tiff_metadata(path)
+    assert meta["checkpoint"] == "run.safetensors" and meta["threshold"] == "otsu"
+    assert meta["cell_diameter"] == 40.0 and meta["diameter_np"] == 12.5
+    assert meta["kind"] == "labels" and meta["max_label"] == 2
+    assert meta["software"] == f"napari-atagan {__version__}"
+
+
+def test_int64_labels_are_saved_as_uint16(tmp_path):
+    lab = np.arange(12, dtype=np.int64).reshape(3, 4)
+    path = save_labels_tiff(tmp_path / "l.tif", lab, metadata={})
+    back = tifffile.imread(path)
+    assert back.dtype == np.uint16 and np.array_equal(back, lab)
+
+
+def test_labels_beyond_uint16_are_uint32(tmp_path):
+    lab = np.zeros((4, 5), np.uint32)
+    lab[1, 1] = 70_000
+    path = save_labels_tiff(tmp_path / "big.tif", lab, metadata={"a": 1})
+    back = tifffile.imread(path)
+    assert back.dtype == np.uint32 and back[1, 1] == 70_000
+    assert read_tiff_metadata(path)["a"] == 1
+
+
+def test_attention_tiff_round_trip(tmp_path):
+    att = np.random.default_rng(0).random((3, 20, 30)).astype(np.float32)
+    path = save_attention_tiff(tmp_path / "att.tif", att, metadata=META)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "TYX"
+        back = tif.asarray()
+    assert back.dtype == np.float32 and np.array_equal(back, att)
+    assert read_tiff_metadata(path)["kind"] == "attention"
+
+
+def test_write_is_atomic_and_replaces(tmp_path):
+    path = tmp_path / "l.tif"
+    save_labels_tiff(path, np.ones((5, 5), np.uint16), metadata={"v": 1})
+    save_labels_tiff(path, np.full((6, 6), 2, np.uint16), metadata={"v": 2})
+    assert tifffile.imread(path).shape == (6, 6)
+    assert read_tiff_metadata(path)["v"] == 2
+    assert os.listdir(tmp_path) == ["l.tif"]  # no temporary files left
+
+
+def test_failed_write_leaves_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = save_labels_tiff(tmp_path / "l.tif", np.ones((5, 5), np.uint16), metadata={"v": 1})
+
+    def broken(file, *args, **kwargs):
+        with open(file, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tifffile, "imwrite", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_labels_tiff(path, np.zeros((5, 5), np.uint16), metadata={"v": 2})
+    assert os.listdir(tmp_path) == ["l.tif"]
+    assert read_tiff_metadata(path)["v"] == 1
+
+
+def test_export_refuses_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="integer"):
+        save_labels_tiff(tmp_path / "l.tif", np.ones((5, 5), np.float32))
+    with pytest.raises(ValueError, match="negative"):
+        save_labels_tiff(tmp_path / "l.tif", -np.ones((5, 5), np.int32))
+    with pytest.raises(ValueError, match="does not exist"):
+        save_attention_tiff(tmp_path / "missing" / "a.tif", np.ones((5, 5)))
+    with pytest.raises(ValueError, match="2-D"):
+        save_attention_tiff(tmp_path / "a.tif", np.ones(5))
+
+
+def test_metadata_of_foreign_tiff_is_empty(tmp_path):
+    tifffile.imwrite(tmp_path / "x.tif", np.zeros((4, 4), np.uint8))
+    assert read_tiff_metadata(tmp_path / "x.tif") == {}
+
+
+# ---------------------------------------------------------------------------
+# the ``attention`` subcommand
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory):
+    cfg = TrainConfig(image_size=16, g_channels=(8, 4), d_channels=(8, 16, 16),
+                      steps=1, batch_size=2, device="cpu")
+    torch.manual_seed(0)
+    gen, disc = build_models(cfg, 0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return save_checkpoint(path, config=cfg, modules={"G": gen, "D": disc},
+                           metadata={"data": {"cell_diameter": 20.0, "image_size": 16,
+                                              "model_cell_diameter": 10.0}})
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="napari-atagan")
+    register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def _slide_file(tmp_path, shape=(96, 112), name="slide.tif"):
+    rng = np.random.default_rng(0)
+    img = rng.normal(100, 10, shape)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for cy, cx in [(30, 30), (60, 80)]:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 10**2] += 300
+    path = tmp_path / name
+    tifffile.imwrite(path, img.astype(np.uint16))
+    return path
+
+
+def test_cli_writes_attention_and_labels(tmp_path, ckpt_path, capsys):
+    image = _slide_file(tmp_path)
+    args = _parse(["attention", "--checkpoint", str(ckpt_path), "--image", str(image),
+                   "--diameter", "20", "--out", str(tmp_path / "out"), "--device", "cpu",
+                   "--tile-size", "32", "--min-size", "5"])
+    assert args.run is run
+    assert run(args) == 0
+    att = tifffile.imread(tmp_path / "out" / "slide_attention.tif")
+    lab = tifffile.imread(tmp_path / "out" / "slide_labels.tif")
+    assert att.shape == lab.shape == (96, 112)
+    assert att.dtype == np.float32 and lab.dtype == np.uint16
+    meta = read_tiff_metadata(tmp_path / "out" / "slide_labels.tif")
+    assert meta["checkpoint"] == "tiny.safetensors" and meta["cell_diameter"] == 20.0
+    assert meta["threshold"] == "otsu" and meta["min_size"] == 5
+    out = capsys.readouterr().out
+    assert '"cells"' in out and "megapixels_per_s" in out
+    assert sorted(os.listdir(tmp_path / "out")) == ["slide_attention.tif", "slide_labels.tif"]
+
+
+def test_cli_stack_and_auto_diameter(tmp_path, ckpt_path):
+    stack = np.stack([tifffile.imread(_slide_file(tmp_path, name=f"p{i}.tif")) for i in range(2)])
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    args = _parse(["attention", "--checkpoint", str(ckpt_path), "--image",
+                   str(tmp_path / "stack.tif"), "--diameter", "auto", "--out",
+                   str(tmp_path), "--device", "cpu", "--threshold", "0.0"])
+    assert run(args) == 0
+    assert tifffile.imread(tmp_path / "stack_labels.tif").shape == (2, 96, 112)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--diameter": "500"}, "smaller than one training crop"),
+    ({"--image": "missing.tif"}, "does not exist"),
+    ({"--checkpoint": "nope.safetensors"}, "no such file"),
+    ({"--tile-size": "4"}, "tile-size"),
+])
+def test_cli_user_mistakes_return_2(tmp_path, ckpt_path, capsys, change, message):
+    image = _slide_file(tmp_path)
+    opts = {"--checkpoint": str(ckpt_path), "--image": str(image), "--diameter": "20",
+            "--out": str(tmp_path / "out"), "--device": "cpu"}
+    opts.update({k: (str(tmp_path / v) if k in ("--image", "--checkpoint") else v)
+                 for k, v in change.items()})
+    args = _parse(["attention", *[x for kv in opts.items() for x in kv]])
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_refuses_colour_without_grey(tmp_path, ckpt_path, capsys):
+    grey = tifffile.imread(_slide_file(tmp_path))
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([grey] * 3, axis=-1), photometric="rgb")
+    base = ["attention", "--checkpoint", str(ckpt_path), "--image", str(tmp_path / "rgb.tif"),
+            "--diameter", "20", "--out", str(tmp_path / "o"), "--device", "cpu"]
+    assert run(_parse(base)) == 2
+    assert "--grey" in capsys.readouterr().err
+    assert run(_parse([*base, "--grey"])) == 0
+
+
+@pytest.mark.parametrize("argv", [["--diameter", "-3"], ["--diameter", "x"],
+                                  ["--threshold", "high"]])
+def test_cli_bad_option_values_are_argparse_errors(argv, capsys):
+    base = {"--checkpoint": "c", "--image": "i", "--diameter": "20", "--out": "o"}
+    base.update(dict(zip(argv[::2], argv[1::2])))
+    with pytest.raises(SystemExit) as exc:
+        _parse(["attention", *[x for kv in base.items() for x in kv]])
+    assert exc.value.code == 2
