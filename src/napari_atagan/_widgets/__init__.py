@@ -1,0 +1,11 @@
+"""The napari dock widgets of napari-atagan: Train, Synthesize and Attention.
+
+They translate layers to arrays and engine events to layers; all computation
+happens in the engine, in background threads.
+"""
+
+from ._attention import AttentionWidget
+from ._synthesize import SynthesizeWidget
+from ._train import TrainWidget
+
+__all__ = ["AttentionWidget", "SynthesizeWidget", "TrainWidget"]

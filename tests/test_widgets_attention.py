@@ -1,0 +1,259 @@
+"""The Attention dock widget in a real napari viewer (needs a display, e.g. Xvfb).
+
+Run with::
+
+    QT_QPA_PLATFORM=xcb xvfb-run -a .venv/bin/python -m pytest tests/test_widgets_attention.py -q
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-atagan"
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def slide():
+    from napari_atagan.simulate import simulate_slide
+
+    return simulate_slide((256, 256), n_cells=10, cell_diameter=30, seed=5)
+
+
+@pytest.fixture
+def errors():
+    """Error notifications shown during the test (napari's notification manager)."""
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+
+    def new():
+        return [str(r.message) for r in notification_manager.records[start:]
+                if str(r.severity).lower().endswith("error")]
+
+    return new
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """Count the discriminator runs over slides (to prove re-labelling does not rerun them)."""
+    from napari_atagan import slide as slide_module
+
+    calls = []
+    for name in ("slide_attention", "slide_attention_stack"):
+        real = getattr(slide_module, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(slide_module, name, counted)
+    return calls
+
+
+def dock_attention(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Attention")
+    return widget
+
+
+def run_and_wait(qtbot, widget):
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+
+
+def keep_screenshot(path: Path) -> None:
+    """Copy a screenshot to $ATAGAN_SCREENSHOT_DIR when set (to pick figures for the docs)."""
+    folder = os.environ.get("ATAGAN_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(folder) / path.name)
+
+
+def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbot, tmp_path,
+                                                        slide, tiny_checkpoint, errors,
+                                                        engine_calls):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(slide.image, name="slide", scale=(0.5, 0.5), translate=(10, 20))
+    other = viewer.add_image(slide.image[:64, :64], name="other")
+    widget = dock_attention(viewer)
+    widget.image_layer.value = image
+    widget.checkpoint.value = tiny_checkpoint
+    widget.device.value = "cpu"
+
+    widget.estimate_button.clicked()
+    qtbot.waitUntil(lambda: getattr(widget, "estimate_worker", None) is None, timeout=TIMEOUT_MS)
+    from napari_atagan.slide import estimate_cell_diameter
+
+    expected = estimate_cell_diameter(slide.image)
+    assert widget.cell_diameter.value == pytest.approx(expected, abs=0.05)
+    widget.cell_diameter.value = 30  # the simulated cells' size
+
+    widget.run_button.click()
+    widget.image_layer.value = other  # the user picks another layer meanwhile
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert errors() == []
+    assert engine_calls == ["slide_attention"]
+
+    amap = viewer.layers["slide attention"]
+    cells = viewer.layers["slide cells"]
+    assert "other attention" not in viewer.layers
+    assert amap._type_string == "image" and cells._type_string == "labels"
+    assert amap.data.shape == cells.data.shape == slide.image.shape
+    assert amap.data.dtype == np.float32 and np.isfinite(amap.data).all()
+    assert amap.data.max() > max(amap.data.min(), 0)
+    assert amap.colormap.name == "inferno" and amap.blending == "additive"
+    assert cells.data.dtype in (np.uint16, np.uint32)
+    for layer in (amap, cells):
+        np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+        np.testing.assert_allclose(layer.translate, (10, 20))
+    meta = cells.metadata
+    assert meta["checkpoint"] == str(tiny_checkpoint) and meta["threshold"] == "otsu"
+    assert meta["min_size"] == widget.min_size.value and meta["source_layer"] == "slide"
+    assert meta["cell_diameter"] == pytest.approx(widget.cell_diameter.value)
+    assert cells.data.max() >= 1
+
+    # a new threshold re-labels the kept map; the discriminator does not run again
+    widget.image_layer.value = image
+    before = cells.data.copy()
+    widget.threshold_mode.value = "value"
+    widget.threshold_value.value = float(np.quantile(amap.data, 0.98))
+    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["threshold"] != "otsu",
+                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    after = viewer.layers["slide cells"]
+    assert after.metadata["threshold"] == pytest.approx(widget.threshold_value.value)
+    assert (after.data > 0).sum() < (before > 0).sum()
+    widget.min_size.value = 10_000  # nothing is that large
+    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["min_size"] == 10_000,
+                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    assert viewer.layers["slide cells"].data.max() == 0
+    assert engine_calls == ["slide_attention"]
+    assert len(viewer.layers) == 4
+
+    # the plugin's writer keeps the parameters in the TIFF
+    from napari_atagan.export import read_tiff_metadata
+
+    path = tmp_path / "cells.tif"
+    viewer.layers.selection = {viewer.layers["slide cells"]}
+    assert viewer.layers.save(str(path), selected=True, plugin="napari-atagan") == [str(path)]
+    saved = read_tiff_metadata(path)
+    assert saved["threshold"] == pytest.approx(widget.threshold_value.value)
+    assert saved["min_size"] == 10_000 and saved["checkpoint"] == str(tiny_checkpoint)
+    assert saved["layer_name"] == "slide cells"
+
+
+def test_stack_of_slides(make_napari_viewer, qtbot, slide, tiny_checkpoint, errors,
+                         engine_calls):
+    viewer = make_napari_viewer()
+    stack = np.stack([slide.image[:128, :128], slide.image[128:, 128:]])
+    layer = viewer.add_image(stack, name="movie")
+    widget = dock_attention(viewer)
+    widget.image_layer.value = layer
+    widget.checkpoint.value = tiny_checkpoint
+    widget.cell_diameter.value = 30
+    run_and_wait(qtbot, widget)
+    assert errors() == [] and engine_calls == ["slide_attention_stack"]
+    assert viewer.layers["movie attention"].data.shape == stack.shape
+    cells = viewer.layers["movie cells"].data
+    assert cells.shape == stack.shape
+    ids0, ids1 = set(np.unique(cells[0])) - {0}, set(np.unique(cells[1])) - {0}
+    assert not ids0 & ids1  # ids are unique over the whole stack
+
+
+def test_stop(make_napari_viewer, qtbot, slide, tiny_checkpoint, monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    from napari_atagan import slide as slide_module
+
+    real = slide_module.slide_attention
+
+    def waits_for_stop(*args, stop, **kwargs):
+        while not stop():
+            time.sleep(0.01)
+        return real(*args, stop=stop, **kwargs)
+
+    monkeypatch.setattr(slide_module, "slide_attention", waits_for_stop)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(slide.image, name="slide")
+    widget = dock_attention(viewer)
+    widget.image_layer.value = layer
+    widget.checkpoint.value = tiny_checkpoint
+    start = len(notification_manager.records)
+    widget.run_button.click()
+    assert widget.stop_button.isEnabled()
+    widget.stop_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    messages = [str(r.message) for r in notification_manager.records[start:]]
+    assert messages == ["Attention computation stopped."]
+    assert "slide attention" not in viewer.layers
+    assert widget.run_button.isEnabled() and not widget.stop_button.isEnabled()
+
+
+def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tmp_path, slide,
+                                       tiny_checkpoint, errors):
+    viewer = make_napari_viewer()
+    widget = dock_attention(viewer)
+    widget.checkpoint.value = tiny_checkpoint
+
+    widget.run_button.click()  # no image layer
+    assert "choose an image layer" in errors()[-1]
+
+    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="colour", rgb=True)
+    widget.image_layer.value = rgb
+    widget.run_button.click()
+    assert "RGB" in errors()[-1]
+    widget.estimate_button.clicked()
+    assert "RGB" in errors()[-1]
+
+    four_d = viewer.add_image(np.zeros((2, 3, 32, 32), np.float32), name="hyperstack")
+    widget.image_layer.value = four_d
+    widget.run_button.click()
+    assert "4-D" in errors()[-1]
+
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    n = len(errors())
+    widget.checkpoint.value = bad  # noticed as soon as it is chosen
+    assert len(errors()) == n + 1 and "corrupt.safetensors" in errors()[-1]
+    layer = viewer.add_image(slide.image, name="slide")
+    widget.image_layer.value = layer
+    run_and_wait(qtbot, widget)  # and again when run
+    assert len(errors()) == n + 2 and "Attention failed" in errors()[-1]
+    assert "slide attention" not in viewer.layers
+    assert widget.run_button.isEnabled()
+    assert len(errors()) == 6
+
+
+def test_screenshot(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):
+    """``ATAGAN_SCREENSHOT_CHECKPOINT`` picks the model (default: the shipped one)."""
+    from napari_atagan._widgets._common import default_checkpoint
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1400, 850)
+    slide, truth = viewer.open_sample(PLUGIN, "hep2_slide")
+    truth.visible = False
+    widget = dock_attention(viewer)
+    widget.image_layer.value = slide
+    widget.checkpoint.value = (os.environ.get("ATAGAN_SCREENSHOT_CHECKPOINT")
+                               or default_checkpoint() or tiny_checkpoint)
+    widget.cell_diameter.value = 40  # the sample slide's nuclei
+    run_and_wait(qtbot, widget)
+    cells = viewer.layers[f"{slide.name} cells"]
+    cells.contour = 2
+    assert cells.data.max() > 0
+    viewer.reset_view()
+    qtbot.wait(300)
+    path = tmp_path / "widget_attention.png"
+    shot = np.asarray(viewer.screenshot(path=str(path), canvas_only=False, flash=False))
+    assert path.is_file()
+    assert shot.shape[0] > 200 and shot[..., :3].std() > 10
+    keep_screenshot(path)
