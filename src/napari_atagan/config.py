@@ -38,6 +38,8 @@ class TrainConfig:
     mask_sigma: float = 2.0
     """Gaussian smoothing (pixels at model scale) of masks used as attention targets."""
     classifier_epochs: int = 8
+    pattern_weight_g: float = 1.0
+    """Weight of the pattern (auxiliary classifier) loss on generated cells."""
 
     # --- augmentation (on the training device) --------------------------------
     aug_dihedral: bool = True

@@ -335,14 +335,16 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
         loss_g = F.softplus(-logit_g.float()).mean()
         out["g"] = loss_g.detach()
         if n_classes:
-            loss_g = loss_g + F.cross_entropy(cls_g.float(), y_fake)
+            loss_g = loss_g + config.pattern_weight_g * F.cross_entropy(cls_g.float(), y_fake)
         state.opt_G.zero_grad(set_to_none=True)
         loss_g.backward()
         state.opt_G.step()
 
         with torch.no_grad():
+            # warm-up: early on the average follows G closely, later it averages
+            decay = min(ema_decay, (1 + state.step) / (10 + state.step))
             for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
-                p_ema.lerp_(p, 1.0 - ema_decay)
+                p_ema.lerp_(p, 1.0 - decay)
             for b_ema, b_ in zip(G_ema.buffers(), G.buffers(), strict=True):
                 b_ema.copy_(b_)
         return out
