@@ -115,7 +115,7 @@ def test_matches_direct_formula_at_model_scale(ckpt):
         logit = cam + disc.realness.bias
         k = disc.image_size // disc.stride
         pooled = F.avg_pool2d(logit, k, stride=1, padding=k // 2, count_include_pad=False)
-        soft = torch.sigmoid(pooled[..., : cam.shape[-2], : cam.shape[-1]]) * cam
+        soft = (torch.sigmoid(pooled[..., : cam.shape[-2], : cam.shape[-1]]) * cam).clamp_min(0)
         ref = F.interpolate(soft, size=img.shape, mode="bilinear", align_corners=False)[0, 0]
     assert _rel(att, ref.numpy()) < 1e-4
 
@@ -142,7 +142,7 @@ def test_rescaled_slide_matches_torch_interpolation(ckpt, diameter):
         k = disc.image_size // disc.stride
         pooled = F.avg_pool2d(cam + disc.realness.bias, k, stride=1, padding=k // 2,
                               count_include_pad=False)
-        soft = torch.sigmoid(pooled[..., : cam.shape[-2], : cam.shape[-1]]) * cam
+        soft = (torch.sigmoid(pooled[..., : cam.shape[-2], : cam.shape[-1]]) * cam).clamp_min(0)
         ref = F.interpolate(soft, size=img.shape, mode="bilinear", align_corners=False,
                             antialias=factor > disc.stride)[0, 0].numpy()
     m = 0 if factor > 1 else 64  # what the edge difference can reach, in source pixels
@@ -170,7 +170,7 @@ def test_other_geometries_tiled_equals_formula(channels, image_size, spectral):
         k = image_size // s
         pooled = F.avg_pool2d(cam + disc.realness_weight()[1], k, stride=1, padding=k // 2,
                               count_include_pad=False)
-        soft = torch.sigmoid(pooled[..., : cam.shape[-2], : cam.shape[-1]]) * cam
+        soft = (torch.sigmoid(pooled[..., : cam.shape[-2], : cam.shape[-1]]) * cam).clamp_min(0)
         ref = F.interpolate(soft, size=img.shape, mode="bilinear", align_corners=False)[0, 0]
     assert _rel(att, ref.numpy()) < 1e-4
 
@@ -500,3 +500,43 @@ def test_estimate_cell_diameter_on_a_sparse_slide():
 def test_estimate_cell_diameter_refuses_constant():
     with pytest.raises(ValueError, match="constant"):
         estimate_cell_diameter(np.zeros((64, 64)))
+
+
+@pytest.mark.parametrize(
+    ("diameter", "shape", "n_cells", "seed"),
+    [(20, (256, 256), 40, 0), (30, (256, 256), 20, 0), (40, (384, 384), 25, 0),
+     (80, (640, 640), 20, 2)],
+)
+def test_estimate_cell_diameter_on_simulated_slides(diameter, shape, n_cells, seed):
+    """Textured, touching, dim and bright simulated nuclei: within 20 % of the truth."""
+    from napari_atagan.simulate import simulate_slide
+
+    slide = simulate_slide(shape, n_cells=n_cells, cell_diameter=diameter, seed=seed)
+    assert estimate_cell_diameter(slide.image) == pytest.approx(
+        _median_label_diameter(slide.labels), rel=0.2)
+
+
+def test_estimate_cell_diameter_on_the_sample_slide():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "sample_data"
+    image = tifffile.imread(folder / "hep2_slide.tif")
+    truth = _median_label_diameter(tifffile.imread(folder / "hep2_slide_labels.tif"))
+    assert truth == pytest.approx(40.5, abs=0.5)
+    assert estimate_cell_diameter(image) == pytest.approx(truth, rel=0.2)
+
+
+def _median_label_diameter(labels: np.ndarray) -> float:
+    """Median equivalent diameter of the labelled objects (the truth to compare with)."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.median(np.sqrt(4.0 * areas / np.pi)))
+
+
+def test_slide_attention_is_never_negative(ckpt):
+    """The soft-CAM's negative part ("not a cell") is shown as 0, tiled or not."""
+    img = _slide((120, 136), seed=3)
+    whole = slide_attention(ckpt, img, cell_diameter=10, device="cpu")
+    tiled = slide_attention(ckpt, img, cell_diameter=10, tile_size=16, device="cpu")
+    assert whole.min() >= 0.0 and tiled.min() >= 0.0
+    assert np.allclose(whole, tiled, atol=1e-5 * float(whole.max()))

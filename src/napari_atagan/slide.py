@@ -26,7 +26,10 @@ needs no sliding window. For a slide:
    padding is counted).
 5. **Soft-CAM.** ``sigmoid(window logit) * cam``, with ``cam = sum_k w_k A_k``,
    per feature cell; background far from any cell gets a small value because its
-   window looks unreal. The feature-cell map is finally resampled bilinearly to
+   window looks unreal. Negative values (the weighted features can sum to
+   less than zero where ``D`` sees evidence *against* a cell) mean "not a cell"
+   and are set to 0, as for synthesized cells, so maps are never negative.
+   The feature-cell map is finally resampled bilinearly to
    the slide's own pixel grid (feature cell ``j`` covers model pixels
    ``[j * stride, (j + 1) * stride)``, as in ``D.soft_cam``).
 
@@ -134,8 +137,9 @@ def slide_attention(
 
     Returns
     -------
-    float32 array of the slide's shape (``out`` when given). A constant image
-    gives all zeros.
+    float32 array of the slide's shape (``out`` when given), never negative
+    (the soft-CAM's negative part means "not a cell" and is shown as 0). A
+    constant image gives all zeros.
     """
     slide = _as_slide(image, rgb)
     ckpt = _load(checkpoint)
@@ -256,16 +260,24 @@ def model_cell_diameter(checkpoint: Any) -> float:
 def estimate_cell_diameter(image: Any, *, rgb: str | None = None, max_side: int = 2048) -> float:
     """Rough typical cell diameter (pixels) of a fluorescence slide, for a starting value.
 
-    The brightest 3 % of pixels are clipped (so bright speckles inside a cell do
-    not stand out from it), then objects are found by Otsu's threshold of the
-    Gaussian-smoothed image, with holes filled and touching cells split
-    (:func:`napari_atagan.labels.attention_to_labels`); the estimate is the median equivalent diameter of the objects that do not
-    touch the image edge. How much to smooth depends on the answer (too little
-    and bright speckles inside large cells count as cells, too much merges
-    neighbours), so sigma grows in steps of sqrt(2) from 1 pixel while the
-    objects found stay at least 6 sigma wide.
-    Only a central region of at most ``max_side`` pixels is looked at.
+    How it works:
 
+    1. **Compress the grey levels.** The image is clipped to its 1 % and 99.5 %
+       percentiles and log-transformed relative to its median background, so that
+       dim cells and bright cells, and bright speckles inside a cell and the
+       cell's own dimmer nucleoplasm, all end up at similar levels.
+    2. **Segment at several scales.** For Gaussian smoothing sigmas of 1, 1.4, 2,
+       2.8, ... pixels, objects are found by Otsu's threshold, holes filled and
+       touching cells split (:func:`napari_atagan.labels.attention_to_labels`);
+       the diameter at that scale is the median equivalent diameter of the
+       objects that are not tiny and do not touch the image edge.
+    3. **Pick the stable scale.** Too little smoothing leaves textured cells in
+       pieces, too much merges neighbours; in between the diameter hardly
+       changes with sigma. Among the scales where the objects are at least
+       ``10 * sigma`` wide (smoothing small against the cell), the answer is the
+       diameter where two neighbouring scales agree best.
+
+    Only a central region of at most ``max_side`` pixels is looked at.
     Raises ``ValueError`` when no cell-like objects are found.
     """
     slide = _as_slide(image, rgb)
@@ -276,33 +288,65 @@ def estimate_cell_diameter(image: Any, *, rgb: str | None = None, max_side: int 
         raise ValueError("the image contains NaN or infinite values: replace them first")
     if float(region.max()) - float(region.min()) <= 0:
         raise ValueError("the image is constant: there are no cells to measure")
-    region = _flatten_bright_spots(region)
-    # Smooth as much as possible while objects stay >= 6 sigma wide: less smoothing
-    # splits large textured cells into their bright spots, more merges neighbours.
-    sigma, diameter = 1.0, _diameter_at(region, 1.0)
-    while sigma * math.sqrt(2) <= max(region.shape) / 12:
-        try:
-            bigger = _diameter_at(region, sigma * math.sqrt(2))
-        except ValueError:
-            break
-        if bigger < 6 * sigma * math.sqrt(2):
-            break
-        sigma, diameter = sigma * math.sqrt(2), bigger
-    return diameter
+    region = _compress_levels(region)
+    curve = _diameter_curve(region)
+    if not curve:
+        raise ValueError(
+            "no cell-like objects were found: enter the cell diameter by hand "
+            "(measure a few cells in pixels)"
+        )
+    return _stable_diameter(curve)
 
 
-def _flatten_bright_spots(region: np.ndarray) -> np.ndarray:
-    """Clip the brightest 3 % of pixels (speckles, nucleoli) so that cells become plateaus.
+_SCALE_RATIO = 10.0
+"""Objects must be at least this many smoothing sigmas wide for a scale to count."""
 
-    The clip level never drops below Otsu's threshold, so a slide with only a few
-    cells keeps them above it.
+
+def _compress_levels(region: np.ndarray) -> np.ndarray:
+    """Percentile-clip and log-transform a slide region (see :func:`estimate_cell_diameter`).
+
+    Levels are measured from the 1 % percentile (the darkest background) in
+    units of the median (the typical background above it), so the result is
+    about 0 to 1 on the background and grows only logarithmically inside cells.
     """
-    from scipy import ndimage as ndi
-    from skimage.filters import threshold_otsu
+    lo, hi = np.percentile(region, [1.0, 99.5])
+    if hi <= lo:  # cells cover less than 0.5 % of the region
+        hi = float(region.max())
+    shifted = np.clip(region, lo, hi) - np.float32(lo)
+    unit = max(float(np.median(shifted)), 1e-3 * float(hi - lo))
+    return np.log1p(shifted / np.float32(unit))
 
-    level = max(float(np.percentile(region, 97.0)),
-                float(threshold_otsu(ndi.gaussian_filter(region, 1.0))))
-    return np.minimum(region, np.float32(level))
+
+def _diameter_curve(region: np.ndarray) -> list[tuple[float, float]]:
+    """``(sigma, median diameter)`` for sigma = 1, sqrt(2), 2, ... (scales with objects)."""
+    curve = []
+    sigma, misses = 1.0, 0  # misses: failing scales after a valid one
+    while sigma <= max(region.shape) / 12 and misses < 3:
+        try:
+            diameter = _diameter_at(region, sigma)
+        except ValueError:
+            diameter = 0.0
+        if diameter > 0:
+            curve.append((sigma, diameter))
+        # past the cell size, objects only merge: stop after a few scales that fail
+        if diameter >= _SCALE_RATIO * sigma:
+            misses = 0
+        elif any(d >= _SCALE_RATIO * s for s, d in curve):
+            misses += 1
+        sigma *= math.sqrt(2)
+    return curve
+
+
+def _stable_diameter(curve: list[tuple[float, float]]) -> float:
+    """The diameter where it changes least between neighbouring valid scales."""
+    valid = [d for s, d in curve if d >= _SCALE_RATIO * s]
+    if not valid:
+        return curve[0][1]  # objects smaller than 10 px: the least smoothing is best
+    if len(valid) == 1:
+        return valid[0]
+    changes = [abs(math.log(b / a)) for a, b in zip(valid, valid[1:])]
+    i = int(np.argmin(changes))
+    return math.sqrt(valid[i] * valid[i + 1])
 
 
 def _diameter_at(region: np.ndarray, sigma: float) -> float:
@@ -661,7 +705,8 @@ def _tile_soft_cam(disc, reader: _ModelScaleReader, plan: _Plan, tile) -> torch.
     missing_x = (fx[0] - (x0 - p), (x1 + q) - fx[1])
     window_logit = _window_mean(logit, missing_y, missing_x, plan.window)
     core = cam[y0 - ay[0]:y1 - ay[0], x0 - ax[0]:x1 - ax[0]]
-    return torch.sigmoid(window_logit) * core
+    # the negative part of the soft-CAM means "not a cell": shown as 0
+    return (torch.sigmoid(window_logit) * core).clamp_(min=0.0)
 
 
 def _chunk(cells: tuple[int, int], halo: int, n: int, stride: int) -> tuple[int, int]:
