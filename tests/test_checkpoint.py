@@ -453,3 +453,21 @@ def test_no_unsafe_loading_in_the_package():
     assert offenders == []
     assert unsafe.search("state = torch.load(f)") and unsafe.search("pickle.loads(b)")
     assert not unsafe.search("safetensors.torch.load(data)")
+
+
+def test_exported_model_is_small_and_gives_the_same_cells(tmp_path, tiny_checkpoint):
+    import numpy as np
+
+    from napari_atagan.checkpoint import export_model
+    from napari_atagan.synthesis import generate
+
+    small = export_model(tiny_checkpoint, tmp_path / "model")
+    assert small.name == "model.safetensors"
+    assert small.stat().st_size < tiny_checkpoint.stat().st_size / 2
+    ck = load_checkpoint(small)
+    assert ck.module_names == ["D", "G_ema"] and not ck.has("optim")
+    a = generate(tiny_checkpoint, 4, seed=5, device="cpu")
+    b = generate(small, 4, seed=5, device="cpu")
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.attention, b.attention)
+    assert ck.class_names == a.class_names and ck.metadata["exported_from"] == tiny_checkpoint.name

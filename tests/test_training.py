@@ -31,7 +31,7 @@ def test_events_and_final_checkpoint(tmp_path, tiny_data):
     assert isinstance(events[-1], Finished) and not events[-1].stopped
     progress = [e for e in events if isinstance(e, Progress)]
     assert [p.step for p in progress] == list(range(1, 7))
-    assert set(progress[-1].losses) == {"d", "d_cls", "g", "at"}
+    assert set(progress[-1].losses) == {"d", "g", "at"}  # projection conditioning
     assert all(np.isfinite(v) for p in progress for v in p.losses.values())
     assert progress[-1].images_per_s > 0 and progress[-1].eta_s == pytest.approx(0, abs=1e-6)
     samples = [e for e in events if isinstance(e, Samples)]
@@ -167,3 +167,9 @@ def test_batchnorm_statistics_come_from_real_cells(tiny_data):
         train_out = D.features(x)  # normalised with this very batch's statistics
     # running variance is unbiased, batch variance biased: equal up to n/(n-1)
     torch.testing.assert_close(eval_out, train_out, rtol=0.05, atol=0.05)
+
+
+def test_auxiliary_conditioning_adds_a_pattern_loss(tmp_path, tiny_data):
+    events = list(train(tiny_config(conditioning="auxiliary", steps=2), tiny_data, tmp_path))
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert set(progress[-1].losses) == {"d", "d_cls", "g", "at"}

@@ -629,3 +629,16 @@ def _restore_group(group: dict) -> dict:
         key: tuple(value) if isinstance(value, list) and key != "params" else value
         for key, value in group.items()
     }
+
+
+def export_model(source: str | os.PathLike | Checkpoint, destination: str | os.PathLike) -> Path:
+    """Write a small checkpoint for sharing and inference: the averaged generator
+    and the discriminator with all metadata, but no optimizer, RNG or teacher state.
+
+    Synthesis and slide attention work with it; ``train --resume`` does not.
+    """
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
+    modules: dict[str, nn.Module] = {"G_ema": ckpt.generator(ema=True), "D": ckpt.discriminator()}
+    metadata = {k: v for k, v in ckpt.metadata.items() if k not in ("modules",)}
+    metadata["exported_from"] = ckpt.path.name
+    return save_checkpoint(destination, config=ckpt.config, modules=modules, metadata=metadata)

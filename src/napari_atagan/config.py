@@ -12,6 +12,7 @@ from typing import Any
 
 TEACHERS = ("classifier", "mask", "none")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+CONDITIONINGS = ("projection", "auxiliary")
 
 
 @dataclass
@@ -38,8 +39,11 @@ class TrainConfig:
     mask_sigma: float = 2.0
     """Gaussian smoothing (pixels at model scale) of masks used as attention targets."""
     classifier_epochs: int = 8
+    conditioning: str = "projection"
+    """How D learns the patterns: ``projection`` (its pattern head is added to the
+    realness of a cell's own pattern) or ``auxiliary`` (AC-GAN: a pattern loss)."""
     pattern_weight_g: float = 1.0
-    """Weight of the pattern (auxiliary classifier) loss on generated cells."""
+    """Weight of the pattern loss on generated cells (``auxiliary`` only)."""
 
     # --- augmentation (on the training device) --------------------------------
     aug_dihedral: bool = True
@@ -83,6 +87,10 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first field that is out of range."""
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(
+                f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}"
+            )
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.image_size < 16 or self.image_size % 16:
