@@ -723,6 +723,17 @@ Regenerate (deterministic, bit for bit):
     napari-atagan simulate --sample-data sample_data/
 
 or, equivalently, `python -m napari_atagan.simulate sample_data/`.
+
+## Default model
+
+`default_model.safetensors` is the model the plugin uses until you train your
+own: an ATA-GAN trained by this product on 3,000 simulated cells (never on real
+data), exported without optimizer state. It is made by
+
+    scripts/train_default_model.sh
+
+which runs `napari-atagan simulate --crops 3000 --seed 1`, `napari-atagan train
+--quick --steps 2000` (mask teacher) and `napari-atagan export`.
 """
 
 
