@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision  # noqa: F401  (see below)
 
 from napari_atagan.config import TrainConfig
+
+# torchvision pulls in triton, whose bundled LLVM crashes when it is loaded after
+# a software OpenGL driver (Mesa llvmpipe under Xvfb) has loaded its own: load it
+# before any test opens a napari window. The demo does the same by running the
+# engine before it opens napari.
 
 # The test models are tiny: one thread is fastest and keeps timings steady when
 # the two cores of a small machine are shared with the GUI tests' X server.

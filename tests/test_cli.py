@@ -13,7 +13,7 @@ def _help(command):
     return sub.format_help(), sub
 
 
-@pytest.mark.parametrize("command", ["train", "synth", "attention", "simulate", "demo"])
+@pytest.mark.parametrize("command", ["train", "synth", "attention", "export", "simulate", "demo"])
 def test_help_documents_every_option(command):
     text, sub = _help(command)
     for action in sub._actions:
@@ -95,7 +95,23 @@ def test_bad_option_values_are_usage_errors(capsys):
     assert ">= 1" in capsys.readouterr().err
 
 
-def test_demo_headless_writes_the_sample_data(tmp_path, capsys):
-    assert main(["demo", "--headless", "--out", str(tmp_path / "demo")]) == 0
-    assert (tmp_path / "demo" / "hep2_slide.tif").exists()
-    assert str(tmp_path / "demo") in capsys.readouterr().err
+def test_demo_headless_writes_every_layer_and_a_summary(tmp_path, capsys):
+    import tifffile
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--headless", "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    slide = tifffile.imread(out / "slide.tif")
+    assert slide.shape == (1024, 1024) and slide.dtype == "uint16"
+    att = tifffile.imread(out / "slide_attention.tif")
+    assert att.shape == slide.shape and att.dtype == "float32" and att.min() >= 0
+    labels = tifffile.imread(out / "slide_labels.tif")
+    assert labels.shape == slide.shape and labels.dtype == "uint16"
+    assert summary["attention_labels"]["cells"] == labels.max()
+    cells = tifffile.imread(out / "synthetic_cells.tif")
+    assert cells.ndim == 3 and cells.shape[1:] == (64, 64)
+    assert tifffile.imread(out / "synthetic_masks.tif").shape == cells.shape
+    assert (out / "overview.png").stat().st_size > 10_000
+    for key in ("attention_labels", "otsu_baseline"):
+        assert 0 <= summary[key]["object_f1"] <= 1 and 0 <= summary[key]["pixel_iou"] <= 1

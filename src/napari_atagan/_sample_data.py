@@ -9,14 +9,12 @@ an installed wheel), which gives the same pixels. The functions return napari
 from __future__ import annotations
 
 import csv
-from pathlib import Path
-
 import numpy as np
 
-from napari_atagan import simulate
+from napari_atagan import sample_data_dir, simulate
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
-"""The committed sample data: ``<repository>/sample_data``."""
+SAMPLE_DIR = sample_data_dir()
+"""The shipped sample data (the repository's ``sample_data/``, or its copy in a wheel)."""
 
 
 def _read_tif(name: str) -> np.ndarray | None:
@@ -38,13 +36,19 @@ def _contrast_limits(image: np.ndarray) -> list[float]:
     return [float(lo), float(max(hi, lo + 1))]
 
 
-def slide_sample() -> list[tuple]:
-    """A simulated 1024 x 1024 IIF slide (uint16) and its ground-truth nucleus labels."""
+def load_slide() -> tuple[np.ndarray, np.ndarray]:
+    """The simulated sample slide (uint16) and its ground-truth nucleus labels."""
     image = _read_tif("hep2_slide.tif")
     labels = _read_tif("hep2_slide_labels.tif")
     if image is None or labels is None or image.shape != labels.shape:
         slide = simulate.sample_slide()
         image, labels = slide.image, slide.labels
+    return image, labels
+
+
+def slide_sample() -> list[tuple]:
+    """A simulated 1024 x 1024 IIF slide (uint16) and its ground-truth nucleus labels."""
+    image, labels = load_slide()
     return [
         (image, {"name": "HEp-2 slide (simulated)", "contrast_limits": _contrast_limits(image),
                  "colormap": "gray"}, "image"),
