@@ -13,7 +13,8 @@ def _help(command):
     return sub.format_help(), sub
 
 
-@pytest.mark.parametrize("command", ["train", "synth", "attention", "export", "simulate", "demo"])
+@pytest.mark.parametrize("command", ["train", "synth", "attention", "evaluate", "mosaic", "export",
+                                     "simulate", "demo"])
 def test_help_documents_every_option(command):
     text, sub = _help(command)
     for action in sub._actions:

@@ -315,12 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_synth(sub)
-    try:
-        from .cli_attention import register as _add_attention
-    except ImportError:  # pragma: no cover - the slide module is optional at import time
-        _add_attention = None
-    if _add_attention is not None:
-        _add_attention(sub)
+    from .cli_attention import register as _add_attention
+    from .cli_evaluate import register as _add_evaluate
+
+    _add_attention(sub)
+    _add_evaluate(sub)
     _add_export(sub)
     _add_simulate(sub)
     _add_demo(sub)

@@ -1,0 +1,354 @@
+"""``napari-atagan evaluate`` and ``napari-atagan mosaic``: scoring a model honestly.
+
+::
+
+    napari-atagan evaluate attention --checkpoint F --crops DIR [--per-pattern] [--limit N]
+    napari-atagan evaluate attention --checkpoint F --image slide.tif --labels gt.tif [--diameter D]
+    napari-atagan evaluate samples --checkpoint F --real DIR [-n N] [--per-pattern]
+    napari-atagan mosaic --crops DIR --out DIR [--n-cells N] [--size H W] [--seed S] [--count K]
+
+The evaluate commands print a table on stdout (and write every number to
+``--json``); ``mosaic`` writes ``mosaic_000.tif`` + ``mosaic_000_labels.tif``, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_STOPPED = 130
+
+
+def register(subparsers: Any) -> list[argparse.ArgumentParser]:
+    """Add the ``evaluate`` and ``mosaic`` subcommands to an argparse sub-parser set."""
+    return [_add_evaluate(subparsers), _add_mosaic(subparsers)]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a subcommand; 0 on success, 2 for a user mistake, 130 when interrupted."""
+    from .checkpoint import CheckpointError
+
+    name = getattr(args, "command", None) or "evaluate"
+    try:
+        return args.action(args)
+    except KeyboardInterrupt:
+        print(f"napari-atagan {name}: interrupted", file=sys.stderr)
+        return EXIT_STOPPED
+    except (CheckpointError, ValueError, OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "was asked for but" not in str(exc):
+            raise  # a bug, not a user mistake: keep the traceback
+        print(f"napari-atagan {name}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a model: attention vs true masks, samples vs real cells",
+        description=(
+            "Score a trained checkpoint. 'attention' compares the discriminator's attention "
+            "with true cell masks (beside baselines that need no model); 'samples' compares "
+            "generated cells with real ones."
+        ),
+    )
+    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    a = sub.add_parser(
+        "attention",
+        help="attention vs true masks, on centred crops or on a slide/mosaic",
+        description=(
+            "With --crops: attention on centred real crops vs their masks (pixel IoU after "
+            "Otsu's threshold, pointing game, attention mass inside), beside Otsu and a "
+            "centred ellipse. With --image/--labels: cells found on a slide vs its instance "
+            "labels (object precision/recall/F1 at IoU 0.5, pixel IoU), beside Otsu."
+        ),
+    )
+    _common(a)
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--crops", metavar="DIR",
+                     help="folder of crops with masks (pattern sub-folders, NNNNN.png + "
+                          "NNNNN_Mask.png)")
+    src.add_argument("--image", metavar="FILE", help="a slide or mosaic (TIFF, PNG or .npy)")
+    a.add_argument("--labels", metavar="FILE",
+                   help="true instance labels of --image (same shape; 0 = background)")
+    a.add_argument("--diameter", type=_diameter, default="auto", metavar="PIXELS",
+                   help="typical cell diameter in --image, in pixels, or 'auto' to estimate "
+                        "it (default: %(default)s)")
+    a.add_argument("--threshold", type=_threshold, default="otsu",
+                   help="attention level that separates cells from background on a slide: "
+                        "'otsu' or a number (default: %(default)s)")
+    a.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                   help="with --crops: at most N crops of every pattern, drawn at random "
+                        "(default: all)")
+    a.set_defaults(run=run, action=_run_attention)
+
+    s = sub.add_parser(
+        "samples",
+        help="generated cells vs real cells (sliced Wasserstein distance, KID)",
+        description=(
+            "Generate N cells and compare them with N real cells: sliced Wasserstein "
+            "distance on Laplacian pyramids (per level and mean, beside the distance "
+            "between two halves of the real cells), and KID on the features of the "
+            "checkpoint's pattern classifier when it has one."
+        ),
+    )
+    _common(s)
+    s.add_argument("--real", required=True, metavar="DIR", help="folder of real cell crops")
+    s.add_argument("-n", "--number", type=_at_least_two, default=1000, dest="n",
+                   help="cells to generate and to compare with (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    s.set_defaults(run=run, action=_run_samples)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a trained checkpoint")
+    p.add_argument("--per-pattern", action="store_true",
+                   help="also score every staining pattern on its own")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="also write all results to this JSON file")
+    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+                   help="where to run (default: %(default)s)")
+
+
+def _add_mosaic(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "mosaic",
+        help="evaluation slides of real cells at random positions, with true labels",
+        description=(
+            "Place real crops (with masks) at random non-overlapping positions on a "
+            "background with the crops' own background level and noise, and write "
+            "<stem>_NNN.tif and <stem>_NNN_labels.tif (the pasted masks, one id per cell) "
+            "into --out."
+        ),
+    )
+    p.add_argument("--crops", required=True, metavar="DIR",
+                   help="folder of crops with masks (pattern sub-folders, NNNNN.png + "
+                        "NNNNN_Mask.png)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--n-cells", type=_positive_int, default=60, metavar="N",
+                   help="cells per mosaic (default: %(default)s)")
+    p.add_argument("--size", type=_positive_int, nargs=2, default=[1024, 1024],
+                   metavar=("H", "W"), help="height and width in pixels (default: 1024 1024)")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="random seed of the first mosaic; mosaic k uses seed + k "
+                        "(default: %(default)s)")
+    p.add_argument("--count", type=_positive_int, default=1, metavar="K",
+                   help="number of mosaics to write (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="resize factor of the crops, e.g. 0.5 for cells half as large "
+                        "(default: %(default)s)")
+    p.add_argument("--stem", default="mosaic",
+                   help="file name prefix (default: %(default)s)")
+    p.set_defaults(run=run, action=_run_mosaic)
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _at_least_two(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 cells, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _diameter(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a cell diameter in pixels or 'auto', got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"the cell diameter must be > 0 pixels, got {text}")
+    return value
+
+
+def _threshold(text: str) -> float | str:
+    if text.strip().lower() == "otsu":
+        return "otsu"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'otsu' or a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"the threshold must be a finite number, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def _run_attention(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_crops, evaluate_slide
+
+    _check_file(args.checkpoint, "--checkpoint")
+    if args.crops:
+        if args.labels:
+            raise ValueError("--labels belongs to --image, not to --crops")
+        result = evaluate_crops(args.checkpoint, args.crops, per_pattern=args.per_pattern,
+                                limit=args.limit, device=args.device)
+        _finish(args, result, _crop_table(result))
+        return 0
+    if not args.labels:
+        raise ValueError("--image needs --labels FILE (the true instance labels)")
+    if args.per_pattern:
+        raise ValueError("--per-pattern applies to --crops only")
+    image, labels = _read_image(args.image, "--image"), _read_image(args.labels, "--labels")
+    diameter = None if args.diameter == "auto" else float(args.diameter)
+    result = evaluate_slide(args.checkpoint, image, labels, diameter=diameter,
+                            threshold=args.threshold, device=args.device)
+    result["image"], result["labels"] = str(args.image), str(args.labels)
+    _finish(args, result, _slide_table(result))
+    return 0
+
+
+def _run_samples(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_samples
+
+    _check_file(args.checkpoint, "--checkpoint")
+    result = evaluate_samples(args.checkpoint, args.real, n=args.n, device=args.device,
+                              per_pattern=args.per_pattern, seed=args.seed)
+    _finish(args, result, _samples_table(result))
+    return 0
+
+
+def _run_mosaic(args: argparse.Namespace) -> int:
+    from .mosaic import make_mosaic, write_mosaic
+
+    if not math.isfinite(args.scale) or args.scale <= 0:
+        raise ValueError(f"--scale must be a number > 0, got {args.scale}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out!r} is a file, not a folder")
+    written = []
+    for k in range(args.count):
+        m = make_mosaic(args.crops, shape=tuple(args.size), n_cells=args.n_cells,
+                        seed=args.seed + k, scale=args.scale)
+        image, labels = write_mosaic(m, out, f"{args.stem}_{k:03d}")
+        written.append({"image": str(image), "labels": str(labels), "cells": len(m.patterns),
+                        "cell_diameter": round(m.cell_diameter, 2), "seed": args.seed + k})
+        print(f"{image}  {len(m.patterns)} cells, diameter {m.cell_diameter:.1f} px",
+              file=sys.stderr)
+    print(json.dumps(written, indent=2))
+    return 0
+
+
+def _check_file(path: str, option: str) -> None:
+    if not Path(path).is_file():
+        raise ValueError(f"{option} {path!r} does not exist or is not a file")
+
+
+def _read_image(path: str, option: str) -> Any:
+    import numpy as np
+
+    from .cli_attention import open_image
+
+    _check_file(path, option)
+    return np.asarray(open_image(Path(path)))
+
+
+def _finish(args: argparse.Namespace, result: dict, table: str) -> None:
+    print(table)
+    if args.json:
+        target = Path(args.json)
+        if not target.parent.is_dir():
+            raise ValueError(f"--json: folder {str(target.parent)!r} does not exist")
+        target.write_text(json.dumps(result, indent=2, default=_plain) + "\n")
+        print(f"results written to {target}", file=sys.stderr)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def format_table(header: list[str], rows: list[list[Any]]) -> str:
+    """Plain-text columns: the first left-aligned, the others right-aligned."""
+    cells = [header] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for j, row in enumerate(cells):
+        parts = [row[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(parts).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def _crop_table(result: dict) -> str:
+    header = ["crops", "n", "IoU", "pointing", "mass in", "Otsu IoU", "ellipse IoU"]
+    groups = [("all", result["overall"])] + list((result.get("per_pattern") or {}).items())
+    rows = [[name, s["n"], s["iou"], s["pointing_game"], s["mass_inside"], s["otsu_iou"],
+             s["ellipse_iou"]] for name, s in groups]
+    return (f"attention on centred crops ({result['checkpoint']})\n"
+            + format_table(header, rows))
+
+
+def _slide_table(result: dict) -> str:
+    header = ["method", "cells", "TP", "FP", "FN", "precision", "recall", "F1", "pixel IoU"]
+    rows = [[name, s["n_objects"], s["tp"], s["fp"], s["fn"], s["precision"], s["recall"],
+             s["f1"], s["pixel_iou"]]
+            for name, s in (("model", result["model"]), ("Otsu", result["otsu"]))]
+    return (f"cells on the slide ({result['n_true']} true cells, diameter "
+            f"{result['cell_diameter']:.1f} px, {result['diameter_source']})\n"
+            + format_table(header, rows) + f"\nnote: {result['note']}")
+
+
+def _samples_table(result: dict) -> str:
+    groups = [("all", result)] + list((result.get("per_pattern") or {}).items())
+    n_levels = len(result["swd"]["levels"])
+    header = (["cells", "real", "fake"] + [f"SWD {i}" for i in range(n_levels)]
+              + ["SWD mean", "real/real", "KID"])
+    rows = []
+    for name, s in groups:
+        k = s["kid"]["mean"] if s.get("kid") else None
+        rows.append([name, s["n_real"], s["n_fake"], *s["swd"]["levels"], s["swd"]["mean"],
+                     s["swd_reference"], k])
+    lines = [f"generated vs real cells ({result['checkpoint']}, "
+             f"{result['image_size']} px; SWD level 0 = finest detail)",
+             format_table(header, rows)]
+    if result.get("kid_note"):
+        lines.append(f"KID: {result['kid_note']}")
+    if result.get("per_pattern_note"):
+        lines.append(result["per_pattern_note"])
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""Evaluation engine and CLI: documented keys, value ranges, sanity checks, user errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from napari_atagan.cli_evaluate import register
+from napari_atagan.evaluate import (
+    CROP_KEYS,
+    SLIDE_KEYS,
+    evaluate_crops,
+    evaluate_samples,
+    evaluate_slide,
+)
+from napari_atagan.metrics import match_objects, pixel_iou
+from napari_atagan.mosaic import make_mosaic, write_mosaic
+from napari_atagan.simulate import simulate_crops, write_crops_folder
+
+PATTERNS = ("Homogeneous", "NuMem", "Centromere")
+
+
+@pytest.fixture(scope="module")
+def crops_dir(tmp_path_factory):
+    crops = simulate_crops(12, size=32, patterns=PATTERNS, seed=7)
+    return write_crops_folder(crops, tmp_path_factory.mktemp("evaluate") / "cells")
+
+
+@pytest.fixture(scope="module")
+def mosaic(crops_dir):
+    return make_mosaic(crops_dir, shape=(160, 160), n_cells=6, seed=1)
+
+
+def _in_unit(value):
+    return 0.0 <= value <= 1.0
+
+
+def test_evaluate_crops_keys_and_ranges(tiny_checkpoint, crops_dir):
+    r = evaluate_crops(tiny_checkpoint, crops_dir, per_pattern=True, limit=2, device="cpu")
+    assert set(r["overall"]) == set(CROP_KEYS)
+    assert r["overall"]["n"] == 6
+    assert set(r["per_pattern"]) == set(PATTERNS)
+    for scores in [r["overall"], *r["per_pattern"].values()]:
+        assert all(_in_unit(scores[k]) for k in CROP_KEYS[1:])
+    assert r["overall"]["ellipse_iou"] > 0.5  # the centred guess is strong on crops
+    json.dumps(r)
+
+
+def test_evaluate_slide_keys_and_ranges(tiny_checkpoint, mosaic):
+    r = evaluate_slide(tiny_checkpoint, mosaic.image, mosaic.labels,
+                       diameter=mosaic.cell_diameter, device="cpu")
+    assert r["n_true"] == 6 and r["diameter_source"] == "given"
+    assert r["ellipse"] is None and "ellipse" in r["note"]
+    for method in ("model", "otsu"):
+        assert set(r[method]) == set(SLIDE_KEYS)
+        for key in ("precision", "recall", "f1", "pixel_iou", "mean_matched_iou"):
+            assert _in_unit(r[method][key])
+        assert r[method]["tp"] + r[method]["fn"] == 6
+    json.dumps(r)
+
+
+def test_evaluate_slide_binary_truth_and_shape_errors(tiny_checkpoint, mosaic):
+    r = evaluate_slide(tiny_checkpoint, mosaic.image, (mosaic.labels > 0).astype(np.uint8),
+                       diameter=mosaic.cell_diameter, device="cpu")
+    assert r["truth_relabelled"] and r["n_true"] == 6
+    with pytest.raises(ValueError, match="same pixels"):
+        evaluate_slide(tiny_checkpoint, mosaic.image, mosaic.labels[:-1], diameter=20.0)
+
+
+def test_perfect_prediction_scores_one(mosaic):
+    """The ground truth against itself (ids shuffled) is a perfect score."""
+    perm = np.concatenate([[0], np.random.default_rng(0).permutation(6) + 1])
+    pred = perm[mosaic.labels]
+    scores = match_objects(pred, mosaic.labels)
+    assert scores["f1"] == scores["precision"] == scores["recall"] == 1.0
+    assert scores["mean_matched_iou"] == 1.0
+    assert pixel_iou(pred > 0, mosaic.labels > 0) == 1.0
+
+
+def test_evaluate_samples_keys(tiny_checkpoint, tiny_data, tmp_path):
+    folder = write_crops_folder(simulate_crops(9, size=32, patterns=PATTERNS, seed=2),
+                                tmp_path / "real")
+    r = evaluate_samples(tiny_checkpoint, folder, n=6, device="cpu", per_pattern=True,
+                         swd_patches=256)
+    assert r["n_real"] == 6 and r["n_fake"] == 6 and r["image_size"] == 16
+    assert len(r["swd"]["levels"]) >= 1 and r["swd"]["mean"] >= 0
+    assert r["swd_reference"] is not None
+    assert r["kid"] is None and "no pattern classifier" in r["kid_note"]
+    assert set(r["per_pattern"]) == set(PATTERNS)
+    json.dumps(r)
+
+
+def test_evaluate_samples_with_classifier_gives_kid(tiny_data, tmp_path_factory, tmp_path):
+    from tests.conftest import tiny_config
+    from napari_atagan.training import run_to_end, train
+
+    run = run_to_end(train(tiny_config(teacher="classifier", steps=2), tiny_data,
+                           tmp_path_factory.mktemp("clf")))
+    folder = write_crops_folder(simulate_crops(6, size=32, patterns=PATTERNS, seed=2),
+                                tmp_path / "real")
+    r = evaluate_samples(run.checkpoint, folder, n=4, device="cpu", swd_patches=256)
+    assert r["kid"] is not None and np.isfinite(r["kid"]["mean"]) and r["kid_note"] is None
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _main(argv):
+    parser = argparse.ArgumentParser(prog="napari-atagan")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def test_cli_mosaic_then_evaluate(tiny_checkpoint, crops_dir, tmp_path, capsys):
+    out = tmp_path / "mosaics"
+    assert _main(["mosaic", "--crops", str(crops_dir), "--out", str(out), "--n-cells", "5",
+                  "--size", "160", "160", "--count", "2", "--seed", "4"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert len(written) == 2 and written[1]["seed"] == 5
+    report = tmp_path / "slide.json"
+    assert _main(["evaluate", "attention", "--checkpoint", str(tiny_checkpoint),
+                  "--image", written[0]["image"], "--labels", written[0]["labels"],
+                  "--diameter", str(written[0]["cell_diameter"]), "--device", "cpu",
+                  "--json", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert "F1" in text and "Otsu" in text
+    assert json.loads(report.read_text())["n_true"] == 5
+
+    assert _main(["evaluate", "attention", "--checkpoint", str(tiny_checkpoint), "--crops",
+                  str(crops_dir), "--per-pattern", "--limit", "1", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "ellipse IoU" in text and "NuMem" in text
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "attention", "--checkpoint", "{ckpt}", "--image", "{img}"],  # no --labels
+    ["evaluate", "attention", "--checkpoint", "missing.safetensors", "--crops", "{crops}"],
+    ["evaluate", "attention", "--checkpoint", "{ckpt}", "--crops", "{empty}"],
+    ["evaluate", "samples", "--checkpoint", "{ckpt}", "--real", "{empty}", "-n", "4"],
+    ["mosaic", "--crops", "{empty}", "--out", "{tmp}/m"],
+    ["mosaic", "--crops", "{crops}", "--out", "{tmp}/m", "--size", "64", "64",
+     "--n-cells", "50"],
+])
+def test_cli_user_errors_exit_2(argv, tiny_checkpoint, crops_dir, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    img = tmp_path / "img.npy"
+    np.save(img, np.zeros((40, 40), np.uint8))
+    fill = {"ckpt": str(tiny_checkpoint), "crops": str(crops_dir), "empty": str(empty),
+            "img": str(img), "tmp": str(tmp_path)}
+    assert _main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_bad_options_exit_2(capsys):
+    for argv in (["evaluate", "samples", "--checkpoint", "x", "--real", "y", "-n", "1"],
+                 ["evaluate", "attention", "--checkpoint", "x"],
+                 ["mosaic", "--crops", "x", "--out", "y", "--size", "10"]):
+        with pytest.raises(SystemExit) as exc:
+            _main(argv)
+        assert exc.value.code == 2
+
+
+def test_help_documents_every_option():
+    parser = argparse.ArgumentParser(prog="napari-atagan")
+    sub = parser.add_subparsers(dest="command")
+    evaluate, mosaic = register(sub)
+    what = evaluate._subparsers._group_actions[0].choices
+    for p in (what["attention"], what["samples"], mosaic):
+        text = p.format_help()
+        for action in p._actions:
+            for flag in action.option_strings:
+                assert flag in text
+            if action.option_strings and action.dest != "help":
+                assert action.help
