@@ -15,7 +15,9 @@ from napari_atagan.checkpoint import save_checkpoint
 from napari_atagan.cli_attention import register, run
 from napari_atagan.config import TrainConfig
 from napari_atagan.export import read_tiff_metadata, save_attention_tiff, save_labels_tiff
-from napari_atagan.labels import attention_to_labels
+from napari_atagan.labels import attention_to_labels, attention_to_labels_tiled
+from napari_atagan.metrics import match_objects
+from napari_atagan.slide import Stopped
 from napari_atagan.models import build_models
 
 
@@ -133,6 +135,144 @@ def test_bad_map():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         attention_to_labels(bad)
+
+
+# ---------------------------------------------------------------------------
+# tiled labelling of huge maps
+# ---------------------------------------------------------------------------
+
+
+def _blob_map(shape, n, seed):
+    """Soft Gaussian blobs (radius 5-9 px) with noise; some touch, many cross tile borders."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    m = np.zeros(shape, np.float32)
+    for _ in range(n):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        sigma = rng.uniform(5, 9) / 1.5
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2)) * rng.uniform(0.5, 1)
+        np.maximum(m, blob.astype(np.float32), out=m)
+    return m + rng.normal(0, 0.03, shape).astype(np.float32)
+
+
+def _same_up_to_ids(a, b):
+    """True when a and b hold the same objects, whatever their ids (a one-to-one map)."""
+    pairs = np.unique(np.stack([a.ravel().astype(np.int64), b.ravel().astype(np.int64)]), axis=1)
+    return (len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+            and not ((pairs[0] == 0) ^ (pairs[1] == 0)).any())
+
+
+@pytest.mark.parametrize("seed", [1, 3, 5])
+def test_tiled_equals_untiled(seed):
+    m = _blob_map((200, 230), 45, seed)
+    whole = attention_to_labels(m)
+    tiled = attention_to_labels_tiled(m, tile=64, max_cell_diameter=20)
+    assert whole.max() > 20
+    assert _same_up_to_ids(whole, tiled)
+    score = match_objects(tiled, whole, iou_threshold=1.0)
+    assert score["f1"] == 1.0 and score["mean_matched_iou"] == 1.0
+
+
+def test_tiled_close_to_untiled_on_crowded_map():
+    # crowded clusters: watershed ties may resolve differently in a tile (a few cells)
+    m = _blob_map((200, 230), 45, 7)
+    score = match_objects(attention_to_labels_tiled(m, tile=64, max_cell_diameter=20),
+                          attention_to_labels(m), iou_threshold=0.5)
+    assert score["f1"] >= 0.9
+
+
+def test_tiled_equals_untiled_fixed_threshold_and_cells_on_tile_corners():
+    centres = [(64, 64), (64, 128), (128, 64), (40, 100), (40, 117), (150, 150)]  # 2 touch
+    m = _disc_map((190, 200), centres, 9)
+    for kwargs in ({"threshold": 0.5}, {"threshold": 0.5, "split_touching": False},
+                   {"threshold": "otsu", "smooth": 0.0}):
+        whole = attention_to_labels(m, **kwargs)
+        tiled = attention_to_labels_tiled(m, tile=64, overlap=40, **kwargs)
+        assert _same_up_to_ids(whole, tiled), kwargs
+
+
+def test_tiled_ids_unique_and_sequential():
+    m = _blob_map((150, 170), 30, 11)
+    lab = attention_to_labels_tiled(m, tile=50, max_cell_diameter=20)
+    ids = np.unique(lab)
+    assert lab.dtype == np.uint16 and list(ids) == list(range(int(ids.max()) + 1))
+    from scipy import ndimage as ndi
+
+    for i in ids[1:]:  # one connected object per id
+        assert ndi.label(lab == i)[1] == 1
+
+
+def test_tiled_widens_to_uint32_and_fills_given_out(tmp_path):
+    m = np.zeros((520, 520), np.float32)
+    m[::2, ::2] = 1  # 67,600 isolated pixels
+    opts = dict(threshold=0.5, min_size=1, smooth=0, split_touching=False, tile=128, overlap=4)
+    lab = attention_to_labels_tiled(m, **opts)
+    assert lab.dtype == np.uint32 and lab.max() == 260 * 260
+    assert np.array_equal(np.unique(lab), np.arange(260 * 260 + 1))
+    out = np.lib.format.open_memmap(tmp_path / "l.npy", mode="w+", dtype=np.uint32,
+                                    shape=m.shape)
+    out[:] = 7  # old content is overwritten
+    got = attention_to_labels_tiled(m, out=out, **opts)
+    assert got is out and np.array_equal(np.asarray(out), lab)
+    with pytest.raises(ValueError, match="uint32"):
+        attention_to_labels_tiled(m, out=np.zeros(m.shape, np.uint16), **opts)
+
+
+def test_tiled_reads_a_memmap_and_a_stack(tmp_path):
+    m = _blob_map((120, 130), 15, 2)
+    mm = np.lib.format.open_memmap(tmp_path / "m.npy", mode="w+", dtype=np.float32,
+                                   shape=(2, *m.shape))
+    mm[0], mm[1] = m, m[::-1]
+    lab = attention_to_labels_tiled(np.load(tmp_path / "m.npy", mmap_mode="r"), tile=48,
+                                    max_cell_diameter=20)
+    whole = attention_to_labels(np.stack([m, m[::-1]]))
+    assert _same_up_to_ids(whole, lab)
+    assert lab[1].max() > lab[0].max() and set(np.unique(lab[1])[1:]).isdisjoint(
+        np.unique(lab[0])[1:])
+
+
+def test_tiled_progress_and_stop():
+    m = _blob_map((100, 100), 10, 4)
+    calls = []
+    attention_to_labels_tiled(m, tile=40, progress=lambda d, t: calls.append((d, t)))
+    total = calls[-1][1]
+    assert [d for d, _ in calls] == list(range(1, total + 1)) and total >= 9
+    constant = []
+    attention_to_labels_tiled(np.zeros((100, 100), np.float32), tile=40,
+                              progress=lambda d, t: constant.append((d, t)))
+    assert constant[-1][0] == constant[-1][1]
+    with pytest.raises(Stopped):
+        attention_to_labels_tiled(m, tile=40, stop=lambda: len(calls) > 0)
+    asked = []
+    with pytest.raises(Stopped):
+        attention_to_labels_tiled(m, tile=40, stop=lambda: asked.append(1) or len(asked) > 5)
+
+
+def test_tiled_constant_map_is_empty():
+    lab = attention_to_labels_tiled(np.full((70, 90), 0.3, np.float32), tile=32)
+    assert lab.shape == (70, 90) and not lab.any()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tile": 8}, "tile"), ({"overlap": -1}, "overlap"), ({"max_cell_diameter": 0}, "diameter"),
+    ({"threshold": "mean"}, "otsu"), ({"min_size": -1}, "min_size"),
+    ({"out": np.zeros((5, 5), np.uint16)}, "shape"),
+    ({"out": np.zeros((40, 40), np.float32)}, "integer"),
+])
+def test_tiled_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        attention_to_labels_tiled(np.zeros((40, 40), np.float32), **kwargs)
+
+
+def test_tiled_bad_map():
+    with pytest.raises(ValueError, match="2-D"):
+        attention_to_labels_tiled(np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match="array"):
+        attention_to_labels_tiled([[0.0, 1.0]])
+    bad = np.ones((40, 40), np.float32)
+    bad[30, 30] = np.inf
+    with pytest.raises(ValueError, match="NaN"):
+        attention_to_labels_tiled(bad, tile=16)
 
 
 # ---------------------------------------------------------------------------
@@ -276,6 +416,21 @@ def test_cli_writes_attention_and_labels(tmp_path, ckpt_path, capsys):
     out = capsys.readouterr().out
     assert '"cells"' in out and "megapixels_per_s" in out
     assert sorted(os.listdir(tmp_path / "out")) == ["slide_attention.tif", "slide_labels.tif"]
+
+
+def test_cli_labels_a_large_map_in_tiles(tmp_path, ckpt_path, monkeypatch):
+    import napari_atagan.cli_attention as cli
+
+    image = _slide_file(tmp_path)
+    argv = ["attention", "--checkpoint", str(ckpt_path), "--image", str(image),
+            "--diameter", "20", "--device", "cpu", "--tile-size", "32", "--min-size", "5"]
+    assert run(_parse([*argv, "--out", str(tmp_path / "small")])) == 0
+    monkeypatch.setattr(cli, "_MEMMAP_PIXELS", 100)  # every map counts as large
+    assert run(_parse([*argv, "--out", str(tmp_path / "large")])) == 0
+    small = tifffile.imread(tmp_path / "small" / "slide_labels.tif")
+    large = tifffile.imread(tmp_path / "large" / "slide_labels.tif")
+    assert large.dtype == np.uint16 and np.array_equal(small > 0, large > 0)
+    assert sorted(os.listdir(tmp_path / "large")) == ["slide_attention.tif", "slide_labels.tif"]
 
 
 def test_cli_stack_and_auto_diameter(tmp_path, ckpt_path):

@@ -113,7 +113,6 @@ def _run(args: argparse.Namespace) -> int:
     from . import __version__
     from .checkpoint import load_checkpoint
     from .export import save_attention_tiff, save_labels_tiff
-    from .labels import attention_to_labels
     from .slide import estimate_cell_diameter, model_cell_diameter, slide_attention, \
         slide_attention_stack
 
@@ -143,8 +142,7 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         seconds_map = time.perf_counter() - t0
-        labels = attention_to_labels(np.asarray(attention), threshold=args.threshold,
-                                     min_size=min_size)
+        labels = _labels(attention, Path(scratch), threshold=args.threshold, min_size=min_size)
         metadata = {
             "checkpoint": Path(args.checkpoint).name,
             "checkpoint_format_version": ckpt.metadata.get("format_version"),
@@ -159,14 +157,15 @@ def _run(args: argparse.Namespace) -> int:
         stem = image_path.stem
         att_path = save_attention_tiff(out_dir / f"{stem}_attention.tif", attention,
                                        metadata=metadata)
-        del attention, out
-    lab_path = save_labels_tiff(out_dir / f"{stem}_labels.tif", labels, metadata=metadata)
+        lab_path = save_labels_tiff(out_dir / f"{stem}_labels.tif", labels, metadata=metadata)
+        n_cells = int(labels.max())
+        del attention, out, labels
     seconds = time.perf_counter() - t0
     n_pixels = int(np.prod(shape))
     print(json.dumps({
         "attention": str(att_path),
         "labels": str(lab_path),
-        "cells": int(labels.max()),
+        "cells": n_cells,
         "cell_diameter": round(float(diameter), 2),
         "seconds": round(seconds, 2),
         "megapixels_per_s": round(n_pixels / 1e6 / max(seconds_map, 1e-9), 2),
@@ -209,6 +208,17 @@ def _allocate(shape: tuple[int, ...], scratch: Path) -> np.ndarray:
         return np.zeros(shape, dtype=np.float32)
     return np.lib.format.open_memmap(scratch / "attention.npy", mode="w+", dtype=np.float32,
                                      shape=shape)
+
+
+def _labels(attention: np.ndarray, scratch: Path, **options: Any) -> np.ndarray:
+    """Cell labels of the map; a large map is labelled tile by tile into a file."""
+    from .labels import attention_to_labels, attention_to_labels_tiled
+
+    if int(np.prod(attention.shape)) <= _MEMMAP_PIXELS:
+        return attention_to_labels(np.asarray(attention), **options)
+    out = np.lib.format.open_memmap(scratch / "labels.npy", mode="w+", dtype=np.uint32,
+                                    shape=tuple(attention.shape))
+    return attention_to_labels_tiled(attention, out=out, **options)
 
 
 def open_image(path: Path) -> Any:
