@@ -52,3 +52,17 @@ def tiny_checkpoint(tmp_path_factory, tiny_data):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def errors():
+    """Error notifications shown during the test (napari's notification manager)."""
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+
+    def new():
+        return [str(r.message) for r in notification_manager.records[start:]
+                if str(r.severity).lower().endswith("error")]
+
+    return new

@@ -8,17 +8,14 @@ Run with::
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.gui
+from ._gui_helpers import PLUGIN, TIMEOUT_MS, check_screenshot, dock
 
-PLUGIN = "napari-atagan"
-TIMEOUT_MS = 60_000
+pytestmark = pytest.mark.gui
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +23,6 @@ def slide():
     from napari_atagan.simulate import simulate_slide
 
     return simulate_slide((256, 256), n_cells=10, cell_diameter=30, seed=5)
-
-
-@pytest.fixture
-def errors():
-    """Error notifications shown during the test (napari's notification manager)."""
-    from napari.utils.notifications import notification_manager
-
-    start = len(notification_manager.records)
-
-    def new():
-        return [str(r.message) for r in notification_manager.records[start:]
-                if str(r.severity).lower().endswith("error")]
-
-    return new
 
 
 @pytest.fixture
@@ -59,22 +42,9 @@ def engine_calls(monkeypatch):
     return calls
 
 
-def dock_attention(viewer):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Attention")
-    return widget
-
-
 def run_and_wait(qtbot, widget):
     widget.run_button.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
-
-
-def keep_screenshot(path: Path) -> None:
-    """Copy a screenshot to $ATAGAN_SCREENSHOT_DIR when set (to pick figures for the docs)."""
-    folder = os.environ.get("ATAGAN_SCREENSHOT_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(folder) / path.name)
 
 
 def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbot, tmp_path,
@@ -83,7 +53,7 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     viewer = make_napari_viewer()
     image = viewer.add_image(slide.image, name="slide", scale=(0.5, 0.5), translate=(10, 20))
     other = viewer.add_image(slide.image[:64, :64], name="other")
-    widget = dock_attention(viewer)
+    widget = dock(viewer, "Attention")
     widget.image_layer.value = image
     widget.checkpoint.value = tiny_checkpoint
     widget.device.value = "cpu"
@@ -156,7 +126,7 @@ def test_stack_of_slides(make_napari_viewer, qtbot, slide, tiny_checkpoint, erro
     viewer = make_napari_viewer()
     stack = np.stack([slide.image[:128, :128], slide.image[128:, 128:]])
     layer = viewer.add_image(stack, name="movie")
-    widget = dock_attention(viewer)
+    widget = dock(viewer, "Attention")
     widget.image_layer.value = layer
     widget.checkpoint.value = tiny_checkpoint
     widget.cell_diameter.value = 30
@@ -184,7 +154,7 @@ def test_stop(make_napari_viewer, qtbot, slide, tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(slide_module, "slide_attention", waits_for_stop)
     viewer = make_napari_viewer()
     layer = viewer.add_image(slide.image, name="slide")
-    widget = dock_attention(viewer)
+    widget = dock(viewer, "Attention")
     widget.image_layer.value = layer
     widget.checkpoint.value = tiny_checkpoint
     start = len(notification_manager.records)
@@ -201,7 +171,7 @@ def test_stop(make_napari_viewer, qtbot, slide, tiny_checkpoint, monkeypatch):
 def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tmp_path, slide,
                                        tiny_checkpoint, errors):
     viewer = make_napari_viewer()
-    widget = dock_attention(viewer)
+    widget = dock(viewer, "Attention")
     widget.checkpoint.value = tiny_checkpoint
 
     widget.run_button.click()  # no image layer
@@ -241,7 +211,7 @@ def test_screenshot(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):
     viewer.window.resize(1400, 850)
     slide, truth = viewer.open_sample(PLUGIN, "hep2_slide")
     truth.visible = False
-    widget = dock_attention(viewer)
+    widget = dock(viewer, "Attention")
     widget.image_layer.value = slide
     widget.checkpoint.value = (os.environ.get("ATAGAN_SCREENSHOT_CHECKPOINT")
                                or default_checkpoint() or tiny_checkpoint)
@@ -250,10 +220,4 @@ def test_screenshot(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):
     cells = viewer.layers[f"{slide.name} cells"]
     cells.contour = 2
     assert cells.data.max() > 0
-    viewer.reset_view()
-    qtbot.wait(300)
-    path = tmp_path / "widget_attention.png"
-    shot = np.asarray(viewer.screenshot(path=str(path), canvas_only=False, flash=False))
-    assert path.is_file()
-    assert shot.shape[0] > 200 and shot[..., :3].std() > 10
-    keep_screenshot(path)
+    check_screenshot(viewer, qtbot, tmp_path / "widget_attention.png")

@@ -8,48 +8,19 @@ Run with::
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ._gui_helpers import TIMEOUT_MS, check_screenshot, dock
+
 pytestmark = pytest.mark.gui
-
-PLUGIN = "napari-atagan"
-TIMEOUT_MS = 60_000
-
-
-@pytest.fixture
-def errors():
-    """Error notifications shown during the test (napari's notification manager)."""
-    from napari.utils.notifications import notification_manager
-
-    start = len(notification_manager.records)
-
-    def new():
-        return [str(r.message) for r in notification_manager.records[start:]
-                if str(r.severity).lower().endswith("error")]
-
-    return new
-
-
-def dock_synth(viewer):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Synthesize")
-    return widget
 
 
 def generate(qtbot, widget):
     widget.generate_button.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
-
-
-def keep_screenshot(path: Path) -> None:
-    """Copy a screenshot to $ATAGAN_SCREENSHOT_DIR when set (to pick figures for the docs)."""
-    folder = os.environ.get("ATAGAN_SCREENSHOT_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(folder) / path.name)
 
 
 def test_generate_pushes_three_aligned_layers_and_exports(make_napari_viewer, qtbot, tmp_path,
@@ -59,7 +30,7 @@ def test_generate_pushes_three_aligned_layers_and_exports(make_napari_viewer, qt
 
     names = load_checkpoint(tiny_checkpoint).class_names
     viewer = make_napari_viewer()
-    widget = dock_synth(viewer)
+    widget = dock(viewer, "Synthesize")
     widget.checkpoint.value = tiny_checkpoint
     assert list(widget.pattern.choices) == ["any", *names]
     widget.n_cells.value = 10
@@ -114,7 +85,7 @@ def test_corrupt_checkpoint_gives_a_notification(make_napari_viewer, qtbot, tmp_
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"this is not a model")
     viewer = make_napari_viewer()
-    widget = dock_synth(viewer)
+    widget = dock(viewer, "Synthesize")
     widget.checkpoint.value = bad
     assert len(errors()) == 1 and "broken.safetensors" in errors()[0]
     assert list(widget.pattern.choices) == ["any"]
@@ -135,7 +106,7 @@ def test_default_model_is_preselected(make_napari_viewer):
     from napari_atagan._widgets._common import default_checkpoint
 
     viewer = make_napari_viewer()
-    widget = dock_synth(viewer)
+    widget = dock(viewer, "Synthesize")
     expected = default_checkpoint()
     if expected is None:
         assert widget.checkpoint.value is None
@@ -150,16 +121,10 @@ def test_screenshot(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):
 
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1400, 850)
-    widget = dock_synth(viewer)
+    widget = dock(viewer, "Synthesize")
     widget.checkpoint.value = (os.environ.get("ATAGAN_SCREENSHOT_CHECKPOINT")
                                or default_checkpoint() or tiny_checkpoint)
     widget.n_cells.value = 16
     widget.seed.value = 3
     generate(qtbot, widget)
-    viewer.reset_view()
-    qtbot.wait(300)
-    path = tmp_path / "widget_synthesize.png"
-    shot = np.asarray(viewer.screenshot(path=str(path), canvas_only=False, flash=False))
-    assert path.is_file()
-    assert shot.shape[0] > 200 and shot[..., :3].std() > 10
-    keep_screenshot(path)
+    check_screenshot(viewer, qtbot, tmp_path / "widget_synthesize.png")

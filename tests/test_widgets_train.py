@@ -8,7 +8,6 @@ Run with::
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -18,13 +17,12 @@ import pytest
 from napari_atagan.checkpoint import load_checkpoint
 from napari_atagan.training import CHECKPOINT_NAME
 
+from ._gui_helpers import PLUGIN, TIMEOUT_MS, check_screenshot, dock
 from .conftest import tiny_config
 
 pytestmark = pytest.mark.gui
 
-PLUGIN = "napari-atagan"
 PATTERNS = ("Homogeneous", "NuMem", "Centromere")
-TIMEOUT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
@@ -32,25 +30,6 @@ def crops():
     from napari_atagan.simulate import simulate_crops
 
     return simulate_crops(24, size=32, patterns=PATTERNS, seed=3)
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    """Error notifications shown during the test (napari's notification manager)."""
-    from napari.utils.notifications import notification_manager
-
-    start = len(notification_manager.records)
-
-    def new():
-        return [str(r.message) for r in notification_manager.records[start:]
-                if str(r.severity).lower().endswith("error")]
-
-    return new
-
-
-def dock_train(viewer):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
-    return widget
 
 
 def make_tiny(widget, out: Path, *, steps: int = 6, teacher: str = "mask") -> None:
@@ -73,18 +52,24 @@ def add_crops(viewer, crops, *, masks: bool = True):
     return image, labels
 
 
+def train_on_crops(make_napari_viewer, crops, out: Path, *, steps: int):
+    """A viewer with the crop stack and its masks, and a Train widget set to train on them."""
+    viewer = make_napari_viewer()
+    image, labels = add_crops(viewer, crops)
+    widget = dock(viewer, "Train")
+    widget.image_layer.value = image
+    widget.mask_layer.value = labels
+    make_tiny(widget, out, steps=steps)
+    return viewer, widget
+
+
 def wait_idle(qtbot, widget, timeout=TIMEOUT_MS):
     qtbot.waitUntil(lambda: not widget.is_running, timeout=timeout)
 
 
 def test_train_crop_stack_with_live_preview(make_napari_viewer, qtbot, tmp_path, crops, errors):
-    viewer = make_napari_viewer()
-    image, labels = add_crops(viewer, crops)
-    widget = dock_train(viewer)
+    viewer, widget = train_on_crops(make_napari_viewer, crops, tmp_path / "run", steps=12)
     widget.source.value = "layers"
-    widget.image_layer.value = image
-    widget.mask_layer.value = labels
-    make_tiny(widget, tmp_path / "run", steps=12)
 
     widget.start_button.click()
     assert widget.is_running and not widget.start_button.isEnabled()
@@ -117,7 +102,7 @@ def test_train_from_slide_and_labels(make_napari_viewer, qtbot, tmp_path, errors
     viewer = make_napari_viewer()
     image = viewer.add_image(slide.image, name="slide")
     cells = viewer.add_labels(slide.labels, name="cells")
-    widget = dock_train(viewer)
+    widget = dock(viewer, "Train")
     widget.image_layer.value = image
     widget.mask_layer.value = cells
     make_tiny(widget, tmp_path / "slide_run", steps=3, teacher="auto")
@@ -135,7 +120,7 @@ def test_train_from_folder_of_pattern_subfolders(make_napari_viewer, qtbot, tmp_
 
     folder = write_crops_folder(crops, tmp_path / "cells")
     viewer = make_napari_viewer()
-    widget = dock_train(viewer)
+    widget = dock(viewer, "Train")
     widget.source.value = "folder"
     assert not widget.folder.native.isHidden() and widget.image_layer.native.isHidden()
     widget.folder.value = folder
@@ -152,12 +137,7 @@ def test_responsive_gui_and_stop_twice_keeps_a_valid_checkpoint(make_napari_view
                                                                  tmp_path, crops, errors):
     from qtpy.QtCore import QTimer
 
-    viewer = make_napari_viewer()
-    image, labels = add_crops(viewer, crops)
-    widget = dock_train(viewer)
-    widget.image_layer.value = image
-    widget.mask_layer.value = labels
-    make_tiny(widget, tmp_path / "run", steps=100_000)
+    viewer, widget = train_on_crops(make_napari_viewer, crops, tmp_path / "run", steps=100_000)
     widget.start_button.click()
     qtbot.waitUntil(lambda: len(widget.loss_plot.steps) >= 2, timeout=TIMEOUT_MS)
 
@@ -201,7 +181,7 @@ def test_responsive_gui_and_stop_twice_keeps_a_valid_checkpoint(make_napari_view
 def test_bad_input_gives_notifications_and_widget_stays_usable(make_napari_viewer, qtbot,
                                                                 tmp_path, crops, errors):
     viewer = make_napari_viewer()
-    widget = dock_train(viewer)
+    widget = dock(viewer, "Train")
     make_tiny(widget, tmp_path / "run")
 
     widget.start_button.click()  # no layer at all
@@ -233,12 +213,7 @@ def test_bad_input_gives_notifications_and_widget_stays_usable(make_napari_viewe
 
 def test_closing_the_viewer_during_training_leaves_a_checkpoint(make_napari_viewer, qtbot,
                                                                   tmp_path, crops):
-    viewer = make_napari_viewer()
-    image, labels = add_crops(viewer, crops)
-    widget = dock_train(viewer)
-    widget.image_layer.value = image
-    widget.mask_layer.value = labels
-    make_tiny(widget, tmp_path / "run", steps=100_000)
+    viewer, widget = train_on_crops(make_napari_viewer, crops, tmp_path / "run", steps=100_000)
     widget.start_button.click()
     worker = widget.worker
     qtbot.waitUntil(lambda: len(widget.loss_plot.steps) >= 1, timeout=TIMEOUT_MS)
@@ -258,7 +233,7 @@ def test_screenshot(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1400, 850)
     image, masks = viewer.open_sample(PLUGIN, "hep2_crops")
-    widget = dock_train(viewer)
+    widget = dock(viewer, "Train")
     widget.image_layer.value = image
     widget.mask_layer.value = masks
     docs_steps = os.environ.get("ATAGAN_SCREENSHOT_STEPS")
@@ -276,18 +251,4 @@ def test_screenshot(make_napari_viewer, qtbot, tmp_path):
     samples = viewer.layers["ATA-GAN samples"]
     image.visible = masks.visible = False
     viewer.layers.selection.active = samples
-    viewer.reset_view()
-    qtbot.wait(300)
-    path = tmp_path / "widget_train.png"
-    shot = np.asarray(viewer.screenshot(path=str(path), canvas_only=False, flash=False))
-    assert path.is_file()
-    assert shot.shape[0] > 200 and shot[..., :3].std() > 10
-    keep_screenshot(path)
-
-
-def keep_screenshot(path: Path) -> None:
-    """Copy a screenshot to $ATAGAN_SCREENSHOT_DIR when set (to pick figures for the docs)."""
-    folder = os.environ.get("ATAGAN_SCREENSHOT_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(folder) / path.name)
+    check_screenshot(viewer, qtbot, tmp_path / "widget_train.png")

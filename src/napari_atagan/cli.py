@@ -18,8 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-
-EXIT_USAGE = 2
+from ._cli_common import (
+    DEVICE_CHOICES,
+    EXIT_STOPPED,
+    non_negative_float,
+    positive_int,
+    report_user_error,
+)
 
 
 class UserError(Exception):
@@ -34,26 +39,6 @@ def _progress_bar(total: int, desc: str):
     # In a log file, a line every half minute instead of a redraw several times a second.
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=tty,
                 mininterval=0.1 if tty else 30.0, ascii=not tty)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
 
 
 def has_display() -> bool:
@@ -82,22 +67,22 @@ def _add_train(sub) -> None:
                    help="attention target: a pattern classifier trained on the crops, the "
                         "smoothed cell masks, or none (plain GAN). Default: mask when masks "
                         "exist, else classifier when there are >= 2 patterns, else none")
-    p.add_argument("--beta", type=_non_negative_float, default=None,
+    p.add_argument("--beta", type=non_negative_float, default=None,
                    help="weight of the attention-transfer loss (default: from the config, 1.0)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive_int, default=None,
+    length.add_argument("--steps", type=positive_int, default=None,
                         help="training steps (default 4000)")
-    length.add_argument("--epochs", type=_non_negative_float, default=None,
+    length.add_argument("--epochs", type=non_negative_float, default=None,
                         help="training length in passes over the data (converted to steps)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="cells per step (128)")
-    p.add_argument("--lr", type=_non_negative_float, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None, help="cells per step (128)")
+    p.add_argument("--lr", type=non_negative_float, default=None,
                    help="learning rate of both networks (2e-4)")
     p.add_argument("--image-size", type=int, choices=(32, 64, 128), default=64,
                    help="model crop size in pixels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where to train (default: %(default)s = cuda > mps > cpu)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=None,
+    p.add_argument("--checkpoint-every", type=positive_int, default=None,
                    help="steps between checkpoints (500)")
     p.add_argument("--quick", action="store_true",
                    help="a small, fast configuration for a laptop CPU (a first look in minutes)")
@@ -182,16 +167,16 @@ def _add_synth(sub) -> None:
         ),
     )
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a trained checkpoint")
-    p.add_argument("-n", "--number", type=_positive_int, default=100, dest="n",
+    p.add_argument("-n", "--number", type=positive_int, default=100, dest="n",
                    help="number of cells (default: %(default)s)")
     p.add_argument("--pattern", default=None,
                    help="staining pattern of all cells (a name the checkpoint knows); "
                         "default: patterns drawn at random")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where to run (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=1024,
+    p.add_argument("--batch-size", type=positive_int, default=1024,
                    help="cells per batch (default: %(default)s)")
     p.set_defaults(run=_run_synth)
 
@@ -252,7 +237,7 @@ def _add_simulate(sub) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--sample-data", metavar="DIR",
                       help="(re)generate the sample data files into DIR")
-    what.add_argument("--crops", type=_positive_int, metavar="N",
+    what.add_argument("--crops", type=positive_int, metavar="N",
                       help="number of single-cell crops to write (with --out)")
     p.add_argument("--out", metavar="DIR", help="output folder for --crops")
     p.add_argument("--size", type=int, default=64, help="crop side in pixels (default: 64)")
@@ -335,19 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_STOPPED
     except (UserError, CheckpointError, ValueError, FileNotFoundError, NotADirectoryError,
             RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and not _is_user_runtime_error(exc):
-            raise
-        print(f"napari-atagan {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def _is_user_runtime_error(exc: RuntimeError) -> bool:
-    """Device errors (no GPU) are the user's to fix; other RuntimeErrors are bugs."""
-    text = str(exc)
-    return "was asked for but" in text
+        return report_user_error(args.command, exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,8 +25,16 @@ from typing import Any
 
 import numpy as np
 
-EXIT_USAGE = 2
-EXIT_STOPPED = 130
+from ._cli_common import (
+    DEVICE_CHOICES,
+    check_file,
+    check_out_folder,
+    diameter_or_auto,
+    report_interrupted,
+    report_user_error,
+    threshold_or_otsu,
+)
+
 _MEMMAP_PIXELS = 1 << 27
 """Attention maps larger than this (512 MB of float32) are staged in a file, not in RAM."""
 
@@ -45,15 +53,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a trained checkpoint")
     p.add_argument("--image", required=True, metavar="FILE",
                    help="the slide: TIFF (2-D, or a 3-D stack), PNG or .npy")
-    p.add_argument("--diameter", required=True, type=_diameter, metavar="PIXELS",
+    p.add_argument("--diameter", required=True, type=diameter_or_auto, metavar="PIXELS",
                    help="typical cell diameter in the slide, in pixels, or 'auto' to estimate it")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--threshold", type=_threshold, default="otsu",
+    p.add_argument("--threshold", type=threshold_or_otsu, default="otsu",
                    help="attention level that separates cells from background: 'otsu' "
                         "(automatic) or a number (default: %(default)s)")
     p.add_argument("--min-size", type=int, default=None, metavar="N",
                    help="smallest cell kept, in pixels (default: a tenth of a cell's area)")
-    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where to run (default: %(default)s)")
     p.add_argument("--tile-size", type=int, default=1024, metavar="N",
                    help="tile side at model scale in pixels; smaller needs less memory "
@@ -72,41 +80,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except (Stopped, KeyboardInterrupt):
-        print("napari-atagan attention: interrupted", file=sys.stderr)
-        return EXIT_STOPPED
+        return report_interrupted("attention")
     except (CheckpointError, ValueError, OSError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and "was asked for but" not in str(exc):
-            raise  # a bug, not a user mistake: keep the traceback
-        print(f"napari-atagan attention: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return report_user_error("attention", exc)
 
 
 # ---------------------------------------------------------------------------
-
-
-def _diameter(text: str) -> float | str:
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a cell diameter in pixels or 'auto', got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"the cell diameter must be > 0 pixels, got {text}")
-    return value
-
-
-def _threshold(text: str) -> float | str:
-    if text.strip().lower() == "otsu":
-        return "otsu"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'otsu' or a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"the threshold must be a finite number, got {text}")
-    return value
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -178,11 +157,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--tile-size must be at least 16 pixels, got {args.tile_size}")
     if args.min_size is not None and args.min_size < 0:
         raise ValueError(f"--min-size must be >= 0 pixels, got {args.min_size}")
-    if not Path(args.image).is_file():
-        raise ValueError(f"image {args.image!r} does not exist or is not a file")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {args.out!r} is a file, not a folder")
+    check_file(args.image, "image")
+    check_out_folder(args.out)
 
 
 def _default_min_size(diameter: float) -> int:

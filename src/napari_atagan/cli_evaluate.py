@@ -20,8 +20,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
-EXIT_STOPPED = 130
+from ._cli_common import (
+    DEVICE_CHOICES,
+    check_file,
+    check_out_folder,
+    diameter_or_auto,
+    non_negative_int,
+    positive_int,
+    report_interrupted,
+    report_user_error,
+    threshold_or_otsu,
+)
 
 
 def register(subparsers: Any) -> list[argparse.ArgumentParser]:
@@ -37,13 +46,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return args.action(args)
     except KeyboardInterrupt:
-        print(f"napari-atagan {name}: interrupted", file=sys.stderr)
-        return EXIT_STOPPED
+        return report_interrupted(name)
     except (CheckpointError, ValueError, OSError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and "was asked for but" not in str(exc):
-            raise  # a bug, not a user mistake: keep the traceback
-        print(f"napari-atagan {name}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return report_user_error(name, exc)
 
 
 # --------------------------------------------------------------------------- parsers
@@ -78,13 +83,13 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
     src.add_argument("--image", metavar="FILE", help="a slide or mosaic (TIFF, PNG or .npy)")
     a.add_argument("--labels", metavar="FILE",
                    help="true instance labels of --image (same shape; 0 = background)")
-    a.add_argument("--diameter", type=_diameter, default="auto", metavar="PIXELS",
+    a.add_argument("--diameter", type=diameter_or_auto, default="auto", metavar="PIXELS",
                    help="typical cell diameter in --image, in pixels, or 'auto' to estimate "
                         "it (default: %(default)s)")
-    a.add_argument("--threshold", type=_threshold, default="otsu",
+    a.add_argument("--threshold", type=threshold_or_otsu, default="otsu",
                    help="attention level that separates cells from background on a slide: "
                         "'otsu' or a number (default: %(default)s)")
-    a.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+    a.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="with --crops: at most N crops of every pattern, drawn at random "
                         "(default: all)")
     a.set_defaults(run=run, action=_run_attention)
@@ -114,7 +119,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="also score every staining pattern on its own")
     p.add_argument("--json", metavar="FILE", default=None,
                    help="also write all results to this JSON file")
-    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where to run (default: %(default)s)")
 
 
@@ -133,14 +138,14 @@ def _add_mosaic(subparsers: Any) -> argparse.ArgumentParser:
                    help="folder of crops with masks (pattern sub-folders, NNNNN.png + "
                         "NNNNN_Mask.png)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--n-cells", type=_positive_int, default=60, metavar="N",
+    p.add_argument("--n-cells", type=positive_int, default=60, metavar="N",
                    help="cells per mosaic (default: %(default)s)")
-    p.add_argument("--size", type=_positive_int, nargs=2, default=[1024, 1024],
+    p.add_argument("--size", type=positive_int, nargs=2, default=[1024, 1024],
                    metavar=("H", "W"), help="height and width in pixels (default: 1024 1024)")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="random seed of the first mosaic; mosaic k uses seed + k "
                         "(default: %(default)s)")
-    p.add_argument("--count", type=_positive_int, default=1, metavar="K",
+    p.add_argument("--count", type=positive_int, default=1, metavar="K",
                    help="number of mosaics to write (default: %(default)s)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="resize factor of the crops, e.g. 0.5 for cells half as large "
@@ -151,55 +156,10 @@ def _add_mosaic(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
 def _at_least_two(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"expected at least 2 cells, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _diameter(text: str) -> float | str:
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a cell diameter in pixels or 'auto', got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"the cell diameter must be > 0 pixels, got {text}")
-    return value
-
-
-def _threshold(text: str) -> float | str:
-    if text.strip().lower() == "otsu":
-        return "otsu"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'otsu' or a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"the threshold must be a finite number, got {text}")
     return value
 
 
@@ -209,7 +169,7 @@ def _threshold(text: str) -> float | str:
 def _run_attention(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_crops, evaluate_slide
 
-    _check_file(args.checkpoint, "--checkpoint")
+    check_file(args.checkpoint, "--checkpoint")
     if args.crops:
         if args.labels:
             raise ValueError("--labels belongs to --image, not to --crops")
@@ -233,7 +193,7 @@ def _run_attention(args: argparse.Namespace) -> int:
 def _run_samples(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_samples
 
-    _check_file(args.checkpoint, "--checkpoint")
+    check_file(args.checkpoint, "--checkpoint")
     result = evaluate_samples(args.checkpoint, args.real, n=args.n, device=args.device,
                               per_pattern=args.per_pattern, seed=args.seed)
     _finish(args, result, _samples_table(result))
@@ -245,9 +205,8 @@ def _run_mosaic(args: argparse.Namespace) -> int:
 
     if not math.isfinite(args.scale) or args.scale <= 0:
         raise ValueError(f"--scale must be a number > 0, got {args.scale}")
+    check_out_folder(args.out)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {args.out!r} is a file, not a folder")
     written = []
     for k in range(args.count):
         m = make_mosaic(args.crops, shape=tuple(args.size), n_cells=args.n_cells,
@@ -261,17 +220,12 @@ def _run_mosaic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_file(path: str, option: str) -> None:
-    if not Path(path).is_file():
-        raise ValueError(f"{option} {path!r} does not exist or is not a file")
-
-
 def _read_image(path: str, option: str) -> Any:
     import numpy as np
 
     from .cli_attention import open_image
 
-    _check_file(path, option)
+    check_file(path, option)
     return np.asarray(open_image(Path(path)))
 
 

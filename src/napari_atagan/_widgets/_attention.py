@@ -15,29 +15,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 from napari.layers import Image
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
 from napari_atagan import __version__
 from napari_atagan.labels import DEFAULT_MIN_SIZE, attention_to_labels
 
 from ._common import (
-    DEVICE_TOOLTIP,
     Liveness,
     ProgressBar,
     Relay,
-    default_checkpoint,
-    device_choices,
+    checkpoint_edit,
+    device_combo,
+    dock_layout,
     error_text,
     file_value,
     layer_choices,
     notify_error,
     notify_info,
+    push_button,
     put_image,
     put_labels,
+    read_checkpoint,
     run_function,
+    status_label,
 )
 
 OTSU = "Otsu (auto)"
@@ -123,21 +126,12 @@ class AttentionWidget(QWidget):
         self._relabel_timer.timeout.connect(self.relabel)
 
         self._build_form()
-        self.run_button = QPushButton("Compute attention")
-        self.run_button.setToolTip("Run the discriminator over the image (in the background).")
-        self.run_button.clicked.connect(self.run)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
-        self.stop_button.clicked.connect(self.stop)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.stop_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addLayout(buttons)
-        layout.addWidget(self.status)
+        self.run_button = push_button(
+            "Compute attention", self.run,
+            "Run the discriminator over the image (in the background).")
+        self.stop_button = push_button("Stop", self.stop, enabled=False)
+        self.status = status_label()
+        dock_layout(self, self.form.native, [self.run_button, self.stop_button], self.status)
         self._update_threshold_mode()
 
     # ------------------------------------------------------------------ form
@@ -145,10 +139,7 @@ class AttentionWidget(QWidget):
         self.image_layer = ComboBox(
             label="image", choices=layer_choices(self.viewer, Image), nullable=True,
             tooltip="A grey 2-D slide (Y, X) or a stack of slides (T, Y, X).")
-        self.checkpoint = FileEdit(
-            label="checkpoint", mode="r", filter="*.safetensors", nullable=True,
-            value=default_checkpoint(),
-            tooltip="A trained model (.safetensors). Default: the model shipped with the plugin.")
+        self.checkpoint = checkpoint_edit()
         self.cell_diameter = FloatSpinBox(
             label="cell diameter", value=DEFAULT_DIAMETER, min=2.0, max=100_000.0, step=1.0,
             tooltip="Typical cell (nucleus) diameter in pixels of this image: the image is "
@@ -166,8 +157,7 @@ class AttentionWidget(QWidget):
         self.min_size = SpinBox(
             label="min size", value=DEFAULT_MIN_SIZE, min=0, max=10**9, step=10,
             tooltip="Objects smaller than this many pixels are dropped.")
-        self.device = ComboBox(label="device", choices=device_choices(), value="auto",
-                               tooltip=DEVICE_TOOLTIP)
+        self.device = device_combo()
         self.form = Container(widgets=[
             self.image_layer, self.checkpoint, self.cell_diameter, self.estimate_button,
             self.threshold_mode, self.threshold_value, self.min_size, self.device,
@@ -191,31 +181,29 @@ class AttentionWidget(QWidget):
         return "otsu" if self.threshold_mode.value == OTSU else float(self.threshold_value.value)
 
     def _check_checkpoint(self, *_: Any) -> None:
-        from napari_atagan.checkpoint import load_checkpoint
+        loaded = read_checkpoint(self.checkpoint.value, self.status)
+        if loaded is not None:
+            path, ckpt = loaded
+            self.status.setText(
+                f"model: {path.name} ({ckpt.config.image_size} px, step {ckpt.step})")
 
-        path = file_value(self.checkpoint.value)
-        if path is None:
-            return
-        if not path.is_file():  # perhaps still being typed
-            self.status.setText(f"checkpoint: no such file {path}")
-            return
+    def _chosen_layer(self) -> Any | None:
+        """The chosen image layer when it can be used, else None (after saying why)."""
+        layer = self.image_layer.value
         try:
-            ckpt = load_checkpoint(path)
+            check_image_layer(layer)
         except ValueError as exc:
             notify_error(error_text(exc))
-            return
-        self.status.setText(f"model: {path.name} ({ckpt.config.image_size} px, step {ckpt.step})")
+            return None
+        return layer
 
     # ------------------------------------------------------------------ diameter
     def estimate_diameter(self, *_: Any) -> None:
         """Estimate the cell diameter from the chosen image (in the background)."""
         from napari_atagan.slide import estimate_cell_diameter
 
-        layer = self.image_layer.value
-        try:
-            check_image_layer(layer)
-        except ValueError as exc:
-            notify_error(error_text(exc))
+        layer = self._chosen_layer()
+        if layer is None:
             return
         image = layer.data
         if layer.ndim == 3:
@@ -238,11 +226,8 @@ class AttentionWidget(QWidget):
         """Compute the attention map of the chosen image in a background thread."""
         if self.worker is not None:
             return
-        layer = self.image_layer.value
-        try:
-            check_image_layer(layer)
-        except ValueError as exc:
-            notify_error(error_text(exc))
+        layer = self._chosen_layer()
+        if layer is None:
             return
         checkpoint = file_value(self.checkpoint.value)
         if checkpoint is None:

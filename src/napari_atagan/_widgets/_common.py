@@ -14,11 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from magicgui.widgets import ComboBox, FileEdit
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import notifications
 from qtpy.QtCore import QObject, QPointF, Qt, Signal
 from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
-from qtpy.QtWidgets import QFileDialog, QSizePolicy, QWidget
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 NO_LAYER = "(none)"
@@ -92,6 +101,73 @@ def device_choices() -> list[tuple[str, str]]:
 
 DEVICE_TOOLTIP = ("Where to compute. auto: a CUDA GPU, else Apple MPS, else the CPU "
                   "(the drop-down shows what each choice uses on this computer).")
+
+
+# --------------------------------------------------------------------------- form parts
+def device_combo() -> ComboBox:
+    """The ``device`` drop-down (auto, cuda, mps, cpu), showing what each choice uses here."""
+    return ComboBox(label="device", choices=device_choices(), value="auto",
+                    tooltip=DEVICE_TOOLTIP)
+
+
+def checkpoint_edit() -> FileEdit:
+    """The ``checkpoint`` file field, preset to the model shipped with the plugin."""
+    return FileEdit(
+        label="checkpoint", mode="r", filter="*.safetensors", nullable=True,
+        value=default_checkpoint(),
+        tooltip="A trained model (.safetensors). Default: the model shipped with the plugin.")
+
+
+def read_checkpoint(value: Any, status: QLabel) -> tuple[Path, Any] | None:
+    """Load the checkpoint chosen in a ``FileEdit``; None when there is none to load.
+
+    A path that is not (yet) a file is reported on the ``status`` line, an
+    unreadable checkpoint as an error notification.
+    """
+    from napari_atagan.checkpoint import load_checkpoint
+
+    path = file_value(value)
+    if path is None:
+        return None
+    if not path.is_file():  # perhaps still being typed
+        status.setText(f"checkpoint: no such file {path}")
+        return None
+    try:
+        return path, load_checkpoint(path)
+    except ValueError as exc:
+        notify_error(error_text(exc))
+        return None
+
+
+def push_button(text: str, on_click: Callable[..., Any], tooltip: str = "", *,
+                enabled: bool = True) -> QPushButton:
+    """A Qt push button that calls ``on_click`` when pressed."""
+    button = QPushButton(text)
+    if tooltip:
+        button.setToolTip(tooltip)
+    button.setEnabled(enabled)
+    button.clicked.connect(on_click)
+    return button
+
+
+def status_label(text: str = "") -> QLabel:
+    """A word-wrapped line of text that tells the user what the widget is doing."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
+def dock_layout(widget: QWidget, form: QWidget, buttons: Sequence[QWidget],
+                *below: QWidget) -> None:
+    """Stack a dock widget: the form, a row of ``buttons``, then ``below`` top to bottom."""
+    row = QHBoxLayout()
+    for button in buttons:
+        row.addWidget(button)
+    layout = QVBoxLayout(widget)
+    layout.addWidget(form)
+    layout.addLayout(row)
+    for part in below:
+        layout.addWidget(part)
 
 
 # --------------------------------------------------------------------------- layers

@@ -13,25 +13,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from magicgui.widgets import ComboBox, Container, SpinBox
+from qtpy.QtWidgets import QWidget
 
 from ._common import (
-    DEVICE_TOOLTIP,
     Liveness,
     ProgressBar,
     Relay,
     ask_folder,
-    default_checkpoint,
-    device_choices,
+    checkpoint_edit,
+    device_combo,
     display_range,
+    dock_layout,
     error_text,
     file_value,
     notify_error,
     notify_info,
+    push_button,
     put_image,
     put_labels,
+    read_checkpoint,
     run_function,
+    status_label,
 )
 
 ANY_PATTERN = "any"
@@ -55,10 +58,7 @@ class SynthesizeWidget(QWidget):
         self._relay = Relay()
         self._relay.progressed.connect(self._on_progress)
 
-        default = default_checkpoint()
-        self.checkpoint = FileEdit(
-            label="checkpoint", mode="r", filter="*.safetensors", nullable=True, value=default,
-            tooltip="A trained model (.safetensors). Default: the model shipped with the plugin.")
+        self.checkpoint = checkpoint_edit()
         self.n_cells = SpinBox(label="cells", value=64, min=1, max=1_000_000,
                                tooltip="How many cells to generate.")
         self.pattern = ComboBox(label="pattern", choices=[ANY_PATTERN], value=ANY_PATTERN,
@@ -66,50 +66,32 @@ class SynthesizeWidget(QWidget):
                                         "at random.")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1,
                             tooltip="The same seed gives the same cells.")
-        self.device = ComboBox(label="device", choices=device_choices(), value="auto",
-                               tooltip=DEVICE_TOOLTIP)
+        self.device = device_combo()
         self.form = Container(widgets=[self.checkpoint, self.n_cells, self.pattern, self.seed,
                                        self.device])
         self.checkpoint.changed.connect(self._load_patterns)
 
-        self.generate_button = QPushButton("Generate")
-        self.generate_button.setToolTip("Draw new cells with their attention maps and masks.")
-        self.generate_button.clicked.connect(self.generate)
-        self.export_button = QPushButton("Export dataset...")
-        self.export_button.setToolTip("Write the cells and masks as a training folder "
-                                      "(<pattern>/NNNNN.png + NNNNN_Mask.png).")
-        self.export_button.setEnabled(False)
-        self.export_button.clicked.connect(self._export_clicked)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.generate_button)
-        buttons.addWidget(self.export_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addLayout(buttons)
-        layout.addWidget(self.status)
+        self.generate_button = push_button(
+            "Generate", self.generate, "Draw new cells with their attention maps and masks.")
+        self.export_button = push_button(
+            "Export dataset...", self._export_clicked,
+            "Write the cells and masks as a training folder "
+            "(<pattern>/NNNNN.png + NNNNN_Mask.png).", enabled=False)
+        self.status = status_label()
+        dock_layout(self, self.form.native, [self.generate_button, self.export_button],
+                    self.status)
         self._load_patterns()
 
     # ------------------------------------------------------------------ form
     def _load_patterns(self, *_: Any) -> None:
         """Fill the pattern drop-down from the chosen checkpoint."""
-        from napari_atagan.checkpoint import load_checkpoint
-
         names: list[str] = []
-        path = file_value(self.checkpoint.value)
-        if path is not None and not path.is_file():
-            self.status.setText(f"checkpoint: no such file {path}")
-        elif path is not None:
-            try:
-                ckpt = load_checkpoint(path)
-            except ValueError as exc:
-                notify_error(error_text(exc))
-            else:
-                names = ckpt.class_names
-                self.status.setText(f"model: {path.name}, {ckpt.config.image_size} px, "
-                                    f"step {ckpt.step}, patterns: {', '.join(names) or 'none'}")
+        loaded = read_checkpoint(self.checkpoint.value, self.status)
+        if loaded is not None:
+            path, ckpt = loaded
+            names = ckpt.class_names
+            self.status.setText(f"model: {path.name}, {ckpt.config.image_size} px, "
+                                f"step {ckpt.step}, patterns: {', '.join(names) or 'none'}")
         self.pattern.choices = [ANY_PATTERN, *names]
         self.pattern.value = ANY_PATTERN
 

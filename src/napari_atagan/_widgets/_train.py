@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
 from napari_atagan.cli import quick_config_changes
 from napari_atagan.config import TrainConfig, generator_channels
@@ -34,20 +34,22 @@ from napari_atagan.training import (
 )
 
 from ._common import (
-    DEVICE_TOOLTIP,
     Liveness,
     LossPlot,
     ProgressBar,
     crops_from_labels,
-    device_choices,
+    device_combo,
     device_description,
+    dock_layout,
     error_text,
     file_value,
     layer_choices,
     notify_error,
     notify_info,
+    push_button,
     put_image,
     run_generator,
+    status_label,
     tile_grid,
 )
 
@@ -175,24 +177,14 @@ class TrainWidget(QWidget):
 
         self._build_form()
         self.loss_plot = LossPlot()
-        self.start_button = QPushButton("Start training")
-        self.start_button.setToolTip("Train in the background; the viewer stays usable.")
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setToolTip("Stop after the current step; a checkpoint is always saved.")
-        self.stop_button.setEnabled(False)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
-        self.status = QLabel("Idle.")
-        self.status.setWordWrap(True)
-
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.stop_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addLayout(buttons)
-        layout.addWidget(self.loss_plot)
-        layout.addWidget(self.status)
+        self.start_button = push_button(
+            "Start training", self.start, "Train in the background; the viewer stays usable.")
+        self.stop_button = push_button(
+            "Stop", self.stop, "Stop after the current step; a checkpoint is always saved.",
+            enabled=False)
+        self.status = status_label("Idle.")
+        dock_layout(self, self.form.native, [self.start_button, self.stop_button],
+                    self.loss_plot, self.status)
         self._update_source()
 
     # ------------------------------------------------------------------ form
@@ -241,8 +233,7 @@ class TrainWidget(QWidget):
         self.lr.native.setDecimals(6)
         self.seed = SpinBox(label="seed", value=self.base_config.seed, min=0, max=2**31 - 1,
                             tooltip="Random seed: the same seed and data give the same run.")
-        self.device = ComboBox(label="device", choices=device_choices(), value="auto",
-                               tooltip=DEVICE_TOOLTIP)
+        self.device = device_combo()
         self.out_folder = FileEdit(
             label="output folder", mode="d", nullable=True,
             tooltip="Where checkpoint.safetensors and summary.json are written.\nEmpty: a new "

@@ -1,0 +1,117 @@
+"""Option parsers and error reporting shared by the ``napari-atagan`` subcommands.
+
+The parsers are argparse ``type=`` functions: a bad value ends in argparse's
+usage message and exit code 2. The reporting functions turn a user mistake into
+one line on stderr (exit code 2) and an interruption into exit code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_STOPPED = 130
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+# --------------------------------------------------------------------------- option values
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0."""
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def diameter_or_auto(text: str) -> float | str:
+    """A cell diameter in pixels (> 0), or ``"auto"`` to estimate it from the image."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a cell diameter in pixels or 'auto', got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"the cell diameter must be > 0 pixels, got {text}")
+    return value
+
+
+def threshold_or_otsu(text: str) -> float | str:
+    """An attention threshold: ``"otsu"`` (automatic) or a finite number."""
+    if text.strip().lower() == "otsu":
+        return "otsu"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'otsu' or a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"the threshold must be a finite number, got {text}")
+    return value
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+# --------------------------------------------------------------------------- paths
+def check_file(path: str, option: str) -> None:
+    """Raise ValueError unless ``path`` (given as ``option``) is an existing file."""
+    if not Path(path).is_file():
+        raise ValueError(f"{option} {path!r} does not exist or is not a file")
+
+
+def check_out_folder(path: str) -> None:
+    """Raise ValueError when the ``--out`` folder is an existing file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {path!r} is a file, not a folder")
+
+
+# --------------------------------------------------------------------------- reporting
+def is_user_runtime_error(exc: RuntimeError) -> bool:
+    """Device errors (no GPU) are the user's to fix; other RuntimeErrors are bugs."""
+    return "was asked for but" in str(exc)
+
+
+def report_user_error(command: str, exc: Exception) -> int:
+    """Print a user mistake as one line on stderr and return exit code 2.
+
+    A RuntimeError counts as a user mistake only when it is about the device;
+    any other RuntimeError is a bug and is raised again, with its traceback.
+    """
+    if isinstance(exc, RuntimeError) and not is_user_runtime_error(exc):
+        raise exc
+    print(f"napari-atagan {command}: error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def report_interrupted(command: str) -> int:
+    """Say on stderr that ``command`` was interrupted and return exit code 130."""
+    print(f"napari-atagan {command}: interrupted", file=sys.stderr)
+    return EXIT_STOPPED
