@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
 
 from .augment import dihedral
 from .config import TrainConfig
@@ -118,6 +117,12 @@ class PatternClassifier(nn.Module):
         super().__init__()
         if n_classes < 1:
             raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+        # Imported here, not at module level: torchvision pulls in triton, whose
+        # bundled LLVM crashes in a process where a software OpenGL driver (Mesa
+        # llvmpipe, e.g. napari on a remote desktop) has loaded its own first.
+        # Only the classifier teacher needs it.
+        from torchvision.models import resnet18
+
         net = resnet18(weights=None, num_classes=n_classes)
         net.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
