@@ -15,6 +15,7 @@ from napari_atagan.evaluate import (
     evaluate_crops,
     evaluate_samples,
     evaluate_slide,
+    train_on_synthetic,
 )
 from napari_atagan.metrics import match_objects, pixel_iou
 from napari_atagan.mosaic import make_mosaic, write_mosaic
@@ -105,6 +106,61 @@ def test_evaluate_samples_with_classifier_gives_kid(tiny_data, tmp_path_factory,
     assert r["kid"] is not None and np.isfinite(r["kid"]["mean"]) and r["kid_note"] is None
 
 
+# --------------------------------------------------------------------------- TSTR
+
+
+@pytest.fixture(scope="module")
+def tstr_real(tmp_path_factory):
+    """8 real-like cells per pattern, plus a pattern the tiny model does not know."""
+    crops = simulate_crops(32, size=32, patterns=PATTERNS + ("Golgi",), seed=5)
+    return write_crops_folder(crops, tmp_path_factory.mktemp("tstr") / "real")
+
+
+def test_train_on_synthetic_keys_and_ranges(tiny_checkpoint, tstr_real):
+    r = train_on_synthetic(tiny_checkpoint, tstr_real, n_per_pattern=4, epochs=1,
+                           device="cpu", batch_size=4)
+    assert sorted(r["patterns"]) == sorted(PATTERNS)  # Golgi, unknown to the model, is left out
+    assert r["n_per_pattern"] == 4 and r["epochs"] == 1 and r["image_size"] == 16
+    # the last 30 % of every pattern's 8 cells are the test part
+    assert r["n_test"] == {p: 2 for p in PATTERNS}
+    for key in ("tstr", "trts"):
+        assert _in_unit(r[key]["accuracy"])
+        assert set(r[key]["per_pattern"]) == set(PATTERNS)
+        assert all(_in_unit(v) for v in r[key]["per_pattern"].values())
+        # 6 test cells: accuracies are multiples of 1/6
+        assert round(r[key]["accuracy"] * 6, 6) == round(r[key]["accuracy"] * 6)
+    assert r["ratio"] is None or r["ratio"] >= 0
+    assert r["target_ratio"] == 0.8 and r["chance"] == pytest.approx(1 / 3)
+    json.dumps(r)
+
+
+def test_train_on_synthetic_same_cells_per_pattern(tiny_checkpoint, tstr_real):
+    """Asking for more cells than the real training part holds uses that many for both."""
+    r = train_on_synthetic(tiny_checkpoint, tstr_real, n_per_pattern=50, epochs=1,
+                           device="cpu", limit_real=5, batch_size=4)
+    assert r["n_per_pattern_asked"] == 50
+    assert r["n_test"] == {p: 2 for p in PATTERNS}  # round(0.3 * 5)
+    assert r["n_per_pattern"] == 3
+
+
+def test_train_on_synthetic_errors(tiny_checkpoint, tiny_data, tstr_real, tmp_path):
+    from tests.conftest import tiny_config
+    from napari_atagan.training import run_to_end, train
+
+    few = write_crops_folder(simulate_crops(6, size=32, patterns=("Homogeneous", "NuMem"),
+                                            seed=1), tmp_path / "two")
+    with pytest.raises(ValueError, match="Centromere"):
+        train_on_synthetic(tiny_checkpoint, few, n_per_pattern=2, epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="epochs"):
+        train_on_synthetic(tiny_checkpoint, tstr_real, epochs=0, device="cpu")
+
+    unlabelled = tiny_data.subset(slice(None))
+    unlabelled.labels, unlabelled.class_names = None, []
+    run = run_to_end(train(tiny_config(steps=1), unlabelled, tmp_path / "uncond"))
+    with pytest.raises(ValueError, match="pattern-conditional"):
+        train_on_synthetic(run.checkpoint, tstr_real, n_per_pattern=2, epochs=1, device="cpu")
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -137,11 +193,24 @@ def test_cli_mosaic_then_evaluate(tiny_checkpoint, crops_dir, tmp_path, capsys):
     assert "ellipse IoU" in text and "NuMem" in text
 
 
+def test_cli_samples_with_tstr(tiny_checkpoint, tstr_real, tmp_path, capsys):
+    report = tmp_path / "samples.json"
+    assert _main(["evaluate", "samples", "--checkpoint", str(tiny_checkpoint), "--real",
+                  str(tstr_real), "-n", "4", "--device", "cpu", "--tstr",
+                  "--tstr-per-pattern", "4", "--tstr-epochs", "1", "--json", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert "TSTR/TRTS" in text and "Centromere" in text
+    tstr = json.loads(report.read_text())["train_on_synthetic"]
+    assert tstr["n_per_pattern"] == 4 and tstr["epochs"] == 1
+
+
 @pytest.mark.parametrize("argv", [
     ["evaluate", "attention", "--checkpoint", "{ckpt}", "--image", "{img}"],  # no --labels
     ["evaluate", "attention", "--checkpoint", "missing.safetensors", "--crops", "{crops}"],
     ["evaluate", "attention", "--checkpoint", "{ckpt}", "--crops", "{empty}"],
     ["evaluate", "samples", "--checkpoint", "{ckpt}", "--real", "{empty}", "-n", "4"],
+    ["evaluate", "samples", "--checkpoint", "{ckpt}", "--real", "{crops}", "-n", "4",
+     "--tstr-epochs", "1"],  # belongs to --tstr
     ["mosaic", "--crops", "{empty}", "--out", "{tmp}/m"],
     ["mosaic", "--crops", "{crops}", "--out", "{tmp}/m", "--size", "64", "64",
      "--n-cells", "50"],

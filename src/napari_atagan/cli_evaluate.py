@@ -5,6 +5,7 @@
     napari-atagan evaluate attention --checkpoint F --crops DIR [--per-pattern] [--limit N]
     napari-atagan evaluate attention --checkpoint F --image slide.tif --labels gt.tif [--diameter D]
     napari-atagan evaluate samples --checkpoint F --real DIR [-n N] [--per-pattern]
+                                   [--tstr [--tstr-per-pattern N] [--tstr-epochs E]]
     napari-atagan mosaic --crops DIR --out DIR [--n-cells N] [--size H W] [--seed S] [--count K]
 
 The evaluate commands print a table on stdout (and write every number to
@@ -31,6 +32,8 @@ from ._cli_common import (
     report_user_error,
     threshold_or_otsu,
 )
+
+_TSTR_N, _TSTR_EPOCHS = 500, 8  # default cells per pattern and epochs of --tstr
 
 
 def register(subparsers: Any) -> list[argparse.ArgumentParser]:
@@ -109,6 +112,17 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("-n", "--number", type=_at_least_two, default=1000, dest="n",
                    help="cells to generate and to compare with (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    s.add_argument("--tstr", action="store_true",
+                   help="also train-on-synthetic / test-on-real: a pattern classifier trained "
+                        "on generated cells, scored on the last 30%% of every pattern's real "
+                        "cells, beside one trained on as many real cells (needs a model "
+                        "that knows patterns)")
+    s.add_argument("--tstr-per-pattern", type=positive_int, default=None, metavar="N",
+                   help="with --tstr: training cells per pattern for both classifiers "
+                        f"(fewer if the real training part is smaller; default: {_TSTR_N})")
+    s.add_argument("--tstr-epochs", type=positive_int, default=None, metavar="E",
+                   help="with --tstr: training epochs of both classifiers "
+                        f"(default: {_TSTR_EPOCHS})")
     s.set_defaults(run=run, action=_run_samples)
     return p
 
@@ -191,12 +205,30 @@ def _run_attention(args: argparse.Namespace) -> int:
 
 
 def _run_samples(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_samples
+    from .evaluate import evaluate_samples, train_on_synthetic
+
+    from .synthesis import as_checkpoint
 
     check_file(args.checkpoint, "--checkpoint")
-    result = evaluate_samples(args.checkpoint, args.real, n=args.n, device=args.device,
+    for option, value in (("--tstr-per-pattern", args.tstr_per_pattern),
+                          ("--tstr-epochs", args.tstr_epochs)):
+        if value is not None and not args.tstr:
+            raise ValueError(f"{option} belongs to --tstr: add --tstr or leave it out")
+    ckpt = as_checkpoint(args.checkpoint)
+    if args.tstr and len(ckpt.class_names) < 2:
+        raise ValueError(f"--tstr needs a pattern-conditional model; {ckpt.path.name} knows "
+                         f"{len(ckpt.class_names)} staining pattern(s)")
+    result = evaluate_samples(ckpt, args.real, n=args.n, device=args.device,
                               per_pattern=args.per_pattern, seed=args.seed)
-    _finish(args, result, _samples_table(result))
+    table = _samples_table(result)
+    if args.tstr:
+        tstr = train_on_synthetic(ckpt, args.real,
+                                  n_per_pattern=args.tstr_per_pattern or _TSTR_N,
+                                  epochs=args.tstr_epochs or _TSTR_EPOCHS,
+                                  device=args.device, seed=args.seed)
+        result["train_on_synthetic"] = tstr
+        table += "\n\n" + _tstr_table(tstr)
+    _finish(args, result, table)
     return 0
 
 
@@ -306,3 +338,20 @@ def _samples_table(result: dict) -> str:
     if result.get("per_pattern_note"):
         lines.append(result["per_pattern_note"])
     return "\n".join(lines)
+
+
+def _tstr_table(result: dict) -> str:
+    header = ["test cells", "n", "TSTR", "TRTS"]
+    rows = [["all", sum(result["n_test"].values()), result["tstr"]["accuracy"],
+             result["trts"]["accuracy"]]]
+    rows += [[name, result["n_test"][name], result["tstr"]["per_pattern"][name],
+              result["trts"]["per_pattern"][name]] for name in result["patterns"]]
+    ratio = result["ratio"]
+    verdict = "-" if ratio is None else f"{ratio:.3f}"
+    return "\n".join([
+        f"train on synthetic, test on real ({result['n_per_pattern']} cells per pattern, "
+        f"{result['epochs']} epochs; accuracy on the last 30% of every pattern's real cells)",
+        format_table(header, rows),
+        f"TSTR/TRTS: {verdict} (target >= {result['target_ratio']:.1f}; "
+        f"chance {result['chance']:.3f})",
+    ])
