@@ -262,9 +262,9 @@ class _NoStepSlide(_LazySlide):
 
 
 def test_array_like_without_step_slicing(ckpt, monkeypatch):
-    import napari_atagan.slide as slide_module
+    import napari_atagan.data as data_module
 
-    monkeypatch.setattr(slide_module, "_SAMPLE_PIXELS", 1000)  # sample every 4th pixel
+    monkeypatch.setattr(data_module, "SLIDE_SAMPLE_PIXELS", 1000)  # sample every 4th pixel
     img = _slide((96, 96))
     att = slide_attention(ckpt, _NoStepSlide(img), cell_diameter=10, device="cpu")
     ref = slide_attention(ckpt, img, cell_diameter=10, device="cpu")

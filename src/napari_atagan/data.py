@@ -294,17 +294,58 @@ def normalise_slide(
             f"a slide must be a 2-D grey image, got shape {arr.shape}; "
             "pick one channel or convert colour to grey first"
         )
-    if not 0 <= lo_pct < hi_pct <= 100:
-        raise ValueError(f"need 0 <= lo_pct < hi_pct <= 100, got {lo_pct}, {hi_pct}")
-    arr = arr.astype(np.float32, copy=False)
+    lo, hi = slide_levels(arr, lo_pct=lo_pct, hi_pct=hi_pct)
     if not np.isfinite(arr).all():
         raise ValueError("the slide contains NaN or infinite values: replace them first")
-    step = max(1, int(np.ceil(np.sqrt(arr.size / 4e6))))
-    sample = arr[::step, ::step]
+    return _map_unit(arr, lo, hi)
+
+
+SLIDE_SAMPLE_PIXELS = 4_000_000
+"""Most pixels read to find a slide's intensity levels."""
+
+
+def slide_levels(
+    slide: Any,
+    *,
+    lo_pct: float = SLIDE_LO_PCT,
+    hi_pct: float = SLIDE_HI_PCT,
+    after_band: Any = None,
+) -> tuple[float, float]:
+    """Robust low/high levels of a slide: the source values that map to -1 and +1.
+
+    Percentiles of a regular sub-sample (every ``step``-th pixel both ways, at
+    most :data:`SLIDE_SAMPLE_PIXELS`), read in bands of rows so that a
+    memory-mapped or lazy slide (anything 2-D with ``shape`` and slicing) never
+    has more than one band in memory; ``after_band()`` is called after each band
+    (e.g. to release memory-mapped pages). When cells cover too little of the
+    slide for the high percentile to reach them, the sample's maximum is used.
+    """
+    if not 0 <= lo_pct < hi_pct <= 100:
+        raise ValueError(f"need 0 <= lo_pct < hi_pct <= 100, got {lo_pct}, {hi_pct}")
+    h, w = slide.shape
+    step = max(1, int(np.ceil(np.sqrt(h * w / SLIDE_SAMPLE_PIXELS))))
+    band = max(1, SLIDE_SAMPLE_PIXELS // (w * step)) * step
+    parts = []
+    for y in range(0, h, band):
+        parts.append(_strided_rows(slide, y, min(h, y + band), step).astype(np.float32))
+        if after_band is not None:
+            after_band()
+    sample = np.concatenate(parts)
+    if not np.isfinite(sample).all():
+        raise ValueError("the slide contains NaN or infinite values: replace them first")
     lo, hi = np.percentile(sample, [lo_pct, hi_pct])
     if hi <= lo:  # cells cover too little of the slide to reach the high percentile
         hi = sample.max()
-    return _map_unit(arr, float(lo), float(hi))
+    return float(lo), float(hi)
+
+
+def _strided_rows(slide: Any, y0: int, y1: int, step: int) -> np.ndarray:
+    """Every ``step``-th pixel of rows ``y0..y1-1``, also for arrays without step slicing."""
+    try:
+        return np.asarray(slide[y0:y1:step, ::step])
+    except (TypeError, ValueError, IndexError, NotImplementedError):
+        rows = [np.asarray(slide[y:y + 1, :])[:, ::step] for y in range(y0, y1, step)]
+        return np.concatenate(rows)
 
 
 def prepare_crop(

@@ -10,8 +10,8 @@ needs no sliding window. For a slide:
    (see :func:`model_cell_diameter`). Downscaling is anti-aliased (a triangle
    filter as wide as the scale step), upscaling is bilinear.
 2. **Intensity.** Like the training crops, the slide is mapped linearly so that its
-   robust low/high percentiles (0.5 % and 99.8 % by default, the values of
-   :func:`napari_atagan.data.normalise_slide`) become -1 and +1, then clipped. The
+   robust low/high percentiles (0.5 % and 99.5 %, as for whole slides in
+   :func:`napari_atagan.data.slide_levels`) become -1 and +1, then clipped. The
    percentiles are taken on a regular sub-sample of at most ~4 million pixels,
    so a huge slide is never loaded whole.
 3. **Features.** ``D.features`` runs once over the rescaled slide. This is done in
@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from .data import SLIDE_HI_PCT, SLIDE_LO_PCT
+from .data import slide_levels
 from .device import resolve_device
 
 __all__ = [
@@ -75,7 +75,6 @@ MIN_INPUT = 16
 """Smallest side (model pixels) the discriminator accepts."""
 MAX_MODEL_PIXELS = 2**34
 """Refuse slides that would exceed this many pixels at model scale (a typo'd diameter)."""
-_SAMPLE_PIXELS = 4_000_000
 _OUT_BAND_PIXELS = 1 << 22
 _LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
 
@@ -130,7 +129,7 @@ def slide_attention(
         receives the map; it is also returned.
     intensity:
         ``(low, high)`` source levels that map to -1 and +1; default: the slide's
-        0.5 % / 99.8 % percentiles.
+        0.5 % / 99.5 % percentiles (:func:`napari_atagan.data.slide_levels`).
     rgb:
         ``"grey"`` converts an RGB(A) image ``(Y, X, 3|4)`` to luminance; colour
         images are refused otherwise.
@@ -596,7 +595,8 @@ def _resample(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, dim: int
 
 
 def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np.ndarray:
-    lo, hi = intensity if intensity is not None else _percentiles(slide)
+    lo, hi = (intensity if intensity is not None
+              else slide_levels(slide, after_band=lambda: _release_pages(slide)))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"intensity levels must be finite, got {(lo, hi)}")
     total = plan.n_steps
@@ -624,38 +624,6 @@ def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np
 def _check_stop(stop: Stop | None) -> None:
     if stop is not None and stop():
         raise Stopped("stopped on request")
-
-
-def _percentiles(slide: Any) -> tuple[float, float]:
-    """Robust low/high levels of the slide from a regular sub-sample.
-
-    The sample (every ``step``-th pixel in both directions, at most ~4 million
-    pixels) is read in bands of rows, so a memory-mapped slide never has more
-    than one band resident.
-    """
-    h, w = slide.shape
-    step = max(1, math.ceil(math.sqrt(h * w / _SAMPLE_PIXELS)))
-    band = max(1, _SAMPLE_PIXELS // (w * step)) * step
-    parts = []
-    for y in range(0, h, band):
-        parts.append(_strided_rows(slide, y, min(h, y + band), step).astype(np.float32))
-        _release_pages(slide)
-    sample = np.concatenate(parts)
-    if not np.isfinite(sample).all():
-        raise ValueError("the slide contains NaN or infinite values: replace them first")
-    lo, hi = np.percentile(sample, [SLIDE_LO_PCT, SLIDE_HI_PCT])
-    if hi <= lo:  # cells cover too little of the slide to reach the high percentile
-        hi = sample.max()
-    return float(lo), float(hi)
-
-
-def _strided_rows(slide: Any, y0: int, y1: int, step: int) -> np.ndarray:
-    """Every ``step``-th pixel of rows ``y0..y1-1``, also for arrays without step slicing."""
-    try:
-        return np.asarray(slide[y0:y1:step, ::step])
-    except (TypeError, ValueError, IndexError, NotImplementedError):
-        rows = [np.asarray(slide[y:y + 1, :])[:, ::step] for y in range(y0, y1, step)]
-        return np.concatenate(rows)
 
 
 class _ModelScaleReader:
