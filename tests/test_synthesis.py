@@ -59,3 +59,44 @@ def test_crop_attention_returns_maps_of_each_crop_shape(tiny_checkpoint, rng):
     assert all(m.dtype == np.float32 and (m >= 0).all() for m in maps)
     with pytest.raises(ValueError, match="2-D"):
         crop_attention(tiny_checkpoint, [np.zeros((4, 20, 20))], device="cpu")
+
+
+def test_stacked_masks_equal_one_map_at_a_time(rng):
+    """The stacked masks equal threshold, largest component and fill holes map by map."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    from napari_atagan.synthesis import _otsu_per_map, cams_to_masks
+
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    cams = (rng.random((60, 40, 40)) * 0.5).astype(np.float32)
+    cams[:20] += np.exp(-(r / 9.0) ** 2)                # blobs
+    cams[20:40] += ((r > 5) & (r < 12)).astype(np.float32)  # rings: a hole to fill
+    cams[40:] = ndi.gaussian_filter(cams[40:], (0, 3, 3))   # smooth noise, several objects
+    cams[-1] = 0.0                                         # no attention at all
+
+    # Otsu's thresholds: scikit-image's, up to one bin on numerical near-ties
+    t = _otsu_per_map(cams[:-1])
+    ref = np.array([threshold_otsu(c) for c in cams[:-1]])
+    bin_width = (cams[:-1].max((1, 2)) - cams[:-1].min((1, 2))) / 256
+    assert np.all(np.abs(t - ref) <= bin_width * 1.001)
+    assert np.mean(t == ref.astype(np.float32)) > 0.9
+
+    def one(cam, threshold):
+        if cam.max() <= 0:
+            return np.zeros(cam.shape, np.uint8)
+        fg = cam > threshold
+        lab, k = ndi.label(fg)
+        if k > 1:
+            fg = lab == 1 + int(np.argmax(ndi.sum_labels(fg, lab, np.arange(1, k + 1))))
+        return ndi.binary_fill_holes(fg).astype(np.uint8)
+
+    thresholds = np.append(t, 0.0)
+    np.testing.assert_array_equal(cams_to_masks(cams),
+                                  np.stack([one(c, u) for c, u in zip(cams, thresholds)]))
+    assert cams_to_masks(cams)[20:40, 20, 20].all()  # ring holes filled
+    half = cams_to_masks(cams[:5], threshold=0.5)
+    np.testing.assert_array_equal(half, np.stack([one(c, 0.5 * c.max()) for c in cams[:5]]))
+    with pytest.raises(ValueError, match="N, H, W"):
+        cams_to_masks(np.zeros((4, 4)))
