@@ -89,6 +89,14 @@ def test_corrupt_checkpoint_and_unknown_pattern(tmp_path, tiny_checkpoint, capsy
     assert "Golgi" in capsys.readouterr().err
 
 
+def test_epochs_become_steps(tmp_path, cells, capsys):
+    # 24 cells, batch 8: 1.5 passes over the data are 5 steps (rounded up)
+    assert main(["train", "--data", str(cells), "--out", str(tmp_path), "--quick",
+                 "--epochs", "1.5", "--batch-size", "8", "--image-size", "32",
+                 "--teacher", "none", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 5
+
+
 def test_bad_option_values_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["synth", "--checkpoint", "x", "-n", "-3", "--out", "o"])

@@ -173,3 +173,18 @@ def test_auxiliary_conditioning_adds_a_pattern_loss(tmp_path, tiny_data):
     events = list(train(tiny_config(conditioning="auxiliary", steps=2), tiny_data, tmp_path))
     progress = [e for e in events if isinstance(e, Progress)]
     assert set(progress[-1].losses) == {"d", "d_cls", "g", "at"}
+
+
+def test_periodic_checkpoints_and_their_steps(tmp_path, tiny_data):
+    events = list(train(tiny_config(steps=5, checkpoint_every=2), tiny_data, tmp_path))
+    assert [e.step for e in events if isinstance(e, CheckpointSaved)] == [2, 4, 5]
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors").step == 5
+
+
+def test_resume_refuses_data_of_other_patterns(tmp_path, tiny_data):
+    ck = run_to_end(train(tiny_config(steps=1), tiny_data, tmp_path / "a")).checkpoint
+    other = from_arrays(tiny_data.images, tiny_data.masks,
+                        ["Golgi" if i % 2 else "Speckled" for i in range(tiny_data.n)],
+                        image_size=16)
+    with pytest.raises(ValueError, match="cannot resume .* trained on patterns"):
+        list(train(tiny_config(), other, tmp_path / "b", resume=ck))
