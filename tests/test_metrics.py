@@ -16,6 +16,7 @@ from napari_atagan.metrics import (
     otsu_baseline,
     pixel_iou,
     pointing_game,
+    sample_diversity,
     sliced_wasserstein,
     threshold_map,
 )
@@ -232,3 +233,21 @@ def test_classifier_features():
     with torch.no_grad():
         ref = model.features(torch.from_numpy(imgs)[:, None]).mean(dim=(2, 3)).numpy()
     assert np.allclose(f, ref, atol=1e-5)
+
+
+def test_sample_diversity_known_answers():
+    rng = np.random.default_rng(0)
+    cell = rng.random((16, 16))
+    copies = np.stack([cell * a + b for a, b in [(1, 0), (2, 0.5), (0.3, -1)]])
+    assert sample_diversity(copies) == pytest.approx(0.0, abs=1e-12)
+    noise = rng.standard_normal((4000, 8, 8))
+    assert sample_diversity(noise) == pytest.approx(1.0, abs=0.02)
+    # two different images, each the negative of the other after standardising: spread 1
+    a = np.array([[1.0, -1.0]])
+    assert sample_diversity(np.stack([a, -a])) == pytest.approx(1.0)
+    # a constant image counts as all zeros, not NaN
+    assert np.isfinite(sample_diversity(np.stack([np.ones((4, 4)), cell[:4, :4]])))
+    with pytest.raises(ValueError, match="N >= 2"):
+        sample_diversity(cell[None])
+    with pytest.raises(ValueError, match="NaN"):
+        sample_diversity(np.stack([cell, cell * np.nan]))
