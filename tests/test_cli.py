@@ -97,6 +97,20 @@ def test_epochs_become_steps(tmp_path, cells, capsys):
     assert json.loads(capsys.readouterr().out)["steps"] == 5
 
 
+def test_set_reaches_the_saved_config_and_refuses_typos(tmp_path, cells, capsys):
+    assert main(["train", "--data", str(cells), "--out", str(tmp_path), "--quick",
+                 "--steps", "1", "--batch-size", "4", "--image-size", "32", "--device", "cpu",
+                 "--set", "aug_p=0.25", "--set", "lr_d=4e-4", "--set", "ema_decay=0.99"]) == 0
+    config = load_checkpoint(json.loads(capsys.readouterr().out)["checkpoint"]).config
+    assert (config.aug_p, config.lr_d, config.ema_decay) == (0.25, 4e-4, 0.99)
+    for bad, message in [("aug_q=1", "unknown training option 'aug_q'"),
+                         ("aug_p=2", "aug_p must be in [0, 1]"),
+                         ("steps=many", "steps must be int")]:
+        assert main(["train", "--data", str(cells), "--out", str(tmp_path), "--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
 def test_bad_option_values_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["synth", "--checkpoint", "x", "-n", "-3", "--out", "o"])

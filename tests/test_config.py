@@ -46,3 +46,33 @@ def test_generator_channels_match_the_size(size, n):
     g = generator_channels(size)
     assert len(g) == n
     TrainConfig(image_size=size, g_channels=g)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("aug_p=0.5", ("aug_p", 0.5)),
+    ("beta=2", ("beta", 2.0)),
+    ("spectral_norm=true", ("spectral_norm", True)),
+    ("d_channels=[16, 32, 64, 128]", ("d_channels", [16, 32, 64, 128])),
+    ("teacher=none", ("teacher", "none")),
+    ("checkpoint-every=7", ("checkpoint_every", 7)),
+])
+def test_parse_option(text, expected):
+    assert TrainConfig.parse_option(text) == expected
+    name, value = expected
+    assert getattr(TrainConfig().replace(**{name: value}), name) == (
+        tuple(value) if isinstance(value, list) else value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("aug_p", "NAME=VALUE"),
+    ("=3", "NAME=VALUE"),
+    ("no_such=1", "unknown training option 'no_such'"),
+    ("extra={}", "unknown training option"),
+    ("steps=1.5", "steps must be int"),
+    ("spectral_norm=1", "spectral_norm must be bool"),
+    ("aug_p=high", "aug_p must be float"),
+    ("d_channels=[16, true]", "d_channels must be tuple"),
+])
+def test_parse_option_refuses(text, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.parse_option(text)

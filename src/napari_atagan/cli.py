@@ -87,6 +87,10 @@ def _add_train(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a small, fast configuration for a laptop CPU (a first look in minutes)")
     p.add_argument("--compile", action="store_true", help="use torch.compile (GPU)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="options",
+                   help="any other training option, value in JSON, e.g. --set aug_p=0.5 "
+                        "--set d_channels=[32,64,128,256] (repeatable; applied last; the "
+                        "options are the fields of napari_atagan.config.TrainConfig)")
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue an earlier run from its checkpoint (same data)")
     p.set_defaults(run=_run_train)
@@ -127,6 +131,12 @@ def _run_train(args) -> int:
     if args.epochs is not None:
         bs = changes.get("batch_size", base.batch_size)
         changes["steps"] = max(1, math.ceil(args.epochs * data.n / bs))
+    for text in args.options:
+        try:
+            name, value = TrainConfig.parse_option(text)
+        except ValueError as err:
+            raise UserError(f"--set {text}: {err}") from None
+        changes[name] = value
     changes["extra"] = {"command": " ".join(["napari-atagan", *sys.argv[1:]])}
     config = base.replace(**changes)
 

@@ -7,6 +7,7 @@ A :class:`TrainConfig` is saved inside every checkpoint (as JSON) and is what
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +134,38 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def parse_option(cls, text: str) -> tuple[str, Any]:
+        """Read ``"name=value"`` (value in JSON: ``0.5``, ``true``, ``[16, 32]``, ``mask``).
+
+        The value must have the field's type (an int is accepted for a float
+        field, a list for a tuple field). Raises ``ValueError`` naming the
+        problem, e.g. for an unknown name.
+        """
+        name, sep, raw = str(text).partition("=")
+        name = name.strip().replace("-", "_")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if not sep or not name:
+            raise ValueError(f"expected NAME=VALUE, got {text!r}")
+        if name not in fields or name == "extra":
+            raise ValueError(f"unknown training option {name!r}; options: "
+                             + ", ".join(n for n in fields if n != "extra"))
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw.strip()
+        default = getattr(cls(), name)
+        ok = {bool: lambda v: isinstance(v, bool),
+              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+              float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+              str: lambda v: isinstance(v, str),
+              tuple: lambda v: isinstance(v, list) and all(
+                  isinstance(x, int | float) and not isinstance(x, bool) for x in v)}
+        if not ok[type(default)](value):
+            raise ValueError(f"{name} must be {type(default).__name__} like {default!r}, "
+                             f"got {raw!r}")
+        return name, float(value) if isinstance(default, float) else value
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
