@@ -56,6 +56,35 @@ def test_touching_discs_are_split():
     assert no_split.max() == 1
 
 
+def test_known_cell_diameter_splits_only_objects_of_several_cells():
+    # a kidney-shaped cell (two lobes, one cell's area) beside two touching round cells
+    m = _disc_map((100, 200), [(50, 40), (50, 62)], 13)
+    kidney = (m > 0).sum()
+    m = np.maximum(m, _disc_map((100, 200), [(50, 125), (50, 158)], 17))
+    cell_area = kidney  # the typical cell: as large as the kidney
+    diameter = 2 * np.sqrt(cell_area / np.pi)
+    lab = attention_to_labels(m, threshold=0.5, cell_diameter=diameter)
+    assert lab.max() == 3
+    assert lab[50, 40] == lab[50, 62] > 0  # the kidney stays whole
+    assert len({lab[50, 40], lab[50, 120], lab[50, 163]}) == 3  # the pair is split
+    # without the diameter every object is split at its neck
+    assert attention_to_labels(m, threshold=0.5).max() == 4
+
+
+def test_otsu_on_the_square_root_keeps_dim_cells():
+    # attention grows with brightness: one bright cell, three dim ones
+    m = _disc_map((100, 200), [(50, 30)], 12) * 1.0
+    for cx in (80, 130, 175):
+        m = np.maximum(m, _disc_map((100, 200), [(50, cx)], 12) * 0.2)
+    m += np.random.default_rng(0).uniform(0, 0.004, m.shape).astype(np.float32)
+    assert attention_to_labels(m, gamma=1).max() == 1
+    assert attention_to_labels(m).max() == 4  # gamma 0.5, the default
+    with pytest.raises(ValueError, match="gamma"):
+        attention_to_labels(m, gamma=0)
+    with pytest.raises(ValueError, match="cell_diameter"):
+        attention_to_labels(m, cell_diameter=-3)
+
+
 def test_elongated_cell_is_not_split():
     m = np.zeros((60, 120), np.float32)
     yy, xx = np.mgrid[:60, :120]
@@ -164,13 +193,27 @@ def _same_up_to_ids(a, b):
 
 @pytest.mark.parametrize("seed", [1, 3, 5])
 def test_tiled_equals_untiled(seed):
+    # on the plain map (gamma 1) the blobs form no crowded clusters: an exact match
     m = _blob_map((200, 230), 45, seed)
-    whole = attention_to_labels(m)
-    tiled = attention_to_labels_tiled(m, tile=64, max_cell_diameter=20)
+    whole = attention_to_labels(m, gamma=1)
+    tiled = attention_to_labels_tiled(m, tile=64, max_cell_diameter=20, gamma=1)
     assert whole.max() > 20
     assert _same_up_to_ids(whole, tiled)
     score = match_objects(tiled, whole, iou_threshold=1.0)
     assert score["f1"] == 1.0 and score["mean_matched_iou"] == 1.0
+
+
+@pytest.mark.parametrize("seed", [1, 3, 5])
+def test_tiled_square_root_threshold_equals_untiled(seed):
+    # the default square-root scale lowers the threshold, so blobs merge into crowded
+    # clusters, where tiles may split a touching cell or two differently
+    m = _blob_map((200, 230), 45, seed)
+    whole = attention_to_labels(m)
+    tiled = attention_to_labels_tiled(m, tile=64, max_cell_diameter=20)
+    assert (whole > 0).sum() > (attention_to_labels(m, gamma=1) > 0).sum()
+    # the same threshold: the pixels differ only where fragments of a split differ
+    assert ((whole > 0) != (tiled > 0)).mean() < 0.005
+    assert match_objects(tiled, whole)["f1"] >= 0.95
 
 
 def test_tiled_close_to_untiled_on_crowded_map():
@@ -224,8 +267,8 @@ def test_tiled_reads_a_memmap_and_a_stack(tmp_path):
                                    shape=(2, *m.shape))
     mm[0], mm[1] = m, m[::-1]
     lab = attention_to_labels_tiled(np.load(tmp_path / "m.npy", mmap_mode="r"), tile=48,
-                                    max_cell_diameter=20)
-    whole = attention_to_labels(np.stack([m, m[::-1]]))
+                                    max_cell_diameter=20, gamma=1)
+    whole = attention_to_labels(np.stack([m, m[::-1]]), gamma=1)
     assert _same_up_to_ids(whole, lab)
     assert lab[1].max() > lab[0].max() and set(np.unique(lab[1])[1:]).isdisjoint(
         np.unique(lab[0])[1:])

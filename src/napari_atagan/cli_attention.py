@@ -58,7 +58,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--threshold", type=threshold_or_otsu, default="otsu",
                    help="attention level that separates cells from background: 'otsu' "
-                        "(automatic) or a number (default: %(default)s)")
+                        "(automatic, found on the square root of the map so that dim cells "
+                        "count) or a number (default: %(default)s)")
     p.add_argument("--min-size", type=int, default=None, metavar="N",
                    help="smallest cell kept, in pixels (default: a tenth of a cell's area)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
@@ -121,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         seconds_map = time.perf_counter() - t0
-        labels = _labels(attention, Path(scratch), threshold=args.threshold, min_size=min_size)
+        labels = _labels(attention, Path(scratch), threshold=args.threshold, min_size=min_size,
+                         cell_diameter=diameter)
         metadata = {
             "checkpoint": Path(args.checkpoint).name,
             "checkpoint_format_version": ckpt.metadata.get("format_version"),

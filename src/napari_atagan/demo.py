@@ -54,7 +54,7 @@ def run_pipeline(model: Path | None = None, *, n_per_pattern: int = 12, device: 
     t0 = time.perf_counter()
     attention = slide_attention(ckpt, slide, cell_diameter=diameter, device=device)
     t_map = time.perf_counter() - t0
-    labels = attention_to_labels(attention)
+    labels = attention_to_labels(attention, cell_diameter=diameter)
     otsu = otsu_baseline(slide)
 
     def scores(pred):

@@ -175,7 +175,8 @@ def evaluate_slide(
     ckpt = as_checkpoint(checkpoint)
     attention = slide_attention(ckpt, img, cell_diameter=diameter, device=device)
     min_size = default_min_size(diameter)
-    predicted = attention_to_labels(attention, threshold=threshold, min_size=min_size)
+    predicted = attention_to_labels(attention, threshold=threshold, min_size=min_size,
+                                    cell_diameter=diameter)
     otsu = otsu_baseline(img.astype(np.float32), min_size=min_size)
     return {
         "kind": "slide",

@@ -7,14 +7,27 @@ the discriminator.
 The steps, in order:
 
 1. optional Gaussian smoothing of the map (``smooth``, in pixels);
-2. threshold: Otsu's threshold of the (smoothed) map, or a fixed value;
+2. threshold: a fixed value, or Otsu's threshold found on the (smoothed) map
+   raised to the power ``gamma`` (0.5: its square root). The discriminator's
+   attention grows with a cell's brightness, so on the plain map Otsu's
+   threshold falls between bright cells and everything else and dim cells are
+   lost; on the square-root scale dim cells stand out from the background too;
 3. fill holes inside each object;
 4. drop objects smaller than ``min_size`` pixels;
 5. split touching cells: a watershed on the distance to the object edge, seeded
    by the centres of the object (maxima of that distance that stand at least
-   ``split_depth`` pixels above the neck that joins them to a neighbour);
+   ``split_depth`` pixels above the neck that joins them to a neighbour). When
+   the typical ``cell_diameter`` is known, only objects larger than
+   :data:`SPLIT_AREA` cells are split (and ``split_depth`` defaults to an
+   eighth of the diameter): the outline of a single cell in the map is rarely
+   round enough for the watershed to leave it whole;
 6. drop fragments smaller than ``min_size`` again and number the cells
    1, 2, 3, ... with no gaps.
+
+Measured on mosaics of real HEp-2 cells (I3A, 12 mosaics of 40 cells) with a
+model trained on other cells: plain Otsu and splitting every object gave object
+F1 0.62; the square root 0.70; splitting only objects of more than 1.5 cells
+0.82 (see ``docs/RESULTS.md``).
 
 The result is ``uint16``, or ``uint32`` when there are more than 65,535 cells.
 """
@@ -34,6 +47,10 @@ from skimage.segmentation import relabel_sequential, watershed
 
 DEFAULT_MIN_SIZE = 30
 """Default smallest object (pixels) kept; smaller specks are noise, not cells."""
+DEFAULT_GAMMA = 0.5
+"""Power applied to the map before Otsu's threshold is found (1: the plain map)."""
+SPLIT_AREA = 1.5
+"""With a known cell diameter, only objects larger than this many cells' area are split."""
 
 
 def attention_to_labels(
@@ -43,7 +60,9 @@ def attention_to_labels(
     min_size: int = DEFAULT_MIN_SIZE,
     smooth: float = 1.0,
     split_touching: bool = True,
-    split_depth: float = 2.0,
+    split_depth: float | None = None,
+    cell_diameter: float | None = None,
+    gamma: float = DEFAULT_GAMMA,
 ) -> np.ndarray:
     """Turn an attention map into a label image (0 = background, 1..N = cells).
 
@@ -53,8 +72,9 @@ def attention_to_labels(
         2-D map (``Y, X``), or a stack ``T, Y, X`` that is labelled plane by plane
         with ids that stay unique over the whole stack.
     threshold:
-        ``"otsu"`` (automatic, per plane) or a number: pixels whose (smoothed)
-        attention is above it belong to cells.
+        ``"otsu"`` (automatic, per plane, on the ``gamma`` scale) or a number
+        in the map's own units: pixels whose (smoothed) attention is above it
+        belong to cells.
     min_size:
         Objects (and fragments after splitting) with fewer pixels are removed.
     smooth:
@@ -64,27 +84,33 @@ def attention_to_labels(
     split_depth:
         How many pixels deeper the centre of each of two touching cells must lie
         than the neck between them for them to be split; larger values split less.
+        Default: an eighth of ``cell_diameter``, or 2 pixels without it.
+    cell_diameter:
+        Typical cell diameter in pixels, if known: then only objects larger
+        than :data:`SPLIT_AREA` cells are split.
+    gamma:
+        Power (> 0) of the map on which Otsu's threshold is found; 1 uses the
+        plain map. It changes where the automatic threshold falls, not the map.
 
     A constant map (for example all zeros) has no cells and gives all zeros.
     """
     m = np.asarray(attention_map)
+    options = _options(threshold, min_size, smooth, split_touching, split_depth, cell_diameter,
+                       gamma)
     if m.ndim == 3:
-        return _label_stack(m, threshold=threshold, min_size=min_size, smooth=smooth,
-                            split_touching=split_touching, split_depth=split_depth)
+        return _label_stack(m, **options)
     if m.ndim != 2:
         raise ValueError(
             f"attention map must be 2-D (Y, X) or a 3-D stack (T, Y, X), got shape {m.shape}"
         )
-    _check_options(threshold, min_size, smooth, split_depth)
-    labels = _label_plane(m, threshold, min_size, smooth, split_touching, split_depth)
-    return _narrow(labels)
+    return _narrow(_label_plane(m, **options))
 
 
 def _label_stack(stack: np.ndarray, **options) -> np.ndarray:
     planes = []
     offset = 0
     for plane in stack:
-        lab = attention_to_labels(plane, **options).astype(np.int64)
+        lab = _label_plane(plane, **options)
         lab[lab > 0] += offset
         offset = max(offset, int(lab.max()))
         planes.append(lab)
@@ -93,21 +119,39 @@ def _label_stack(stack: np.ndarray, **options) -> np.ndarray:
     return _narrow(np.stack(planes))
 
 
-def _check_options(threshold, min_size, smooth, split_depth) -> None:
+def _options(threshold, min_size, smooth, split_touching, split_depth, cell_diameter,
+             gamma) -> dict[str, Any]:
+    """Checked labelling options, with ``split_depth`` and the split area resolved."""
     if isinstance(threshold, str):
         if threshold.lower() != "otsu":
             raise ValueError(f"threshold must be 'otsu' or a number, got {threshold!r}")
+        threshold = "otsu"
     elif not np.isfinite(float(threshold)):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     if min_size < 0:
         raise ValueError(f"min_size must be >= 0 pixels, got {min_size}")
     if smooth < 0:
         raise ValueError(f"smooth must be >= 0 pixels, got {smooth}")
+    if not (np.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    split_area = 0.0
+    if cell_diameter is not None:
+        if not (np.isfinite(cell_diameter) and cell_diameter > 0):
+            raise ValueError(f"cell_diameter must be > 0 pixels, got {cell_diameter}")
+        split_area = SPLIT_AREA * math.pi * float(cell_diameter) ** 2 / 4
+        if split_depth is None:
+            split_depth = max(1.0, float(cell_diameter) / 8)
+    if split_depth is None:
+        split_depth = 2.0
     if split_depth <= 0:
         raise ValueError(f"split_depth must be > 0 pixels, got {split_depth}")
+    return dict(threshold=threshold, min_size=int(min_size), smooth=float(smooth),
+                split_touching=bool(split_touching), split_depth=float(split_depth),
+                split_area=split_area, gamma=float(gamma))
 
 
-def _label_plane(m, threshold, min_size, smooth, split_touching, split_depth) -> np.ndarray:
+def _label_plane(m, *, threshold, min_size, smooth, split_touching, split_depth, split_area,
+                 gamma) -> np.ndarray:
     m = m.astype(np.float32, copy=False)
     if not np.all(np.isfinite(m)):
         raise ValueError("attention map contains NaN or infinite values")
@@ -115,26 +159,28 @@ def _label_plane(m, threshold, min_size, smooth, split_touching, split_depth) ->
         return np.zeros(m.shape, dtype=np.int64)
     if smooth > 0:
         m = ndi.gaussian_filter(m, sigma=float(smooth))
-    labels = _segment(m > _threshold_value(m, threshold), min_size, split_touching, split_depth)
+    level = _otsu(m, gamma) if threshold == "otsu" else float(threshold)
+    labels = _segment(m > level, min_size, split_touching, split_depth, split_area)
     return relabel_sequential(labels)[0]
 
 
 def _segment(mask: np.ndarray, min_size: int, split_touching: bool,
-             split_depth: float) -> np.ndarray:
+             split_depth: float, split_area: float = 0.0) -> np.ndarray:
     """Steps 3 to 6 on a thresholded mask: fill, clean, split, clean (ids not sequential)."""
     mask = ndi.binary_fill_holes(mask)
-    mask = _remove_small(ndi.label(mask)[0], min_size) > 0
+    labels = _remove_small(ndi.label(mask)[0], min_size)
     if split_touching:
-        labels = _split(mask, split_depth)
-    else:
-        labels = ndi.label(mask)[0]
+        labels = _split_large(labels, split_depth, split_area)
     return _remove_small(labels, min_size)
 
 
-def _threshold_value(m: np.ndarray, threshold: str | float) -> float:
-    if isinstance(threshold, str):
+def _otsu(m: np.ndarray, gamma: float) -> float:
+    """Otsu's threshold of ``(m - min) ** gamma``, in the units of ``m``."""
+    lo = float(m.min())
+    if gamma == 1:
         return float(threshold_otsu(m))
-    return float(threshold)
+    level = float(threshold_otsu((m - lo) ** gamma))
+    return lo + level ** (1.0 / gamma)
 
 
 def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -147,6 +193,23 @@ def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     labels = labels.copy()
     labels[too_small[labels]] = 0
     return labels
+
+
+def _split_large(labels: np.ndarray, split_depth: float, split_area: float) -> np.ndarray:
+    """Split the objects of more than ``split_area`` pixels (all, for 0) with :func:`_split`."""
+    if split_area <= 0:
+        return _split(labels > 0, split_depth)
+    if labels.max() == 0:
+        return labels
+    large = np.flatnonzero(np.bincount(labels.ravel()) > split_area)
+    large = large[large > 0]
+    if large.size == 0:
+        return labels
+    where = np.isin(labels, large)
+    parts = _split(where, split_depth)
+    out = labels.copy()
+    out[where] = parts[where] + int(labels.max())
+    return out
 
 
 def _split(mask: np.ndarray, split_depth: float) -> np.ndarray:
@@ -185,7 +248,9 @@ def attention_to_labels_tiled(
     min_size: int = DEFAULT_MIN_SIZE,
     smooth: float = 1.0,
     split_touching: bool = True,
-    split_depth: float = 2.0,
+    split_depth: float | None = None,
+    cell_diameter: float | None = None,
+    gamma: float = DEFAULT_GAMMA,
     max_cell_diameter: float | None = None,
     tile: int = DEFAULT_TILE,
     overlap: int | None = None,
@@ -218,7 +283,7 @@ def attention_to_labels_tiled(
 
     Parameters
     ----------
-    attention_map, threshold, min_size, smooth, split_touching, split_depth:
+    attention_map, threshold, min_size, smooth, split_touching, split_depth, cell_diameter, gamma:
         As in :func:`attention_to_labels` (2-D map, or a ``T, Y, X`` stack).
     max_cell_diameter:
         Largest cell diameter in pixels. Default: twice the diameter of a disc
@@ -241,10 +306,11 @@ def attention_to_labels_tiled(
         :class:`napari_atagan.slide.Stopped` is raised.
     """
     shape = _map_shape(attention_map)
-    _check_options(threshold, min_size, smooth, split_depth)
+    options = _options(threshold, min_size, smooth, split_touching, split_depth, cell_diameter,
+                       gamma)
+    if max_cell_diameter is None and cell_diameter is not None:
+        max_cell_diameter = 2.0 * float(cell_diameter)
     tile, overlap = _tiling(tile, overlap, max_cell_diameter, min_size, smooth)
-    options = dict(threshold=threshold, min_size=min_size, smooth=float(smooth),
-                   split_touching=split_touching, split_depth=split_depth)
     result = _Output(out, shape)
     planes = [attention_map] if len(shape) == 2 else [_PlaneOf(attention_map, t)
                                                         for t in range(shape[0])]
@@ -383,7 +449,7 @@ def _label_plane_tiled(plane, result: _Output, t: int | None, offset: int, tile:
         return offset
     level = options["threshold"]
     if isinstance(level, str):
-        level = _banded_otsu(plane, tile, smooth, smooth_range, ticker, stop)
+        level = _banded_otsu(plane, tile, smooth, smooth_range, options["gamma"], ticker, stop)
     for y0 in range(0, h, tile):
         for x0 in range(0, w, tile):
             _check_stop(stop)
@@ -437,28 +503,36 @@ def _ranges(plane, tile, smooth, ticker, stop):
     return raw, smoothed
 
 
-def _banded_otsu(plane, tile, smooth, smooth_range, ticker, stop) -> float:
-    """Otsu's threshold of the whole smoothed map from a histogram summed over bands.
+def _banded_otsu(plane, tile, smooth, smooth_range, gamma, ticker, stop) -> float:
+    """:func:`_otsu` of the whole smoothed map from a histogram summed over bands.
 
     The bins are those :func:`skimage.filters.threshold_otsu` uses on the whole
-    map (256 bins over its range), so the threshold is the same.
+    map (256 bins over its range, on the ``gamma`` scale), so the threshold is
+    the same.
     """
     h, w = plane.shape
-    lo, hi = smooth_range
+    lo, hi = (float(v) for v in smooth_range)
     if lo == hi:
-        return float(lo)
+        return lo
+
+    def scale(x):
+        return x if gamma == 1 else (x - np.float32(lo)) ** gamma
+
+    top = float(scale(np.array([hi], np.float32))[0])  # as float32 as on the whole map
+    bottom = lo if gamma == 1 else 0.0
     counts = np.zeros(_HIST_BINS, dtype=np.int64)
     edges = None
     for y0 in range(0, h, _band_rows((h, w), tile)):
         _check_stop(stop)
         y1 = min(h, y0 + _band_rows((h, w), tile))
-        c, edges = np.histogram(_smoothed_rows(plane, y0, y1, smooth), bins=_HIST_BINS,
-                                range=(lo, hi))
+        c, edges = np.histogram(scale(_smoothed_rows(plane, y0, y1, smooth)), bins=_HIST_BINS,
+                                range=(bottom, top))
         counts += c
         _release(plane)
         ticker.tick()
     centres = (edges[:-1] + edges[1:]) / 2.0
-    return float(threshold_otsu(hist=(counts, centres)))
+    level = float(threshold_otsu(hist=(counts, centres)))
+    return level if gamma == 1 else lo + level ** (1.0 / gamma)
 
 
 def _label_tile(plane, core, overlap, level, options):
@@ -474,7 +548,7 @@ def _label_tile(plane, core, overlap, level, options):
         m = ndi.gaussian_filter(m, sigma=options["smooth"])
     m = m[oy0 - ry0:oy1 - ry0, ox0 - rx0:ox1 - rx0]
     labels = _segment(m > level, options["min_size"], options["split_touching"],
-                      options["split_depth"])
+                      options["split_depth"], options["split_area"])
     return labels, (oy0, ox0)
 
 

@@ -85,7 +85,8 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
     run = slide_attention_stack if len(image.shape) == 3 else slide_attention
     amap = run(ckpt, image, cell_diameter=cell_diameter, device=device, stop=stop.is_set,
                progress=progress_cb)
-    labels = attention_to_labels(amap, threshold=threshold, min_size=min_size)
+    labels = attention_to_labels(amap, threshold=threshold, min_size=min_size,
+                                 cell_diameter=cell_diameter)
     return amap, labels, ckpt.step
 
 
@@ -342,7 +343,7 @@ class AttentionWidget(QWidget):
             return
         threshold, min_size = self.threshold(), int(self.min_size.value)
         worker = run_function(attention_to_labels, result.attention, threshold=threshold,
-                              min_size=min_size)
+                              min_size=min_size, cell_diameter=result.cell_diameter)
         worker.returned.connect(
             lambda labels: self._live.alive and self._show_labels(result, labels, threshold,
                                                                   min_size))
