@@ -55,7 +55,7 @@ def test_evaluate_slide_keys_and_ranges(tiny_checkpoint, mosaic):
                        diameter=mosaic.cell_diameter, device="cpu")
     assert r["n_true"] == 6 and r["diameter_source"] == "given"
     assert r["ellipse"] is None and "ellipse" in r["note"]
-    for method in ("model", "otsu"):
+    for method in ("model", "otsu", "image_local"):
         assert set(r[method]) == set(SLIDE_KEYS)
         for key in ("precision", "recall", "f1", "pixel_iou", "mean_matched_iou"):
             assert _in_unit(r[method][key])

@@ -455,7 +455,7 @@ def test_cli_writes_attention_and_labels(tmp_path, ckpt_path, capsys):
     assert att.dtype == np.float32 and lab.dtype == np.uint16
     meta = read_tiff_metadata(tmp_path / "out" / "slide_labels.tif")
     assert meta["checkpoint"] == "tiny.safetensors" and meta["cell_diameter"] == 20.0
-    assert meta["threshold"] == "otsu" and meta["min_size"] == 5
+    assert meta["threshold"] == "local" and meta["min_size"] == 5
     out = capsys.readouterr().out
     assert '"cells"' in out and "megapixels_per_s" in out
     assert sorted(os.listdir(tmp_path / "out")) == ["slide_attention.tif", "slide_labels.tif"]
@@ -522,3 +522,43 @@ def test_cli_bad_option_values_are_argparse_errors(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         _parse(["attention", *[x for kv in base.items() for x in kv]])
     assert exc.value.code == 2
+
+
+def _bright_and_dim_cells():
+    """One bright and three dim discs (radius 12) on a faintly noisy background."""
+    m = _disc_map((100, 220), [(50, 30)], 12)
+    for cx in (85, 140, 195):
+        m = np.maximum(m, _disc_map((100, 220), [(50, cx)], 12) * 0.08)
+    return m + np.random.default_rng(0).uniform(0, 0.004, m.shape).astype(np.float32)
+
+
+def test_local_threshold_cuts_every_cell_at_its_own_peak():
+    m = _bright_and_dim_cells()
+    assert attention_to_labels(m, threshold="otsu").max() == 1  # global: dim cells lost
+    lab = attention_to_labels(m, cell_diameter=24)  # "auto" with a diameter is "local"
+    assert lab.max() == 4
+    for k, cx in enumerate((30, 85, 140, 195)):
+        disc = _disc_map((100, 220), [(50, cx)], 12) > 0
+        cell = lab == lab[50, cx]
+        assert (cell & disc).sum() / (cell | disc).sum() > 0.8, k
+    np.testing.assert_array_equal(lab, attention_to_labels(m, threshold="local",
+                                                           cell_diameter=24))
+    flat = attention_to_labels(np.full((50, 50), 0.3, np.float32), cell_diameter=24)
+    assert flat.max() == 0
+
+
+def test_local_threshold_needs_a_diameter_and_names_the_choices():
+    m = _bright_and_dim_cells()
+    with pytest.raises(ValueError, match="needs the cell diameter"):
+        attention_to_labels(m, threshold="local")
+    with pytest.raises(ValueError, match="auto, local, otsu"):
+        attention_to_labels(m, threshold="mean")
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_tiled_local_threshold_equals_untiled(seed):
+    m = _blob_map((200, 230), 45, seed)
+    whole = attention_to_labels(m, cell_diameter=14)
+    tiled = attention_to_labels_tiled(m, tile=64, cell_diameter=14)
+    assert whole.max() > 20
+    assert match_objects(tiled, whole, iou_threshold=0.99)["f1"] >= 0.95

@@ -85,7 +85,7 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
         np.testing.assert_allclose(layer.scale, (0.5, 0.5))
         np.testing.assert_allclose(layer.translate, (10, 20))
     meta = cells.metadata
-    assert meta["checkpoint"] == str(tiny_checkpoint) and meta["threshold"] == "otsu"
+    assert meta["checkpoint"] == str(tiny_checkpoint) and meta["threshold"] == "local"
     assert meta["min_size"] == widget.min_size.value and meta["source_layer"] == "slide"
     assert meta["cell_diameter"] == pytest.approx(widget.cell_diameter.value)
     assert cells.data.max() >= 1
@@ -93,6 +93,10 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     # a new threshold re-labels the kept map; the discriminator does not run again
     widget.image_layer.value = image
     before = cells.data.copy()
+    widget.threshold_mode.value = "Otsu (whole image)"
+    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["threshold"] == "otsu",
+                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
     widget.threshold_mode.value = "value"
     widget.threshold_value.value = float(np.quantile(amap.data, 0.98))
     qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["threshold"] != "otsu",

@@ -59,14 +59,21 @@ def diameter_or_auto(text: str) -> float | str:
     return value
 
 
-def threshold_or_otsu(text: str) -> float | str:
-    """An attention threshold: ``"otsu"`` (automatic) or a finite number."""
-    if text.strip().lower() == "otsu":
-        return "otsu"
+THRESHOLD_HELP = ("how attention becomes cells: 'local' (each cell cut at a quarter of its "
+                  "own peak, so dim cells count as much as bright ones), 'otsu' (one "
+                  "automatic level for the whole image, found on the square root of the map) "
+                  "or a number (one fixed level) (default: %(default)s)")
+
+
+def threshold_choice(text: str) -> float | str:
+    """An attention threshold: ``"local"``, ``"otsu"`` or a finite number."""
+    if text.strip().lower() in ("local", "otsu"):
+        return text.strip().lower()
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'otsu' or a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'local', 'otsu' or a number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"the threshold must be a finite number, got {text}")
     return value

@@ -27,12 +27,13 @@ import numpy as np
 
 from ._cli_common import (
     DEVICE_CHOICES,
+    THRESHOLD_HELP,
     check_file,
     check_out_folder,
     diameter_or_auto,
     report_interrupted,
     report_user_error,
-    threshold_or_otsu,
+    threshold_choice,
 )
 
 _MEMMAP_PIXELS = 1 << 27
@@ -56,10 +57,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--diameter", required=True, type=diameter_or_auto, metavar="PIXELS",
                    help="typical cell diameter in the slide, in pixels, or 'auto' to estimate it")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--threshold", type=threshold_or_otsu, default="otsu",
-                   help="attention level that separates cells from background: 'otsu' "
-                        "(automatic, found on the square root of the map so that dim cells "
-                        "count) or a number (default: %(default)s)")
+    p.add_argument("--threshold", type=threshold_choice, default="local", help=THRESHOLD_HELP)
     p.add_argument("--min-size", type=int, default=None, metavar="N",
                    help="smallest cell kept, in pixels (default: a tenth of a cell's area)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",

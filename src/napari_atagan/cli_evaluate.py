@@ -23,6 +23,7 @@ from typing import Any
 
 from ._cli_common import (
     DEVICE_CHOICES,
+    THRESHOLD_HELP,
     check_file,
     check_out_folder,
     diameter_or_auto,
@@ -30,7 +31,7 @@ from ._cli_common import (
     positive_int,
     report_interrupted,
     report_user_error,
-    threshold_or_otsu,
+    threshold_choice,
 )
 
 _TSTR_N, _TSTR_EPOCHS = 500, 8  # default cells per pattern and epochs of --tstr
@@ -75,7 +76,7 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
             "With --crops: attention on centred real crops vs their masks (pixel IoU after "
             "Otsu's threshold, pointing game, attention mass inside), beside Otsu and a "
             "centred ellipse. With --image/--labels: cells found on a slide vs its instance "
-            "labels (object precision/recall/F1 at IoU 0.5, pixel IoU), beside Otsu."
+            "labels (object precision/recall/F1 at IoU 0.5, pixel IoU), beside Otsu and the same labelling applied to the image."
         ),
     )
     _common(a)
@@ -89,9 +90,8 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
     a.add_argument("--diameter", type=diameter_or_auto, default="auto", metavar="PIXELS",
                    help="typical cell diameter in --image, in pixels, or 'auto' to estimate "
                         "it (default: %(default)s)")
-    a.add_argument("--threshold", type=threshold_or_otsu, default="otsu",
-                   help="attention level that separates cells from background on a slide: "
-                        "'otsu' or a number (default: %(default)s)")
+    a.add_argument("--threshold", type=threshold_choice, default="local",
+                   help="on a slide: " + THRESHOLD_HELP)
     a.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="with --crops: at most N crops of every pattern, drawn at random "
                         "(default: all)")
@@ -314,7 +314,8 @@ def _slide_table(result: dict) -> str:
     header = ["method", "cells", "TP", "FP", "FN", "precision", "recall", "F1", "pixel IoU"]
     rows = [[name, s["n_objects"], s["tp"], s["fp"], s["fn"], s["precision"], s["recall"],
              s["f1"], s["pixel_iou"]]
-            for name, s in (("model", result["model"]), ("Otsu", result["otsu"]))]
+            for name, s in (("model", result["model"]), ("Otsu", result["otsu"]),
+                            ("same labelling of the image", result["image_local"]))]
     return (f"cells on the slide ({result['n_true']} true cells, diameter "
             f"{result['cell_diameter']:.1f} px, {result['diameter_source']})\n"
             + format_table(header, rows) + f"\nnote: {result['note']}")

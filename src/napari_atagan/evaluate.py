@@ -142,7 +142,7 @@ def evaluate_slide(
     labels: np.ndarray,
     *,
     diameter: float | None = None,
-    threshold: str | float = "otsu",
+    threshold: str | float = "local",
     device: str = "auto",
 ) -> dict[str, Any]:
     """Score the cells a model finds on a slide against the true instance labels.
@@ -151,12 +151,15 @@ def evaluate_slide(
     is turned into cells by :func:`napari_atagan.labels.attention_to_labels`
     (``threshold``; objects under a tenth of a cell's area are dropped), then
     matched one-to-one to the true cells (:func:`napari_atagan.metrics.match_objects`,
-    IoU >= 0.5). The Otsu baseline (Otsu's threshold of the smoothed slide) is
-    scored the same way. ``diameter``: typical cell diameter in pixels; ``None``
+    IoU >= 0.5). Two baselines that need no model are scored the same way:
+    ``"otsu"`` (Otsu's threshold of the smoothed slide) and ``"image_local"``
+    (the labelling the model's map gets, applied to the slide itself: with the
+    default ``threshold="local"``, every bright spot cut at a fraction of its own
+    peak), which shows how much of the score the discriminator adds. ``diameter``: typical cell diameter in pixels; ``None``
     estimates it from the image. A ground truth with a single value (a binary
     mask) is split into its connected objects first.
 
-    Returns ``"model"`` and ``"otsu"`` score dicts (keys :data:`SLIDE_KEYS`;
+    Returns ``"model"``, ``"otsu"`` and ``"image_local"`` score dicts (keys :data:`SLIDE_KEYS`;
     ``pixel_iou`` compares the union of all cells), ``"ellipse": None`` with a
     ``"note"`` why, and the cell diameter used.
     """
@@ -178,6 +181,8 @@ def evaluate_slide(
     predicted = attention_to_labels(attention, threshold=threshold, min_size=min_size,
                                     cell_diameter=diameter)
     otsu = otsu_baseline(img.astype(np.float32), min_size=min_size)
+    image_local = attention_to_labels(img.astype(np.float32), threshold=threshold,
+                                      min_size=min_size, cell_diameter=diameter)
     return {
         "kind": "slide",
         "checkpoint": ckpt.path.name,
@@ -190,6 +195,7 @@ def evaluate_slide(
         "truth_relabelled": relabelled,
         "model": _slide_scores(predicted, truth),
         "otsu": _slide_scores(otsu, truth),
+        "image_local": _slide_scores(image_local, truth),
         "ellipse": None,
         "note": ELLIPSE_NOTE,
     }

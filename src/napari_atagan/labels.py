@@ -7,11 +7,18 @@ the discriminator.
 The steps, in order:
 
 1. optional Gaussian smoothing of the map (``smooth``, in pixels);
-2. threshold: a fixed value, or Otsu's threshold found on the (smoothed) map
-   raised to the power ``gamma`` (0.5: its square root). The discriminator's
-   attention grows with a cell's brightness, so on the plain map Otsu's
-   threshold falls between bright cells and everything else and dim cells are
-   lost; on the square-root scale dim cells stand out from the background too;
+2. threshold, one of
+   * ``"local"`` (needs ``cell_diameter``): every cell is cut at a fraction
+     (:data:`LOCAL_FRACTION`) of its own peak. Peaks of the map at least a
+     third of a cell diameter apart that rise above the background's noise (median plus
+     :data:`NOISE_MADS` robust standard deviations of the map) seed a
+     watershed of the map; each basin keeps the pixels above its fraction.
+     The discriminator's attention grows with a cell's brightness, and a slide
+     holds bright and dim cells: one global threshold loses the dim ones;
+   * ``"otsu"``: Otsu's threshold of the (smoothed) map raised to the power
+     ``gamma`` (0.5: its square root, on which dim cells stand out from the
+     background better than on the plain map);
+   * a fixed value;
 3. fill holes inside each object;
 4. drop objects smaller than ``min_size`` pixels;
 5. split touching cells: a watershed on the distance to the object edge, seeded
@@ -24,10 +31,11 @@ The steps, in order:
 6. drop fragments smaller than ``min_size`` again and number the cells
    1, 2, 3, ... with no gaps.
 
-Measured on mosaics of real HEp-2 cells (I3A, 12 mosaics of 40 cells) with a
-model trained on other cells: plain Otsu and splitting every object gave object
-F1 0.62; the square root 0.70; splitting only objects of more than 1.5 cells
-0.82 (see ``docs/RESULTS.md``).
+Chosen on mosaics of real HEp-2 cells of the training part of I3A (12 mosaics
+of 40 cells, 6 patterns; ``docs/RESULTS.md``): object F1 0.46 with the
+square-root Otsu threshold and size-gated splitting, 0.71 with ``"local"``
+(fraction 0.2-0.3 and 3 robust standard deviations were best; plain Otsu
+splitting every object: below 0.4).
 
 The result is ``uint16``, or ``uint32`` when there are more than 65,535 cells.
 """
@@ -42,11 +50,20 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
+from skimage.feature import peak_local_max
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
 DEFAULT_MIN_SIZE = 30
 """Default smallest object (pixels) kept; smaller specks are noise, not cells."""
+LOCAL_FRACTION = 0.25
+"""``threshold="local"``: a cell keeps the pixels above this fraction of its own peak."""
+NOISE_MADS = 3.0
+"""``threshold="local"``: peaks must rise this many robust standard deviations above the
+map's median (the background) to seed a cell."""
+_NOISE_SAMPLE = 1_000_000
+"""At most about this many pixels (a regular grid) give the median and spread of a map."""
+THRESHOLDS = ("auto", "local", "otsu")
 DEFAULT_GAMMA = 0.5
 """Power applied to the map before Otsu's threshold is found (1: the plain map)."""
 SPLIT_AREA = 1.5
@@ -56,7 +73,7 @@ SPLIT_AREA = 1.5
 def attention_to_labels(
     attention_map: np.ndarray,
     *,
-    threshold: str | float = "otsu",
+    threshold: str | float = "auto",
     min_size: int = DEFAULT_MIN_SIZE,
     smooth: float = 1.0,
     split_touching: bool = True,
@@ -72,13 +89,16 @@ def attention_to_labels(
         2-D map (``Y, X``), or a stack ``T, Y, X`` that is labelled plane by plane
         with ids that stay unique over the whole stack.
     threshold:
-        ``"otsu"`` (automatic, per plane, on the ``gamma`` scale) or a number
-        in the map's own units: pixels whose (smoothed) attention is above it
-        belong to cells.
+        ``"local"`` (per cell; needs ``cell_diameter``), ``"otsu"`` (per
+        plane, on the ``gamma`` scale), ``"auto"`` (``"local"`` when
+        ``cell_diameter`` is given, else ``"otsu"``) or a number in the map's
+        own units: pixels whose (smoothed) attention is above it belong to
+        cells.
     min_size:
         Objects (and fragments after splitting) with fewer pixels are removed.
     smooth:
-        Gaussian sigma in pixels applied to the map before thresholding (0: none).
+        Gaussian sigma in pixels applied to the map before thresholding (0:
+        none); ``"local"`` smooths by at least a sixteenth of ``cell_diameter``.
     split_touching:
         Split cells that touch by a watershed on the distance to the object edge.
     split_depth:
@@ -123,9 +143,14 @@ def _options(threshold, min_size, smooth, split_touching, split_depth, cell_diam
              gamma) -> dict[str, Any]:
     """Checked labelling options, with ``split_depth`` and the split area resolved."""
     if isinstance(threshold, str):
-        if threshold.lower() != "otsu":
-            raise ValueError(f"threshold must be 'otsu' or a number, got {threshold!r}")
-        threshold = "otsu"
+        threshold = threshold.lower()
+        if threshold not in THRESHOLDS:
+            raise ValueError(f"threshold must be one of {', '.join(THRESHOLDS)} or a number, "
+                             f"got {threshold!r}")
+        if threshold == "auto":
+            threshold = "otsu" if cell_diameter is None else "local"
+        if threshold == "local" and cell_diameter is None:
+            raise ValueError("threshold 'local' needs the cell diameter (cell_diameter)")
     elif not np.isfinite(float(threshold)):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     if min_size < 0:
@@ -145,13 +170,17 @@ def _options(threshold, min_size, smooth, split_touching, split_depth, cell_diam
         split_depth = 2.0
     if split_depth <= 0:
         raise ValueError(f"split_depth must be > 0 pixels, got {split_depth}")
-    return dict(threshold=threshold, min_size=int(min_size), smooth=float(smooth),
+    peak_distance = 1
+    if threshold == "local":
+        smooth = max(float(smooth), float(cell_diameter) / 16)
+        peak_distance = max(1, int(float(cell_diameter) / 3))
+    return dict(peak_distance=peak_distance, threshold=threshold, min_size=int(min_size), smooth=float(smooth),
                 split_touching=bool(split_touching), split_depth=float(split_depth),
                 split_area=split_area, gamma=float(gamma))
 
 
 def _label_plane(m, *, threshold, min_size, smooth, split_touching, split_depth, split_area,
-                 gamma) -> np.ndarray:
+                 gamma, peak_distance) -> np.ndarray:
     m = m.astype(np.float32, copy=False)
     if not np.all(np.isfinite(m)):
         raise ValueError("attention map contains NaN or infinite values")
@@ -159,9 +188,48 @@ def _label_plane(m, *, threshold, min_size, smooth, split_touching, split_depth,
         return np.zeros(m.shape, dtype=np.int64)
     if smooth > 0:
         m = ndi.gaussian_filter(m, sigma=float(smooth))
-    level = _otsu(m, gamma) if threshold == "otsu" else float(threshold)
-    labels = _segment(m > level, min_size, split_touching, split_depth, split_area)
+    if threshold == "local":
+        labels = _local_cells(m, _noise_floor(_grid_sample(m)), peak_distance, min_size)
+    else:
+        level = _otsu(m, gamma) if threshold == "otsu" else float(threshold)
+        labels = _segment(m > level, min_size, split_touching, split_depth, split_area)
     return relabel_sequential(labels)[0]
+
+
+def _grid_sample(m: np.ndarray) -> np.ndarray:
+    """Every ``step``-th pixel both ways (rows and columns counted from 0)."""
+    step = _sample_step(m.shape)
+    return m[::step, ::step]
+
+
+def _sample_step(shape: tuple[int, int]) -> int:
+    return max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / _NOISE_SAMPLE))))
+
+
+def _noise_floor(sample: np.ndarray) -> float:
+    """Median plus NOISE_MADS robust standard deviations: the top of the background."""
+    med = float(np.median(sample))
+    mad = float(np.median(np.abs(sample - med))) * 1.4826
+    return med + NOISE_MADS * max(mad, 1e-12)
+
+
+def _local_cells(m: np.ndarray, floor: float, peak_distance: int, min_size: int) -> np.ndarray:
+    """Each cell cut at LOCAL_FRACTION of its own peak (ids not sequential)."""
+    peaks = peak_local_max(m, min_distance=peak_distance, threshold_abs=floor,
+                           exclude_border=False)
+    if len(peaks) == 0:
+        return np.zeros(m.shape, dtype=np.int64)
+    markers = np.zeros(m.shape, dtype=np.int64)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    basins = watershed(-m, markers, mask=m > floor)
+    top = np.zeros(len(peaks) + 1, dtype=np.float32)
+    top[1:] = m[tuple(peaks.T)]
+    cells = np.where(m >= LOCAL_FRACTION * top[basins], basins, 0)
+    filled = np.zeros_like(cells)
+    for i, box in enumerate(ndi.find_objects(cells), start=1):
+        if box is not None:
+            filled[box][ndi.binary_fill_holes(cells[box] == i)] = i
+    return _remove_small(filled, min_size)
 
 
 def _segment(mask: np.ndarray, min_size: int, split_touching: bool,
@@ -244,7 +312,7 @@ _TRUNCATE = 4.0  # as scipy.ndimage.gaussian_filter
 def attention_to_labels_tiled(
     attention_map: Any,
     *,
-    threshold: str | float = "otsu",
+    threshold: str | float = "auto",
     min_size: int = DEFAULT_MIN_SIZE,
     smooth: float = 1.0,
     split_touching: bool = True,
@@ -314,7 +382,7 @@ def attention_to_labels_tiled(
     result = _Output(out, shape)
     planes = [attention_map] if len(shape) == 2 else [_PlaneOf(attention_map, t)
                                                         for t in range(shape[0])]
-    ticker = _Ticker(progress, len(planes) * _n_steps(shape[-2:], tile, threshold))
+    ticker = _Ticker(progress, len(planes) * _n_steps(shape[-2:], tile, options["threshold"]))
     offset = 0
     for t, plane in enumerate(planes):
         offset = _label_plane_tiled(plane, result, None if len(shape) == 2 else t, offset,
@@ -448,7 +516,9 @@ def _label_plane_tiled(plane, result: _Output, t: int | None, offset: int, tile:
             ticker.tick()
         return offset
     level = options["threshold"]
-    if isinstance(level, str):
+    if level == "local":
+        level = _noise_floor(_banded_sample(plane, tile, smooth, ticker, stop))
+    elif level == "otsu":
         level = _banded_otsu(plane, tile, smooth, smooth_range, options["gamma"], ticker, stop)
     for y0 in range(0, h, tile):
         for x0 in range(0, w, tile):
@@ -503,6 +573,22 @@ def _ranges(plane, tile, smooth, ticker, stop):
     return raw, smoothed
 
 
+def _banded_sample(plane, tile, smooth, ticker, stop) -> np.ndarray:
+    """:func:`_grid_sample` of the whole smoothed map, band by band."""
+    h, w = plane.shape
+    step = _sample_step((h, w))
+    rows = _band_rows((h, w), tile)
+    parts = []
+    for y0 in range(0, h, rows):
+        _check_stop(stop)
+        y1 = min(h, y0 + rows)
+        first = -y0 % step  # the band's first row on the grid
+        parts.append(_smoothed_rows(plane, y0, y1, smooth)[first::step, ::step].copy())
+        _release(plane)
+        ticker.tick()
+    return np.concatenate(parts)
+
+
 def _banded_otsu(plane, tile, smooth, smooth_range, gamma, ticker, stop) -> float:
     """:func:`_otsu` of the whole smoothed map from a histogram summed over bands.
 
@@ -547,8 +633,11 @@ def _label_tile(plane, core, overlap, level, options):
     if options["smooth"] > 0:
         m = ndi.gaussian_filter(m, sigma=options["smooth"])
     m = m[oy0 - ry0:oy1 - ry0, ox0 - rx0:ox1 - rx0]
-    labels = _segment(m > level, options["min_size"], options["split_touching"],
-                      options["split_depth"], options["split_area"])
+    if options["threshold"] == "local":
+        labels = _local_cells(m, level, options["peak_distance"], options["min_size"])
+    else:
+        labels = _segment(m > level, options["min_size"], options["split_touching"],
+                          options["split_depth"], options["split_area"])
     return labels, (oy0, ox0)
 
 

@@ -43,8 +43,10 @@ from ._common import (
     status_label,
 )
 
-OTSU = "Otsu (auto)"
+LOCAL = "per cell (auto)"
+OTSU = "Otsu (whole image)"
 FIXED = "value"
+_MODES = {LOCAL: "local", OTSU: "otsu"}
 DEFAULT_DIAMETER = 40.0
 
 
@@ -149,8 +151,10 @@ class AttentionWidget(QWidget):
             text="Estimate diameter", tooltip="Measure typical cell size from the image "
                                               "(Otsu threshold of the smoothed image).")
         self.threshold_mode = ComboBox(
-            label="threshold", choices=[OTSU, FIXED], value=OTSU,
-            tooltip="Otsu: automatic per image. value: a fixed attention level.")
+            label="threshold", choices=[LOCAL, OTSU, FIXED], value=LOCAL,
+            tooltip="per cell: every cell is cut at a quarter of its own peak attention, so "
+                    "dim cells count as much as bright ones. Otsu: one automatic level for "
+                    "the whole image. value: a fixed attention level.")
         self.threshold_value = FloatSpinBox(
             label="threshold value", value=0.5, min=0.0, max=1e9, step=0.01,
             tooltip="Attention above this value is a cell (see the attention layer's values).")
@@ -178,8 +182,9 @@ class AttentionWidget(QWidget):
         self.threshold_value.enabled = self.threshold_mode.value == FIXED
 
     def threshold(self) -> str | float:
-        """``"otsu"`` or the fixed value, as :func:`attention_to_labels` takes it."""
-        return "otsu" if self.threshold_mode.value == OTSU else float(self.threshold_value.value)
+        """``"local"``, ``"otsu"`` or the fixed value, as :func:`attention_to_labels` takes it."""
+        mode = _MODES.get(self.threshold_mode.value)
+        return mode if mode is not None else float(self.threshold_value.value)
 
     def _check_checkpoint(self, *_: Any) -> None:
         loaded = read_checkpoint(self.checkpoint.value, self.status)
