@@ -76,7 +76,8 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
             "With --crops: attention on centred real crops vs their masks (pixel IoU after "
             "Otsu's threshold, pointing game, attention mass inside), beside Otsu and a "
             "centred ellipse. With --image/--labels: cells found on a slide vs its instance "
-            "labels (object precision/recall/F1 at IoU 0.5, pixel IoU), beside Otsu and the same labelling applied to the image."
+            "labels (object precision/recall/F1 at IoU 0.5, pixel IoU), beside Otsu and "
+            "the same labelling applied to the image."
         ),
     )
     _common(a)
