@@ -49,7 +49,9 @@ def test_events_and_final_checkpoint(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("teacher", ["none", "classifier"])
 def test_other_teachers_train(tmp_path, tiny_data, teacher):
-    fin = run_to_end(train(tiny_config(teacher=teacher, steps=2), tiny_data, tmp_path))
+    seen = []
+    fin = run_to_end(train(tiny_config(teacher=teacher, steps=2), tiny_data, tmp_path),
+                     seen.append)
     ck = load_checkpoint(fin.checkpoint)
     assert ck.config.teacher == teacher
     losses = ck.metadata["summary"]["final_losses"]
@@ -57,6 +59,25 @@ def test_other_teachers_train(tmp_path, tiny_data, teacher):
     if teacher == "classifier":
         assert 0.0 <= ck.metadata["teacher"]["val_accuracy"] <= 1.0
         assert any(k.startswith("teacher.") for k in ck.tensors)
+        # the classifier's epochs are reported before the first GAN step
+        texts = [e.text for e in seen if isinstance(e, Message)]
+        epochs = [t for t in texts if t.startswith("classifier epoch ")]
+        assert len(epochs) == ck.config.classifier_epochs
+        assert "validation accuracy" in epochs[-1]
+        first_progress = next(i for i, e in enumerate(seen) if isinstance(e, Progress))
+        assert max(i for i, e in enumerate(seen) if getattr(e, "text", "") in epochs) < \
+            first_progress
+
+
+def test_classifier_errors_reach_the_caller(tmp_path, tiny_data, monkeypatch):
+    from napari_atagan import training
+
+    def broken(*args, **kwargs):
+        raise ValueError("the classifier broke")
+
+    monkeypatch.setattr(training, "train_classifier", broken)
+    with pytest.raises(ValueError, match="the classifier broke"):
+        run_to_end(train(tiny_config(teacher="classifier", steps=2), tiny_data, tmp_path))
 
 
 def test_unlabelled_data_trains_an_unconditional_model(tmp_path, tiny_data):

@@ -187,7 +187,7 @@ def train(
     if resumed is not None:
         _restore(state, resumed, device)
         yield Message(f"resumed from {resumed.path.name} at step {state.step}")
-    maps, state.teacher, state.teacher_info = _teacher(config, data, device, resumed)
+    maps, state.teacher, state.teacher_info = yield from _teacher(config, data, device, resumed)
     if state.teacher_info.get("val_accuracy") is not None:
         yield Message(
             f"pattern classifier (teacher) validation accuracy: "
@@ -398,7 +398,9 @@ def _check_resume_data(ckpt, data: CellData) -> None:
 
 def _teacher(config, data, device, resumed):
     """The frozen teacher: its maps (N,1,S,S) on ``device``, the model (classifier only)
-    and a JSON-able summary. A resumed classifier run reuses the saved classifier."""
+    and a JSON-able summary, as the return value of a generator that yields a
+    :class:`Message` after every epoch of the classifier's training. A resumed
+    classifier run reuses the saved classifier."""
     if config.effective_beta == 0:
         return None, None, {"kind": config.teacher}
     if config.teacher != "classifier":
@@ -410,12 +412,49 @@ def _teacher(config, data, device, resumed):
                           path=resumed.path)
         info = dict(resumed.metadata.get("teacher", {}))
     else:
-        model, info = train_classifier(data, epochs=config.classifier_epochs, device=device,
-                                       seed=config.seed)
+        model, info = yield from _train_classifier_with_messages(config, data, device)
         info = {"kind": "classifier", **info}
     model.to(device).eval()
     maps = classifier_maps(model, torch.from_numpy(data.images)).to(device)
     return maps, model, info
+
+
+def _train_classifier_with_messages(config, data, device):
+    """:func:`train_classifier` in a helper thread, its epochs reported as messages.
+
+    Training the classifier teacher takes minutes on a CPU before the first GAN
+    step; the front ends show these messages meanwhile.
+    """
+    import queue
+
+    reports: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = train_classifier(
+                data, epochs=config.classifier_epochs, device=device, seed=config.seed,
+                progress=reports.put)
+        except BaseException as exc:  # re-raised in the training thread below
+            outcome["error"] = exc
+        finally:
+            reports.put(None)
+
+    yield Message(f"training the pattern classifier (teacher): {config.classifier_epochs} "
+                  f"epochs on {data.n} cells")
+    worker = threading.Thread(target=work, name="atagan-classifier", daemon=True)
+    worker.start()
+    while (report := reports.get()) is not None:
+        val = report.get("val_accuracy")
+        yield Message(
+            f"classifier epoch {report['epoch']}/{report['epochs']}: loss {report['loss']:.3f}, "
+            f"training accuracy {report['train_accuracy']:.1%}"
+            + (f", validation accuracy {val:.1%}" if val is not None else "")
+            + f" ({report['seconds']:.0f} s)")
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _restore(state: _State, ckpt, device) -> None:
