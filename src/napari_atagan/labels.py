@@ -32,10 +32,10 @@ The steps, in order:
    1, 2, 3, ... with no gaps.
 
 Chosen on mosaics of real HEp-2 cells of the training part of I3A (12 mosaics
-of 40 cells, 6 patterns; ``docs/RESULTS.md``): object F1 0.46 with the
-square-root Otsu threshold and size-gated splitting, 0.71 with ``"local"``
-(fraction 0.2-0.3 and 3 robust standard deviations were best; plain Otsu
-splitting every object: below 0.4).
+of 40 cells, 6 patterns; ``docs/RESULTS.md``): object F1 0.36 with plain Otsu
+splitting every object, 0.46 with the square-root Otsu threshold and
+size-gated splitting, 0.70 with ``"local"`` (fraction 0.2-0.3 and 3 robust
+standard deviations were best).
 
 The result is ``uint16``, or ``uint32`` when there are more than 65,535 cells.
 """
