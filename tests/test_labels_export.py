@@ -562,3 +562,28 @@ def test_tiled_local_threshold_equals_untiled(seed):
     tiled = attention_to_labels_tiled(m, tile=64, cell_diameter=14)
     assert whole.max() > 20
     assert match_objects(tiled, whole, iou_threshold=0.99)["f1"] >= 0.95
+
+
+@pytest.mark.parametrize("top", [900, 70_000])
+def test_large_images_are_written_band_by_band(tmp_path, monkeypatch, top):
+    from napari_atagan import export
+
+    monkeypatch.setattr(export, "STREAM_BYTES", 1000)  # everything here counts as large
+    monkeypatch.setattr(export, "_BAND_BYTES", 512)
+    labels = np.lib.format.open_memmap(tmp_path / "l.npy", mode="w+", dtype=np.uint32,
+                                       shape=(2, 50, 64))
+    labels[:] = np.arange(2 * 50 * 64).reshape(labels.shape) % (top + 1)
+    labels[1, -1, -1] = top
+    att = np.random.default_rng(0).random((50, 64)).astype(np.float64)
+    lab_path = save_labels_tiff(tmp_path / "cells.tif", labels, metadata={"threshold": "local"})
+    att_path = save_attention_tiff(tmp_path / "att.tif", att)
+    back = tifffile.imread(lab_path)
+    assert back.dtype == (np.uint16 if top < 65536 else np.uint32)
+    np.testing.assert_array_equal(back, labels)
+    meta = read_tiff_metadata(lab_path)
+    assert meta["max_label"] == top and meta["threshold"] == "local"
+    with tifffile.TiffFile(lab_path) as tif:
+        assert tif.is_imagej == (top < 65536)
+    np.testing.assert_array_equal(tifffile.imread(att_path), att.astype(np.float32))
+    assert read_tiff_metadata(att_path)["kind"] == "attention"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["att.tif", "cells.tif", "l.npy"]

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from . import __version__
     from .checkpoint import load_checkpoint
-    from .export import save_attention_tiff, save_labels_tiff
+    from .export import read_tiff_metadata, save_attention_tiff, save_labels_tiff
     from .slide import estimate_cell_diameter, model_cell_diameter, slide_attention, \
         slide_attention_stack
 
@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         att_path = save_attention_tiff(out_dir / f"{stem}_attention.tif", attention,
                                        metadata=metadata)
         lab_path = save_labels_tiff(out_dir / f"{stem}_labels.tif", labels, metadata=metadata)
-        n_cells = int(labels.max())
+        n_cells = int(read_tiff_metadata(lab_path)["max_label"])  # not the whole array again
         del attention, out, labels
     seconds = time.perf_counter() - t0
     n_pixels = int(np.prod(shape))

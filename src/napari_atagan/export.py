@@ -13,11 +13,16 @@ image description otherwise. :func:`read_tiff_metadata` reads it back.
 
 Files are written atomically: to a temporary file in the same folder, then
 renamed over the target, so a crash never leaves a half-written TIFF behind.
+Large images (more than :data:`STREAM_BYTES`, e.g. memory-mapped results of a
+whole slide) are copied into the file band by band, and the pages of both the
+source and the file are handed back to the system after each band, so writing
+a 20,000 x 20,000 map needs tens of megabytes, not gigabytes.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import uuid
 from pathlib import Path
@@ -30,6 +35,9 @@ from . import __version__
 
 _IMAGEJ_MAX_BYTES = 2**32 - 2**25
 """Classic (non-Big) TIFF, which ImageJ needs, stops at 4 GB; keep a margin for headers."""
+STREAM_BYTES = 2**28
+"""Images larger than this (256 MB) are written band by band."""
+_BAND_BYTES = 2**25
 
 
 def save_labels_tiff(
@@ -40,26 +48,25 @@ def save_labels_tiff(
     Integer labels of up to 65,535 cells are stored as ``uint16``; larger ids as
     ``uint32`` (standard TIFF, not the ImageJ flavour).
     """
-    labels = np.asarray(labels)
+    labels = labels if isinstance(labels, np.memmap) else np.asarray(labels)
     if labels.dtype.kind not in "biu":
         raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
-    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+    low, top = _range(labels)
+    if labels.dtype.kind == "i" and low < 0:
         raise ValueError("labels must not be negative (0 is background, 1..N are cells)")
-    top = int(labels.max()) if labels.size else 0
     dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
     meta = {**(metadata or {}), "kind": "labels", "max_label": top}
-    return _write(path, labels.astype(dtype, copy=False), meta)
+    return _write(path, labels, meta, dtype)
 
 
 def save_attention_tiff(
     path: str | os.PathLike, attention: np.ndarray, *, metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write an attention map (2-D, or a ``T, Y, X`` stack) as ``float32``."""
-    attention = np.asarray(attention)
+    attention = attention if isinstance(attention, np.memmap) else np.asarray(attention)
     if attention.dtype.kind not in "biuf":
         raise ValueError(f"attention must be a numeric array, got dtype {attention.dtype}")
-    return _write(path, attention.astype(np.float32, copy=False),
-                  {**(metadata or {}), "kind": "attention"})
+    return _write(path, attention, {**(metadata or {}), "kind": "attention"}, np.float32)
 
 
 def read_tiff_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -75,7 +82,8 @@ def read_tiff_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta if ours else {}
 
 
-def _write(path: str | os.PathLike, data: np.ndarray, metadata: dict[str, Any]) -> Path:
+def _write(path: str | os.PathLike, data: np.ndarray, metadata: dict[str, Any],
+           dtype: Any) -> Path:
     path = Path(path)
     if data.ndim not in (2, 3) or min(data.shape, default=0) == 0:
         raise ValueError(f"expected a non-empty 2-D image or 3-D stack, got shape {data.shape}")
@@ -83,20 +91,69 @@ def _write(path: str | os.PathLike, data: np.ndarray, metadata: dict[str, Any]) 
         raise ValueError(f"output folder does not exist: {path.parent}")
     info = json.dumps({"software": f"napari-atagan {__version__}", **metadata},
                       default=_json_default, sort_keys=True)
-    imagej = data.dtype != np.uint32 and data.nbytes < _IMAGEJ_MAX_BYTES
-    axes = "YX" if data.ndim == 2 else "TYX"
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(data.shape)) * dtype.itemsize
+    imagej = dtype != np.uint32 and nbytes < _IMAGEJ_MAX_BYTES
+    options: dict[str, Any] = (
+        {"imagej": True, "metadata": {"axes": "YX" if data.ndim == 2 else "TYX", "Info": info}}
+        if imagej else
+        {"bigtiff": nbytes >= _IMAGEJ_MAX_BYTES, "description": info, "metadata": None})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        if imagej:
-            tifffile.imwrite(tmp, data, imagej=True, metadata={"axes": axes, "Info": info})
+        if nbytes <= STREAM_BYTES:
+            tifffile.imwrite(tmp, np.asarray(data).astype(dtype, copy=False), **options)
         else:
-            tifffile.imwrite(tmp, data, bigtiff=data.nbytes >= _IMAGEJ_MAX_BYTES,
-                             description=info, metadata=None)
+            _write_in_bands(tmp, data, dtype, options)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _bands(data: np.ndarray):
+    """Index tuples of bands of rows (per plane of a stack) of about _BAND_BYTES each."""
+    rows = max(1, _BAND_BYTES // max(1, data.shape[-1] * data.dtype.itemsize))
+    planes = [()] if data.ndim == 2 else [(t,) for t in range(data.shape[0])]
+    for plane in planes:
+        for y in range(0, data.shape[-2], rows):
+            yield (*plane, slice(y, y + rows))
+
+
+def _range(data: np.ndarray) -> tuple[int, int]:
+    """(min, max) of an integer array, read band by band (0, 0 when empty)."""
+    if data.size == 0:
+        return 0, 0
+    low, top = None, None
+    for band in _bands(data):
+        part = data[band]
+        low = int(part.min()) if low is None else min(low, int(part.min()))
+        top = int(part.max()) if top is None else max(top, int(part.max()))
+        _release(data)
+    return low, top
+
+
+def _write_in_bands(tmp: Path, data: np.ndarray, dtype: np.dtype,
+                    options: dict[str, Any]) -> None:
+    out = tifffile.memmap(tmp, shape=data.shape, dtype=dtype, **options)
+    try:
+        for band in _bands(data):
+            out[band] = data[band]
+            out.flush()
+            _release(out)
+            _release(data)
+    finally:
+        del out
+
+
+def _release(array: Any) -> None:
+    """Hand the pages of a memory-mapped array back to the system (data stays in the file)."""
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_DONTNEED") and hasattr(handle, "madvise"):
+        try:
+            handle.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def _json_default(value: Any) -> Any:
