@@ -587,3 +587,16 @@ def test_large_images_are_written_band_by_band(tmp_path, monkeypatch, top):
     np.testing.assert_array_equal(tifffile.imread(att_path), att.astype(np.float32))
     assert read_tiff_metadata(att_path)["kind"] == "attention"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["att.tif", "cells.tif", "l.npy"]
+
+
+def test_local_threshold_keeps_a_cell_inside_a_ring_of_another():
+    yy, xx = np.mgrid[:120, :120]
+    r = np.hypot(yy - 60, xx - 60)
+    theta = np.arctan2(yy - 60, xx - 60)
+    ring = 0.2 + 0.05 * np.cos(theta) - 0.002 * np.abs(r - 35)  # one peak, at the right
+    m = np.where((r > 30) & (r < 40), ring, 0.0).astype(np.float32)  # a dim ring
+    m[(r < 12)] = 1.0  # a bright cell in its middle, apart from the ring
+    lab = attention_to_labels(m, cell_diameter=24, min_size=10)
+    centre, ring = lab[60, 60], lab[60, 25]
+    assert centre > 0 and ring > 0 and centre != ring
+    assert (lab == centre).sum() < 700  # the bright cell, not the filled ring

@@ -225,10 +225,12 @@ def _local_cells(m: np.ndarray, floor: float, peak_distance: int, min_size: int)
     top = np.zeros(len(peaks) + 1, dtype=np.float32)
     top[1:] = m[tuple(peaks.T)]
     cells = np.where(m >= LOCAL_FRACTION * top[basins], basins, 0)
-    filled = np.zeros_like(cells)
+    filled = cells.copy()
     for i, box in enumerate(ndi.find_objects(cells), start=1):
         if box is not None:
-            filled[box][ndi.binary_fill_holes(cells[box] == i)] = i
+            # fill the object's holes, but never over another cell inside a ring-shaped one
+            region = filled[box]
+            region[ndi.binary_fill_holes(cells[box] == i) & (cells[box] == 0)] = i
     return _remove_small(filled, min_size)
 
 
