@@ -69,6 +69,31 @@ def test_other_teachers_train(tmp_path, tiny_data, teacher):
             first_progress
 
 
+def test_stop_during_the_classifier_teacher_ends_it_early(tmp_path, tiny_data):
+    calls = []
+
+    def stop():  # asked before every classifier step, then before the first GAN step
+        calls.append(1)
+        return len(calls) > 3
+
+    config = tiny_config(teacher="classifier", steps=5, classifier_epochs=50)
+    seen = []
+    fin = run_to_end(train(config, tiny_data, tmp_path, stop=stop), seen.append)
+    assert fin.stopped and load_checkpoint(fin.checkpoint).step == 0
+    info = load_checkpoint(fin.checkpoint).metadata["teacher"]
+    assert info["stopped"] and info["epochs_completed"] < 50
+    assert any("stopped while training the classifier" in getattr(e, "text", "") for e in seen)
+
+
+def test_closing_during_the_classifier_teacher_ends_its_thread(tmp_path, tiny_data):
+    config = tiny_config(teacher="classifier", steps=5, classifier_epochs=10_000)
+    events = train(config, tiny_data, tmp_path)
+    while "classifier epoch" not in getattr(next(events), "text", ""):
+        pass
+    events.close()  # as when the viewer closes: the classifier must not run on
+    assert not any(t.name == "atagan-classifier" for t in threading.enumerate())
+
+
 def test_classifier_errors_reach_the_caller(tmp_path, tiny_data, monkeypatch):
     from napari_atagan import training
 

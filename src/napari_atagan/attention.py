@@ -191,6 +191,7 @@ def train_classifier(
     seed: int = 0,
     val_fraction: float = 0.15,
     progress: Progress | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[PatternClassifier, dict[str, Any]]:
     """Train a :class:`PatternClassifier` on the labelled crops of ``data``.
 
@@ -201,9 +202,12 @@ def train_classifier(
 
     Returns:
         The model in eval mode and ``{"val_accuracy", "train_accuracy", "epochs",
-        "n_train", "n_val", "seconds"}``; ``train_accuracy`` is measured on the
-        augmented batches of the last epoch, ``val_accuracy`` is ``None`` without
-        a held-out set. ``progress`` (optional) receives a dict after every epoch.
+        "epochs_completed", "stopped", "n_train", "n_val", "seconds"}``;
+        ``train_accuracy`` is measured on the augmented batches of the last
+        epoch, ``val_accuracy`` is ``None`` without a held-out set. ``progress``
+        (optional) receives a dict after every epoch; ``stop`` (optional) is
+        asked before every step, and training ends early (the model as it is
+        then) once it returns True.
     """
     if not data.has_labels:
         raise ValueError(
@@ -242,13 +246,20 @@ def train_classifier(
     amp = device.type == "cuda"
     train_acc = 0.0
     val_acc: float | None = None
+    stopped = False
+    completed = 0
     for epoch in range(epochs):
+        if stopped:
+            break
         model.train()
         perm = torch.randperm(x_tr.shape[0], generator=gen, device=device)
         correct = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for s in range(steps_per_epoch):
+            if stop is not None and stop():
+                stopped = True
+                break
             idx = perm[s * bs : (s + 1) * bs]
             k = torch.randint(0, 8, (idx.numel(),), generator=gen, device=device)
             xb, yb = dihedral(x_tr[idx], k), y_tr[idx]
@@ -262,6 +273,9 @@ def train_classifier(
             correct += (logits.argmax(1) == yb).sum()
             loss_sum += loss.detach() * idx.numel()
             seen += idx.numel()
+        if stopped and seen == 0:
+            break
+        completed += not stopped
         train_acc = float(correct) / seen
         if val_idx.size:
             val_acc = _accuracy(model, x_va, y_va, amp=amp)
@@ -285,6 +299,8 @@ def train_classifier(
         "val_accuracy": val_acc,
         "train_accuracy": train_acc,
         "epochs": epochs,
+        "epochs_completed": completed,
+        "stopped": stopped,
         "n_train": int(train_idx.size),
         "n_val": int(val_idx.size),
         "seconds": time.perf_counter() - t0,

@@ -187,7 +187,8 @@ def train(
     if resumed is not None:
         _restore(state, resumed, device)
         yield Message(f"resumed from {resumed.path.name} at step {state.step}")
-    maps, state.teacher, state.teacher_info = yield from _teacher(config, data, device, resumed)
+    maps, state.teacher, state.teacher_info = yield from _teacher(config, data, device, resumed,
+                                                                  stop)
     if state.teacher_info.get("val_accuracy") is not None:
         yield Message(
             f"pattern classifier (teacher) validation accuracy: "
@@ -396,11 +397,12 @@ def _check_resume_data(ckpt, data: CellData) -> None:
         )
 
 
-def _teacher(config, data, device, resumed):
+def _teacher(config, data, device, resumed, stop: StopSignal = None):
     """The frozen teacher: its maps (N,1,S,S) on ``device``, the model (classifier only)
     and a JSON-able summary, as the return value of a generator that yields a
     :class:`Message` after every epoch of the classifier's training. A resumed
-    classifier run reuses the saved classifier."""
+    classifier run reuses the saved classifier. ``stop`` ends the classifier's
+    training early (the run then stops before its first step)."""
     if config.effective_beta == 0:
         return None, None, {"kind": config.teacher}
     if config.teacher != "classifier":
@@ -412,29 +414,32 @@ def _teacher(config, data, device, resumed):
                           path=resumed.path)
         info = dict(resumed.metadata.get("teacher", {}))
     else:
-        model, info = yield from _train_classifier_with_messages(config, data, device)
+        model, info = yield from _train_classifier_with_messages(config, data, device, stop)
         info = {"kind": "classifier", **info}
     model.to(device).eval()
     maps = classifier_maps(model, torch.from_numpy(data.images)).to(device)
     return maps, model, info
 
 
-def _train_classifier_with_messages(config, data, device):
+def _train_classifier_with_messages(config, data, device, stop: StopSignal = None):
     """:func:`train_classifier` in a helper thread, its epochs reported as messages.
 
     Training the classifier teacher takes minutes on a CPU before the first GAN
-    step; the front ends show these messages meanwhile.
+    step; the front ends show these messages meanwhile. A stop request ends it
+    at its next step; closing this generator also ends the thread before
+    returning, so no work is left running behind a closed run.
     """
     import queue
 
     reports: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
+    closed = threading.Event()
 
     def work() -> None:
         try:
             outcome["result"] = train_classifier(
                 data, epochs=config.classifier_epochs, device=device, seed=config.seed,
-                progress=reports.put)
+                progress=reports.put, stop=lambda: closed.is_set() or _should_stop(stop))
         except BaseException as exc:  # re-raised in the training thread below
             outcome["error"] = exc
         finally:
@@ -444,16 +449,22 @@ def _train_classifier_with_messages(config, data, device):
                   f"epochs on {data.n} cells")
     worker = threading.Thread(target=work, name="atagan-classifier", daemon=True)
     worker.start()
-    while (report := reports.get()) is not None:
-        val = report.get("val_accuracy")
-        yield Message(
-            f"classifier epoch {report['epoch']}/{report['epochs']}: loss {report['loss']:.3f}, "
-            f"training accuracy {report['train_accuracy']:.1%}"
-            + (f", validation accuracy {val:.1%}" if val is not None else "")
-            + f" ({report['seconds']:.0f} s)")
-    worker.join()
+    try:
+        while (report := reports.get()) is not None:
+            val = report.get("val_accuracy")
+            yield Message(
+                f"classifier epoch {report['epoch']}/{report['epochs']}: loss "
+                f"{report['loss']:.3f}, training accuracy {report['train_accuracy']:.1%}"
+                + (f", validation accuracy {val:.1%}" if val is not None else "")
+                + f" ({report['seconds']:.0f} s)")
+    finally:
+        closed.set()  # a no-op once the thread is done; ends it early when closed
+        worker.join()
     if "error" in outcome:
         raise outcome["error"]
+    if outcome["result"][1].get("stopped"):
+        yield Message(f"stopped while training the classifier, after "
+                      f"{outcome['result'][1]['epochs_completed']} complete epoch(s)")
     return outcome["result"]
 
 
