@@ -43,7 +43,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_atagan.evaluate import evaluate_crops, evaluate_slide, train_on_synthetic
+from napari_atagan.evaluate import (
+    _swd_levels,
+    evaluate_crops,
+    evaluate_slide,
+    train_on_synthetic,
+)
 from napari_atagan.metrics import classifier_features, kid, sample_diversity, sliced_wasserstein
 from napari_atagan.mosaic import make_mosaic
 from napari_atagan.synthesis import as_checkpoint, generate
@@ -129,7 +134,7 @@ def _samples(ckpt: Any, val: Path, features: Path | None, device: str) -> dict[s
     for k, name in enumerate(ckpt.class_names):
         mine = real.images[real.labels == real.class_names.index(name)]
         fake = generate(ckpt, SAMPLES_PER_PATTERN, pattern=k, seed=100 + k, device=device).images
-        levels = 4 if fake.shape[-1] >= 56 else 3
+        levels = _swd_levels(fake.shape[-1])
         swd = sliced_wasserstein(mine, fake, levels=levels, n_patches=SWD_PATCHES, seed=k)[-1]
         half = len(mine) // 2
         floor = sliced_wasserstein(mine[:half], mine[half:2 * half], levels=levels,
