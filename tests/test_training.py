@@ -234,3 +234,27 @@ def test_resume_refuses_data_of_other_patterns(tmp_path, tiny_data):
                         image_size=16)
     with pytest.raises(ValueError, match="cannot resume .* trained on patterns"):
         list(train(tiny_config(), other, tmp_path / "b", resume=ck))
+
+
+def test_resumed_adam_moments_take_their_parameters_layout() -> None:
+    # On CUDA the networks train in channels_last while checkpoints hold contiguous
+    # tensors; fused Adam refuses moments whose layout differs from the parameter's.
+    from napari_atagan.training import _match_layout
+
+    conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(conv.parameters())
+    conv(torch.rand(1, 3, 8, 8)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    for st in saved["state"].values():
+        for k, v in st.items():
+            if v.dim() == 4:
+                st[k] = v.contiguous()
+    opt.load_state_dict(saved)
+    w = conv.weight
+    assert opt.state[w]["exp_avg"].stride() != w.stride()
+    before = opt.state[w]["exp_avg"].clone()
+    _match_layout(opt)
+    assert opt.state[w]["exp_avg"].stride() == w.stride()
+    assert opt.state[w]["exp_avg_sq"].stride() == w.stride()
+    assert torch.equal(opt.state[w]["exp_avg"], before)

@@ -170,18 +170,23 @@ def train(
     torch.manual_seed(config.seed)
     n_classes = len(data.class_names) if data.has_labels else 0
     G, D = build_models(config, n_classes)
+    G.to(device)
+    D.to(device)
+    if config.amp and device.type == "cuda":
+        for m in (G, D):
+            m.to(memory_format=torch.channels_last)
+    # On CUDA one fused kernel updates all of a network's parameters.
+    fused = {"fused": True} if device.type == "cuda" else {}
     state = _State(
         G=G,
         D=D,
         G_ema=copy.deepcopy(G).eval().requires_grad_(False),
-        opt_G=torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=config.adam_betas),
-        opt_D=torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=config.adam_betas),
+        opt_G=torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=config.adam_betas, **fused),
+        opt_D=torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=config.adam_betas, **fused),
         gen=torch.Generator(device=device),
         batch_size=config.batch_size,
     )
     state.gen.manual_seed(config.seed)
-    for m in (state.G, state.D, state.G_ema):
-        m.to(device)
 
     # The teacher's maps: computed once per cell, then moved with every augmentation.
     if resumed is not None:
@@ -287,11 +292,11 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
     auxiliary = bool(n_classes) and config.conditioning == "auxiliary"
     n = images.shape[0]
     G, D, G_ema = state.G, state.D, state.G_ema
-    if use_amp:
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
     g_step = torch.compile(G) if config.compile else G
     d_step = torch.compile(D) if config.compile else D
+    ema_params, g_params = list(G_ema.parameters()), list(G.parameters())
+    ema_buffers, g_buffers = list(G_ema.buffers()), list(G.buffers())
+    assert len(ema_params) == len(g_params) and len(ema_buffers) == len(g_buffers)
 
     def step() -> dict[str, torch.Tensor]:
         b = state.batch_size
@@ -353,10 +358,8 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
         with torch.no_grad():
             # warm-up: early on the average follows G closely, later it averages
             decay = min(ema_decay, (1 + state.step) / (10 + state.step))
-            for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
-                p_ema.lerp_(p, 1.0 - decay)
-            for b_ema, b_ in zip(G_ema.buffers(), G.buffers(), strict=True):
-                b_ema.copy_(b_)
+            torch._foreach_lerp_(ema_params, g_params, 1.0 - decay)
+            torch._foreach_copy_(ema_buffers, g_buffers)
         return out
 
     return step
@@ -477,6 +480,8 @@ def _restore(state: _State, ckpt, device) -> None:
         m.to(device)
     load_optimizer_state(ckpt, "G", state.opt_G)
     load_optimizer_state(ckpt, "D", state.opt_D)
+    for opt in (state.opt_G, state.opt_D):
+        _match_layout(opt)
     restore_rng(ckpt)
     if "rng.data" in ckpt.tensors and device.type == ckpt.metadata.get("device_type", "cpu"):
         state.gen.set_state(ckpt.tensors["rng.data"])
@@ -486,6 +491,15 @@ def _restore(state: _State, ckpt, device) -> None:
     timings = ckpt.metadata.get("timings", {})
     state.seconds = float(timings.get("seconds", 0.0))
     state.history = list(ckpt.metadata.get("summary", {}).get("history", []))
+
+
+def _match_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each saved moment the memory layout of its parameter (channels_last on
+    CUDA): the checkpoint stores contiguous tensors, and fused Adam needs both alike."""
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _fixed_latents(config, n_classes, device, per_class: int = 6):
