@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every benchmark on a CUDA GPU, one after another; each one's output is also kept
+# in OUT/NAME.log (default OUT: runs/bench_cuda).
+#   benchmarks/run_cuda.sh [OUT]
+# PY (default .venv/bin/python) is the Python that runs the package.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${1:-runs/bench_cuda}"
+PY="${PY:-.venv/bin/python}"
+mkdir -p "$OUT"
+
+run() {  # run NAME SECONDS SCRIPT ARGS...: one benchmark, stopped after SECONDS
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name: $*"
+  timeout "$limit" "$PY" "$@" 2>&1 | tee "$OUT/$name.log"
+}
+
+run train 240 benchmarks/bench_train.py --device cuda --steps 400
+run train_batch512 180 benchmarks/bench_train.py --device cuda --steps 200 --batch 512 --no-reference
+run train_compile 240 benchmarks/bench_train.py --device cuda --steps 400 --compile --no-reference
+run synth 120 benchmarks/bench_synth.py --device cuda -n 100000
+run slide_tile2048 180 benchmarks/bench_slide.py --device cuda --tile-size 2048
+run slide_big 360 benchmarks/bench_slide.py --device cuda --big
