@@ -136,6 +136,25 @@ def attention_figure(runs: list[Path], val: Path, out: Path) -> None:
     _sheet(rows, ["cell + mask"] + [_name(r) for r in runs], patterns, tile=124).save(out)
 
 
+def generated_attention_figure(runs: list[Path], out: Path, per: int = 2) -> None:
+    """Rows: patterns. Columns: for every model, ``per`` of its generated cells, each
+    followed by its discriminator's attention on it (with the mask made from it)."""
+    ckpts = {run: as_checkpoint(run / "checkpoint.safetensors") for run in runs}
+    patterns = list(next(iter(ckpts.values())).class_names)
+    rows = []
+    for p in patterns:
+        row = []
+        for run in runs:
+            syn = generate(ckpts[run], per, pattern=p, seed=11, device="cpu")
+            for img, cam, mask in zip(syn.images, syn.attention, syn.masks, strict=True):
+                row += [fit(grey(img)), fit(outline(heat(cam), mask.astype(int), (0, 255, 255)))]
+        rows.append(row)
+    titles = []
+    for run in runs:
+        titles += [_name(run)] + [""] * (2 * per - 1)
+    _sheet(rows, titles, patterns).save(out)
+
+
 def mosaic_figure(runs: list[Path], val: Path, out: Path, side: int = 768) -> None:
     """A mosaic of validation cells of every pattern: the slide, its true cells, Otsu's cells
     and every model's attention and cells."""

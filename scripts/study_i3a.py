@@ -22,8 +22,8 @@ The study behind ``docs/RESULTS.md``. It works on any folder in the I3A layout
 
 ``report RUN ... --out DIR`` turns the ``study.json`` files into markdown tables
 (printed) and pictures in ``DIR``: real and generated cells per pattern, every
-model's attention on the same real cells, and one mosaic with every model's
-labels.
+model's attention on the same real cells, every model's attention on its own
+generated cells, and one mosaic with every model's labels.
 
 Usage::
 
@@ -166,10 +166,16 @@ def report(runs: list[Path], val: Path, out: Path) -> str:
     results = [json.loads((r / "study.json").read_text()) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     lines = [_overall_table(results), "", _pattern_tables(results)]
-    from _study_figures import attention_figure, mosaic_figure, samples_figure
+    from _study_figures import (
+        attention_figure,
+        generated_attention_figure,
+        mosaic_figure,
+        samples_figure,
+    )
 
     samples_figure(runs, val, out / "samples.png")
     attention_figure(runs, val, out / "attention.png")
+    generated_attention_figure(runs, out / "generated_attention.png")
     mosaic_figure(runs, val, out / "mosaic.png")
     return "\n".join(lines)
 
