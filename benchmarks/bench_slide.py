@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_slide.py                 # 4096^2 on a GPU, 1024^2 on the CPU
     python benchmarks/bench_slide.py --device cpu --size 2048
     python benchmarks/bench_slide.py --big           # 20,000^2 uint16 TIFF memmap
+    python benchmarks/bench_slide.py --profile       # also: where the tiled path's time goes
 
 A default discriminator with random weights runs at model scale (factor 1) on a
 synthetic uint16 slide. Reported:
@@ -16,6 +17,14 @@ synthetic uint16 slide. Reported:
   and peak GPU memory;
 * the sliding-window baseline: 64x64 windows every 16 pixels, batched through
   ``D.soft_cam``, overlapping maps averaged; and the speed ratio of the two.
+
+``--profile`` adds a breakdown of the tiled path by stage (``"profile"``): the
+intensity levels, reading the regions on the host, preparing them on the host,
+copying them to the device, normalising / resampling them there, the
+discriminator, upsampling the map and copying it back into the output. The
+device is synchronised before and after every stage, so the stages no longer
+overlap: the profiled run is slower than the plain one, and the difference is
+what overlapping host and device work gains.
 
 ``--big`` writes a 20,000 x 20,000 uint16 TIFF into a temporary folder, then
 measures the tiled path in a fresh process reading it as a memory map and writing
@@ -40,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_atagan import slide as slide_module
 from napari_atagan.device import describe, resolve_device
 from napari_atagan.models import Discriminator
 from napari_atagan.slide import discriminator_attention
@@ -124,6 +134,33 @@ def time_tiled(disc, image, device, tile_size: int, out=None, repeat: int = 1) -
             "peak_host_mb": round(_peak_rss_mb(), 1), "peak_gpu_mb": _round(_gpu_peak_mb(device))}
 
 
+def profile_tiled(disc, image, device, tile_size: int, repeat: int = 1) -> dict:
+    """Seconds per stage of the tiled path (the fastest of ``repeat`` profiled runs).
+
+    ``stages_s`` sums each stage over all tiles / bands (see ``slide._profile``);
+    ``other_s`` is the rest of the run (tile geometry, callbacks, Python).
+    """
+    discriminator_attention(disc, image[:256, :256], device=device, tile_size=tile_size)
+    _sync(device)
+    best = (math.inf, {})
+    for _ in range(repeat):
+        stages: dict[str, float] = {}
+        slide_module._profile = stages
+        try:
+            t0 = time.perf_counter()
+            discriminator_attention(disc, image, device=device, tile_size=tile_size)
+            _sync(device)
+            seconds = time.perf_counter() - t0
+        finally:
+            slide_module._profile = None
+        best = min(best, (seconds, stages), key=lambda run: run[0])
+    seconds, stages = best
+    pixels = image.shape[0] * image.shape[1]
+    return {"seconds": round(seconds, 3), "mpx_per_s": round(pixels / seconds / 1e6, 2),
+            "stages_s": {name: round(t, 4) for name, t in stages.items()},
+            "other_s": round(seconds - sum(stages.values()), 4)}
+
+
 def sliding_window(disc, image: np.ndarray, device, window: int = 64, step: int = 16,
                    batch: int = 512) -> np.ndarray:
     """Soft-CAM of every ``window`` crop every ``step`` pixels, overlaps averaged."""
@@ -171,16 +208,20 @@ def _round(v):
     return None if v is None else round(v, 1)
 
 
-def run_standard(device: torch.device, size: int, tile_size: int, repeat: int) -> dict:
+def run_standard(device: torch.device, size: int, tile_size: int, repeat: int,
+                 profile: bool = False) -> dict:
     disc = _model(device)
     image = _synthetic(size)
     tiled = time_tiled(disc, image, device, tile_size, repeat=repeat)
     sliding = time_sliding(disc, image, device, repeat=repeat)
-    return {
+    report = {
         "device": describe(device), "size": size, "tile_size": tile_size, "repeat": repeat,
         "fully_convolutional": tiled, "sliding_window_64_stride_16": sliding,
         "speedup": round(sliding["seconds"] / tiled["seconds"], 1),
     }
+    if profile:
+        report["profile"] = profile_tiled(disc, image, device, tile_size, repeat=repeat)
+    return report
 
 
 def run_big(device: torch.device, size: int, tile_size: int) -> dict:
@@ -253,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs of each method; the fastest counts (default: 3)")
     parser.add_argument("--big", action="store_true",
                         help="also measure a 20,000^2 uint16 TIFF memmap (tiled path only)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time the tiled path stage by stage (device synchronised)")
     parser.add_argument("--_measure-big", dest="measure_big", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -260,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_measure_big(args.measure_big, device, args.tile_size)))
         return 0
     size = args.size or (4096 if device.type == "cuda" else 1024)
-    report = {"standard": run_standard(device, size, args.tile_size, max(1, args.repeat))}
+    report = {"standard": run_standard(device, size, args.tile_size, max(1, args.repeat),
+                                       profile=args.profile)}
     print(json.dumps(report["standard"], indent=2), flush=True)
     if args.big:
         report["big"] = run_big(device, 20_000, args.tile_size)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,13 @@ _LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
 
 Progress = Callable[[int, int], Any]
 Stop = Callable[[], bool]
+
+_profile: dict[str, float] | None = None
+"""Seconds spent per stage of a run, summed; ``None`` (the default) times nothing.
+
+Benchmarks set it to a dict (``benchmarks/bench_slide.py --profile``). Every
+stage then synchronises the device before and after itself, so the stages no
+longer overlap and the run is slower than an untimed one."""
 
 
 class Stopped(Exception):
@@ -594,9 +602,35 @@ def _resample(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, dim: int
 # ---------------------------------------------------------------------------
 
 
+class _Stage:
+    """``with _Stage("name", device):`` adds the block's time to :data:`_profile`."""
+
+    def __init__(self, name: str, device: torch.device) -> None:
+        self.name, self.device = name, torch.device(device)
+
+    def __enter__(self) -> None:
+        if _profile is not None:
+            _synchronize(self.device)
+            self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        if _profile is not None:
+            _synchronize(self.device)
+            _profile[self.name] = _profile.get(self.name, 0.0) + time.perf_counter() - self.t0
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait until the device has finished all queued work (CPU: nothing to wait for)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np.ndarray:
-    lo, hi = (intensity if intensity is not None
-              else slide_levels(slide, after_band=lambda: _release_pages(slide)))
+    with _Stage("levels", device):
+        lo, hi = (intensity if intensity is not None
+                  else slide_levels(slide, after_band=lambda: _release_pages(slide)))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"intensity levels must be finite, got {(lo, hi)}")
     total = plan.n_steps
@@ -641,17 +675,21 @@ class _ModelScaleReader:
         ix, wx = _taps(x0, x1, 1.0 / self.plan.factor, w)
         r0, r1 = int(iy.min()), int(iy.max()) + 1
         c0, c1 = int(ix.min()), int(ix.max()) + 1
-        region = np.asarray(self.slide[r0:r1, c0:c1])
-        if region.dtype.kind == "f" and not np.isfinite(region).all():
-            raise ValueError(
-                f"the slide contains NaN or infinite values (near rows {r0}-{r1}, "
-                f"columns {c0}-{c1}): replace them first"
-            )
-        norm = (region.astype(np.float32) - self.lo) * self.scale - 1.0
-        x = torch.from_numpy(norm).to(self.device)
-        x = _resample(x, (iy - r0).to(self.device), wy.to(self.device), 0)
-        x = _resample(x, (ix - c0).to(self.device), wx.to(self.device), 1)
-        return x.clamp_(-1.0, 1.0)[None, None]
+        with _Stage("read", self.device):
+            region = np.asarray(self.slide[r0:r1, c0:c1])
+        with _Stage("convert", self.device):
+            if region.dtype.kind == "f" and not np.isfinite(region).all():
+                raise ValueError(
+                    f"the slide contains NaN or infinite values (near rows {r0}-{r1}, "
+                    f"columns {c0}-{c1}): replace them first"
+                )
+            norm = (region.astype(np.float32) - self.lo) * self.scale - 1.0
+        with _Stage("to_device", self.device):
+            x = torch.from_numpy(norm).to(self.device)
+        with _Stage("resample", self.device):
+            x = _resample(x, (iy - r0).to(self.device), wy.to(self.device), 0)
+            x = _resample(x, (ix - c0).to(self.device), wx.to(self.device), 1)
+            return x.clamp_(-1.0, 1.0)[None, None]
 
 
 def _tile_soft_cam(disc, reader: _ModelScaleReader, plan: _Plan, tile) -> torch.Tensor:
@@ -665,16 +703,17 @@ def _tile_soft_cam(disc, reader: _ModelScaleReader, plan: _Plan, tile) -> torch.
     ay = _chunk(fy, plan.halo, plan.grid[0], s)
     ax = _chunk(fx, plan.halo, plan.grid[1], s)
     x = reader.read(ay[0] * s, ay[1] * s, ax[0] * s, ax[1] * s)
-    cam = disc.cam_map(disc.features(x))[0]
-    _, bias = disc.realness_weight()
-    logit = cam[fy[0] - ay[0]:fy[1] - ay[0], fx[0] - ax[0]:fx[1] - ax[0]] + bias.to(cam.dtype)
-    # cells of the window range [y0 - p, y1 + q) that lie outside the slide
-    missing_y = (fy[0] - (y0 - p), (y1 + q) - fy[1])
-    missing_x = (fx[0] - (x0 - p), (x1 + q) - fx[1])
-    window_logit = _window_mean(logit, missing_y, missing_x, plan.window)
-    core = cam[y0 - ay[0]:y1 - ay[0], x0 - ax[0]:x1 - ax[0]]
-    # the negative part of the soft-CAM means "not a cell": shown as 0
-    return (torch.sigmoid(window_logit) * core).clamp_(min=0.0)
+    with _Stage("model", reader.device):
+        cam = disc.cam_map(disc.features(x))[0]
+        _, bias = disc.realness_weight()
+        logit = cam[fy[0] - ay[0]:fy[1] - ay[0], fx[0] - ax[0]:fx[1] - ax[0]] + bias.to(cam.dtype)
+        # cells of the window range [y0 - p, y1 + q) that lie outside the slide
+        missing_y = (fy[0] - (y0 - p), (y1 + q) - fy[1])
+        missing_x = (fx[0] - (x0 - p), (x1 + q) - fx[1])
+        window_logit = _window_mean(logit, missing_y, missing_x, plan.window)
+        core = cam[y0 - ay[0]:y1 - ay[0], x0 - ax[0]:x1 - ax[0]]
+        # the negative part of the soft-CAM means "not a cell": shown as 0
+        return (torch.sigmoid(window_logit) * core).clamp_(min=0.0)
 
 
 def _chunk(cells: tuple[int, int], halo: int, n: int, stride: int) -> tuple[int, int]:
@@ -711,9 +750,12 @@ def _upsample_into(cells: torch.Tensor, plan: _Plan, out, stop, progress, done: 
         y1 = min(h, y0 + plan.band)
         iy, wy = (t.to(cells.device) for t in _taps(y0, y1, scale, plan.grid[0]))
         r0, r1 = int(iy.min()), int(iy.max()) + 1
-        rows = _resample(cells[r0:r1], iy - r0, wy, 0)
-        out[y0:y1] = _resample(rows, ix, wx, 1).cpu().numpy()
-        _release_pages(out)
+        with _Stage("upsample", cells.device):
+            rows = _resample(cells[r0:r1], iy - r0, wy, 0)
+            band = _resample(rows, ix, wx, 1)
+        with _Stage("to_host", cells.device):
+            out[y0:y1] = band.cpu().numpy()
+            _release_pages(out)
         done += 1
         if progress is not None:
             progress(done, total)
