@@ -100,3 +100,106 @@ def test_stacked_masks_equal_one_map_at_a_time(rng):
     np.testing.assert_array_equal(half, np.stack([one(c, 0.5 * c.max()) for c in cams[:5]]))
     with pytest.raises(ValueError, match="N, H, W"):
         cams_to_masks(np.zeros((4, 4)))
+
+
+def _both_masks(cams, threshold="otsu"):
+    import torch
+
+    from napari_atagan.synthesis import cams_to_masks, cams_to_masks_torch
+
+    cams = np.ascontiguousarray(cams, np.float32)
+    got = cams_to_masks_torch(torch.from_numpy(cams), threshold)
+    assert got.dtype == torch.uint8 and got.shape == cams.shape
+    return got.numpy(), cams_to_masks(cams, threshold)
+
+
+def test_torch_masks_equal_scipy_masks_on_smooth_random_maps(rng):
+    """Otsu thresholds and masks of the torch version are those of the scipy one."""
+    import torch
+    from scipy import ndimage as ndi
+
+    from napari_atagan.synthesis import _otsu_per_map, _otsu_per_map_torch
+
+    cams = ndi.gaussian_filter(rng.random((300, 40, 48)), (0, 2.5, 2.5)).astype(np.float32)
+    cams[:100] -= 0.45          # many objects and holes of every size
+    cams[100:200] = np.clip(cams[100:200] - 0.5, 0, None)  # mostly zero, a few objects
+    cams[200:] *= 1e-30         # tiny values
+    cams[-1] *= 1e-13           # denormal: np.linspace's bin width underflows to 0
+    np.testing.assert_array_equal(_otsu_per_map_torch(torch.from_numpy(cams)).numpy(),
+                                  _otsu_per_map(cams))
+    for threshold in ("otsu", 0.5, 0.9):
+        got, want = _both_masks(cams, threshold)
+        np.testing.assert_array_equal(got, want)
+    assert 0 < want.mean() < 1
+
+
+def test_torch_masks_equal_scipy_masks_on_the_default_model():
+    from napari_atagan import default_model_path
+
+    syn = generate(default_model_path(), 256, seed=5, device="cpu", batch_size=256)
+    got, want = _both_masks(syn.attention)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, syn.masks)
+    assert 0.05 < want.mean() < 0.95
+
+
+def _spiral(n):
+    """A square spiral one pixel wide, with one pixel between its turns."""
+    on = np.zeros((n, n), bool)
+    y, x, dy, dx = 0, 0, 0, 1
+    on[0, 0] = True
+    while True:
+        for _ in range(2):  # go straight on, or turn right once
+            ay, ax, by, bx = y + dy, x + dx, y + 2 * dy, x + 2 * dx
+            if (0 <= ay < n and 0 <= ax < n and not on[ay, ax]
+                    and not (0 <= by < n and 0 <= bx < n and on[by, bx])):
+                break
+            dy, dx = dx, -dy
+        else:
+            return on
+        y, x = ay, ax
+        on[y, x] = True
+
+
+def test_torch_masks_hand_made_cases():
+    yy, xx = np.mgrid[:32, :32]
+    r = np.hypot(yy - 16, xx - 16)
+    cams = np.zeros((9, 32, 32), np.float32)
+    cams[0][r < 6] = 1.0                                   # two blobs: the larger one stays
+    cams[0][2:5, 25:29] = 1.0
+    cams[1] = ((r > 5) & (r < 10)).astype(np.float32)      # a ring: its hole is filled
+    cams[2] = 0.0                                          # nothing at all
+    cams[3] = np.where(r < 7, 1.0 + 0.1 * np.sin(xx), -2.0)  # a negative part
+    cams[4] = -1.0                                          # only negative values
+    cams[5, 3:7, 20:24] = cams[5, 10:14, 2:6] = cams[5, 20:24, 12:16] = 1.0  # equal sizes
+    cams[6, 20:23, 0:4] = 1.0                               # equal: the first in scan order
+    cams[6, 8:10, 25:31] = 1.0                              # starts earlier, stays
+    cams[7] = 0.5                                           # constant: Otsu selects nothing
+    spiral = _spiral(32)                                    # a path with 60 turns
+    cams[8] = spiral
+    got, want = _both_masks(cams)
+    np.testing.assert_array_equal(got, want)
+    assert got[0].sum() == (r < 6).sum() and got[1].sum() == (r < 10).sum()
+    assert got[2].sum() == got[4].sum() == got[7].sum() == 0
+    assert got[3].sum() == (r < 7).sum()
+    assert got[5, 3:7, 20:24].all() and got[5].sum() == 16
+    assert got[6, 8:10, 25:31].all() and got[6].sum() == 12
+    np.testing.assert_array_equal(got[8], spiral)  # background winds out: no hole
+    single = np.zeros((3, 1, 7), np.float32)                # one-pixel-wide maps
+    single[:, 0, 1:3] = single[:, 0, 4:5] = 1.0
+    np.testing.assert_array_equal(*_both_masks(single))
+    np.testing.assert_array_equal(*_both_masks(single.transpose(0, 2, 1)))
+
+
+def test_torch_masks_reject_what_the_scipy_version_rejects():
+    import torch
+
+    from napari_atagan.synthesis import cams_to_masks_torch
+
+    with pytest.raises(ValueError, match="NaN"):
+        cams_to_masks_torch(torch.full((1, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="N, H, W"):
+        cams_to_masks_torch(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="threshold"):
+        cams_to_masks_torch(torch.ones(1, 4, 4), threshold="mean")
+    assert cams_to_masks_torch(torch.zeros(0, 4, 4)).shape == (0, 4, 4)
