@@ -203,3 +203,40 @@ def test_torch_masks_reject_what_the_scipy_version_rejects():
     with pytest.raises(ValueError, match="threshold"):
         cams_to_masks_torch(torch.ones(1, 4, 4), threshold="mean")
     assert cams_to_masks_torch(torch.zeros(0, 4, 4)).shape == (0, 4, 4)
+
+
+def test_generate_with_device_masks_and_batched_rendering(tiny_checkpoint, monkeypatch):
+    """The torch masks in generate (used on a GPU) equal the CPU's; rendering per batch
+    equals rendering the whole set at once."""
+    from napari_atagan import synthesis
+    from napari_atagan.data import render
+
+    ref = generate(tiny_checkpoint, 23, seed=4, device="cpu", batch_size=5)
+    intensity = synthesis.as_checkpoint(tiny_checkpoint).metadata["intensity"]
+    np.testing.assert_array_equal(ref.rendered, render(ref.images, intensity, seed=4))
+    monkeypatch.setattr(synthesis, "_masks_on_device", lambda dev: True)
+    syn = generate(tiny_checkpoint, 23, seed=4, device="cpu", batch_size=5)
+    np.testing.assert_array_equal(syn.masks, ref.masks)
+    np.testing.assert_array_equal(syn.rendered, ref.rendered)
+    np.testing.assert_array_equal(syn.attention, ref.attention)
+    with pytest.raises(ValueError, match="threshold"):
+        generate(tiny_checkpoint, 2, device="cpu", threshold="mean")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+@pytest.mark.parametrize("seed", [None, 3])
+def test_render_in_pieces_equals_render(rng, dtype, seed):
+    from napari_atagan.data import _levels, render
+    from napari_atagan.synthesis import _render_into, _rendered_dtype
+
+    scale = {"uint8": 1, "uint16": 200, "float32": 0.01}[dtype]
+    pairs = (rng.random((50, 2)) * [30, 200] + [5, 40]) * scale
+    intensity = {"dtype": dtype, "lo": 20 * scale, "hi": 150 * scale, "pairs": pairs.tolist()}
+    x = np.clip(rng.normal(0, 0.7, (37, 9, 9)), -1.2, 1.2).astype(np.float32)
+    want = render(x, intensity, seed=seed)
+    out = np.empty(x.shape, _rendered_dtype(intensity))
+    lo, hi = _levels(intensity, len(x), seed)
+    for i in range(0, len(x), 8):
+        _render_into(out[i:i + 8], x[i:i + 8], lo[i:i + 8], hi[i:i + 8])
+    assert out.dtype == want.dtype
+    np.testing.assert_array_equal(out, want)
