@@ -226,17 +226,16 @@ def test_generate_with_device_masks_and_batched_rendering(tiny_checkpoint, monke
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
 @pytest.mark.parametrize("seed", [None, 3])
 def test_render_in_pieces_equals_render(rng, dtype, seed):
-    from napari_atagan.data import _levels, render
-    from napari_atagan.synthesis import _render_into, _rendered_dtype
+    from napari_atagan.data import render, render_into, render_levels, rendered_dtype
 
     scale = {"uint8": 1, "uint16": 200, "float32": 0.01}[dtype]
     pairs = (rng.random((50, 2)) * [30, 200] + [5, 40]) * scale
     intensity = {"dtype": dtype, "lo": 20 * scale, "hi": 150 * scale, "pairs": pairs.tolist()}
     x = np.clip(rng.normal(0, 0.7, (37, 9, 9)), -1.2, 1.2).astype(np.float32)
     want = render(x, intensity, seed=seed)
-    out = np.empty(x.shape, _rendered_dtype(intensity))
-    lo, hi = _levels(intensity, len(x), seed)
+    out = np.empty(x.shape, rendered_dtype(intensity))
+    lo, hi = render_levels(intensity, len(x), seed)
     for i in range(0, len(x), 8):
-        _render_into(out[i:i + 8], x[i:i + 8], lo[i:i + 8], hi[i:i + 8])
+        render_into(out[i:i + 8], x[i:i + 8], lo[i:i + 8], hi[i:i + 8])
     assert out.dtype == want.dtype
     np.testing.assert_array_equal(out, want)

@@ -254,20 +254,43 @@ def render(x: Any, intensity: dict[str, Any], *, seed: int | None = None) -> np.
         An array of the source dtype (uint8 for 8-bit data, uint16 for 16-bit,
         float32 for float data) with the shape of ``x``.
     """
-    arr = _to_numpy(x).astype(np.float64)
+    arr = _to_numpy(x)
     if arr.ndim < 2:
         raise ValueError(f"render needs images (..., H, W), got shape {arr.shape}")
-    arr = np.clip(arr, -1.0, 1.0)
-    lead = arr.shape[:-2]
     flat = arr.reshape((-1,) + arr.shape[-2:])
-    lo, hi = _levels(intensity, flat.shape[0], seed)
-    out = lo[:, None, None] + (flat + 1.0) * 0.5 * (hi - lo)[:, None, None]
-    out = out.reshape(lead + arr.shape[-2:])
+    lo, hi = render_levels(intensity, flat.shape[0], seed)
+    out = np.empty(flat.shape, rendered_dtype(intensity))
+    render_into(out, flat, lo, hi)
+    return out.reshape(arr.shape)
+
+
+def render_levels(intensity: dict[str, Any], n: int,
+                  seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The per-image (low, high) source levels :func:`render` uses for ``n`` images.
+
+    Drawn once for a whole set, they let :func:`render_into` render it in
+    parts with the same result as one :func:`render` call.
+    """
+    return _levels(intensity, n, seed)
+
+
+def rendered_dtype(intensity: dict[str, Any]) -> np.dtype:
+    """The dtype :func:`render` returns for these intensity statistics."""
     dtype = np.dtype(intensity.get("dtype", "uint8"))
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(dtype)
-    return out.astype(np.float32)
+    return dtype if np.issubdtype(dtype, np.integer) else np.dtype(np.float32)
+
+
+def render_into(out: np.ndarray, images: Any, lo: np.ndarray, hi: np.ndarray) -> None:
+    """:func:`render` of images ``(N, H, W)`` into ``out``, with their levels ``lo``/``hi``
+    (from :func:`render_levels`). The float64 temporaries are those of these images only."""
+    if len(images) == 0:
+        return
+    x = np.clip(_to_numpy(images).astype(np.float64), -1.0, 1.0)
+    values = lo[:, None, None] + (x + 1.0) * 0.5 * (hi - lo)[:, None, None]
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    out[...] = values
 
 
 def normalise_slide(

@@ -20,7 +20,7 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .data import _levels
+from .data import render_into, render_levels, rendered_dtype
 from .device import resolve_device
 
 
@@ -115,13 +115,13 @@ def generate(
     intensity = ckpt.metadata.get("intensity", {})
     # the levels render(images, intensity, seed=seed) draws for the whole set,
     # so that rendering batch by batch gives the same values as one call
-    lo, hi = _levels(intensity, n, seed)
+    lo, hi = render_levels(intensity, n, seed)
     on_device = _masks_on_device(dev)
 
     images = np.empty((n, s, s), np.float32)
     cams = np.empty((n, s, s), np.float32)
     masks = np.empty((n, s, s), np.uint8)
-    rendered = np.empty((n, s, s), _rendered_dtype(intensity))
+    rendered = np.empty((n, s, s), rendered_dtype(intensity))
     done = 0  # cells rendered so far
     for i in range(0, n, batch_size):
         j = min(n, i + batch_size)
@@ -130,7 +130,7 @@ def generate(
         x = G(z, y)
         cam = D.soft_cam(x).clamp_min(0)
         # a GPU works through the queue on its own: render the previous batch meanwhile
-        _render_into(rendered[done:i], images[done:i], lo[done:i], hi[done:i])
+        render_into(rendered[done:i], images[done:i], lo[done:i], hi[done:i])
         done = i
         mask = cams_to_masks_torch(cam, threshold) if on_device else None
         # everything of this batch is queued: copy the results straight into place
@@ -143,7 +143,7 @@ def generate(
         del x, cam, mask
         if progress is not None:
             progress(j, n)
-    _render_into(rendered[done:], images[done:], lo[done:], hi[done:])
+    render_into(rendered[done:], images[done:], lo[done:], hi[done:])
     return Synthesis(
         images=images,
         rendered=rendered,
@@ -164,30 +164,6 @@ def _masks_on_device(dev: torch.device) -> bool:
     MPS has no float64, which the Otsu search uses.
     """
     return dev.type == "cuda"
-
-
-def _rendered_dtype(intensity: dict) -> np.dtype:
-    """The dtype ``render`` returns for these intensity statistics."""
-    dtype = np.dtype(intensity.get("dtype", "uint8"))
-    return dtype if np.issubdtype(dtype, np.integer) else np.dtype(np.float32)
-
-
-def _render_into(out: np.ndarray, images: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
-    """``render`` of some of the cells, with their per-image ``lo``/``hi`` levels.
-
-    The same arithmetic as :func:`napari_atagan.data.render`, in the same
-    order, so that with the levels it draws for the whole set the values are
-    identical, while the float64 temporaries are those of one batch only
-    (rendering 100,000 cells at once took 4 x 3.3 GB of them).
-    """
-    if len(images) == 0:
-        return
-    x = np.clip(images.astype(np.float64), -1.0, 1.0)
-    values = lo[:, None, None] + (x + 1.0) * 0.5 * (hi - lo)[:, None, None]
-    if np.issubdtype(out.dtype, np.integer):
-        info = np.iinfo(out.dtype)
-        values = np.clip(np.rint(values), info.min, info.max)
-    out[...] = values
 
 
 def _check_threshold(threshold) -> None:
