@@ -18,13 +18,17 @@ synthetic uint16 slide. Reported:
 * the sliding-window baseline: 64x64 windows every 16 pixels, batched through
   ``D.soft_cam``, overlapping maps averaged; and the speed ratio of the two.
 
-``--profile`` adds a breakdown of the tiled path by stage (``"profile"``): the
-intensity levels, reading the regions on the host, preparing them on the host,
-copying them to the device, normalising / resampling them there, the
-discriminator, upsampling the map and copying it back into the output. The
-device is synchronised before and after every stage, so the stages no longer
-overlap: the profiled run is slower than the plain one, and the difference is
-what overlapping host and device work gains.
+``--profile`` adds a breakdown of the tiled path by stage (``"profile"``), in
+seconds summed over tiles / bands: ``levels`` (the intensity percentiles, on the
+host), ``read`` (reading the regions into the host staging buffer, with any cast
+of float64 to float32), ``to_device`` (the copies to the device), ``normalise``
+(conversion to float, normalisation, NaN/inf flags and resampling to model
+scale, on the device), ``model`` (the discriminator and the soft-CAM),
+``check`` (the one wait for the NaN/inf flags), ``upsample`` (the map onto the
+slide's pixels, on the device) and ``to_host`` (copying it into the output);
+``other_s`` is the rest. The device is synchronised before and after every
+stage, so the stages no longer overlap: the profiled run is slower than the
+plain one, and the difference is what overlapping host and device work gains.
 
 ``--big`` writes a 20,000 x 20,000 uint16 TIFF into a temporary folder, then
 measures the tiled path in a fresh process reading it as a memory map and writing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -291,6 +292,46 @@ def test_dask_array(ckpt):
     assert _rel(att, ref) < 1e-4
 
 
+def test_float64_out(ckpt):
+    img = _slide((64, 80))
+    out = np.full(img.shape, -1.0)
+    res = slide_attention(ckpt, img, cell_diameter=10, device="cpu", out=out)
+    assert res is out
+    ref = slide_attention(ckpt, img, cell_diameter=10, device="cpu")
+    np.testing.assert_array_equal(out, ref.astype(np.float64))
+
+
+def _in_dtype_range(dtype) -> np.ndarray:
+    """A test slide spread over much of ``dtype``'s range (up to +-2**40 for integers).
+
+    uint16 and uint32 pixels then reach above 2**15 and 2**31: they travel to the
+    device as the bits of int16 / int32, negative there, and must come back unsigned.
+    """
+    dtype = np.dtype(dtype)
+    base = _slide((96, 112), dtype=np.float64)
+    t = (base - base.min()) / (base.max() - base.min())
+    if dtype.kind in "ui":
+        lo, hi = max(int(np.iinfo(dtype).min), -2**40), min(int(np.iinfo(dtype).max), 2**40)
+        return np.round(lo + t * (hi - lo)).astype(dtype)
+    return (t * 1000 - 200).astype(dtype)
+
+
+@pytest.mark.parametrize("diameter", [10.0, 7.3])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32,
+                                   np.int64, np.float16, np.float64, ">u2", ">f4"])
+def test_stored_dtypes_give_the_map_of_the_float32_slide(ckpt, dtype, diameter):
+    """Regions go to the device as stored and become float32 there: same map as float32."""
+    img = _in_dtype_range(dtype)
+    as_float = img.astype(np.float32)
+    levels = tuple(float(v) for v in np.percentile(as_float, [0.5, 99.8]))
+    att = slide_attention(ckpt, img, cell_diameter=diameter, tile_size=32, device="cpu",
+                          intensity=levels)
+    ref = slide_attention(ckpt, as_float, cell_diameter=diameter, tile_size=32, device="cpu",
+                          intensity=levels)
+    assert ref.max() > 0
+    np.testing.assert_array_equal(att, ref)
+
+
 def test_out_of_wrong_shape(ckpt):
     with pytest.raises(ValueError, match="out has shape"):
         slide_attention(ckpt, _slide((64, 64)), cell_diameter=10, device="cpu",
@@ -418,6 +459,22 @@ def test_non_finite_pixel_outside_sample_refused(ckpt):
     img[11, 21] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite"):
         slide_attention(ckpt, img, cell_diameter=10, device="cpu", intensity=(0.0, 500.0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_pixel_in_a_later_tile_is_located_and_out_untouched(ckpt, dtype, bad):
+    """The error names rows and columns around the bad pixel; nothing is written before."""
+    img = _slide((96, 112), dtype=dtype)
+    img[80, 70] = bad
+    out = np.full(img.shape, -7.0, np.float32)
+    with pytest.raises(ValueError, match="NaN or infinite") as info:
+        slide_attention(ckpt, img, cell_diameter=10, tile_size=16, device="cpu",
+                        intensity=(0.0, 500.0), out=out)
+    r0, r1, c0, c1 = map(int, re.search(r"rows (\d+)-(\d+), columns (\d+)-(\d+)",
+                                        str(info.value)).groups())
+    assert r0 <= 80 < r1 and c0 <= 70 < c1 and r0 > 0
+    assert (out == -7.0).all()
 
 
 @pytest.mark.parametrize("diameter", [0, -3, float("nan"), float("inf"), "big"])

@@ -33,9 +33,14 @@ needs no sliding window. For a slide:
    the slide's own pixel grid (feature cell ``j`` covers model pixels
    ``[j * stride, (j + 1) * stride)``, as in ``D.soft_cam``).
 
-Memory
-------
-Only one tile of the slide (plus halo) is read and converted to float at a time.
+Memory and speed
+----------------
+Only one tile of the slide (plus halo) is read at a time, into a reused host
+buffer, and sent to the device as it is stored (integers raw, floats as
+float32); the conversion to float, the normalisation and the resampling run
+on the device. On CUDA the buffer is pinned and the copy asynchronous, so the
+CPU reads the next tile while the GPU works on this one (two buffers take
+turns).
 The feature-cell map is small (``stride**2`` times fewer cells than the rescaled
 slide). The full-resolution result is written band by band into ``out``, which
 can be a preallocated array or a ``numpy.memmap`` for slides whose float32 map
@@ -587,6 +592,50 @@ def _taps(start: int, stop: int, scale: float, n_src: int) -> tuple[torch.Tensor
     return idx.clamp(0, n_src - 1).long(), weight.float()
 
 
+@dataclass(frozen=True)
+class _AxisTaps:
+    """Resampling taps of one side of a region, ready on the device.
+
+    ``start``/``stop``: the source pixels they read. ``index`` (relative to
+    ``start``) and ``weight`` as in :func:`_taps`, or both ``None`` where every
+    destination pixel is one source pixel with weight 1 (model scale, away from
+    the slide's far edge), so that there is nothing to resample.
+    """
+
+    start: int
+    stop: int
+    index: torch.Tensor | None
+    weight: torch.Tensor | None
+
+    @classmethod
+    def build(cls, start: int, stop: int, scale: float, n_src: int, device) -> _AxisTaps:
+        idx, weight = _taps(start, stop, scale, n_src)
+        first, last = int(idx.min()), int(idx.max()) + 1
+        idx -= first
+        identity = (idx.shape[1] == 1 and bool((weight == 1).all())
+                    and torch.equal(idx[:, 0], torch.arange(last - first)))
+        if identity:
+            return cls(first, last, None, None)
+        return cls(first, last, _to_device(idx, device), _to_device(weight, device))
+
+    def apply(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """``x`` (the source pixels ``start..stop-1`` along ``dim``) resampled."""
+        return x if self.index is None else _resample(x, self.index, self.weight, dim)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device``, without waiting for the device's queued work.
+
+    A blocking copy to a CUDA device returns only once the stream has finished
+    everything queued before it, so the CPU could not run ahead of the GPU. An
+    asynchronous copy needs pinned memory; this block comes from torch's caching
+    host allocator, which does not hand it out again before the copy is done.
+    """
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _resample(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
     """Weighted gather of ``x`` along ``dim`` (0 rows, 1 columns) with taps from :func:`_taps`."""
     out = None
@@ -606,7 +655,7 @@ class _Stage:
     """``with _Stage("name", device):`` adds the block's time to :data:`_profile`."""
 
     def __init__(self, name: str, device: torch.device) -> None:
-        self.name, self.device = name, torch.device(device)
+        self.name, self.device = name, device
 
     def __enter__(self) -> None:
         if _profile is not None:
@@ -651,6 +700,8 @@ def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np
             done += 1
             if progress is not None:
                 progress(done, total)
+        with _Stage("check", device):
+            reader.check_finite()  # before anything is written into out
         _upsample_into(cells, plan, out, stop, progress, done, total)
     return out
 
@@ -661,35 +712,147 @@ def _check_stop(stop: Stop | None) -> None:
 
 
 class _ModelScaleReader:
-    """Reads regions of the slide resampled to model scale and normalised to [-1, 1]."""
+    """Reads regions of the slide resampled to model scale and normalised to [-1, 1].
+
+    The host only reads each region into a staging buffer (:class:`_Staging`), in
+    a dtype that the device takes as it is: integers raw, floats as float32. The
+    conversion to float32, the normalisation ``(x - lo) * scale - 1``, the NaN/inf
+    check and the resampling run on the device. The resampling taps of a tile
+    row or column are built once per run and kept on the device.
+    """
 
     def __init__(self, slide, plan: _Plan, lo: float, hi: float, device) -> None:
         self.slide, self.plan, self.device = slide, plan, device
-        self.lo = np.float32(lo)
-        self.scale = np.float32(2.0 / (hi - lo))
+        # float32 like the pixels, so that the arithmetic is that of float32 numpy
+        self.lo = float(np.float32(lo))
+        self.scale = float(np.float32(2.0 / (hi - lo)))
+        self.staging = _Staging(device, slide.dtype)
+        self.floats = np.dtype(slide.dtype).kind == "f"
+        self._taps: dict[tuple[int, int, int], _AxisTaps] = {}
+        self._nan_sums: list[tuple[torch.Tensor, tuple[int, int, int, int]]] = []
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        """Model pixels ``[y0, y1) x [x0, x1)`` as a ``(1, 1, h, w)`` tensor."""
-        h, w = self.plan.shape
-        iy, wy = _taps(y0, y1, 1.0 / self.plan.factor, h)
-        ix, wx = _taps(x0, x1, 1.0 / self.plan.factor, w)
-        r0, r1 = int(iy.min()), int(iy.max()) + 1
-        c0, c1 = int(ix.min()), int(ix.max()) + 1
+        """Model pixels ``[y0, y1) x [x0, x1)`` as a ``(1, 1, h, w)`` tensor on the device.
+
+        On the CPU the result may share memory with the staging buffer: it is
+        valid until the next-but-one read.
+        """
+        ty, tx = self._axis_taps(0, y0, y1), self._axis_taps(1, x0, x1)
+        box = (ty.start, ty.stop, tx.start, tx.stop)
         with _Stage("read", self.device):
-            region = np.asarray(self.slide[r0:r1, c0:c1])
-        with _Stage("convert", self.device):
-            if region.dtype.kind == "f" and not np.isfinite(region).all():
-                raise ValueError(
-                    f"the slide contains NaN or infinite values (near rows {r0}-{r1}, "
-                    f"columns {c0}-{c1}): replace them first"
-                )
-            norm = (region.astype(np.float32) - self.lo) * self.scale - 1.0
+            host = self.staging.fill(np.asarray(self.slide[ty.start:ty.stop, tx.start:tx.stop]))
         with _Stage("to_device", self.device):
-            x = torch.from_numpy(norm).to(self.device)
-        with _Stage("resample", self.device):
-            x = _resample(x, (iy - r0).to(self.device), wy.to(self.device), 0)
-            x = _resample(x, (ix - c0).to(self.device), wx.to(self.device), 1)
+            raw = self.staging.send(host)
+        with _Stage("normalise", self.device):
+            x = self._normalise(raw, box)
+            x = tx.apply(ty.apply(x, 0), 1)
             return x.clamp_(-1.0, 1.0)[None, None]
+
+    def check_finite(self) -> None:
+        """Raise ``ValueError`` if a region read so far holds NaN or infinite values.
+
+        The regions' sums stay on the device until here, so this waits for the
+        device once per run instead of once per tile.
+        """
+        if not self._nan_sums:
+            return
+        bad = np.isnan(torch.stack([v for v, _ in self._nan_sums]).cpu().numpy())
+        if bad.any():
+            r0, r1, c0, c1 = self._nan_sums[int(np.argmax(bad))][1]
+            raise ValueError(
+                f"the slide contains NaN or infinite values (near rows {r0}-{r1}, "
+                f"columns {c0}-{c1}): replace them first"
+            )
+
+    def _axis_taps(self, axis: int, start: int, stop: int) -> _AxisTaps:
+        key = (axis, start, stop)
+        if key not in self._taps:  # tiles of one row (column) share their row (column) taps
+            self._taps[key] = _AxisTaps.build(start, stop, 1.0 / self.plan.factor,
+                                              self.plan.shape[axis], self.device)
+        return self._taps[key]
+
+    def _normalise(self, raw: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        """``(x - lo) * scale - 1`` in float32; NaN/inf noted for :meth:`check_finite`.
+
+        Works in place where it can: ``raw`` is the reader's own (the staging
+        buffer on the CPU, its copy elsewhere), never the caller's slide.
+        """
+        if self.staging.mask is not None:  # uint16 / uint32 sent as int16 / int32
+            wide = torch.int32 if raw.element_size() == 2 else torch.int64
+            x = raw.to(wide).bitwise_and_(self.staging.mask).to(torch.float32)
+        else:
+            x = raw.to(torch.float32)  # float32 data: x is raw itself
+        if self.floats:
+            # x * 0 is 0 where x is finite and NaN where it is not, so the sum is NaN
+            # exactly when the region holds NaN or inf (and, unlike x's sum, never
+            # overflows); cheaper than isfinite(x).all()
+            self._nan_sums.append((torch.mul(x, 0.0).sum(), box))
+        return x.sub_(self.lo).mul_(self.scale).sub_(1.0)
+
+
+def _wire_dtypes(dtype: Any) -> tuple[np.dtype, np.dtype, int | None]:
+    """How regions of a slide of ``dtype`` travel to the device: ``(host, sent, mask)``.
+
+    A region is copied into the staging buffer as ``host`` (native byte order;
+    float data and integers torch lacks become float32 in this copy, as numpy's
+    ``astype`` would convert them) and its bytes go to the device as ``sent``,
+    a dtype that torch takes on every device and version: uint16 and uint32 go
+    as int16 / int32 of the same bits, and on the device, widened to int32 /
+    int64, ``& mask`` makes them unsigned again.
+    """
+    dtype = np.dtype(dtype)
+    kind, size = dtype.kind, dtype.itemsize
+    if kind == "u" and size in (2, 4):
+        return np.dtype(f"u{size}"), np.dtype(f"i{size}"), (1 << (8 * size)) - 1
+    if (kind == "i" and size in (1, 2, 4, 8)) or (kind == "u" and size == 1):
+        native = dtype.newbyteorder("=")
+        return native, native, None
+    return np.dtype(np.float32), np.dtype(np.float32), None
+
+
+class _Staging:
+    """Two host buffers that carry slide regions to the device, in turn.
+
+    :meth:`fill` copies a region into the next buffer (this is where the slide is
+    read), :meth:`send` puts it on the device. On CUDA the buffers are pinned and
+    the copy is asynchronous, so the CPU reads the next region while the GPU
+    works on this one; an event recorded after each copy is waited for before
+    that buffer is filled again, which also keeps the CPU at most two regions
+    ahead. Elsewhere the copy is synchronous (on the CPU the region stays in the
+    buffer) and the same code runs without events.
+    """
+
+    def __init__(self, device: torch.device, dtype: Any) -> None:
+        self.device = device
+        self.pinned = device.type == "cuda"
+        self.host_dtype, sent, self.mask = _wire_dtypes(dtype)
+        self.sent_dtype = torch.from_numpy(np.empty(0, sent)).dtype
+        self._buffers: list[torch.Tensor | None] = [None, None]
+        self._events: list[Any] = [None, None]  # torch.cuda.Event of each buffer's last copy
+        self._turn = 0
+
+    def fill(self, region: np.ndarray) -> torch.Tensor:
+        """Copy ``region`` into the next buffer; return that buffer as a tensor of its shape."""
+        i = self._turn
+        if self._events[i] is not None:
+            self._events[i].synchronize()  # CUDA: the buffer's previous copy has finished
+            self._events[i] = None
+        nbytes = region.size * self.sent_dtype.itemsize
+        if self._buffers[i] is None or self._buffers[i].numel() < nbytes:
+            self._buffers[i] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pinned)
+        host = self._buffers[i][:nbytes].view(self.sent_dtype).view(region.shape)
+        np.copyto(host.numpy().view(self.host_dtype), region, casting="unsafe")
+        return host
+
+    def send(self, host: torch.Tensor) -> torch.Tensor:
+        """The buffer just filled, on the device."""
+        i, self._turn = self._turn, 1 - self._turn
+        if not self.pinned:
+            return host.to(self.device)
+        x = host.to(self.device, non_blocking=True)
+        self._events[i] = torch.cuda.Event()
+        self._events[i].record(torch.cuda.current_stream(self.device))
+        return x
 
 
 def _tile_soft_cam(disc, reader: _ModelScaleReader, plan: _Plan, tile) -> torch.Tensor:
@@ -743,19 +906,26 @@ def _upsample_into(cells: torch.Tensor, plan: _Plan, out, stop, progress, done: 
                    total: int) -> None:
     """Bilinear resampling of the feature-cell map onto the slide's pixels, band by band."""
     h, w = plan.shape
+    device = cells.device
     scale = plan.factor / plan.stride  # feature cells per source pixel
-    ix, wx = (t.to(cells.device) for t in _taps(0, w, scale, plan.grid[1]))
+    cols = _AxisTaps.build(0, w, scale, plan.grid[1], device)
     for y0 in range(0, h, plan.band):
         _check_stop(stop)
         y1 = min(h, y0 + plan.band)
-        iy, wy = (t.to(cells.device) for t in _taps(y0, y1, scale, plan.grid[0]))
-        r0, r1 = int(iy.min()), int(iy.max()) + 1
-        with _Stage("upsample", cells.device):
-            rows = _resample(cells[r0:r1], iy - r0, wy, 0)
-            band = _resample(rows, ix, wx, 1)
-        with _Stage("to_host", cells.device):
-            out[y0:y1] = band.cpu().numpy()
+        rows = _AxisTaps.build(y0, y1, scale, plan.grid[0], device)
+        with _Stage("upsample", device):
+            band = cols.apply(rows.apply(cells[rows.start:rows.stop], 0), 1)
+        with _Stage("to_host", device):
+            _write(out, y0, y1, band)
             _release_pages(out)
         done += 1
         if progress is not None:
             progress(done, total)
+
+
+def _write(out: Any, y0: int, y1: int, band: torch.Tensor) -> None:
+    """``out[y0:y1] = band``; straight into ``out``'s memory when it is a float32 array."""
+    if isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.writeable:
+        torch.from_numpy(out[y0:y1]).copy_(band)  # a view of out: no intermediate host copy
+    else:
+        out[y0:y1] = band.cpu().numpy()
