@@ -600,3 +600,17 @@ def test_local_threshold_keeps_a_cell_inside_a_ring_of_another():
     centre, ring = lab[60, 60], lab[60, 25]
     assert centre > 0 and ring > 0 and centre != ring
     assert (lab == centre).sum() < 700  # the bright cell, not the filled ring
+
+
+def test_objects_under_the_minimum_cell_area_are_dropped_when_the_diameter_is_known():
+    from napari_atagan.labels import MIN_CELL_AREA
+
+    yy, xx = np.mgrid[:200, :200]
+    amap = np.zeros((200, 200), np.float32)
+    amap[(yy - 60) ** 2 + (xx - 60) ** 2 <= 20 ** 2] = 1.0  # a cell of diameter 40
+    amap[(yy - 150) ** 2 + (xx - 150) ** 2 <= 8 ** 2] = 1.0  # ~200 px: 16 % of a cell
+    assert 200 < MIN_CELL_AREA * np.pi / 4 * 40 ** 2
+    without = attention_to_labels(amap, threshold=0.5, smooth=0)
+    assert without.max() == 2  # both objects are above min_size (30 px)
+    known = attention_to_labels(amap, threshold=0.5, smooth=0, cell_diameter=40)
+    assert known.max() == 1 and known[60, 60] == 1 and known[150, 150] == 0
