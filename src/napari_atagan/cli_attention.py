@@ -59,7 +59,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--threshold", type=threshold_choice, default="local", help=THRESHOLD_HELP)
     p.add_argument("--min-size", type=int, default=None, metavar="N",
-                   help="smallest cell kept, in pixels (default: a tenth of a cell's area)")
+                   help="smallest cell kept, in pixels (never less than 0.4 of the area of a cell "
+                        "of the given diameter, which is the default)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where to run (default: %(default)s)")
     p.add_argument("--tile-size", type=int, default=1024, metavar="N",
@@ -162,8 +163,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _default_min_size(diameter: float) -> int:
-    """A tenth of the area of a cell of the given diameter."""
-    return max(1, int(0.1 * math.pi * diameter**2 / 4))
+    """The labelling's own floor: MIN_CELL_AREA of the area of a cell of that diameter."""
+    from .labels import MIN_CELL_AREA
+
+    return max(1, int(MIN_CELL_AREA * math.pi * diameter**2 / 4))
 
 
 def _is_stack(shape: tuple[int, ...], grey: bool) -> bool:

@@ -161,7 +161,8 @@ class AttentionWidget(QWidget):
         self.threshold_value.native.setDecimals(4)
         self.min_size = SpinBox(
             label="min size", value=DEFAULT_MIN_SIZE, min=0, max=10**9, step=10,
-            tooltip="Objects smaller than this many pixels are dropped.")
+            tooltip="Objects smaller than this many pixels are dropped (and always those "
+                    "under 0.4 of the area of a cell of the given diameter).")
         self.device = device_combo()
         self.form = Container(widgets=[
             self.image_layer, self.checkpoint, self.cell_diameter, self.estimate_button,
