@@ -378,3 +378,16 @@ def test_prepare_crop_box_maps_back() -> None:
     assert m2.shape == (32, 32) and m2.dtype == np.uint8
     data = from_arrays([img], [mask], image_size=32)
     np.testing.assert_array_equal(x2, data.images[0])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, ">u2"])
+def test_slide_levels_of_integer_slides_equal_numpy_percentiles(dtype):
+    from napari_atagan.data import slide_levels
+
+    rng = np.random.default_rng(4)
+    top = 255 if np.dtype(dtype).itemsize == 1 else 5000
+    slide = rng.integers(0, top, (300, 257)).astype(dtype)
+    slide[100:140, 50:90] = top  # a bright cell
+    want = np.percentile(slide.astype(np.float32), [0.5, 99.5])
+    assert slide_levels(slide) == pytest.approx(tuple(want), abs=1e-6)
+    assert slide_levels(slide, lo_pct=0, hi_pct=100) == (float(slide.min()), float(slide.max()))
