@@ -20,5 +20,5 @@ run train 240 benchmarks/bench_train.py --device cuda --steps 400
 run train_batch512 180 benchmarks/bench_train.py --device cuda --steps 200 --batch 512 --no-reference
 run train_compile 240 benchmarks/bench_train.py --device cuda --steps 400 --compile --no-reference
 run synth 120 benchmarks/bench_synth.py --device cuda -n 100000
-run slide_tile2048 180 benchmarks/bench_slide.py --device cuda --tile-size 2048
-run slide_big 360 benchmarks/bench_slide.py --device cuda --big
+run slide_tile2048 180 benchmarks/bench_slide.py --device cuda --tile-size 2048 --profile
+run slide_big 360 benchmarks/bench_slide.py --device cuda --big --profile
