@@ -7,8 +7,12 @@ architecture re-implemented from its description (G: z -> 4x4 -> 4 x (up,
 3x3 conv 512/256/128/64); D: 3x3 convs 1024 s2, 1024 s2, 512, 256, 256, 256,
 GAP, FC; a ResNet-18 teacher run on the input upsampled x4 inside every step;
 fp32, batch 25). Prints one JSON object with both figures and their ratio.
+``--profile`` adds where a step's time goes (torch.profiler over 20 steps:
+wall and device-kernel milliseconds per step, operations issued per step, and
+the operations that cost the most host and device time).
 
     python benchmarks/bench_train.py --device cuda --steps 300
+    python benchmarks/bench_train.py --device cuda --steps 300 --profile
     python benchmarks/bench_train.py --device cpu --steps 20 --ref-steps 3
 """
 
@@ -55,6 +59,55 @@ def bench_default(device: str, steps: int, batch: int, n_cells: int, compile_: b
     steady = rates[1:] if len(rates) > 2 else rates
     return {"images_per_s": float(np.median(steady)), "batch": batch, "steps": steps,
             "wall_s_including_setup": round(wall, 2)}
+
+
+def profile_steps(device: str, batch: int, n_cells: int, teacher: str, steps: int = 20,
+                  top: int = 12) -> dict:
+    """Where the time of a training step goes: torch.profiler over ``steps`` steps of
+    the default configuration (after 10 warm-up steps), as a summary: wall time per
+    step, the device's kernel time per step, tensor operations issued per step, and
+    the operations that take the most host time and the most device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    crops = simulate_crops(n_cells, size=64, seed=0)
+    names = list(crops.patterns)
+    data = from_arrays(crops.images, crops.masks, [names[i] for i in crops.labels])
+    warm = 10
+    cfg = TrainConfig(steps=warm + steps, batch_size=batch, device=device, log_every=1,
+                      sample_every=10 ** 9, checkpoint_every=10 ** 9, teacher=teacher,
+                      classifier_epochs=1)
+    activities = [ProfilerActivity.CPU]
+    cuda = resolve_device(device).type == "cuda"
+    if cuda:
+        activities.append(ProfilerActivity.CUDA)
+    import tempfile
+
+    prof = profile(activities=activities)
+    with tempfile.TemporaryDirectory() as tmp:
+        for ev in train(cfg, data, tmp):
+            # one Progress per step (log_every=1), each after a device synchronisation
+            if isinstance(ev, Progress) and ev.step == warm:
+                prof.__enter__()
+                t_first = time.perf_counter()
+            elif isinstance(ev, Progress) and ev.step == warm + steps:
+                wall = time.perf_counter() - t_first
+                prof.__exit__(None, None, None)
+    events = prof.key_averages()
+    aten_calls = sum(e.count for e in events if e.key.startswith("aten::")) / steps
+    device_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / steps
+
+    def table(key: str) -> list[list]:
+        rows = sorted(events, key=lambda e: -getattr(e, key, 0.0))[:top]
+        return [f"{getattr(e, key, 0.0) / steps / 1000:8.3f} ms {e.count // steps:5d}x {e.key}"
+                for e in rows]
+
+    out = {"steps": steps, "batch": batch, "wall_ms_per_step": round(wall / steps * 1000, 2),
+           "aten_calls_per_step": round(aten_calls, 1),  # nested calls included
+           "host_ms_per_step_by_op": table("self_cpu_time_total")}
+    if cuda:
+        out["device_kernel_ms_per_step"] = round(device_us / 1000, 2)
+        out["device_ms_per_step_by_op"] = table("self_device_time_total")
+    return out
 
 
 # --------------------------------------------------------------------------- reference
@@ -160,6 +213,8 @@ def main() -> None:
     ap.add_argument("--teacher", default="mask", choices=("mask", "classifier", "none"))
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile 20 steps: host and device time per step and by operation")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -176,6 +231,8 @@ def main() -> None:
         ref = bench_reference(device, args.ref_steps)
         result["reference"] = ref
         result["ratio"] = round(ours["images_per_s"] / ref["images_per_s"], 2)
+    if args.profile:
+        result["profile"] = profile_steps(str(device), args.batch, args.cells, args.teacher)
     result["peak_host_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result, indent=2))
 

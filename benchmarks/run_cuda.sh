@@ -16,7 +16,7 @@ run() {  # run NAME SECONDS SCRIPT ARGS...: one benchmark, stopped after SECONDS
   timeout "$limit" "$PY" "$@" 2>&1 | tee "$OUT/$name.log"
 }
 
-run train 240 benchmarks/bench_train.py --device cuda --steps 400
+run train 240 benchmarks/bench_train.py --device cuda --steps 400 --profile
 run train_batch512 180 benchmarks/bench_train.py --device cuda --steps 200 --batch 512 --no-reference
 run train_compile 240 benchmarks/bench_train.py --device cuda --steps 400 --compile --no-reference
 run synth 120 benchmarks/bench_synth.py --device cuda -n 100000
