@@ -264,16 +264,6 @@ def render(x: Any, intensity: dict[str, Any], *, seed: int | None = None) -> np.
     return out.reshape(arr.shape)
 
 
-def render_levels(intensity: dict[str, Any], n: int,
-                  seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The per-image (low, high) source levels :func:`render` uses for ``n`` images.
-
-    Drawn once for a whole set, they let :func:`render_into` render it in
-    parts with the same result as one :func:`render` call.
-    """
-    return _levels(intensity, n, seed)
-
-
 def rendered_dtype(intensity: dict[str, Any]) -> np.dtype:
     """The dtype :func:`render` returns for these intensity statistics."""
     dtype = np.dtype(intensity.get("dtype", "uint8"))
@@ -291,6 +281,26 @@ def render_into(out: np.ndarray, images: Any, lo: np.ndarray, hi: np.ndarray) ->
         info = np.iinfo(out.dtype)
         values = np.clip(np.rint(values), info.min, info.max)
     out[...] = values
+
+
+def render_levels(intensity: dict[str, Any], n: int,
+                  seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The per-image (low, high) source levels :func:`render` uses for ``n`` images.
+
+    Drawn once for a whole set, they let :func:`render_into` render it in
+    parts with the same result as one :func:`render` call.
+    """
+    if "lo" not in intensity or "hi" not in intensity:
+        raise ValueError("intensity statistics need 'lo' and 'hi': use CellData.intensity")
+    pairs = intensity.get("pairs") or []
+    if seed is None or not pairs:
+        lo = np.full(n, float(intensity["lo"]))
+        hi = np.full(n, float(intensity["hi"]))
+    else:
+        table = np.asarray(pairs, dtype=np.float64)
+        idx = np.random.default_rng(seed).integers(0, len(table), size=n)
+        lo, hi = table[idx, 0], table[idx, 1]
+    return lo, np.maximum(hi, lo + 1e-6)
 
 
 def normalise_slide(
@@ -812,21 +822,6 @@ def _intensity_stats(crops: Sequence[_Crop], dtype: str) -> dict[str, Any]:
         "pairs": [[float(lo[i]), float(hi[i])] for i in sorted(pick)],
         "background": float(np.median([c.background for c in crops])),
     }
-
-
-def _levels(intensity: dict[str, Any], n: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image (low, high) source levels for :func:`render`."""
-    if "lo" not in intensity or "hi" not in intensity:
-        raise ValueError("intensity statistics need 'lo' and 'hi': use CellData.intensity")
-    pairs = intensity.get("pairs") or []
-    if seed is None or not pairs:
-        lo = np.full(n, float(intensity["lo"]))
-        hi = np.full(n, float(intensity["hi"]))
-    else:
-        table = np.asarray(pairs, dtype=np.float64)
-        idx = np.random.default_rng(seed).integers(0, len(table), size=n)
-        lo, hi = table[idx, 0], table[idx, 1]
-    return lo, np.maximum(hi, lo + 1e-6)
 
 
 def _encode_labels(
