@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -92,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     from . import __version__
     from .checkpoint import load_checkpoint
     from .export import read_tiff_metadata, save_attention_tiff, save_labels_tiff
+    from .labels import min_cell_size
     from .slide import estimate_cell_diameter, model_cell_diameter, slide_attention, \
         slide_attention_stack
 
@@ -106,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
     if diameter == "auto":
         diameter = estimate_cell_diameter(image[0] if stack else image, rgb=rgb)
         print(f"estimated cell diameter: {diameter:.1f} px", file=sys.stderr)
-    min_size = args.min_size if args.min_size is not None else _default_min_size(diameter)
+    # what the labelling keeps in effect (it never goes below the cell-area floor)
+    min_size = max(args.min_size or 0, min_cell_size(diameter))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     shape = tuple(image.shape[:3] if stack else image.shape[:2])
@@ -160,13 +161,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--min-size must be >= 0 pixels, got {args.min_size}")
     check_file(args.image, "image")
     check_out_folder(args.out)
-
-
-def _default_min_size(diameter: float) -> int:
-    """The labelling's own floor: MIN_CELL_AREA of the area of a cell of that diameter."""
-    from .labels import MIN_CELL_AREA
-
-    return max(1, int(MIN_CELL_AREA * math.pi * diameter**2 / 4))
 
 
 def _is_stack(shape: tuple[int, ...], grey: bool) -> bool:

@@ -78,6 +78,12 @@ area (a disc of that diameter) are dropped: they cannot overlap a cell of typica
 with an IoU of 0.5 or more."""
 
 
+def min_cell_size(cell_diameter: float) -> int:
+    """The smallest object (pixels) kept when the cell diameter is known:
+    :data:`MIN_CELL_AREA` of the area of a disc of that diameter."""
+    return max(1, int(MIN_CELL_AREA * math.pi * float(cell_diameter) ** 2 / 4))
+
+
 def attention_to_labels(
     attention_map: np.ndarray,
     *,
@@ -174,7 +180,7 @@ def _options(threshold, min_size, smooth, split_touching, split_depth, cell_diam
         if not (np.isfinite(cell_diameter) and cell_diameter > 0):
             raise ValueError(f"cell_diameter must be > 0 pixels, got {cell_diameter}")
         split_area = SPLIT_AREA * math.pi * float(cell_diameter) ** 2 / 4
-        min_size = max(int(min_size), int(MIN_CELL_AREA * math.pi * float(cell_diameter) ** 2 / 4))
+        min_size = max(int(min_size), min_cell_size(cell_diameter))
         if split_depth is None:
             split_depth = max(1.0, float(cell_diameter) / 8)
     if split_depth is None:
@@ -391,7 +397,8 @@ def attention_to_labels_tiled(
                        gamma)
     if max_cell_diameter is None and cell_diameter is not None:
         max_cell_diameter = 2.0 * float(cell_diameter)
-    tile, overlap = _tiling(tile, overlap, max_cell_diameter, min_size, smooth)
+    tile, overlap = _tiling(tile, overlap, max_cell_diameter, options["min_size"],
+                            options["smooth"])  # as resolved: the rule's own smoothing
     result = _Output(out, shape)
     planes = [attention_map] if len(shape) == 2 else [_PlaneOf(attention_map, t)
                                                         for t in range(shape[0])]
