@@ -138,3 +138,13 @@ def test_demo_headless_writes_every_layer_and_a_summary(tmp_path, capsys):
     assert (out / "overview.png").stat().st_size > 10_000
     for key in ("attention_labels", "otsu_baseline"):
         assert 0 <= summary[key]["object_f1"] <= 1 and 0 <= summary[key]["pixel_iou"] <= 1
+
+
+def test_tstr_help_states_the_engine_defaults():
+    from napari_atagan.evaluate import TSTR_CELLS, TSTR_EPOCHS
+
+    evaluate = build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    samples = evaluate._subparsers._group_actions[0].choices["samples"]
+    helps = {a.dest: a.help for a in samples._actions}
+    assert f"default: {TSTR_CELLS})" in helps["tstr_per_pattern"]
+    assert f"default: {TSTR_EPOCHS})" in helps["tstr_epochs"]

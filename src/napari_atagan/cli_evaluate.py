@@ -34,8 +34,6 @@ from ._cli_common import (
     threshold_choice,
 )
 
-_TSTR_N, _TSTR_EPOCHS = 500, 8  # default cells per pattern and epochs of --tstr
-
 
 def register(subparsers: Any) -> list[argparse.ArgumentParser]:
     """Add the ``evaluate`` and ``mosaic`` subcommands to an argparse sub-parser set."""
@@ -120,10 +118,10 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "that knows patterns)")
     s.add_argument("--tstr-per-pattern", type=positive_int, default=None, metavar="N",
                    help="with --tstr: training cells per pattern for both classifiers "
-                        f"(fewer if the real training part is smaller; default: {_TSTR_N})")
+                        "(fewer if the real training part is smaller; default: 500)")
     s.add_argument("--tstr-epochs", type=positive_int, default=None, metavar="E",
                    help="with --tstr: training epochs of both classifiers "
-                        f"(default: {_TSTR_EPOCHS})")
+                        "(default: 8)")
     s.set_defaults(run=run, action=_run_samples)
     return p
 
@@ -223,10 +221,9 @@ def _run_samples(args: argparse.Namespace) -> int:
                               per_pattern=args.per_pattern, seed=args.seed)
     table = _samples_table(result)
     if args.tstr:
-        tstr = train_on_synthetic(ckpt, args.real,
-                                  n_per_pattern=args.tstr_per_pattern or _TSTR_N,
-                                  epochs=args.tstr_epochs or _TSTR_EPOCHS,
-                                  device=args.device, seed=args.seed)
+        given = {"n_per_pattern": args.tstr_per_pattern, "epochs": args.tstr_epochs}
+        tstr = train_on_synthetic(ckpt, args.real, device=args.device, seed=args.seed,
+                                  **{k: v for k, v in given.items() if v is not None})
         result["train_on_synthetic"] = tstr
         table += "\n\n" + _tstr_table(tstr)
     _finish(args, result, table)

@@ -58,6 +58,8 @@ TSTR_TARGET = 0.8
 """Good generated cells train a classifier at least this good (TSTR / TRTS accuracy)."""
 TSTR_TEST_FRACTION = 0.3
 """Share of every pattern's real cells (the last ones, by id) kept for testing."""
+TSTR_CELLS, TSTR_EPOCHS = 500, 8
+"""Defaults of :func:`train_on_synthetic`: training cells per pattern, and epochs."""
 
 
 # ---------------------------------------------------------------------------
@@ -132,7 +134,9 @@ def _mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def default_min_size(diameter: float) -> int:
-    """Smallest object kept, in pixels: a tenth of the area of a cell of ``diameter``."""
+    """Smallest object the Otsu baseline keeps, in pixels: a tenth of the area of a cell
+    of ``diameter`` (the model's labels keep at least
+    :func:`napari_atagan.labels.min_cell_size`)."""
     return max(1, int(0.1 * math.pi * float(diameter) ** 2 / 4))
 
 
@@ -149,7 +153,8 @@ def evaluate_slide(
 
     The discriminator's attention (:func:`napari_atagan.slide.slide_attention`)
     is turned into cells by :func:`napari_atagan.labels.attention_to_labels`
-    (``threshold``; objects under a tenth of a cell's area are dropped), then
+    (``threshold``; with the cell diameter known, objects under
+    :data:`napari_atagan.labels.MIN_CELL_AREA` of a cell's area are dropped), then
     matched one-to-one to the true cells (:func:`napari_atagan.metrics.match_objects`,
     IoU >= 0.5). Two baselines that need no model are scored the same way:
     ``"otsu"`` (Otsu's threshold of the smoothed slide) and ``"image_local"``
@@ -354,8 +359,8 @@ def train_on_synthetic(
     checkpoint: Any,
     real_folder: str | os.PathLike,
     *,
-    n_per_pattern: int = 500,
-    epochs: int = 8,
+    n_per_pattern: int = TSTR_CELLS,
+    epochs: int = TSTR_EPOCHS,
     device: str = "auto",
     seed: int = 0,
     limit_real: int | None = None,
