@@ -106,8 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     if diameter == "auto":
         diameter = estimate_cell_diameter(image[0] if stack else image, rgb=rgb)
         print(f"estimated cell diameter: {diameter:.1f} px", file=sys.stderr)
-    # what the labelling keeps in effect (it never goes below the cell-area floor)
-    min_size = max(args.min_size or 0, min_cell_size(diameter))
+    min_size = args.min_size if args.min_size is not None else min_cell_size(diameter)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     shape = tuple(image.shape[:3] if stack else image.shape[:2])
@@ -132,6 +131,8 @@ def _run(args: argparse.Namespace) -> int:
             "model_cell_diameter": model_cell_diameter(ckpt),
             "threshold": args.threshold,
             "min_size": int(min_size),
+            # the labelling never keeps objects under the cell-area floor
+            "min_size_in_effect": max(int(min_size), min_cell_size(diameter)),
             "tile_size": int(args.tile_size),
             "software_version": __version__,
         }
