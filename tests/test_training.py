@@ -239,7 +239,7 @@ def test_resume_refuses_data_of_other_patterns(tmp_path, tiny_data):
 def test_resumed_adam_moments_take_their_parameters_layout() -> None:
     # On CUDA the networks train in channels_last while checkpoints hold contiguous
     # tensors; fused Adam refuses moments whose layout differs from the parameter's.
-    from napari_atagan.training import _match_layout
+    from napari_atagan.checkpoint import _match_layout
 
     conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(conv.parameters())

@@ -609,6 +609,16 @@ def load_optimizer_state(
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise _error(ckpt.path, f"optimizer {name!r} state does not fit: {exc}") from exc
+    _match_layout(optimizer)
+
+
+def _match_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each saved moment the memory layout of its parameter (e.g. channels_last):
+    the checkpoint stores contiguous tensors, and fused Adam needs both alike."""
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _optimizer_state(ckpt: Checkpoint, name: str, info: dict) -> dict[int, dict[str, Any]]:

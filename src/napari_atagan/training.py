@@ -476,12 +476,8 @@ def _restore(state: _State, ckpt, device) -> None:
     load_module_state(state.D, ckpt.state_dict("D."), what="discriminator", path=ckpt.path)
     load_module_state(state.G_ema, ckpt.state_dict("G_ema."), what="generator (EMA)",
                       path=ckpt.path)
-    for m in (state.G, state.D, state.G_ema):
-        m.to(device)
     load_optimizer_state(ckpt, "G", state.opt_G)
     load_optimizer_state(ckpt, "D", state.opt_D)
-    for opt in (state.opt_G, state.opt_D):
-        _match_layout(opt)
     restore_rng(ckpt)
     if "rng.data" in ckpt.tensors and device.type == ckpt.metadata.get("device_type", "cpu"):
         state.gen.set_state(ckpt.tensors["rng.data"])
@@ -491,15 +487,6 @@ def _restore(state: _State, ckpt, device) -> None:
     timings = ckpt.metadata.get("timings", {})
     state.seconds = float(timings.get("seconds", 0.0))
     state.history = list(ckpt.metadata.get("summary", {}).get("history", []))
-
-
-def _match_layout(opt: torch.optim.Optimizer) -> None:
-    """Give each saved moment the memory layout of its parameter (channels_last on
-    CUDA): the checkpoint stores contiguous tensors, and fused Adam needs both alike."""
-    for p, st in opt.state.items():
-        for k, v in st.items():
-            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
-                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _fixed_latents(config, n_classes, device, per_class: int = 6):
