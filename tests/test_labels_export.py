@@ -614,3 +614,19 @@ def test_objects_under_the_minimum_cell_area_are_dropped_when_the_diameter_is_kn
     assert without.max() == 2  # both objects are above min_size (30 px)
     known = attention_to_labels(amap, threshold=0.5, smooth=0, cell_diameter=40)
     assert known.max() == 1 and known[60, 60] == 1 and known[150, 150] == 0
+
+
+def test_saving_a_copy_on_write_memmap_keeps_its_unsaved_changes(tmp_path, monkeypatch):
+    # Big images are written band by band, handing pages back after each band;
+    # a copy-on-write map's changes live only in those pages and must survive.
+    import napari_atagan.export as export
+
+    src = tmp_path / "att.npy"
+    np.save(src, np.zeros((64, 80), np.float32))
+    att = np.load(src, mmap_mode="c")
+    att[10:20] = 5.0  # changed in memory only
+    monkeypatch.setattr(export, "STREAM_BYTES", 0)  # take the band-by-band path
+    monkeypatch.setattr(export, "_BAND_BYTES", 80 * 4 * 8)  # 8 rows per band
+    path = save_attention_tiff(tmp_path / "a.tif", att)
+    back = tifffile.imread(path)
+    assert back[10:20].min() == 5.0 and back[:10].max() == 0.0 and back[20:].max() == 0.0

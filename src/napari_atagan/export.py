@@ -22,7 +22,6 @@ a 20,000 x 20,000 map needs tens of megabytes, not gigabytes.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import uuid
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import tifffile
 
 from . import __version__
+from ._memmap import release_pages
 
 _IMAGEJ_MAX_BYTES = 2**32 - 2**25
 """Classic (non-Big) TIFF, which ImageJ needs, stops at 4 GB; keep a margin for headers."""
@@ -129,7 +129,7 @@ def _range(data: np.ndarray) -> tuple[int, int]:
         part = data[band]
         low = int(part.min()) if low is None else min(low, int(part.min()))
         top = int(part.max()) if top is None else max(top, int(part.max()))
-        _release(data)
+        release_pages(data)
     return low, top
 
 
@@ -140,20 +140,10 @@ def _write_in_bands(tmp: Path, data: np.ndarray, dtype: np.dtype,
         for band in _bands(data):
             out[band] = data[band]
             out.flush()
-            _release(out)
-            _release(data)
+            release_pages(out)
+            release_pages(data)
     finally:
         del out
-
-
-def _release(array: Any) -> None:
-    """Hand the pages of a memory-mapped array back to the system (data stays in the file)."""
-    handle = getattr(array, "_mmap", None)
-    if handle is not None and hasattr(mmap, "MADV_DONTNEED") and hasattr(handle, "madvise"):
-        try:
-            handle.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
 
 
 def _json_default(value: Any) -> Any:

@@ -47,7 +47,6 @@ The result is ``uint16``, or ``uint32`` when there are more than 65,535 cells.
 from __future__ import annotations
 
 import math
-import mmap
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +56,8 @@ from skimage.filters import threshold_otsu
 from skimage.feature import peak_local_max
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
+
+from ._memmap import release_pages
 
 DEFAULT_MIN_SIZE = 30
 """Default smallest object (pixels) kept; smaller specks are noise, not cells."""
@@ -512,12 +513,12 @@ class _PlaneOf:
     """Plane ``t`` of a stack, read lazily (slicing reads only what is asked)."""
 
     def __init__(self, stack: Any, t: int) -> None:
-        self.stack, self.t = stack, t
+        self.base_array, self.t = stack, t
         self.shape = tuple(stack.shape[1:])
         self.dtype = stack.dtype
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.stack[(self.t, *key)])
+        return np.asarray(self.base_array[(self.t, *key)])
 
 
 def _label_plane_tiled(plane, result: _Output, t: int | None, offset: int, tile: int,
@@ -549,8 +550,8 @@ def _label_plane_tiled(plane, result: _Output, t: int | None, offset: int, tile:
             result.make_room(offset + count)
             _paste(mapped, origin, result.plane(t))
             offset += count
-            _release(plane)
-            _release(result.array)
+            release_pages(plane)
+            release_pages(result.array)
             ticker.tick()
     return offset
 
@@ -588,7 +589,7 @@ def _ranges(plane, tile, smooth, ticker, stop):
         raw = [min(raw[0], float(band.min())), max(raw[1], float(band.max()))]
         sm = _smoothed_rows(plane, y0, y1, smooth) if smooth > 0 else band
         smoothed = [min(smoothed[0], sm.min()), max(smoothed[1], sm.max())]
-        _release(plane)
+        release_pages(plane)
         ticker.tick()
     return raw, smoothed
 
@@ -604,7 +605,7 @@ def _banded_sample(plane, tile, smooth, ticker, stop) -> np.ndarray:
         y1 = min(h, y0 + rows)
         first = -y0 % step  # the band's first row on the grid
         parts.append(_smoothed_rows(plane, y0, y1, smooth)[first::step, ::step].copy())
-        _release(plane)
+        release_pages(plane)
         ticker.tick()
     return np.concatenate(parts)
 
@@ -634,7 +635,7 @@ def _banded_otsu(plane, tile, smooth, smooth_range, gamma, ticker, stop) -> floa
         c, edges = np.histogram(scale(_smoothed_rows(plane, y0, y1, smooth)), bins=_HIST_BINS,
                                 range=(bottom, top))
         counts += c
-        _release(plane)
+        release_pages(plane)
         ticker.tick()
     centres = (edges[:-1] + edges[1:]) / 2.0
     level = float(threshold_otsu(hist=(counts, centres)))
@@ -694,20 +695,3 @@ def _paste(ids: np.ndarray, origin: tuple[int, int], out: np.ndarray) -> None:
     if ys.size:
         region = out[origin[0]:origin[0] + ids.shape[0], origin[1]:origin[1] + ids.shape[1]]
         region[ys, xs] = ids[ys, xs].astype(out.dtype)
-
-
-def _release(array: Any) -> None:
-    """Let the kernel drop the pages of a memory-mapped array this process touched.
-
-    The data stays in the file; it is read again on the next access. Without
-    this, every page read or written would stay resident until the end.
-    """
-    array = getattr(array, "stack", array)
-    handle = getattr(array, "_mmap", None)
-    if handle is None or getattr(array, "mode", "c") not in ("r", "r+", "w+"):
-        return
-    if hasattr(mmap, "MADV_DONTNEED") and hasattr(handle, "madvise"):
-        try:
-            handle.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass

@@ -50,7 +50,6 @@ does not fit in memory.
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import time
 from collections.abc import Callable
@@ -62,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from ._memmap import release_pages
 from .data import slide_levels
 from .device import resolve_device
 
@@ -484,27 +484,6 @@ def _output(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _release_pages(array: Any) -> None:
-    """Drop the touched pages of a memory-mapped array from this process's memory.
-
-    Reading a ``numpy.memmap`` (or a ``tifffile.memmap``) tile by tile, or writing
-    the result into one, would otherwise keep every page that was touched
-    resident until the end: the whole slide plus the whole map. The data stays in
-    the file (written pages included: the mapping is shared) and is mapped in
-    again on the next access. Copy-on-write maps (mode ``"c"``) are left alone.
-    """
-    array = getattr(array, "base_array", array)
-    handle = getattr(array, "_mmap", None)
-    if handle is None or getattr(array, "mode", "c") not in ("r", "r+", "w+"):
-        return
-    if not hasattr(mmap, "MADV_DONTNEED") or not hasattr(handle, "madvise"):
-        return
-    try:
-        handle.madvise(mmap.MADV_DONTNEED)
-    except (OSError, ValueError):
-        pass
-
-
 def _drop_edge_objects(labels: np.ndarray) -> np.ndarray:
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     return np.where(np.isin(labels, edge[edge > 0]), 0, labels)
@@ -679,7 +658,7 @@ def _synchronize(device: torch.device) -> None:
 def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np.ndarray:
     with _Stage("levels", device):
         lo, hi = (intensity if intensity is not None
-                  else slide_levels(slide, after_band=lambda: _release_pages(slide)))
+                  else slide_levels(slide, after_band=lambda: release_pages(slide)))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"intensity levels must be finite, got {(lo, hi)}")
     total = plan.n_steps
@@ -696,7 +675,7 @@ def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np
             _check_stop(stop)
             y0, y1, x0, x1 = tile
             cells[y0:y1, x0:x1] = _tile_soft_cam(disc, reader, plan, tile)
-            _release_pages(slide)
+            release_pages(slide)
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -917,7 +896,7 @@ def _upsample_into(cells: torch.Tensor, plan: _Plan, out, stop, progress, done: 
             band = cols.apply(rows.apply(cells[rows.start:rows.stop], 0), 1)
         with _Stage("to_host", device):
             _write(out, y0, y1, band)
-            _release_pages(out)
+            release_pages(out)
         done += 1
         if progress is not None:
             progress(done, total)
