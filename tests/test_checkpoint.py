@@ -77,7 +77,9 @@ def save_run(path, run, step: int = 2, **kwargs) -> Path:
         "teacher": {"kind": "mask"},
         "step": step,
         "summary": {"d_loss": [0.5, 0.25]},
+        "generator_statistics": "standing",
     }
+    metadata.update(kwargs.pop("metadata", {}))
     return save_checkpoint(
         path,
         config=config,
@@ -149,6 +151,27 @@ def test_round_trip_models_config_metadata(saved, run):
     for got, want in zip(d_loaded(x), d.eval()(x)):
         assert torch.equal(got, want)
     assert torch.equal(d_loaded.soft_cam(x), d.soft_cam(x))
+
+
+def test_an_averaged_generator_saved_without_standing_statistics_gets_them(tmp_path, run):
+    import copy
+
+    from napari_atagan.checkpoint import export_model
+    from napari_atagan.models import standing_statistics
+
+    _, _, g_ema, _, _, _ = run
+    path = save_run(tmp_path / "old.safetensors", run, metadata={"generator_statistics": None})
+    loaded = load_checkpoint(path).generator()
+    z, labels = torch.randn(3, 8), torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        want = standing_statistics(copy.deepcopy(g_ema)).eval()(z, labels)
+        stored = copy.deepcopy(g_ema).eval()(z, labels)
+        got = loaded(z, labels)
+    assert torch.equal(got, want) and not torch.equal(got, stored)
+    exported = load_checkpoint(export_model(path, tmp_path / "shared.safetensors"))
+    assert exported.metadata["generator_statistics"] == "standing"
+    with torch.no_grad():
+        assert torch.equal(exported.generator()(z, labels), want)  # computed once, then kept
 
 
 def test_state_dict_strips_prefix(saved, run):

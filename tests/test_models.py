@@ -14,6 +14,8 @@ from napari_atagan.models import (
     build_models,
     count_parameters,
     init_weights,
+    recompute_batchnorm,
+    standing_statistics,
 )
 
 D_CHANNELS = (8, 16, 16, 32)  # stride 8, like the default discriminator
@@ -103,6 +105,45 @@ def test_unconditional_generator_refuses_labels_and_bad_noise():
 def test_generator_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Generator(**kwargs)
+
+
+def test_recompute_batchnorm_gives_the_exact_statistics_of_the_batches():
+    bn = nn.BatchNorm2d(3, momentum=0.1)
+    net = nn.Sequential(bn)
+    a, b = torch.randn(4, 3, 5, 5) * 2 + 1, torch.randn(6, 3, 5, 5) - 3
+    recompute_batchnorm(net.eval(), [(a,), (torch.randn(1, 3, 5, 5),), (b,)])
+    # the cumulative average of the two batches' means and unbiased variances;
+    # the single-sample batch is skipped
+    mean = (a.mean((0, 2, 3)) + b.mean((0, 2, 3))) / 2
+    var = (a.transpose(0, 1).flatten(1).var(1) + b.transpose(0, 1).flatten(1).var(1)) / 2
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+    assert bn.momentum == 0.1 and not net.training  # settings and mode kept
+
+
+def test_standing_statistics_match_the_generator_s_own_batches():
+    g = tiny_generator(n_classes=3)
+    with torch.no_grad():  # weights that no longer match the stored statistics
+        for p in g.parameters():
+            p.mul_(1.7)
+    weights = {k: v.clone() for k, v in g.named_parameters()}
+    z = torch.randn(512, 8)
+    y = torch.arange(512) % 3
+    rng = torch.get_rng_state()
+    with torch.no_grad():
+        g.train()
+        in_train_mode = g(z, y)
+        g.eval()
+        before = (g(z, y) - in_train_mode).abs().mean()
+        standing_statistics(g, n=2048)
+        after = (g(z, y) - in_train_mode).abs().mean()
+    assert not g.training
+    assert after < 0.2 * before and after < 0.02  # eval mode now draws what training drew
+    assert all(torch.equal(v, weights[k]) for k, v in g.named_parameters())
+    torch.testing.assert_close(torch.get_rng_state(), rng)  # global random state untouched
+    first = g.state_dict()["seed_norm.bn.running_var"].clone()
+    standing_statistics(g, n=2048)  # deterministic
+    assert torch.equal(first, g.state_dict()["seed_norm.bn.running_var"])
 
 
 # ---------------------------------------------------------------------------

@@ -215,6 +215,27 @@ def test_batchnorm_statistics_come_from_real_cells(tiny_data):
     torch.testing.assert_close(eval_out, train_out, rtol=0.05, atol=0.05)
 
 
+def test_checkpoints_hold_the_averaged_generator_s_standing_statistics(tmp_path, tiny_data):
+    import copy
+
+    from napari_atagan.models import standing_statistics
+
+    events = list(train(tiny_config(steps=4), tiny_data, tmp_path))
+    ckpt = load_checkpoint(events[-1].checkpoint)
+    assert ckpt.metadata["generator_statistics"] == "standing"
+    g = ckpt.generator()  # the stored statistics, used as they are
+    stored = {k: v for k, v in g.state_dict().items() if "running" in k}
+    fresh = standing_statistics(copy.deepcopy(g)).state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in stored.items())
+    # the previews show what the checkpoint will draw
+    samples = [e for e in events if isinstance(e, Samples)][-1]
+    from napari_atagan.training import _fixed_latents
+
+    z, y = _fixed_latents(tiny_config(), len(tiny_data.class_names), torch.device("cpu"))
+    with torch.no_grad():
+        np.testing.assert_array_equal(samples.images, g(z, y)[:, 0].numpy())
+
+
 def test_auxiliary_conditioning_adds_a_pattern_loss(tmp_path, tiny_data):
     events = list(train(tiny_config(conditioning="auxiliary", steps=2), tiny_data, tmp_path))
     progress = [e for e in events if isinstance(e, Progress)]

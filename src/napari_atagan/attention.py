@@ -26,6 +26,7 @@ from torch import nn
 from .augment import dihedral
 from .config import TrainConfig
 from .data import CellData
+from .models import recompute_batchnorm
 
 __all__ = [
     "at_loss",
@@ -308,25 +309,13 @@ def train_classifier(
     return model, info
 
 
-@torch.no_grad()
 def _recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
     """Set the BatchNorm running statistics to exact averages over ``x``.
 
     The running averages kept during training lag behind the weights (badly so
     after few steps); one pass over the training crops fixes them for eval mode.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average
-    model.train()
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s : s + batch_size]
-        if xb.shape[0] > 1:
-            model(xb)
-    for bn, m in zip(bns, momenta):
-        bn.momentum = m
+    recompute_batchnorm(model, ((x[s:s + batch_size],) for s in range(0, x.shape[0], batch_size)))
     model.eval()
 
 

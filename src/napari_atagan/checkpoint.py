@@ -40,7 +40,7 @@ from torch import nn
 
 from . import __version__
 from .config import TrainConfig
-from .models import Discriminator, Generator
+from .models import Discriminator, Generator, standing_statistics
 
 __all__ = [
     "FORMAT_VERSION",
@@ -58,6 +58,10 @@ __all__ = [
 FORMAT_VERSION = 1
 METADATA_KEY = "napari_atagan"
 SUFFIX = ".safetensors"
+GENERATOR_STATISTICS = "standing"
+"""Metadata value ``generator_statistics`` of a checkpoint whose averaged generator
+carries standing BatchNorm statistics (see :func:`napari_atagan.models.standing_statistics`);
+older checkpoints get them when their generator is loaded."""
 
 _WRITE_CHUNK = 1 << 20
 _PICKLE_STARTS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # pickle protocols 2-5
@@ -392,7 +396,8 @@ class Checkpoint:
 
     def generator(self, device: str | torch.device = "cpu", ema: bool = True) -> Generator:
         """The generator in eval mode: the moving average ``G_ema`` when stored
-        (and ``ema`` is true), else the raw ``G``."""
+        (and ``ema`` is true), else the raw ``G``. A ``G_ema`` saved without
+        standing statistics gets them here."""
         name = "G_ema" if ema and self.has("G_ema") else "G"
         if not self.has(name):
             raise _error(self.path, "contains no generator weights (no 'G.' tensors)")
@@ -404,7 +409,10 @@ class Checkpoint:
         }
         model = self._build(Generator, hparams, name)
         load_module_state(model, self.state_dict(name), what=f"generator ({name})", path=self.path)
-        return model.to(device).eval()
+        model.to(device).eval()
+        if name == "G_ema" and self.metadata.get("generator_statistics") != GENERATOR_STATISTICS:
+            standing_statistics(model)
+        return model
 
     def discriminator(self, device: str | torch.device = "cpu") -> Discriminator:
         """The discriminator in eval mode."""
@@ -651,4 +659,5 @@ def export_model(source: str | os.PathLike | Checkpoint, destination: str | os.P
     modules: dict[str, nn.Module] = {"G_ema": ckpt.generator(ema=True), "D": ckpt.discriminator()}
     metadata = {k: v for k, v in ckpt.metadata.items() if k not in ("modules",)}
     metadata["exported_from"] = ckpt.path.name
+    metadata["generator_statistics"] = GENERATOR_STATISTICS  # given by ckpt.generator()
     return save_checkpoint(destination, config=ckpt.config, modules=modules, metadata=metadata)

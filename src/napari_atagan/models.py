@@ -27,6 +27,8 @@ unit, and therefore the CAM, stays class-free.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,10 +45,15 @@ __all__ = [
     "count_parameters",
     "describe_models",
     "init_weights",
+    "recompute_batchnorm",
+    "standing_statistics",
 ]
 
 LEAKY_SLOPE = 0.2
 MIN_INPUT_SIZE = 16
+STANDING_SAMPLES = 512
+"""Generated images whose batch statistics become the averaged generator's (more
+change a full-scale model's images by under 0.007 on average, on a range of 2)."""
 
 
 # ---------------------------------------------------------------------------
@@ -239,6 +246,64 @@ class Generator(nn.Module):
                     f"(one per pattern), got values from {low} to {high}"
                 )
         return labels
+
+
+@torch.no_grad()
+def recompute_batchnorm(module: nn.Module, batches: Iterable[tuple]) -> None:
+    """Set every BatchNorm running statistic of ``module`` to its exact average
+    over ``batches`` (each a tuple of ``module``'s positional arguments).
+
+    Running statistics kept during training are a moving average of past batches
+    of past weights; in eval mode a network should see the statistics of its
+    present weights on the inputs it is meant for. Batches of one sample are
+    skipped (their variance is undefined). The module's train/eval mode is kept.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    was_training = module.training
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    module.train()
+    try:
+        for args in batches:
+            if args[0].shape[0] > 1:
+                module(*args)
+    finally:
+        for bn, momentum in zip(bns, momenta, strict=True):
+            bn.momentum = momentum
+        module.train(was_training)
+
+
+def standing_statistics(G: Generator, n: int = STANDING_SAMPLES, batch_size: int = 256,
+                        seed: int = 0) -> Generator:
+    """Give the generator the BatchNorm statistics of its own present weights.
+
+    The averaged generator (``G_ema``) holds a moving average of the trained
+    generator's weights, but running statistics copied from the trained one.
+    The two do not match, and in eval mode the mismatch flattens the images
+    (standing statistics, as in BigGAN, fix it): the brightest 0.5 % of the
+    pixels of a full-scale model's cells averaged +0.74, +0.84 with standing
+    statistics, +0.93 in the real training cells (``docs/RESULTS.md``).
+    ``n`` images from a fixed seed, every pattern equally often, set the
+    statistics (deterministic; no global random state is used). Returns ``G``,
+    in its previous train/eval mode.
+    """
+    device = next(G.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+
+    def batches():
+        for start in range(0, int(n), int(batch_size)):
+            b = min(int(batch_size), int(n) - start)
+            z = torch.randn(b, G.z_dim, generator=gen, device=device)
+            y = ((torch.arange(start, start + b, device=device) % G.n_classes)
+                 if G.n_classes else None)
+            yield (z, y)
+
+    recompute_batchnorm(G, batches())
+    return G
 
 
 def _check_generator_args(

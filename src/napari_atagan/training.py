@@ -51,6 +51,7 @@ from .attention import (
 )
 from .augment import Augmenter
 from .checkpoint import (
+    GENERATOR_STATISTICS,
     load_checkpoint,
     load_module_state,
     load_optimizer_state,
@@ -60,7 +61,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import CellData
 from .device import describe, resolve_device
-from .models import build_models
+from .models import build_models, recompute_batchnorm, standing_statistics
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -212,8 +213,17 @@ def train(
     fixed_z, fixed_y = _fixed_latents(config, n_classes, device)
     metadata = _metadata_base(config, data, device)
 
+    settled_at = [-1]
+
+    def settle_generator() -> None:
+        """Standing statistics for the averaged generator, once per step at most."""
+        if settled_at[0] != state.step:
+            standing_statistics(state.G_ema)
+            settled_at[0] = state.step
+
     def save(final: bool = False) -> Path:
         recalibrate_batchnorm(state.D, images, config.batch_size)
+        settle_generator()
         meta = dict(metadata)
         meta.update(
             step=state.step,
@@ -264,6 +274,7 @@ def train(
                 yield Progress(state.step, config.steps, vals, rate, left,
                                state.seconds, state.batch_size)
             if state.step % config.sample_every == 0 or state.step == config.steps:
+                settle_generator()
                 yield Samples(state.step, _sample(state.G_ema, fixed_z, fixed_y),
                               None if fixed_y is None else fixed_y.cpu().numpy())
             if state.step % config.checkpoint_every == 0 and state.step < config.steps:
@@ -518,6 +529,8 @@ def _metadata_base(config, data: CellData, device) -> dict[str, Any]:
             "n_cells": int(data.n),
             "has_masks": bool(data.has_masks),
         },
+        # G_ema's BatchNorm statistics are its own (standing statistics)
+        "generator_statistics": GENERATOR_STATISTICS,
         "device_type": device.type,
         "device": describe(device),
         "versions": {
@@ -544,7 +557,6 @@ def _summary(state: _State, config: TrainConfig, final: bool) -> dict[str, Any]:
     }
 
 
-@torch.no_grad()
 def recalibrate_batchnorm(D: torch.nn.Module, images: torch.Tensor, batch_size: int,
                           n: int = 4096) -> None:
     """Set D's batch-norm running statistics to those of real cells.
@@ -555,22 +567,8 @@ def recalibrate_batchnorm(D: torch.nn.Module, images: torch.Tensor, batch_size: 
     spread evenly over the data set, before every checkpoint. Deterministic, and
     it leaves the training state (weights, RNG) untouched.
     """
-    bns = [m for m in D.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    was_training = D.training
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    D.train()
     idx = torch.linspace(0, len(images) - 1, min(n, len(images)), device=images.device).long()
-    for chunk in idx.split(max(batch_size, 2)):
-        if len(chunk) > 1:
-            D.features(images[chunk])
-    for m, mom in zip(bns, momenta, strict=True):
-        m.momentum = mom
-    D.train(was_training)
+    recompute_batchnorm(D, ((images[chunk],) for chunk in idx.split(max(batch_size, 2))))
 
 
 def _release(device: torch.device) -> None:
