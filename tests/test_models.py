@@ -146,6 +146,12 @@ def test_standing_statistics_match_the_generator_s_own_batches():
     assert torch.equal(first, g.state_dict()["seed_norm.bn.running_var"])
 
 
+def test_generator_labels_on_the_cpu_are_range_checked():
+    g = tiny_generator(n_classes=3)
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        g(torch.randn(2, 8), torch.tensor([0, 3]))
+
+
 # ---------------------------------------------------------------------------
 # discriminator
 # ---------------------------------------------------------------------------
