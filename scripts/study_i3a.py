@@ -16,7 +16,11 @@ The study behind ``docs/RESULTS.md``. It works on any folder in the I3A layout
 * sample quality per pattern: sliced Wasserstein distance, KID on the features
   of one shared pattern classifier (``--features``: a checkpoint trained with
   teacher ``classifier``; the same network scores every model), and the
-  diversity ratio of :func:`napari_atagan.metrics.sample_diversity`;
+  diversity ratio of :func:`napari_atagan.metrics.sample_diversity`, against
+  the validation cells and, with ``--train``, against the training cells the
+  generator imitates (validation cells come from other specimens, so the real
+  training cells themselves are some distance from them: that distance is
+  reported beside the models);
 * train-on-synthetic / test-on-real on the validation cells;
 * training time and images/s from the run's summary.
 
@@ -66,7 +70,8 @@ PARTS = ("crops", "mosaics", "samples", "tstr")
 
 
 def evaluate_run(run: Path, val: Path, features: Path | None, device: str,
-                 tstr_epochs: int, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+                 tstr_epochs: int, parts: tuple[str, ...] = PARTS,
+                 train: Path | None = None) -> dict[str, Any]:
     """Score one run; ``parts`` less than all updates an earlier ``study.json``."""
     ckpt = as_checkpoint(run / "checkpoint.safetensors")
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() \
@@ -81,7 +86,7 @@ def evaluate_run(run: Path, val: Path, features: Path | None, device: str,
     if "mosaics" in parts:
         out["mosaics"] = _mosaics(ckpt, val, device)
     if "samples" in parts:
-        out["samples"] = _samples(ckpt, val, features, device)
+        out["samples"] = _samples(ckpt, val, features, device, train)
     if "tstr" in parts:
         out["tstr"] = train_on_synthetic(ckpt, val, n_per_pattern=500, epochs=tstr_epochs,
                                          device=device)
@@ -125,31 +130,58 @@ def _pool(rows: list[dict[str, Any]]) -> dict[str, float]:
             "pixel_iou": float(np.mean([r["pixel_iou"] for r in rows]))}
 
 
-def _samples(ckpt: Any, val: Path, features: Path | None, device: str) -> dict[str, Any]:
+def _samples(ckpt: Any, val: Path, features: Path | None, device: str,
+             train: Path | None = None) -> dict[str, Any]:
     from napari_atagan.data import load_folder
 
-    real = load_folder(val, image_size=int(ckpt.config.image_size))
+    size = int(ckpt.config.image_size)
+    real = load_folder(val, image_size=size)
+    seen = load_folder(train, image_size=size) if train else None
     net = _feature_net(features, device) if features else None
     per: dict[str, Any] = {}
     for k, name in enumerate(ckpt.class_names):
         mine = real.images[real.labels == real.class_names.index(name)]
         fake = generate(ckpt, SAMPLES_PER_PATTERN, pattern=k, seed=100 + k, device=device).images
         levels = _swd_levels(fake.shape[-1])
-        swd = sliced_wasserstein(mine, fake, levels=levels, n_patches=SWD_PATCHES, seed=k)[-1]
         half = len(mine) // 2
         floor = sliced_wasserstein(mine[:half], mine[half:2 * half], levels=levels,
                                    n_patches=SWD_PATCHES, seed=k)[-1]
-        row = {"swd": swd, "swd_real_vs_real": floor,
-               "diversity": sample_diversity(fake) / sample_diversity(mine)}
-        if net is not None:
-            fr, ff = classifier_features(net, mine), classifier_features(net, fake)
-            row["kid"] = kid(fr, ff, subsets=50, subset_size=min(len(fr), len(ff), 200),
-                             seed=k)[0]
+        feats = {"fake": _features_of(net, fake), "val": _features_of(net, mine)}
+        row = {"swd_real_vs_real": floor,
+               **_sample_scores(mine, fake, feats["val"], feats["fake"], levels, k)}
+        if seen is not None:
+            cells = seen.images[seen.labels == seen.class_names.index(name)]
+            cells = cells[np.linspace(0, len(cells) - 1,
+                                      min(len(cells), SAMPLES_PER_PATTERN)).astype(int)]
+            feats["train"] = _features_of(net, cells)
+            vs_train = _sample_scores(cells, fake, feats["train"], feats["fake"], levels, k)
+            row.update({key + "_train": value for key, value in vs_train.items()})
+            # how far the real training cells themselves are from the validation cells
+            shift = _sample_scores(mine, cells, feats["val"], feats["train"], levels, k)
+            row["swd_train_vs_val"] = shift["swd"]
+            if "kid" in shift:
+                row["kid_train_vs_val"] = shift["kid"]
         per[name] = row
     overall = {key: float(np.mean([r[key] for r in per.values()])) for key in next(iter(
         per.values()))}
     return {"overall": overall, "per_pattern": per, "n_per_pattern": SAMPLES_PER_PATTERN,
             "kid_features": str(features) if features else None}
+
+
+def _features_of(net: Any, images: np.ndarray) -> np.ndarray | None:
+    return classifier_features(net, images) if net is not None else None
+
+
+def _sample_scores(ref: np.ndarray, other: np.ndarray, f_ref: np.ndarray | None,
+                   f_other: np.ndarray | None, levels: int, seed: int) -> dict[str, float]:
+    """SWD, diversity ratio and (given features) KID of ``other`` against ``ref``."""
+    out = {"swd": sliced_wasserstein(ref, other, levels=levels, n_patches=SWD_PATCHES,
+                                     seed=seed)[-1],
+           "diversity": sample_diversity(other) / sample_diversity(ref)}
+    if f_ref is not None:
+        out["kid"] = kid(f_ref, f_other, subsets=50,
+                         subset_size=min(len(f_ref), len(f_other), 200), seed=seed)[0]
+    return out
 
 
 def _feature_net(path: Path, device: str):
@@ -165,7 +197,7 @@ def _feature_net(path: Path, device: str):
 def report(runs: list[Path], val: Path, out: Path) -> str:
     results = [json.loads((r / "study.json").read_text()) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
-    lines = [_overall_table(results), "", _pattern_tables(results)]
+    lines = [_overall_table(results), "", _train_table(results), _pattern_tables(results)]
     from _study_figures import (
         attention_figure,
         generated_attention_figure,
@@ -202,6 +234,24 @@ def _overall_table(results: list[dict[str, Any]]) -> str:
     rows.append(f"| centred ellipse (no model) | {c['ellipse_iou']:.3f} | | n/a | n/a "
                 "| | | | | | | |")
     return "\n".join(rows)
+
+
+def _train_table(results: list[dict[str, Any]]) -> str:
+    """Sample quality against the training cells, beside the real training cells'
+    own distance from the validation cells; empty without ``evaluate --train``."""
+    scored = [r for r in results if "swd_train" in r["samples"]["overall"]]
+    if not scored:
+        return ""
+    rows = ["### Samples against the training cells", "",
+            "| model | SWD | KID | diversity |", "|" + " --- |" * 4]
+    for r in scored:
+        s = r["samples"]["overall"]
+        rows.append(f"| {_name(r)} | {s['swd_train']:.4f} | {_opt(s.get('kid_train'), '.4f')} | "
+                    f"{s['diversity_train']:.2f} |")
+    s = scored[0]["samples"]["overall"]
+    rows.append(f"| real training cells against the validation cells | {s['swd_train_vs_val']:.4f} "
+                f"| {_opt(s.get('kid_train_vs_val'), '.4f')} | |")
+    return "\n".join(rows) + "\n"
 
 
 def _pattern_tables(results: list[dict[str, Any]]) -> str:
@@ -258,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("runs", nargs="+", type=Path)
     e.add_argument("--val", type=Path, required=True)
     e.add_argument("--features", type=Path, help="checkpoint whose classifier gives KID features")
+    e.add_argument("--train", type=Path,
+                   help="the training part: sample quality is also scored against its cells")
     e.add_argument("--device", default="auto")
     e.add_argument("--tstr-epochs", type=int, default=8)
     e.add_argument("--parts", default=",".join(PARTS),
@@ -274,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             unknown = set(parts) - set(PARTS)
             if unknown:
                 p.error(f"unknown --parts: {', '.join(sorted(unknown))}")
-            result = evaluate_run(run, a.val, a.features, a.device, a.tstr_epochs, parts)
+            result = evaluate_run(run, a.val, a.features, a.device, a.tstr_epochs, parts,
+                                  a.train)
             (run / "study.json").write_text(json.dumps(result, indent=1))
             print(f"{run}: {', '.join(parts)} evaluated in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr)

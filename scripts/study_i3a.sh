@@ -37,13 +37,13 @@ if [ "$PARALLEL" = 1 ]; then
   pids=()
   for teacher in classifier mask none; do
     $PY scripts/study_i3a.py evaluate "$OUT/$teacher" --val "$OUT/split/val" --device "$DEVICE" \
-      --features "$FEATURES" "${EVAL[@]}" > "$OUT/$teacher.eval.log" 2>&1 &
+      --features "$FEATURES" --train "$OUT/split/train" "${EVAL[@]}" > "$OUT/$teacher.eval.log" 2>&1 &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
 else
   $PY scripts/study_i3a.py evaluate "$OUT/classifier" "$OUT/mask" "$OUT/none" \
-    --val "$OUT/split/val" --device "$DEVICE" --features "$FEATURES" "${EVAL[@]}"
+    --val "$OUT/split/val" --device "$DEVICE" --features "$FEATURES" --train "$OUT/split/train" "${EVAL[@]}"
 fi
 $PY scripts/study_i3a.py report "$OUT/mask" "$OUT/classifier" "$OUT/none" \
   --val "$OUT/split/val" --out "$OUT/pictures" > "$OUT/tables.md"
