@@ -21,7 +21,9 @@ The study behind ``docs/RESULTS.md``. It works on any folder in the I3A layout
   generator imitates (validation cells come from other specimens, so the real
   training cells themselves are some distance from them: that distance is
   reported beside the models);
-* train-on-synthetic / test-on-real on the validation cells;
+* train-on-synthetic / test-on-real on the validation cells; with ``--train``
+  the real-cell classifier it is compared with learns from training cells, as
+  the generator did;
 * training time and images/s from the run's summary.
 
 ``report RUN ... --out DIR`` turns the ``study.json`` files into markdown tables
@@ -88,8 +90,9 @@ def evaluate_run(run: Path, val: Path, features: Path | None, device: str,
     if "samples" in parts:
         out["samples"] = _samples(ckpt, val, features, device, train)
     if "tstr" in parts:
+        # the real-cell classifier learns from the cells the generator learned from
         out["tstr"] = train_on_synthetic(ckpt, val, n_per_pattern=500, epochs=tstr_epochs,
-                                         device=device)
+                                         device=device, reference=train)
         out["tstr_epochs"] = tstr_epochs
     return out
 

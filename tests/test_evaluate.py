@@ -134,6 +134,24 @@ def test_train_on_synthetic_keys_and_ranges(tiny_checkpoint, tstr_real):
     json.dumps(r)
 
 
+def test_train_on_synthetic_with_a_reference_folder(tiny_checkpoint, tstr_real, tmp_path):
+    own = train_on_synthetic(tiny_checkpoint, tstr_real, n_per_pattern=4, epochs=1,
+                             device="cpu", batch_size=4)
+    # the real-cell classifier learns from another folder; TSTR and the test cells stay
+    crops = simulate_crops(60, size=32, patterns=PATTERNS, seed=8)
+    other = write_crops_folder(crops, tmp_path / "other")
+    r = train_on_synthetic(tiny_checkpoint, tstr_real, n_per_pattern=4, epochs=1,
+                           device="cpu", batch_size=4, reference=other)
+    assert r["reference"] == str(other) and own["reference"] is None
+    assert r["n_test"] == own["n_test"] and r["tstr"] == own["tstr"]
+    assert r["n_per_pattern"] == 4
+    missing = write_crops_folder(simulate_crops(12, size=32, patterns=PATTERNS[:2], seed=9),
+                                 tmp_path / "missing")
+    with pytest.raises(ValueError, match=PATTERNS[2]):
+        train_on_synthetic(tiny_checkpoint, tstr_real, n_per_pattern=4, epochs=1,
+                           device="cpu", reference=missing)
+
+
 def test_train_on_synthetic_same_cells_per_pattern(tiny_checkpoint, tstr_real):
     """Asking for more cells than the real training part holds uses that many for both."""
     r = train_on_synthetic(tiny_checkpoint, tstr_real, n_per_pattern=50, epochs=1,
@@ -202,6 +220,12 @@ def test_cli_samples_with_tstr(tiny_checkpoint, tstr_real, tmp_path, capsys):
     assert "TSTR/TRTS" in text and "Centromere" in text
     tstr = json.loads(report.read_text())["train_on_synthetic"]
     assert tstr["n_per_pattern"] == 4 and tstr["epochs"] == 1
+    assert "trained on the first 70% of every pattern's real cells" in text
+    assert _main(["evaluate", "samples", "--checkpoint", str(tiny_checkpoint), "--real",
+                  str(tstr_real), "-n", "4", "--device", "cpu", "--tstr",
+                  "--tstr-per-pattern", "4", "--tstr-epochs", "1",
+                  "--tstr-reference", str(tstr_real)]) == 0
+    assert f"trained on cells of {tstr_real}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", [
@@ -211,6 +235,10 @@ def test_cli_samples_with_tstr(tiny_checkpoint, tstr_real, tmp_path, capsys):
     ["evaluate", "samples", "--checkpoint", "{ckpt}", "--real", "{empty}", "-n", "4"],
     ["evaluate", "samples", "--checkpoint", "{ckpt}", "--real", "{crops}", "-n", "4",
      "--tstr-epochs", "1"],  # belongs to --tstr
+    ["evaluate", "samples", "--checkpoint", "{ckpt}", "--real", "{crops}", "-n", "4",
+     "--tstr-reference", "{crops}"],  # belongs to --tstr
+    ["evaluate", "samples", "--checkpoint", "{ckpt}", "--real", "{crops}", "-n", "4",
+     "--tstr", "--tstr-epochs", "1", "--tstr-reference", "{empty}"],  # no cells there
     ["mosaic", "--crops", "{empty}", "--out", "{tmp}/m"],
     ["mosaic", "--crops", "{crops}", "--out", "{tmp}/m", "--size", "64", "64",
      "--n-cells", "50"],

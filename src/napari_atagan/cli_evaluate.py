@@ -5,7 +5,8 @@
     napari-atagan evaluate attention --checkpoint F --crops DIR [--per-pattern] [--limit N]
     napari-atagan evaluate attention --checkpoint F --image slide.tif --labels gt.tif [--diameter D]
     napari-atagan evaluate samples --checkpoint F --real DIR [-n N] [--per-pattern]
-                                   [--tstr [--tstr-per-pattern N] [--tstr-epochs E]]
+                                   [--tstr [--tstr-per-pattern N] [--tstr-epochs E]
+                                           [--tstr-reference DIR]]
     napari-atagan mosaic --crops DIR --out DIR [--n-cells N] [--size H W] [--seed S] [--count K]
 
 The evaluate commands print a table on stdout (and write every number to
@@ -122,6 +123,10 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--tstr-epochs", type=positive_int, default=None, metavar="E",
                    help="with --tstr: training epochs of both classifiers "
                         "(default: 8)")
+    s.add_argument("--tstr-reference", type=Path, default=None, metavar="DIR",
+                   help="with --tstr: real cells (pattern sub-folders) that train the "
+                        "real-cell classifier instead of the first 70%% of --real, e.g. the "
+                        "model's own training cells when --real holds other specimens")
     s.set_defaults(run=run, action=_run_samples)
     return p
 
@@ -210,7 +215,8 @@ def _run_samples(args: argparse.Namespace) -> int:
 
     check_file(args.checkpoint, "--checkpoint")
     for option, value in (("--tstr-per-pattern", args.tstr_per_pattern),
-                          ("--tstr-epochs", args.tstr_epochs)):
+                          ("--tstr-epochs", args.tstr_epochs),
+                          ("--tstr-reference", args.tstr_reference)):
         if value is not None and not args.tstr:
             raise ValueError(f"{option} belongs to --tstr: add --tstr or leave it out")
     ckpt = as_checkpoint(args.checkpoint)
@@ -221,7 +227,8 @@ def _run_samples(args: argparse.Namespace) -> int:
                               per_pattern=args.per_pattern, seed=args.seed)
     table = _samples_table(result)
     if args.tstr:
-        given = {"n_per_pattern": args.tstr_per_pattern, "epochs": args.tstr_epochs}
+        given = {"n_per_pattern": args.tstr_per_pattern, "epochs": args.tstr_epochs,
+                 "reference": args.tstr_reference}
         tstr = train_on_synthetic(ckpt, args.real, device=args.device, seed=args.seed,
                                   **{k: v for k, v in given.items() if v is not None})
         result["train_on_synthetic"] = tstr
@@ -352,5 +359,7 @@ def _tstr_table(result: dict) -> str:
         f"{result['epochs']} epochs; accuracy on the last 30% of every pattern's real cells)",
         format_table(header, rows),
         f"TSTR/TRTS: {verdict} (target >= {result['target_ratio']:.1f}; "
-        f"chance {result['chance']:.3f})",
+        f"chance {result['chance']:.3f}); TRTS classifier trained on "
+        + (f"cells of {result['reference']}" if result.get("reference")
+           else "the first 70% of every pattern's real cells"),
     ])

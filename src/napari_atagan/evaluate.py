@@ -365,6 +365,7 @@ def train_on_synthetic(
     seed: int = 0,
     limit_real: int | None = None,
     batch_size: int = 64,
+    reference: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train-on-synthetic / test-on-real (TSTR): are the generated cells good teachers?
 
@@ -392,6 +393,10 @@ def train_on_synthetic(
         limit_real: at most this many real cells per pattern (evenly spread over
             the ids, order kept), or ``None`` for all.
         batch_size: training batch size of both classifiers.
+        reference: a folder of real cells that trains the real-cell classifier
+            instead of the first cells of ``real_folder``; the generator's own
+            training cells make the fair reference when ``real_folder`` holds
+            other specimens (the test cells stay the same).
 
     Returns:
         ``"tstr"`` and ``"trts"`` (``{"accuracy", "per_pattern"}`` on the real
@@ -418,11 +423,15 @@ def train_on_synthetic(
     real = _real_cells_for(load_folder(real_folder, image_size=size), names, real_folder,
                            limit_real)
     train_idx, test_idx = _tail_split(real.labels, len(names), TSTR_TEST_FRACTION)
+    test = real.subset(np.concatenate(test_idx))
+    if reference is not None:
+        real = _real_cells_for(load_folder(reference, image_size=size), names, reference,
+                               limit_real)
+        train_idx = [np.flatnonzero(real.labels == k) for k in range(len(names))]
     n_each = min(int(n_per_pattern), min(idx.size for idx in train_idx))
     rng = np.random.default_rng(seed)
     real_train = real.subset(np.sort(np.concatenate(
         [rng.choice(idx, n_each, replace=False) for idx in train_idx])))
-    test = real.subset(np.concatenate(test_idx))
 
     syn_images, syn_labels = [], []
     for k in range(len(names)):
@@ -448,6 +457,7 @@ def train_on_synthetic(
         "n_per_pattern": n_each,
         "n_per_pattern_asked": int(n_per_pattern),
         "n_test": {name: int(idx.size) for name, idx in zip(names, test_idx)},
+        "reference": str(reference) if reference is not None else None,
         "epochs": int(epochs),
         "seed": int(seed),
         "tstr": scores["tstr"],
