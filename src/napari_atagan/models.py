@@ -53,7 +53,7 @@ LEAKY_SLOPE = 0.2
 MIN_INPUT_SIZE = 16
 STANDING_SAMPLES = 256
 """Generated images whose batch statistics become the averaged generator's: one
-batch, cheap enough for every training preview (0.65 s for the quick generator on
+batch, cheap enough for every training preview (0.6 s for the quick generator on
 2 CPU cores). 8,192 change a full-scale model's images by 0.008 on average (range
 2); the copied statistics were 0.052 away."""
 
