@@ -146,6 +146,14 @@ def test_standing_statistics_match_the_generator_s_own_batches():
     assert torch.equal(first, g.state_dict()["seed_norm.bn.running_var"])
 
 
+def test_standing_statistics_of_an_unconditional_generator():
+    g = tiny_generator()
+    before = g.seed_norm.bn.running_var.clone()
+    standing_statistics(g, n=300, batch_size=128)  # batches of 128, 128 and 44
+    assert not torch.equal(before, g.seed_norm.bn.running_var)
+    assert int(g.seed_norm.bn.num_batches_tracked) == 3
+
+
 def test_generator_labels_on_the_cpu_are_range_checked():
     g = tiny_generator(n_classes=3)
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
