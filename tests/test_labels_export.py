@@ -456,6 +456,7 @@ def test_cli_writes_attention_and_labels(tmp_path, ckpt_path, capsys):
     meta = read_tiff_metadata(tmp_path / "out" / "slide_labels.tif")
     assert meta["checkpoint"] == "tiny.safetensors" and meta["cell_diameter"] == 20.0
     assert meta["threshold"] == "local" and meta["min_size"] == 5
+    assert meta["min_size_in_effect"] == 125  # 0.4 of a 20-px disc: the labelling's floor
     out = capsys.readouterr().out
     assert '"cells"' in out and "megapixels_per_s" in out
     assert sorted(os.listdir(tmp_path / "out")) == ["slide_attention.tif", "slide_labels.tif"]
@@ -614,6 +615,21 @@ def test_objects_under_the_minimum_cell_area_are_dropped_when_the_diameter_is_kn
     assert without.max() == 2  # both objects are above min_size (30 px)
     known = attention_to_labels(amap, threshold=0.5, smooth=0, cell_diameter=40)
     assert known.max() == 1 and known[60, 60] == 1 and known[150, 150] == 0
+
+
+def test_effective_min_size_is_the_floor_the_labelling_applies():
+    from napari_atagan.labels import effective_min_size, min_cell_size
+
+    assert min_cell_size(40) == int(0.4 * np.pi / 4 * 40 ** 2) == 502
+    assert effective_min_size(30, None) == 30
+    assert effective_min_size(30, 40) == 502 and effective_min_size(900, 40) == 900
+    yy, xx = np.mgrid[:200, :200]
+    amap = np.zeros((200, 200), np.float32)
+    amap[(yy - 60) ** 2 + (xx - 60) ** 2 <= 20 ** 2] = 1.0  # 1,257 px
+    amap[(yy - 150) ** 2 + (xx - 150) ** 2 <= 13 ** 2] = 1.0  # 529 px: just above 502
+    assert attention_to_labels(amap, threshold=0.5, smooth=0, cell_diameter=40).max() == 2
+    assert attention_to_labels(amap, threshold=0.5, smooth=0, cell_diameter=40,
+                               min_size=600).max() == 1
 
 
 def test_saving_a_copy_on_write_memmap_keeps_its_unsaved_changes(tmp_path, monkeypatch):

@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     from . import __version__
     from .checkpoint import load_checkpoint
     from .export import read_tiff_metadata, save_attention_tiff, save_labels_tiff
-    from .labels import min_cell_size
+    from .labels import effective_min_size, min_cell_size
     from .slide import estimate_cell_diameter, model_cell_diameter, slide_attention, \
         slide_attention_stack
 
@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
             "threshold": args.threshold,
             "min_size": int(min_size),
             # the labelling never keeps objects under the cell-area floor
-            "min_size_in_effect": max(int(min_size), min_cell_size(diameter)),
+            "min_size_in_effect": effective_min_size(min_size, diameter),
             "tile_size": int(args.tile_size),
             "software_version": __version__,
         }

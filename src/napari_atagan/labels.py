@@ -85,6 +85,14 @@ def min_cell_size(cell_diameter: float) -> int:
     return max(1, int(MIN_CELL_AREA * math.pi * float(cell_diameter) ** 2 / 4))
 
 
+def effective_min_size(min_size: int, cell_diameter: float | None) -> int:
+    """The smallest object (pixels) :func:`attention_to_labels` keeps for these options:
+    ``min_size``, raised to :func:`min_cell_size` when the cell diameter is known."""
+    if cell_diameter is None:
+        return int(min_size)
+    return max(int(min_size), min_cell_size(cell_diameter))
+
+
 def attention_to_labels(
     attention_map: np.ndarray,
     *,
@@ -181,7 +189,7 @@ def _options(threshold, min_size, smooth, split_touching, split_depth, cell_diam
         if not (np.isfinite(cell_diameter) and cell_diameter > 0):
             raise ValueError(f"cell_diameter must be > 0 pixels, got {cell_diameter}")
         split_area = SPLIT_AREA * math.pi * float(cell_diameter) ** 2 / 4
-        min_size = max(int(min_size), min_cell_size(cell_diameter))
+        min_size = effective_min_size(min_size, cell_diameter)
         if split_depth is None:
             split_depth = max(1.0, float(cell_diameter) / 8)
     if split_depth is None:
