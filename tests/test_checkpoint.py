@@ -153,8 +153,11 @@ def test_round_trip_models_config_metadata(saved, run):
     assert torch.equal(d_loaded.soft_cam(x), d.soft_cam(x))
 
 
-def test_an_averaged_generator_saved_without_standing_statistics_gets_them(tmp_path, run):
+def test_an_averaged_generator_saved_without_standing_statistics_gets_them(tmp_path, run,
+                                                                           monkeypatch):
     import copy
+
+    import napari_atagan.checkpoint as ckmod
 
     from napari_atagan.checkpoint import export_model
     from napari_atagan.models import standing_statistics
@@ -168,6 +171,15 @@ def test_an_averaged_generator_saved_without_standing_statistics_gets_them(tmp_p
         stored = copy.deepcopy(g_ema).eval()(z, labels)
         got = loaded(z, labels)
     assert torch.equal(got, want) and not torch.equal(got, stored)
+    # computed once per loaded checkpoint: a second generator reuses them
+    ckpt = load_checkpoint(path)
+    first = ckpt.generator()
+    calls = []
+    monkeypatch.setattr(ckmod, "standing_statistics", lambda g, **kw: calls.append(g))
+    with torch.no_grad():
+        assert torch.equal(ckpt.generator()(z, labels), first(z, labels))
+    assert calls == []
+    monkeypatch.undo()
     exported = load_checkpoint(export_model(path, tmp_path / "shared.safetensors"))
     assert exported.metadata["generator_statistics"] == "standing"
     with torch.no_grad():

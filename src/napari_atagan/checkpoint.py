@@ -26,7 +26,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -359,6 +359,8 @@ class Checkpoint:
     config: TrainConfig
     metadata: dict
     tensors: dict[str, torch.Tensor]
+    _standing: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    """G_ema's standing statistics, once computed for a file saved without them."""
 
     @property
     def class_names(self) -> list[str]:
@@ -411,7 +413,13 @@ class Checkpoint:
         load_module_state(model, self.state_dict(name), what=f"generator ({name})", path=self.path)
         model.to(device).eval()
         if name == "G_ema" and self.metadata.get("generator_statistics") != GENERATOR_STATISTICS:
-            standing_statistics(model)
+            if self._standing is None:  # computed once per loaded checkpoint
+                standing_statistics(model)
+                self._standing = {k: v.detach().to("cpu", copy=True)
+                                  for k, v in model.named_buffers()}
+            else:
+                for key, value in model.named_buffers():
+                    value.copy_(self._standing[key])
         return model
 
     def discriminator(self, device: str | torch.device = "cpu") -> Discriminator:
