@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from scipy import ndimage as ndi
 
 from napari_atagan import __version__
 from napari_atagan.checkpoint import save_checkpoint
@@ -601,6 +602,38 @@ def test_local_threshold_keeps_a_cell_inside_a_ring_of_another():
     centre, ring = lab[60, 60], lab[60, 25]
     assert centre > 0 and ring > 0 and centre != ring
     assert (lab == centre).sum() < 700  # the bright cell, not the filled ring
+
+
+def _bumps(shape, centres, sigma, heights=None):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    m = np.zeros(shape, np.float32)
+    for k, (cy, cx) in enumerate(centres):
+        h = 1.0 if heights is None else heights[k]
+        m = np.maximum(m, h * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2)))
+    return m
+
+
+def test_local_threshold_keeps_a_cell_with_two_bright_spots_whole():
+    # a nuclear rim seen from the side: one cell (diameter 24) bright at two ends, 14 px
+    # apart (more than the third of a diameter that lets each seed a basin)
+    cell = 0.7 * _disc_map((80, 80), [(40, 40)], 12)
+    m = np.maximum(ndi.gaussian_filter(cell, 2), _bumps((80, 80), [(40, 33), (40, 47)], 3))
+    lab = attention_to_labels(m, cell_diameter=24)
+    assert lab.max() == 1 and lab[40, 33] == lab[40, 47] == 1
+    disc = cell > 0
+    assert ((lab > 0) & disc).sum() / ((lab > 0) | disc).sum() > 0.8
+
+
+def test_local_threshold_still_splits_touching_cells():
+    # two cells of diameter 24 side by side: the valley between them is under half their peaks
+    two = _bumps((80, 110), [(40, 40), (40, 66)], 6, heights=(1.0, 0.6))
+    lab = attention_to_labels(two, cell_diameter=24)
+    assert lab.max() == 2 and lab[40, 40] != lab[40, 66]
+    # no valley, but together far larger than one cell (a cluster): not merged either
+    wide = _bumps((80, 110), [(40, 40), (40, 66)], 12)
+    assert wide[40, 53] > 0.5 * wide[40, 40]
+    lab = attention_to_labels(wide, cell_diameter=24)
+    assert lab.max() == 2 and lab[40, 40] != lab[40, 66]
 
 
 def test_objects_under_the_minimum_cell_area_are_dropped_when_the_diameter_is_known():
