@@ -45,8 +45,9 @@ standard deviations were best); with a full-scale model, dropping objects
 under 0.4 of a cell's area then took F1 from 0.59 to 0.76 on such mosaics
 (0.2 / 0.3 / 0.4 / 0.5 / 0.6 of the area: 0.67 / 0.71 / 0.76 / 0.77 / 0.77; 0.4
 is the largest that lost no found cell). Merging the basins of one cell
-took F1 on such mosaics from 0.75 to 0.80 (full-scale model) and from 0.78 to
-0.82 (CPU-scale model); the ridge fraction hardly matters (0.3-0.5 alike).
+took F1 on such mosaics from 0.76 to 0.785 and from 0.75 to 0.80 (two sets of
+mosaics, full-scale model), from 0.78 to 0.82 (CPU-scale model); ridge
+fractions of 0.4-0.6 gave the same.
 
 The result is ``uint16``, or ``uint32`` when there are more than 65,535 cells.
 """
