@@ -213,6 +213,28 @@ def test_unconditional_and_spectral_norm_round_trip(tmp_path):
     assert torch.equal(ckpt.generator()(z), run[2].eval()(z))
 
 
+def test_reflect_padded_generator_round_trip(tmp_path):
+    run = make_run(n_classes=0, g_padding="reflect")
+    assert run[1].to_image.padding_mode == "reflect"
+    path = save_run(tmp_path / "reflect.safetensors", run)
+    ckpt = load_checkpoint(path)
+    assert ckpt.metadata["modules"]["G"]["hparams"]["padding"] == "reflect"
+    z = torch.randn(2, 8)
+    g = ckpt.generator(ema=False)
+    assert g.padding == "reflect" and torch.equal(g(z), run[1].eval()(z))
+
+
+def test_a_generator_recorded_without_padding_is_zero_padded(tmp_path):
+    run = make_run(n_classes=0)
+    path = save_run(tmp_path / "old.safetensors", run)
+    ckpt = load_checkpoint(path)
+    for name in ("G", "G_ema"):  # as written before the option existed
+        del ckpt.metadata["modules"][name]["hparams"]["padding"]
+    z = torch.randn(2, 8)
+    g = ckpt.generator(ema=False)
+    assert g.padding == "zeros" and torch.equal(g(z), run[1].eval()(z))
+
+
 def test_teacher_and_extra_tensors(tmp_path, run):
     config, g, _, d, _, _ = run
     teacher = torch.nn.Conv2d(1, 2, 3)

@@ -21,6 +21,7 @@ def test_teacher_none_means_beta_zero():
         ({"teacher": "teacher"}, "teacher"),
         ({"device": "tpu"}, "device"),
         ({"conditioning": "concat"}, "conditioning"),
+        ({"g_padding": "circular"}, "g_padding"),
         ({"image_size": 48}, "image_size"),
         ({"image_size": 128}, "g_channels"),
         ({"steps": 0}, "steps"),

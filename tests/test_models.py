@@ -100,6 +100,7 @@ def test_unconditional_generator_refuses_labels_and_bad_noise():
         (dict(channels=(16,), image_size=64), "needs 4 widths"),
         (dict(channels=(16, 8), image_size=24), "power of two"),
         (dict(z_dim=0), "z_dim"),
+        (dict(padding="circular"), "padding must be one of"),
     ],
 )
 def test_generator_argument_errors(kwargs, match):

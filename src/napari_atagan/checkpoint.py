@@ -408,6 +408,7 @@ class Checkpoint:
             "channels": self.config.g_channels,
             "image_size": self.config.image_size,
             "n_classes": len(self.class_names),
+            "padding": self.config.g_padding,
         }
         model = self._build(Generator, hparams, name)
         load_module_state(model, self.state_dict(name), what=f"generator ({name})", path=self.path)

@@ -14,6 +14,7 @@ from typing import Any
 TEACHERS = ("classifier", "mask", "none")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 CONDITIONINGS = ("projection", "auxiliary")
+G_PADDINGS = ("zeros", "reflect")
 
 
 @dataclass
@@ -30,6 +31,8 @@ class TrainConfig:
     """Generator widths after the 4x4 seed, one per nearest-x2 upsampling block."""
     d_channels: tuple[int, ...] = (32, 64, 128, 256)
     """Discriminator widths, one per stride-2 block; the last block feeds the CAM."""
+    g_padding: str = "zeros"
+    """How the generator's 3x3 convolutions pad the edge: ``zeros`` or ``reflect``."""
     spectral_norm: bool = False
 
     # --- attention transfer ---------------------------------------------------
@@ -92,6 +95,8 @@ class TrainConfig:
             raise ValueError(
                 f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}"
             )
+        if self.g_padding not in G_PADDINGS:
+            raise ValueError(f"g_padding must be one of {G_PADDINGS}, got {self.g_padding!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.image_size < 16 or self.image_size % 16:

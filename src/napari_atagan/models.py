@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from .config import TrainConfig
+from .config import G_PADDINGS, TrainConfig
 
 __all__ = [
     "ClassBatchNorm2d",
@@ -88,8 +88,10 @@ class ClassBatchNorm2d(nn.Module):
         return x * gain + bias
 
 
-def _conv3x3(c_in: int, c_out: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=bias)
+def _conv3x3(c_in: int, c_out: int, stride: int = 1, bias: bool = True,
+             padding: str = "zeros") -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=bias,
+                     padding_mode=padding)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -139,9 +141,9 @@ def _log2_exact(n: int) -> int | None:
 class _UpBlock(nn.Module):
     """Nearest x2 upsample, 3x3 conv, (class-)BatchNorm, ReLU."""
 
-    def __init__(self, c_in: int, c_out: int, n_classes: int) -> None:
+    def __init__(self, c_in: int, c_out: int, n_classes: int, padding: str = "zeros") -> None:
         super().__init__()
-        self.conv = _conv3x3(c_in, c_out, bias=False)
+        self.conv = _conv3x3(c_in, c_out, bias=False, padding=padding)
         self.norm = ClassBatchNorm2d(c_out, n_classes)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -163,6 +165,10 @@ class Generator(nn.Module):
         Side of the square output images.
     n_classes:
         Number of staining patterns to condition on; 0 for an unconditional model.
+    padding:
+        How the 3x3 convolutions pad the image's edge: ``"zeros"`` or
+        ``"reflect"`` (mirrored pixels, so the edge of a crop looks like its
+        inside and no frame is drawn along it).
     """
 
     def __init__(
@@ -171,14 +177,16 @@ class Generator(nn.Module):
         channels: tuple[int, ...] = (256, 128, 64, 32),
         image_size: int = 64,
         n_classes: int = 0,
+        padding: str = "zeros",
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
-        _check_generator_args(z_dim, channels, image_size, n_classes)
+        _check_generator_args(z_dim, channels, image_size, n_classes, padding)
         self.z_dim = int(z_dim)
         self.channels = channels
         self.image_size = int(image_size)
         self.n_classes = int(n_classes)
+        self.padding = padding
 
         seed_width = channels[0]
         # The pattern enters only through class-conditional BatchNorm. A class
@@ -188,9 +196,10 @@ class Generator(nn.Module):
         self.seed_norm = ClassBatchNorm2d(seed_width, self.n_classes)
         widths = (seed_width, *channels)
         self.blocks = nn.ModuleList(
-            _UpBlock(c_in, c_out, self.n_classes) for c_in, c_out in zip(widths[:-1], widths[1:])
+            _UpBlock(c_in, c_out, self.n_classes, padding)
+            for c_in, c_out in zip(widths[:-1], widths[1:])
         )
-        self.to_image = _conv3x3(channels[-1], 1)
+        self.to_image = _conv3x3(channels[-1], 1, padding=padding)
         self.apply(init_weights)
 
     @property
@@ -201,6 +210,7 @@ class Generator(nn.Module):
             "channels": list(self.channels),
             "image_size": self.image_size,
             "n_classes": self.n_classes,
+            "padding": self.padding,
         }
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -311,8 +321,10 @@ def standing_statistics(G: Generator, n: int = STANDING_SAMPLES, batch_size: int
 
 
 def _check_generator_args(
-    z_dim: int, channels: tuple[int, ...], image_size: int, n_classes: int
+    z_dim: int, channels: tuple[int, ...], image_size: int, n_classes: int, padding: str
 ) -> None:
+    if padding not in G_PADDINGS:
+        raise ValueError(f"generator padding must be one of {G_PADDINGS}, got {padding!r}")
     if z_dim < 1:
         raise ValueError(f"z_dim must be >= 1, got {z_dim}")
     if n_classes < 0:
@@ -548,6 +560,7 @@ def build_models(config: TrainConfig, n_classes: int) -> tuple[Generator, Discri
         channels=config.g_channels,
         image_size=config.image_size,
         n_classes=n_classes,
+        padding=config.g_padding,
     )
     discriminator = Discriminator(
         channels=config.d_channels,
