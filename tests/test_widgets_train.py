@@ -133,6 +133,22 @@ def test_train_from_folder_of_pattern_subfolders(make_napari_viewer, qtbot, tmp_
     assert sorted(ckpt.class_names) == sorted(PATTERNS)
 
 
+def test_small_model_is_the_quick_preset(make_napari_viewer, qtbot, tmp_path, crops, errors):
+    from napari_atagan.cli import quick_config_changes
+
+    _, widget = train_on_crops(make_napari_viewer, crops, tmp_path / "run", steps=2)
+    widget.small_model.value = True
+    widget.start_button.click()
+    wait_idle(qtbot, widget)
+
+    assert errors() == []
+    config = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME).config
+    quick = quick_config_changes()
+    assert config.d_channels == quick["d_channels"]
+    assert config.g_channels == quick["g_channels"][-2:]  # 16 px: two upsampling blocks
+    assert config.g_padding == quick["g_padding"] == "reflect"
+
+
 def test_responsive_gui_and_stop_twice_keeps_a_valid_checkpoint(make_napari_viewer, qtbot,
                                                                  tmp_path, crops, errors):
     from qtpy.QtCore import QTimer

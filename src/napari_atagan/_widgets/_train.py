@@ -129,8 +129,8 @@ def run_training(source: TrainingSource, settings: dict[str, Any], base: TrainCo
     """Read the cells, build the config and train: the generator the worker thread runs.
 
     ``settings`` are the form's values (see :meth:`TrainWidget.settings`); they
-    override ``base``. With ``small_model`` the networks are the narrow ones of
-    the command line's ``--quick`` preset.
+    override ``base``. With ``small_model`` the networks are the narrow,
+    reflect-padded ones of the command line's ``--quick`` preset.
     """
     yield Message(f"reading cells from the {source.describe()} ...")
     settings = dict(settings)
@@ -144,6 +144,7 @@ def run_training(source: TrainingSource, settings: dict[str, Any], base: TrainCo
         teacher=teacher,
         g_channels=generator_channels(settings["image_size"], widths["g_channels"]),
         d_channels=tuple(widths["d_channels"]),
+        g_padding=widths["g_padding"],
         lr_g=lr,
         lr_d=lr,
         sample_every=max(1, min(base.sample_every, steps // 20)),
