@@ -296,7 +296,8 @@ def _merge_basins(basins: np.ndarray, m: np.ndarray, top: np.ndarray,
             i = root[i]
         return i
 
-    for (a, b), ridge in zip(pairs[np.argsort(-ridges)], np.sort(ridges)[::-1]):
+    order = np.argsort(-ridges)
+    for (a, b), ridge in zip(pairs[order], ridges[order]):
         a, b = find(a), find(b)
         if a == b or ridge < MERGE_RIDGE * min(top[a], top[b]) or area[a] + area[b] > max_area:
             continue
