@@ -20,7 +20,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QWidget
 
-from napari_atagan.cli import quick_config_changes
+from napari_atagan.cli import quick_model_changes
 from napari_atagan.config import TrainConfig, generator_channels
 from napari_atagan.data import CellData
 from napari_atagan.training import (
@@ -129,22 +129,23 @@ def run_training(source: TrainingSource, settings: dict[str, Any], base: TrainCo
     """Read the cells, build the config and train: the generator the worker thread runs.
 
     ``settings`` are the form's values (see :meth:`TrainWidget.settings`); they
-    override ``base``. With ``small_model`` the networks are the narrow,
-    reflect-padded ones of the command line's ``--quick`` preset.
+    override ``base``. With ``small_model`` the networks are those of the
+    command line's ``--quick`` preset (:func:`napari_atagan.cli.quick_model_changes`).
     """
     yield Message(f"reading cells from the {source.describe()} ...")
     settings = dict(settings)
     data = source.load(settings["image_size"])
-    widths = quick_config_changes() if settings.pop("small_model") else base.to_dict()
+    model = quick_model_changes()
+    if not settings.pop("small_model"):
+        model = {name: getattr(base, name) for name in model}
+    model["g_channels"] = generator_channels(settings["image_size"], model["g_channels"])
     lr = settings.pop("lr")
     teacher = choose_teacher(settings.pop("teacher"), data)
     steps = settings["steps"]
     config = base.replace(
         **settings,
+        **model,
         teacher=teacher,
-        g_channels=generator_channels(settings["image_size"], widths["g_channels"]),
-        d_channels=tuple(widths["d_channels"]),
-        g_padding=widths["g_padding"],
         lr_g=lr,
         lr_d=lr,
         sample_every=max(1, min(base.sample_every, steps // 20)),
