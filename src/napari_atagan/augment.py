@@ -107,9 +107,8 @@ def affine(
         [torch.stack([inv, zeros, -tx * inv], 1), torch.stack([zeros, inv, -ty * inv], 1)], 1
     )
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
-    fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
-    if fill_t.dim() == 1:
-        fill_t = fill_t.view(-1, 1, 1, 1)
+    # a number stays a number: a tensor made from it would be a copy to the device
+    fill_t = fill.view(-1, 1, 1, 1).to(x.dtype) if torch.is_tensor(fill) else float(fill)
     out = F.grid_sample(
         x - fill_t, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
     )
