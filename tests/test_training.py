@@ -1,3 +1,4 @@
+import copy
 import threading
 
 import numpy as np
@@ -279,3 +280,60 @@ def test_resumed_adam_moments_take_their_parameters_layout() -> None:
     assert opt.state[w]["exp_avg"].stride() == w.stride()
     assert opt.state[w]["exp_avg_sq"].stride() == w.stride()
     assert torch.equal(opt.state[w]["exp_avg"], before)
+
+
+def test_generator_step_leaves_the_discriminator_s_gradients_alone(tmp_path, tiny_data):
+    """G's loss flows through D, but D's weights get no gradient from it: after
+    a step, D's gradients are exactly those its own update used."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    steps = []  # (optimizer, its gradients right after its update), in order
+
+    def snapshot(opt, args, kwargs):
+        grads = [p.grad.clone() for g in opt.param_groups for p in g["params"]]
+        steps.append((opt, grads))
+
+    handle = register_optimizer_step_post_hook(snapshot)
+    try:
+        run_to_end(train(tiny_config(steps=2), tiny_data, tmp_path))
+    finally:
+        handle.remove()
+    (opt_d, grads_d), (opt_g, _) = steps[-2:]
+    params_d = [p for g in opt_d.param_groups for p in g["params"]]
+    assert {id(p) for p in params_d}.isdisjoint(
+        id(p) for g in opt_g.param_groups for p in g["params"])
+    assert all(p.requires_grad for p in params_d)
+    for p, g in zip(params_d, grads_d, strict=True):
+        assert torch.equal(p.grad, g)
+
+
+def test_a_failing_generator_step_leaves_the_discriminator_trainable(tiny_data):
+    import napari_atagan.training as tr
+    from napari_atagan.augment import Augmenter
+
+    cfg = tiny_config()
+    G, D = tr.build_models(cfg, 3)
+    state = tr._State(G=G, D=D, G_ema=copy.deepcopy(G), opt_G=torch.optim.Adam(G.parameters()),
+                      opt_D=torch.optim.Adam(D.parameters()), gen=torch.Generator(),
+                      batch_size=4)
+    images = torch.from_numpy(tiny_data.images)[:, None]
+    labels = torch.from_numpy(tiny_data.labels)
+    maps = torch.rand(len(images), 1, 4, 4)
+    step = tr._make_step(cfg, state, Augmenter(cfg, "cpu"), images, labels, maps, 3,
+                         torch.device("cpu"))
+    calls = {"n": 0}
+    forward = D.forward
+
+    def fail_on_generator_step(x):
+        calls["n"] += 1
+        if calls["n"] == 4:  # real, generated, moved real: then the G step
+            raise torch.OutOfMemoryError("simulated")
+        return forward(x)
+
+    D.forward = fail_on_generator_step
+    with pytest.raises(torch.OutOfMemoryError):
+        step()
+    assert all(p.requires_grad for p in D.parameters())
+    D.forward = forward
+    step()
+    assert all(p.grad is not None for p in D.parameters())

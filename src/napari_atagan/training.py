@@ -176,8 +176,8 @@ def train(
     if config.amp and device.type == "cuda":
         for m in (G, D):
             m.to(memory_format=torch.channels_last)
-    # On CUDA one fused kernel updates all of a network's parameters.
-    fused = {"fused": True} if device.type == "cuda" else {}
+    # One fused kernel updates all of a network's parameters (CUDA and CPU alike).
+    fused = {"fused": True}
     state = _State(
         G=G,
         D=D,
@@ -352,18 +352,24 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
         loss_d.backward()
         state.opt_D.step()
 
-        # --- generator
-        with amp:
-            logit_g, cls_g, _ = d_step(fake)
-        logit_g = logit_g.float()
-        if projection:
-            logit_g = logit_g + _own_pattern(cls_g, y_fake)
-        loss_g = F.softplus(-logit_g).mean()
-        out["g"] = loss_g.detach()
-        if auxiliary:
-            loss_g = loss_g + config.pattern_weight_g * F.cross_entropy(cls_g.float(), y_fake)
-        state.opt_G.zero_grad(set_to_none=True)
-        loss_g.backward()
+        # --- generator. D's weights need no gradient here: the D step has used
+        # its own, and the next one starts afresh.
+        D.requires_grad_(False)
+        try:
+            with amp:
+                logit_g, cls_g, _ = d_step(fake)
+            logit_g = logit_g.float()
+            if projection:
+                logit_g = logit_g + _own_pattern(cls_g, y_fake)
+            loss_g = F.softplus(-logit_g).mean()
+            out["g"] = loss_g.detach()
+            if auxiliary:
+                loss_g = loss_g + config.pattern_weight_g * F.cross_entropy(cls_g.float(),
+                                                                            y_fake)
+            state.opt_G.zero_grad(set_to_none=True)
+            loss_g.backward()
+        finally:
+            D.requires_grad_(True)
         state.opt_G.step()
 
         with torch.no_grad():
