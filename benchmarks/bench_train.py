@@ -13,6 +13,7 @@ the operations that cost the most host and device time).
 
     python benchmarks/bench_train.py --device cuda --steps 300
     python benchmarks/bench_train.py --device cuda --steps 300 --profile
+    python benchmarks/bench_train.py --device cuda --steps 300 --cuda-graph --no-reference
     python benchmarks/bench_train.py --device cpu --steps 20 --ref-steps 3
 """
 
@@ -37,14 +38,15 @@ from napari_atagan.simulate import simulate_crops
 from napari_atagan.training import Finished, Progress, train
 
 
-def bench_default(device: str, steps: int, batch: int, n_cells: int, compile_: bool,
-                  teacher: str) -> dict:
+def bench_default(device: str, steps: int, batch: int, n_cells: int, teacher: str,
+                  **runtime) -> dict:
+    """images/s of the default configuration; ``runtime``: ``compile``, ``cuda_graph``."""
     crops = simulate_crops(n_cells, size=64, seed=0)
     names = list(crops.patterns)
     data = from_arrays(crops.images, crops.masks, [names[i] for i in crops.labels])
     cfg = TrainConfig(steps=steps, batch_size=batch, device=device, log_every=max(steps // 10, 1),
-                      sample_every=10 ** 9, checkpoint_every=10 ** 9, compile=compile_,
-                      teacher=teacher, classifier_epochs=1)
+                      sample_every=10 ** 9, checkpoint_every=10 ** 9, teacher=teacher,
+                      classifier_epochs=1, **runtime)
     import tempfile
 
     rates, wall = [], None
@@ -62,7 +64,7 @@ def bench_default(device: str, steps: int, batch: int, n_cells: int, compile_: b
 
 
 def profile_steps(device: str, batch: int, n_cells: int, teacher: str, steps: int = 20,
-                  top: int = 12) -> dict:
+                  top: int = 12, **runtime) -> dict:
     """Where the time of a training step goes: torch.profiler over ``steps`` steps of
     the default configuration (after 10 warm-up steps), as a summary: wall time per
     step, the device's kernel time per step, tensor operations issued per step, and
@@ -75,7 +77,7 @@ def profile_steps(device: str, batch: int, n_cells: int, teacher: str, steps: in
     warm = 10
     cfg = TrainConfig(steps=warm + steps, batch_size=batch, device=device, log_every=1,
                       sample_every=10 ** 9, checkpoint_every=10 ** 9, teacher=teacher,
-                      classifier_epochs=1)
+                      classifier_epochs=1, **runtime)
     activities = [ProfilerActivity.CPU]
     cuda = resolve_device(device).type == "cuda"
     if cuda:
@@ -212,6 +214,8 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=2000, help="simulated training cells")
     ap.add_argument("--teacher", default="mask", choices=("mask", "classifier", "none"))
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="capture the training step as a CUDA graph (config cuda_graph)")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="also profile 20 steps: host and device time per step and by operation")
@@ -221,8 +225,9 @@ def main() -> None:
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    ours = bench_default(str(device), args.steps, args.batch, args.cells, args.compile,
-                         args.teacher)
+    runtime = {"compile": args.compile, "cuda_graph": args.cuda_graph}
+    ours = bench_default(str(device), args.steps, args.batch, args.cells, args.teacher,
+                         **runtime)
     if device.type == "cuda":
         ours["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
     result = {"device": describe(device), "torch": torch.__version__, "default": ours,
@@ -232,7 +237,8 @@ def main() -> None:
         result["reference"] = ref
         result["ratio"] = round(ours["images_per_s"] / ref["images_per_s"], 2)
     if args.profile:
-        result["profile"] = profile_steps(str(device), args.batch, args.cells, args.teacher)
+        result["profile"] = profile_steps(str(device), args.batch, args.cells, args.teacher,
+                                          **runtime)
     result["peak_host_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result, indent=2))
 

@@ -17,6 +17,7 @@ run() {  # run NAME SECONDS SCRIPT ARGS...: one benchmark, stopped after SECONDS
 }
 
 run train 240 benchmarks/bench_train.py --device cuda --steps 400 --profile
+run train_graph 240 benchmarks/bench_train.py --device cuda --steps 400 --cuda-graph --no-reference --profile
 run train_batch512 180 benchmarks/bench_train.py --device cuda --steps 200 --batch 512 --no-reference
 run train_compile 240 benchmarks/bench_train.py --device cuda --steps 400 --compile --no-reference
 run synth 120 benchmarks/bench_synth.py --device cuda -n 100000

@@ -77,3 +77,8 @@ def test_parse_option(text, expected):
 def test_parse_option_refuses(text, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig.parse_option(text)
+
+
+def test_cuda_graph_and_compile_exclude_each_other():
+    with pytest.raises(ValueError, match="cuda_graph and compile"):
+        TrainConfig(cuda_graph=True, compile=True)

@@ -337,3 +337,44 @@ def test_a_failing_generator_step_leaves_the_discriminator_trainable(tiny_data):
     D.forward = forward
     step()
     assert all(p.grad is not None for p in D.parameters())
+
+
+def test_the_average_moves_alike_with_a_number_or_a_device_tensor():
+    from napari_atagan.training import _ema_weight, _move_average
+
+    torch.manual_seed(0)
+    current = [torch.randn(5, 3), torch.randn(7)]
+    by_number = [torch.randn(5, 3), torch.randn(7)]
+    by_tensor = [t.clone() for t in by_number]
+    expected = [a + 0.25 * (c - a) for a, c in zip(by_number, current, strict=True)]
+    _move_average(by_number, current, 0.25)
+    _move_average(by_tensor, current, torch.tensor(0.25))
+    for a, b, e in zip(by_number, by_tensor, expected, strict=True):
+        torch.testing.assert_close(a, e)
+        torch.testing.assert_close(b, e)
+    # warm-up: the average follows G closely at first, then averages
+    assert _ema_weight(0, 0.999) == pytest.approx(0.9)
+    assert _ema_weight(10 ** 6, 0.999) == pytest.approx(0.001)
+
+
+def test_cuda_graph_without_a_gpu_trains_as_usual(tmp_path, tiny_data):
+    events = list(train(tiny_config(steps=2, cuda_graph=True), tiny_data, tmp_path))
+    assert any(isinstance(e, Message) and "cuda_graph needs a CUDA device" in e.text
+               for e in events)
+    assert events[-1].summary["steps"] == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_graph_replays_the_same_training_as_the_eager_step(tmp_path, tiny_data,
+                                                                monkeypatch):
+    """Warm-up, capture and replays give the weights that the eager steps give."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    cfg = tiny_config(steps=8, device="cuda", amp=False, sample_every=1000)
+    eager = run_to_end(train(cfg, tiny_data, tmp_path / "eager")).checkpoint
+    events = list(train(cfg.replace(cuda_graph=True), tiny_data, tmp_path / "graph"))
+    assert any(isinstance(e, Message) and "captured as a CUDA graph at step 4" in e.text
+               for e in events)
+    a, b = _tensors(eager), _tensors(events[-1].checkpoint)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=k)

@@ -176,8 +176,10 @@ def train(
     if config.amp and device.type == "cuda":
         for m in (G, D):
             m.to(memory_format=torch.channels_last)
-    # One fused kernel updates all of a network's parameters (CUDA and CPU alike).
-    fused = {"fused": True}
+    # One fused kernel updates all of a network's parameters (CUDA and CPU alike);
+    # a captured step keeps Adam's step counts on the device.
+    graphed = config.cuda_graph and device.type == "cuda"
+    fused = {"fused": True, "capturable": graphed}
     state = _State(
         G=G,
         D=D,
@@ -209,6 +211,10 @@ def train(
         maps = F.adaptive_avg_pool2d(maps, grid)
     augment = Augmenter(config, device)
     step_fn = _make_step(config, state, augment, images, labels, maps, n_classes, device)
+    if graphed:
+        step_fn = _CudaGraphStep(step_fn, state, config.ema_decay)
+    elif config.cuda_graph:
+        yield Message(f"cuda_graph needs a CUDA device: the step runs as usual on {device.type}")
 
     fixed_z, fixed_y = _fixed_latents(config, n_classes, device)
     metadata = _metadata_base(config, data, device)
@@ -263,6 +269,9 @@ def train(
                 continue
             state.step += 1
             state.seconds += time.perf_counter() - t0
+            if getattr(step_fn, "notice", None):
+                yield Message(step_fn.notice)
+                step_fn.notice = None
 
             if state.step % config.log_every == 0 or state.step == config.steps:
                 vals = {k: float(v) for k, v in losses.items()}  # one host sync per log
@@ -296,8 +305,9 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
     """Build the closure that runs one D step and one G step and returns losses (tensors)."""
     beta = config.effective_beta
     use_amp = config.amp and device.type == "cuda"
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if use_amp
-           else torch.autocast(device.type, enabled=False))
+    # A CUDA graph must not keep casts of the weights from its capture.
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not config.cuda_graph)
+           if use_amp else torch.autocast(device.type, enabled=False))
     ema_decay = config.ema_decay
     projection = bool(n_classes) and config.conditioning == "projection"
     auxiliary = bool(n_classes) and config.conditioning == "auxiliary"
@@ -309,7 +319,8 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
     ema_buffers, g_buffers = list(G_ema.buffers()), list(G.buffers())
     assert len(ema_params) == len(g_params) and len(ema_buffers) == len(g_buffers)
 
-    def step() -> dict[str, torch.Tensor]:
+    def step(ema_weight: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One step; ``ema_weight`` (default: from the step count) moves the average."""
         b = state.batch_size
         gen = state.gen
         idx = torch.randint(n, (b,), device=device, generator=gen)
@@ -373,13 +384,107 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
         state.opt_G.step()
 
         with torch.no_grad():
-            # warm-up: early on the average follows G closely, later it averages
-            decay = min(ema_decay, (1 + state.step) / (10 + state.step))
-            torch._foreach_lerp_(ema_params, g_params, 1.0 - decay)
+            if ema_weight is None:
+                ema_weight = _ema_weight(state.step, ema_decay)
+            _move_average(ema_params, g_params, ema_weight)
             torch._foreach_copy_(ema_buffers, g_buffers)
         return out
 
     return step
+
+
+def _ema_weight(step: int, decay: float) -> float:
+    """How far the average moves towards G at ``step``. Warm-up: early on the
+    average follows G closely, later it averages over about 1 / (1 - decay) steps."""
+    return 1.0 - min(decay, (1 + step) / (10 + step))
+
+
+def _move_average(average: list[torch.Tensor], current: list[torch.Tensor],
+                  weight: float | torch.Tensor) -> None:
+    """``average += weight * (current - average)``, in place. ``weight`` is a number,
+    or a 0-d tensor on the device that a CUDA graph reads afresh at every replay
+    (a number would stay the value it had at capture)."""
+    if torch.is_tensor(weight):
+        step = torch._foreach_sub(current, average)
+        torch._foreach_mul_(step, weight)
+        torch._foreach_add_(average, step)
+    else:
+        torch._foreach_lerp_(average, current, weight)
+
+
+class _CudaGraphStep:
+    """The whole training step, both updates and the average, captured once as a
+    CUDA graph and then replayed: one launch per step instead of hundreds.
+
+    The first :attr:`WARMUP` steps of a batch size run as usual on a side stream
+    (they create Adam's moments and settle the convolution algorithms); the
+    next one is captured and run by a replay. Replays draw fresh random numbers
+    from the run's generator (it is registered with the graph) and read the
+    average's weight from a device tensor set before each replay. A new batch
+    size (after running out of memory) is captured afresh. If the capture fails
+    for another reason, training goes on without a graph; ``notice`` says so
+    (and says when the graph starts), for the training loop to pass on.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, step: Callable, state: _State, ema_decay: float) -> None:
+        self.step, self.state, self.ema_decay = step, state, ema_decay
+        device = state.gen.device
+        self.stream = torch.cuda.Stream(device)
+        self.weight = torch.zeros((), device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: dict[str, torch.Tensor] = {}
+        self.batch = 0
+        self.warm = 0
+        self.failed = False
+        self.notice: str | None = None
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        state = self.state
+        if self.failed:
+            return self.step()
+        if self.batch != state.batch_size:
+            self.graph, self.out, self.warm = None, {}, 0
+            self.batch = state.batch_size
+        if self.graph is None and self.warm < self.WARMUP:
+            self.warm += 1
+            current = torch.cuda.current_stream()
+            self.stream.wait_stream(current)
+            with torch.cuda.stream(self.stream):
+                out = self.step()
+            current.wait_stream(self.stream)
+            return out
+        if self.graph is None:
+            self._capture()
+            if self.failed:
+                return self.step()
+        self.weight.fill_(_ema_weight(state.step, self.ema_decay))
+        self.graph.replay()
+        return self.out
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.state.gen)
+        entry = torch.cuda.current_stream()
+        try:
+            # thread_local: a napari viewer may use the GPU from its own thread meanwhile
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                out = self.step(self.weight)
+        except torch.OutOfMemoryError:
+            torch.cuda.set_stream(entry)
+            raise  # the training loop halves the batch; that size is captured afresh
+        except RuntimeError as exc:
+            # a failing end of capture leaves the capture stream current
+            torch.cuda.set_stream(entry)
+            self.failed = True
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.notice = (f"the training step could not be captured as a CUDA graph "
+                           f"({first}); training goes on without one")
+            return
+        self.graph, self.out = graph, out
+        self.notice = (f"training step captured as a CUDA graph at step {self.state.step + 1} "
+                       f"(batch {self.batch}): from here on one launch per step")
 
 
 # --------------------------------------------------------------------------- helpers
