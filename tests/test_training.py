@@ -378,3 +378,27 @@ def test_cuda_graph_replays_the_same_training_as_the_eager_step(tmp_path, tiny_d
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_resume_updates_the_way_this_run_chose(tmp_path, tiny_data):
+    """A checkpoint whose Adam ran another way (e.g. capturable, from a GPU run with
+    a captured step) resumes with this run's own way of updating, moments kept."""
+    from napari_atagan.checkpoint import load_optimizer_state, save_checkpoint
+
+    lin = torch.nn.Linear(3, 2)
+    plain = torch.optim.Adam(lin.parameters(), fused=True)
+    lin(torch.rand(4, 3)).sum().backward()
+    plain.step()
+    path = save_checkpoint(tmp_path / "c.safetensors", config=tiny_config(), modules={"m": lin},
+                           optimizers={"G": plain})
+    ck = load_checkpoint(path)
+    # as saved by a GPU run with a captured step (capturable Adam cannot step on a CPU)
+    ck.metadata["optimizers"]["G"]["param_groups"][0].update(capturable=True, fused=None)
+
+    again = torch.optim.Adam(lin.parameters(), fused=True)
+    load_optimizer_state(ck, "G", again)
+    group = again.param_groups[0]
+    assert group["fused"] is True and group["capturable"] is False
+    w = lin.weight
+    assert torch.equal(again.state[w]["exp_avg"], plain.state[w]["exp_avg"])
+    again.step()  # runs on the CPU

@@ -622,7 +622,8 @@ def load_optimizer_state(
         )
     try:
         state = _optimizer_state(ckpt, name, info)
-        groups = [_restore_group(g) for g in info["param_groups"]]
+        groups = [_restore_group(g, ours) for g, ours
+                  in zip(info["param_groups"], optimizer.param_groups, strict=False)]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise _error(ckpt.path, f"optimizer {name!r} state does not fit: {exc}") from exc
@@ -650,12 +651,21 @@ def _optimizer_state(ckpt: Checkpoint, name: str, info: dict) -> dict[int, dict[
     return state
 
 
-def _restore_group(group: dict) -> dict:
-    """JSON turned tuples (e.g. Adam's betas) into lists; turn them back."""
-    return {
+# How an update runs (not what it has learned): the resuming run's choice. A run
+# saved on a GPU with a captured step (capturable Adam) resumes on a CPU, and a
+# run saved without fused Adam resumes with it.
+_RUNTIME_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def _restore_group(group: dict, ours: dict) -> dict:
+    """A saved parameter group, with this optimizer's runtime options. JSON turned
+    tuples (e.g. Adam's betas) into lists; turn them back."""
+    restored = {
         key: tuple(value) if isinstance(value, list) and key != "params" else value
         for key, value in group.items()
     }
+    restored.update({key: ours[key] for key in _RUNTIME_OPTIONS if key in ours})
+    return restored
 
 
 def export_model(source: str | os.PathLike | Checkpoint, destination: str | os.PathLike) -> Path:
