@@ -16,6 +16,15 @@ run() {  # run NAME SECONDS SCRIPT ARGS...: one benchmark, stopped after SECONDS
   timeout "$limit" "$PY" "$@" 2>&1 | tee "$OUT/$name.log"
 }
 
+# the tests that need CUDA (the CUDA-graph step, augmentation on the device), if pytest is there
+if "$PY" -c "import pytest" 2>/dev/null; then
+  echo "== cuda tests"
+  timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_training.py tests/test_augment.py \
+    -k "cuda or gpu" 2>&1 | tee "$OUT/cuda_tests.log"
+else
+  echo "== cuda tests skipped: no pytest for $PY"
+fi
+
 run train 240 benchmarks/bench_train.py --device cuda --steps 400 --profile
 run train_graph 240 benchmarks/bench_train.py --device cuda --steps 400 --cuda-graph --no-reference --profile
 run train_batch512 180 benchmarks/bench_train.py --device cuda --steps 200 --batch 512 --no-reference
