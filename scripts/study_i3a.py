@@ -20,7 +20,8 @@ The study behind ``docs/RESULTS.md``. It works on any folder in the I3A layout
   the validation cells and, with ``--train``, against the training cells the
   generator imitates (validation cells come from other specimens, so the real
   training cells themselves are some distance from them: that distance is
-  reported beside the models);
+  reported beside the models); and the share of generated cells that the same
+  classifier calls by the pattern they were generated as ("own pattern");
 * train-on-synthetic / test-on-real on the validation cells; with ``--train``
   the real-cell classifier it is compared with learns from training cells, as
   the generator did;
@@ -141,6 +142,7 @@ def _samples(ckpt: Any, val: Path, features: Path | None, device: str,
     real = load_folder(val, image_size=size)
     seen = load_folder(train, image_size=size) if train else None
     net = _feature_net(features, device) if features else None
+    net_names = as_checkpoint(features).class_names if features else []
     per: dict[str, Any] = {}
     for k, name in enumerate(ckpt.class_names):
         mine = real.images[real.labels == real.class_names.index(name)]
@@ -152,6 +154,8 @@ def _samples(ckpt: Any, val: Path, features: Path | None, device: str,
         feats = {"fake": _features_of(net, fake), "val": _features_of(net, mine)}
         row = {"swd_real_vs_real": floor,
                **_sample_scores(mine, fake, feats["val"], feats["fake"], levels, k)}
+        if net is not None and name in net_names:
+            row["own_pattern"] = _own_pattern(net, fake, net_names, name)
         if seen is not None:
             cells = seen.images[seen.labels == seen.class_names.index(name)]
             cells = cells[np.linspace(0, len(cells) - 1,
@@ -166,9 +170,23 @@ def _samples(ckpt: Any, val: Path, features: Path | None, device: str,
                 row["kid_train_vs_val"] = shift["kid"]
         per[name] = row
     overall = {key: float(np.mean([r[key] for r in per.values()])) for key in next(iter(
-        per.values()))}
+        per.values())) if all(key in r for r in per.values())}
     return {"overall": overall, "per_pattern": per, "n_per_pattern": SAMPLES_PER_PATTERN,
             "kid_features": str(features) if features else None}
+
+
+def _own_pattern(net: Any, images: np.ndarray, names: list[str], name: str) -> float:
+    """Share of ``images`` (generated as pattern ``name``) that the feature network, a
+    pattern classifier trained on real cells with patterns ``names``, calls ``name``."""
+    import torch
+
+    device = next(net.parameters()).device
+    calls = []
+    with torch.no_grad():
+        for chunk in np.array_split(images, max(1, len(images) // 256)):
+            x = torch.from_numpy(np.ascontiguousarray(chunk[:, None], np.float32)).to(device)
+            calls.append(net(x).argmax(1).cpu().numpy())
+    return float(np.mean(np.concatenate(calls) == names.index(name)))
 
 
 def _features_of(net: Any, images: np.ndarray) -> np.ndarray | None:
@@ -246,14 +264,14 @@ def _train_table(results: list[dict[str, Any]]) -> str:
     if not scored:
         return ""
     rows = ["### Samples against the training cells", "",
-            "| model | SWD | KID | diversity |", "|" + " --- |" * 4]
+            "| model | SWD | KID | diversity | own pattern |", "|" + " --- |" * 5]
     for r in scored:
         s = r["samples"]["overall"]
         rows.append(f"| {_name(r)} | {s['swd_train']:.4f} | {_opt(s.get('kid_train'), '.4f')} | "
-                    f"{s['diversity_train']:.2f} |")
+                    f"{s['diversity_train']:.2f} | {_opt(s.get('own_pattern'), '.2f')} |")
     s = scored[0]["samples"]["overall"]
     rows.append(f"| real training cells against the validation cells | {s['swd_train_vs_val']:.4f} "
-                f"| {_opt(s.get('kid_train_vs_val'), '.4f')} | |")
+                f"| {_opt(s.get('kid_train_vs_val'), '.4f')} | | |")
     return "\n".join(rows) + "\n"
 
 
@@ -271,6 +289,8 @@ def _pattern_tables(results: list[dict[str, Any]]) -> str:
         ("KID (lower is better)", lambda r, p: r["samples"]["per_pattern"][p].get("kid"), None),
         ("Diversity (generated / real)",
          lambda r, p: r["samples"]["per_pattern"][p]["diversity"], None),
+        ("Own pattern (generated cells the real-cell classifier calls by their pattern)",
+         lambda r, p: r["samples"]["per_pattern"][p].get("own_pattern"), None),
         ("TSTR accuracy", lambda r, p: r.get("tstr", {}).get("tstr", {}).get(
             "per_pattern", {}).get(p),
          lambda r, p: r["tstr"]["trts"]["per_pattern"].get(p)),
