@@ -402,3 +402,117 @@ def test_resume_updates_the_way_this_run_chose(tmp_path, tiny_data):
     w = lin.weight
     assert torch.equal(again.state[w]["exp_avg"], plain.state[w]["exp_avg"])
     again.step()  # runs on the CPU
+
+
+class _FakeCuda:
+    """Stand-ins for the torch.cuda calls of the CUDA-graph step, recording what happens.
+
+    A real capture records the step without running it and each replay runs it; here
+    the fake graph keeps the captured step's output and counts replays.
+    """
+
+    def __init__(self, monkeypatch, fail_capture=None):
+        import contextlib
+
+        self.events, self.fail_capture = [], fail_capture
+        fake = self
+
+        class Graph:
+            def __init__(self):
+                self.generators = []
+
+            def register_generator_state(self, gen):
+                self.generators.append(gen)
+
+            def replay(self):
+                fake.events.append("replay")
+
+        @contextlib.contextmanager
+        def graph(g, stream=None, capture_error_mode="global"):
+            fake.events.append(f"capture:{capture_error_mode}")
+            yield
+            if fake.fail_capture is not None:
+                error, fake.fail_capture = fake.fail_capture, None
+                raise error
+
+        @contextlib.contextmanager
+        def stream(s):
+            fake.events.append("side stream")
+            yield
+
+        class Stream:
+            def __init__(self, device=None):
+                pass
+
+            def wait_stream(self, other):
+                pass
+
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+        monkeypatch.setattr(torch.cuda, "graph", graph)
+        monkeypatch.setattr(torch.cuda, "stream", stream)
+        monkeypatch.setattr(torch.cuda, "Stream", Stream)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+        monkeypatch.setattr(torch.cuda, "set_stream", lambda s: fake.events.append("restore"))
+
+
+def _graph_step(monkeypatch, fail_capture=None):
+    from types import SimpleNamespace
+
+    from napari_atagan.training import _CudaGraphStep
+
+    fake = _FakeCuda(monkeypatch, fail_capture)
+    state = SimpleNamespace(batch_size=8, step=0, gen=torch.Generator())
+
+    def step(ema_weight=None):
+        fake.events.append("step" if ema_weight is None else "step captured")
+        return {"d": torch.tensor(float(state.step))}
+
+    graphed = _CudaGraphStep(step, state, ema_decay=0.999)
+    return graphed, state, fake
+
+
+def _run(graphed, state, n):
+    outs = []
+    for _ in range(n):
+        outs.append(graphed())
+        state.step += 1
+    return outs
+
+
+def test_cuda_graph_step_warms_up_captures_once_then_replays(monkeypatch):
+    from napari_atagan.training import _ema_weight
+
+    graphed, state, fake = _graph_step(monkeypatch)
+    outs = _run(graphed, state, 6)
+    assert fake.events == ["side stream", "step"] * 3 + [
+        "capture:thread_local", "step captured", "replay", "replay", "replay"]
+    assert "captured as a CUDA graph at step 4 (batch 8)" in graphed.notice
+    assert outs[4] is outs[3] is graphed.out  # replays refill the captured outputs
+    assert graphed.weight.item() == pytest.approx(_ema_weight(5, 0.999))
+    assert graphed.graph.generators == [state.gen]
+
+    # a smaller batch after running out of memory: warm up and capture afresh
+    fake.events.clear()
+    state.batch_size = 4
+    _run(graphed, state, 5)
+    assert fake.events == ["side stream", "step"] * 3 + [
+        "capture:thread_local", "step captured", "replay", "replay"]
+
+
+def test_cuda_graph_step_that_cannot_be_captured_goes_on_without(monkeypatch):
+    graphed, state, fake = _graph_step(monkeypatch, RuntimeError("operation not permitted"))
+    _run(graphed, state, 6)
+    assert fake.events == ["side stream", "step"] * 3 + [
+        "capture:thread_local", "step captured", "restore", "step", "step", "step"]
+    assert "could not be captured as a CUDA graph (operation not permitted)" in graphed.notice
+
+
+def test_cuda_graph_capture_out_of_memory_reaches_the_training_loop(monkeypatch):
+    graphed, state, fake = _graph_step(monkeypatch, torch.OutOfMemoryError("CUDA out of memory"))
+    _run(graphed, state, 3)
+    with pytest.raises(torch.OutOfMemoryError):
+        graphed()
+    assert fake.events[-1] == "restore" and not graphed.failed
+    state.batch_size = 4  # what the training loop does next
+    _run(graphed, state, 4)
+    assert fake.events[-3:] == ["capture:thread_local", "step captured", "replay"]
