@@ -305,7 +305,8 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
     """Build the closure that runs one D step and one G step and returns losses (tensors)."""
     beta = config.effective_beta
     use_amp = config.amp and device.type == "cuda"
-    # A CUDA graph must not keep casts of the weights from its capture.
+    # A captured step recasts the weights at every replay: torch asks for autocast
+    # without its cache of casts inside CUDA graphs.
     amp = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not config.cuda_graph)
            if use_amp else torch.autocast(device.type, enabled=False))
     ema_decay = config.ema_decay
