@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
 # Every benchmark on a CUDA GPU, one after another; each one's output is also kept
-# in OUT/NAME.log (default OUT: runs/bench_cuda).
-#   benchmarks/run_cuda.sh [OUT]
+# in OUT/NAME.log (default OUT: runs/bench_cuda). NAMEs pick some of them (e.g. to
+# split the list over several shorter sessions): cuda_tests train train_graph
+# train_batch512 train_compile synth slide_tile2048 slide_big.
+#   benchmarks/run_cuda.sh [OUT [NAME ...]]
 # PY (default .venv/bin/python) is the Python that runs the package.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${1:-runs/bench_cuda}"
+shift $(( $# > 0 ? 1 : 0 ))
+ONLY=" $* "
 PY="${PY:-.venv/bin/python}"
 mkdir -p "$OUT"
+
+wanted() { [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $1 "* ]]; }
 
 run() {  # run NAME SECONDS SCRIPT ARGS...: one benchmark, stopped after SECONDS
   local name=$1 limit=$2
   shift 2
+  wanted "$name" || return 0
   echo "== $name: $*"
   timeout "$limit" "$PY" "$@" 2>&1 | tee "$OUT/$name.log"
 }
 
 # the tests that need CUDA (the CUDA-graph step, augmentation on the device), if pytest is there
-if "$PY" -c "import pytest" 2>/dev/null; then
-  echo "== cuda tests"
+if ! wanted cuda_tests; then
+  :
+elif "$PY" -c "import pytest" 2>/dev/null; then
+  echo "== cuda_tests"
   timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_training.py tests/test_augment.py \
     -k "cuda or gpu" 2>&1 | tee "$OUT/cuda_tests.log"
 else
-  echo "== cuda tests skipped: no pytest for $PY"
+  echo "== cuda_tests skipped: no pytest for $PY"
 fi
 
 run train 240 benchmarks/bench_train.py --device cuda --steps 400 --profile
