@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from napari_atagan.evaluate import (
+    _pattern_accuracy,
     _swd_levels,
     evaluate_crops,
     evaluate_slide,
@@ -178,15 +179,14 @@ def _samples(ckpt: Any, val: Path, features: Path | None, device: str,
 def _own_pattern(net: Any, images: np.ndarray, names: list[str], name: str) -> float:
     """Share of ``images`` (generated as pattern ``name``) that the feature network, a
     pattern classifier trained on real cells with patterns ``names``, calls ``name``."""
-    import torch
+    import warnings
+    from types import SimpleNamespace
 
-    device = next(net.parameters()).device
-    calls = []
-    with torch.no_grad():
-        for chunk in np.array_split(images, max(1, len(images) // 256)):
-            x = torch.from_numpy(np.ascontiguousarray(chunk[:, None], np.float32)).to(device)
-            calls.append(net(x).argmax(1).cpu().numpy())
-    return float(np.mean(np.concatenate(calls) == names.index(name)))
+    generated = SimpleNamespace(n=len(images), images=np.ascontiguousarray(images, np.float32),
+                                labels=np.full(len(images), names.index(name)))
+    with warnings.catch_warnings():  # the other patterns' accuracies: means of no cells
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _pattern_accuracy(net, generated, names)["accuracy"]
 
 
 def _features_of(net: Any, images: np.ndarray) -> np.ndarray | None:
