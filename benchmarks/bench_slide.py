@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_slide.py --device cpu --size 2048
     python benchmarks/bench_slide.py --big           # 20,000^2 uint16 TIFF memmap
     python benchmarks/bench_slide.py --profile       # also: where the tiled path's time goes
+    python benchmarks/bench_slide.py --kernels --variants  # operations; bf16, channels-last
 
 A default discriminator with random weights runs at model scale (factor 1) on a
 synthetic uint16 slide. Reported:
@@ -30,6 +31,13 @@ slide's pixels, on the device) and ``to_host`` (copying it into the output);
 stage, so the stages no longer overlap: the profiled run is slower than the
 plain one, and the difference is what overlapping host and device work gains.
 
+``--kernels`` profiles one tiled run with torch.profiler (``"kernels"``): tensor
+operations issued and the operations that take the most host and device time.
+``--variants`` times the tiled path under runtime settings the product does not
+use (yet): bf16 autocast, a channels-last discriminator, and both; beside them
+``model_only``, the discriminator and CAM on the whole slide at once, already on
+the device (no reading, tiling or output): the speed the tiled path could reach.
+
 ``--big`` writes a 20,000 x 20,000 uint16 TIFF into a temporary folder, then
 measures the tiled path in a fresh process reading it as a memory map and writing
 into a memory-mapped output (the host peak then includes the mapped file pages
@@ -39,6 +47,8 @@ that were touched).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import math
 import os
@@ -52,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _profiling import op_summary  # benchmarks/, beside this script
 
 from napari_atagan import slide as slide_module
 from napari_atagan.device import describe, resolve_device
@@ -165,6 +176,56 @@ def profile_tiled(disc, image, device, tile_size: int, repeat: int = 1) -> dict:
             "other_s": round(seconds - sum(stages.values()), 4)}
 
 
+def kernels_tiled(disc, image, device, tile_size: int, top: int = 12) -> dict:
+    """torch.profiler over one tiled run (after a warm-up): what it issues and where time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    discriminator_attention(disc, image, device=device, tile_size=tile_size)
+    _sync(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        discriminator_attention(disc, image, device=device, tile_size=tile_size)
+        _sync(device)
+    return op_summary(prof.key_averages(), 1, top, cuda, unit="run")
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def time_variants(disc, image, device, tile_size: int, repeat: int) -> dict:
+    """The tiled path under bf16 autocast and/or a channels-last discriminator, and the
+    model alone on the whole slide (input already on the device)."""
+    last = copy.deepcopy(disc).to(memory_format=torch.channels_last)
+    out = {}
+    for name, model, ctx in (("bf16_autocast", disc, _autocast),
+                             ("channels_last", last, lambda d: contextlib.nullcontext()),
+                             ("bf16_channels_last", last, _autocast)):
+        with ctx(device):
+            out[name] = time_tiled(model, image, device, tile_size, repeat=repeat)
+    for name, model, ctx in (("model_only_fp32", disc, lambda d: contextlib.nullcontext()),
+                             ("model_only_bf16_channels_last", last, _autocast)):
+        with ctx(device):
+            out[name] = time_model_only(model, image.shape, device, repeat)
+    return out
+
+
+def time_model_only(disc, shape: tuple[int, int], device, repeat: int) -> dict:
+    """Best of ``repeat`` runs of ``D.features`` and the CAM over one whole slide."""
+    x = torch.rand((1, 1, *shape), device=device) * 2 - 1
+    with torch.inference_mode():
+        disc.cam_map(disc.features(x[..., :256, :256]))
+        _sync(device)
+        seconds = math.inf
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            disc.cam_map(disc.features(x))
+            _sync(device)
+            seconds = min(seconds, time.perf_counter() - t0)
+    return {"seconds": round(seconds, 4), "mpx_per_s": round(shape[0] * shape[1] / seconds / 1e6, 2)}
+
+
 def sliding_window(disc, image: np.ndarray, device, window: int = 64, step: int = 16,
                    batch: int = 512) -> np.ndarray:
     """Soft-CAM of every ``window`` crop every ``step`` pixels, overlaps averaged."""
@@ -213,7 +274,7 @@ def _round(v):
 
 
 def run_standard(device: torch.device, size: int, tile_size: int, repeat: int,
-                 profile: bool = False) -> dict:
+                 profile: bool = False, kernels: bool = False, variants: bool = False) -> dict:
     disc = _model(device)
     image = _synthetic(size)
     tiled = time_tiled(disc, image, device, tile_size, repeat=repeat)
@@ -225,6 +286,10 @@ def run_standard(device: torch.device, size: int, tile_size: int, repeat: int,
     }
     if profile:
         report["profile"] = profile_tiled(disc, image, device, tile_size, repeat=repeat)
+    if kernels:
+        report["kernels"] = kernels_tiled(disc, image, device, tile_size)
+    if variants:
+        report["variants"] = time_variants(disc, image, device, tile_size, repeat)
     return report
 
 
@@ -300,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure a 20,000^2 uint16 TIFF memmap (tiled path only)")
     parser.add_argument("--profile", action="store_true",
                         help="also time the tiled path stage by stage (device synchronised)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also profile one tiled run with torch.profiler (top operations)")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time bf16 autocast, channels-last, and the model alone")
     parser.add_argument("--_measure-big", dest="measure_big", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -308,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     size = args.size or (4096 if device.type == "cuda" else 1024)
     report = {"standard": run_standard(device, size, args.tile_size, max(1, args.repeat),
-                                       profile=args.profile)}
+                                       profile=args.profile, kernels=args.kernels,
+                                       variants=args.variants)}
     print(json.dumps(report["standard"], indent=2), flush=True)
     if args.big:
         report["big"] = run_big(device, 20_000, args.tile_size)

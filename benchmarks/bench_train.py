@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from _profiling import op_summary  # benchmarks/, beside this script
 
 from napari_atagan.attention import at_loss
 from napari_atagan.config import TrainConfig
@@ -94,21 +95,8 @@ def profile_steps(device: str, batch: int, n_cells: int, teacher: str, steps: in
             elif isinstance(ev, Progress) and ev.step == warm + steps:
                 wall = time.perf_counter() - t_first
                 prof.__exit__(None, None, None)
-    events = prof.key_averages()
-    aten_calls = sum(e.count for e in events if e.key.startswith("aten::")) / steps
-    device_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / steps
-
-    def table(key: str) -> list[list]:
-        rows = sorted(events, key=lambda e: -getattr(e, key, 0.0))[:top]
-        return [f"{getattr(e, key, 0.0) / steps / 1000:8.3f} ms {e.count // steps:5d}x {e.key}"
-                for e in rows]
-
-    out = {"steps": steps, "batch": batch, "wall_ms_per_step": round(wall / steps * 1000, 2),
-           "aten_calls_per_step": round(aten_calls, 1),  # nested calls included
-           "host_ms_per_step_by_op": table("self_cpu_time_total")}
-    if cuda:
-        out["device_kernel_ms_per_step"] = round(device_us / 1000, 2)
-        out["device_ms_per_step_by_op"] = table("self_device_time_total")
+    out = {"steps": steps, "batch": batch, "wall_ms_per_step": round(wall / steps * 1000, 2)}
+    out.update(op_summary(prof.key_averages(), steps, top, cuda))
     return out
 
 

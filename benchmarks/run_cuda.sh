@@ -2,7 +2,7 @@
 # Every benchmark on a CUDA GPU, one after another; each one's output is also kept
 # in OUT/NAME.log (default OUT: runs/bench_cuda). NAMEs pick some of them (e.g. to
 # split the list over several shorter sessions): cuda_tests train train_graph
-# train_batch512 train_compile synth slide_tile2048 slide_big.
+# train_batch512 train_compile synth slide slide_tile2048 slide_big.
 #   benchmarks/run_cuda.sh [OUT [NAME ...]]
 # PY (default .venv/bin/python) is the Python that runs the package.
 set -uo pipefail
@@ -39,5 +39,6 @@ run train_graph 240 benchmarks/bench_train.py --device cuda --steps 400 --cuda-g
 run train_batch512 180 benchmarks/bench_train.py --device cuda --steps 200 --batch 512 --no-reference
 run train_compile 240 benchmarks/bench_train.py --device cuda --steps 400 --compile --no-reference
 run synth 120 benchmarks/bench_synth.py --device cuda -n 100000
+run slide 240 benchmarks/bench_slide.py --device cuda --profile --kernels --variants
 run slide_tile2048 180 benchmarks/bench_slide.py --device cuda --tile-size 2048 --profile
 run slide_big 360 benchmarks/bench_slide.py --device cuda --big --profile
