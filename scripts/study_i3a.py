@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_atagan.cli_evaluate import contrast_bin
 from napari_atagan.evaluate import (
     _pattern_accuracy,
     _swd_levels,
@@ -120,10 +121,20 @@ def _mosaics(ckpt: Any, val: Path, device: str) -> dict[str, Any]:
             rows.append(evaluate_slide(ckpt, m.image, m.labels, diameter=m.cell_diameter,
                                        device=device))
         per[pattern] = {who: _pool([r[who] for r in rows]) for who in BASELINES}
+        per[pattern]["by_contrast"] = {who: _pool_contrast([r["by_contrast"][who] for r in rows])
+                                       for who in BASELINES}
         per[pattern]["cell_diameter"] = round(float(np.mean([r["cell_diameter"] for r in rows])), 1)
     overall = {who: _pool([per[p][who] for p in per]) for who in BASELINES}
+    overall["by_contrast"] = {who: _pool_contrast([per[p]["by_contrast"][who] for p in per])
+                              for who in BASELINES}
     return {"overall": overall, "per_pattern": per, "shape": list(MOSAIC_SHAPE),
             "cells_per_mosaic": MOSAIC_CELLS, "seeds": list(MOSAIC_SEEDS)}
+
+
+def _pool_contrast(tables: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Cells and cells found per contrast bin, summed over several mosaics."""
+    return [dict(b, cells=sum(t[k]["cells"] for t in tables),
+                 found=sum(t[k]["found"] for t in tables)) for k, b in enumerate(tables[0])]
 
 
 def _pool(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -218,7 +229,8 @@ def _feature_net(path: Path, device: str):
 def report(runs: list[Path], val: Path, out: Path) -> str:
     results = [json.loads((r / "study.json").read_text()) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
-    lines = [_overall_table(results), "", _train_table(results), _pattern_tables(results)]
+    lines = [_overall_table(results), "", _contrast_table(results), _train_table(results),
+             _pattern_tables(results)]
     from _study_figures import (
         attention_figure,
         generated_attention_figure,
@@ -255,6 +267,29 @@ def _overall_table(results: list[dict[str, Any]]) -> str:
     rows.append(f"| centred ellipse (no model) | {c['ellipse_iou']:.3f} | | n/a | n/a "
                 "| | | | | | | |")
     return "\n".join(rows)
+
+
+def _contrast_table(results: list[dict[str, Any]]) -> str:
+    """Mosaic cells found, by how far they stand out from the background; empty for
+    study files scored before the contrast was recorded."""
+    scored = [r for r in results if "by_contrast" in r["mosaics"]["overall"]]
+    if not scored:
+        return ""
+    first = scored[0]["mosaics"]["overall"]["by_contrast"]
+    bins = [contrast_bin(b["low"], b["high"]) for b in first["model"]]
+    rows = ["### Mosaic cells found, by contrast", "",
+            "Contrast: a cell's median above the background's, in robust standard "
+            "deviations of the background. Cells found / cells.", "",
+            "| model | " + " | ".join(bins) + " |", "|" + " --- |" * (len(bins) + 1)]
+
+    def found(table: list[dict[str, Any]]) -> str:
+        return " | ".join(f"{b['found']} / {b['cells']}" for b in table)
+
+    for r in scored:
+        rows.append(f"| {_name(r)} | {found(r['mosaics']['overall']['by_contrast']['model'])} |")
+    rows.append(f"| Otsu (no model) | {found(first['otsu'])} |")
+    rows.append(f"| per-cell labelling of the image (no model) | {found(first['image_local'])} |")
+    return "\n".join(rows) + "\n"
 
 
 def _train_table(results: list[dict[str, Any]]) -> str:

@@ -60,6 +60,9 @@ def test_evaluate_slide_keys_and_ranges(tiny_checkpoint, mosaic):
         for key in ("precision", "recall", "f1", "pixel_iou", "mean_matched_iou"):
             assert _in_unit(r[method][key])
         assert r[method]["tp"] + r[method]["fn"] == 6
+        bins = r["by_contrast"][method]
+        assert sum(b["cells"] for b in bins) == 6
+        assert sum(b["found"] for b in bins) == r[method]["tp"]
     json.dumps(r)
 
 
@@ -203,7 +206,10 @@ def test_cli_mosaic_then_evaluate(tiny_checkpoint, crops_dir, tmp_path, capsys):
                   "--json", str(report)]) == 0
     text = capsys.readouterr().out
     assert "F1" in text and "Otsu" in text
-    assert json.loads(report.read_text())["n_true"] == 5
+    assert "true cells found, by contrast" in text and ">= 4" in text
+    saved = json.loads(report.read_text())
+    assert saved["n_true"] == 5
+    assert sum(b["cells"] for b in saved["by_contrast"]["model"]) == 5
 
     assert _main(["evaluate", "attention", "--checkpoint", str(tiny_checkpoint), "--crops",
                   str(crops_dir), "--per-pattern", "--limit", "1", "--device", "cpu"]) == 0

@@ -9,6 +9,7 @@ from scipy import ndimage as ndi
 
 from napari_atagan.metrics import (
     attention_mass_inside,
+    cell_contrast,
     classifier_features,
     ellipse_baseline,
     kid,
@@ -16,6 +17,7 @@ from napari_atagan.metrics import (
     otsu_baseline,
     pixel_iou,
     pointing_game,
+    recall_by_contrast,
     sample_diversity,
     sliced_wasserstein,
     threshold_map,
@@ -99,6 +101,51 @@ def test_match_objects_refuses_bad_input():
         match_objects(_two_cells(), _two_cells(), iou_threshold=0)
     with pytest.raises(ValueError, match="integer"):
         match_objects(_two_cells() + 0.5, _two_cells())
+
+
+def _faint_and_bright():
+    """Background 10 +- 1 (noise), a faint cell (+0.5) with id 4, a bright one (+5) with id 9."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(10.0, 1.0, (64, 64))
+    truth = np.zeros((64, 64), np.uint16)
+    truth[5:15, 5:15] = 4
+    image[5:15, 5:15] += 0.5
+    truth[30:40, 30:40] = 9
+    image[30:40, 30:40] += 5.0
+    return image, truth
+
+
+def test_cell_contrast_in_robust_sds_of_the_background():
+    image, truth = _faint_and_bright()
+    contrast = cell_contrast(image, truth)
+    assert contrast.shape == (2,)  # in id order: 4, then 9
+    assert 0.1 < contrast[0] < 1.0 and 4.0 < contrast[1] < 6.0
+    # a noise-free background falls back to the standard deviation, then to 1
+    flat = np.where(truth > 0, 3.0, 1.0)
+    assert cell_contrast(flat, truth).tolist() == [2.0, 2.0]
+    with pytest.raises(ValueError, match="no background"):
+        cell_contrast(image, np.ones((64, 64), int))
+    with pytest.raises(ValueError, match="NaN"):
+        cell_contrast(np.where(truth > 0, np.nan, image), truth)
+    with pytest.raises(ValueError, match="same pixels"):
+        cell_contrast(image[:-1], truth)
+
+
+def test_recall_by_contrast_counts_found_cells_per_bin():
+    image, truth = _faint_and_bright()
+    pred = np.zeros_like(truth)
+    pred[30:40, 31:40] = 5  # the bright cell, IoU 0.9
+    pred[5:8, 5:8] = 6  # a piece of the faint one: IoU 0.09, not found
+    pred[50:55, 50:55] = 7  # a false alarm
+    bins = recall_by_contrast(pred, truth, image)
+    assert [(b["low"], b["high"]) for b in bins] == [(None, 1.0), (1.0, 2.0), (2.0, 4.0),
+                                                    (4.0, None)]
+    assert [(b["cells"], b["found"]) for b in bins] == [(1, 0), (0, 0), (0, 0), (1, 1)]
+    assert recall_by_contrast(truth, truth, image, edges=(3.0,)) == [
+        {"low": None, "high": 3.0, "cells": 1, "found": 1},
+        {"low": 3.0, "high": None, "cells": 1, "found": 1}]
+    with pytest.raises(ValueError, match="increasing"):
+        recall_by_contrast(pred, truth, image, edges=(2.0, 1.0))
 
 
 # ---------------------------------------------------------------------------

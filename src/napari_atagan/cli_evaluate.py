@@ -323,7 +323,25 @@ def _slide_table(result: dict) -> str:
                             ("same labelling of the image", result["image_local"]))]
     return (f"cells on the slide ({result['n_true']} true cells, diameter "
             f"{result['cell_diameter']:.1f} px, {result['diameter_source']})\n"
-            + format_table(header, rows) + f"\nnote: {result['note']}")
+            + format_table(header, rows) + "\n\n" + _contrast_table(result["by_contrast"])
+            + f"\nnote: {result['note']}")
+
+
+def _contrast_table(by_contrast: dict) -> str:
+    """True cells found by each method, by how far they stand out from the background."""
+    header = ["contrast", "cells", "model", "Otsu", "same labelling of the image"]
+    rows = [[contrast_bin(b["low"], b["high"]), b["cells"]]
+            + [f"{by_contrast[who][k]['found']}" for who in ("model", "otsu", "image_local")]
+            for k, b in enumerate(by_contrast["model"])]
+    return ("true cells found, by contrast (cell median above the background's, in robust "
+            "standard deviations of the background)\n" + format_table(header, rows))
+
+
+def contrast_bin(low: float | None, high: float | None) -> str:
+    """``"< 1"``, ``"1-2"``, ``">= 4"``: a bin of :func:`napari_atagan.metrics.recall_by_contrast`."""
+    if low is None:
+        return f"< {high:g}"
+    return f">= {low:g}" if high is None else f"{low:g}-{high:g}"
 
 
 def _samples_table(result: dict) -> str:

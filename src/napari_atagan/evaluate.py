@@ -39,6 +39,7 @@ from .metrics import (
     otsu_baseline,
     pixel_iou,
     pointing_game,
+    recall_by_contrast,
     sliced_wasserstein,
     threshold_map,
 )
@@ -165,8 +166,11 @@ def evaluate_slide(
     mask) is split into its connected objects first.
 
     Returns ``"model"``, ``"otsu"`` and ``"image_local"`` score dicts (keys :data:`SLIDE_KEYS`;
-    ``pixel_iou`` compares the union of all cells), ``"ellipse": None`` with a
-    ``"note"`` why, and the cell diameter used.
+    ``pixel_iou`` compares the union of all cells), ``"by_contrast"``: for each of
+    the three, the true cells found per bin of contrast with the background
+    (:func:`napari_atagan.metrics.recall_by_contrast`: are the missed cells the
+    ones that barely stand out?), ``"ellipse": None`` with a ``"note"`` why, and
+    the cell diameter used.
     """
     from .labels import attention_to_labels
     from .slide import estimate_cell_diameter, slide_attention
@@ -201,6 +205,8 @@ def evaluate_slide(
         "model": _slide_scores(predicted, truth),
         "otsu": _slide_scores(otsu, truth),
         "image_local": _slide_scores(image_local, truth),
+        "by_contrast": {who: recall_by_contrast(found, truth, img) for who, found in
+                        (("model", predicted), ("otsu", otsu), ("image_local", image_local))},
         "ellipse": None,
         "note": ELLIPSE_NOTE,
     }

@@ -6,8 +6,10 @@ makes the work fast):
 * **Masks and objects.** :func:`pixel_iou` compares two binary masks;
   :func:`match_objects` pairs the cells of two label images one-to-one by their
   overlap and counts hits and misses (object precision, recall and F1 at an
-  IoU threshold, 0.5 by default). :func:`threshold_map` turns an attention map
-  into a mask.
+  IoU threshold, 0.5 by default); :func:`recall_by_contrast` splits the true
+  cells found by how far they stand out from the background
+  (:func:`cell_contrast`). :func:`threshold_map` turns an attention map into a
+  mask.
 * **Where the attention goes.** :func:`pointing_game` asks whether the most
   attended pixel lies on the cell; :func:`attention_mass_inside` measures how
   much of the attention falls on it.
@@ -36,8 +38,10 @@ from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
+    "CONTRAST_EDGES",
     "ELLIPSE_FRACTION",
     "attention_mass_inside",
+    "cell_contrast",
     "classifier_features",
     "ellipse_baseline",
     "kid",
@@ -45,6 +49,7 @@ __all__ = [
     "otsu_baseline",
     "pixel_iou",
     "pointing_game",
+    "recall_by_contrast",
     "sample_diversity",
     "sliced_wasserstein",
     "threshold_map",
@@ -104,7 +109,7 @@ def match_objects(
     pred, n_pred = _compact_labels(pred, "pred_labels")
     true, n_true = _compact_labels(true, "true_labels")
     p_idx, t_idx, iou = _pair_ious(pred, n_pred, true, n_true)
-    matched = _matched_ious(p_idx, t_idx, iou, float(iou_threshold))
+    matched = _matches(p_idx, t_idx, iou, float(iou_threshold))[1]
     tp = int(matched.size)
     fp, fn = n_pred - tp, n_true - tp
     if n_pred == 0 and n_true == 0:
@@ -156,19 +161,72 @@ def _pair_ious(pred: np.ndarray, n_pred: int, true: np.ndarray,
     return p - 1, t - 1, iou
 
 
-def _matched_ious(p: np.ndarray, t: np.ndarray, iou: np.ndarray, threshold: float) -> np.ndarray:
-    """IoUs of the one-to-one matches among candidate pairs with IoU >= threshold."""
+def _matches(p: np.ndarray, t: np.ndarray, iou: np.ndarray,
+             threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The one-to-one matches among candidate pairs with IoU >= threshold:
+    the matched true objects' 0-based indices and the matches' IoUs."""
     keep = iou >= threshold
     p, t, iou = p[keep], t[keep], iou[keep]
     if iou.size == 0 or threshold > 0.5:
-        return iou  # each object is in at most one candidate pair
+        return t, iou  # each object is in at most one candidate pair
     rows, p = np.unique(p, return_inverse=True)
     cols, t = np.unique(t, return_inverse=True)
     weight = np.zeros((rows.size, cols.size))
     weight[p, t] = iou
     r, c = linear_sum_assignment(weight, maximize=True)
-    chosen = weight[r, c]
-    return chosen[chosen >= threshold]
+    chosen = weight[r, c] >= threshold
+    return cols[c[chosen]], weight[r, c][chosen]
+
+
+CONTRAST_EDGES = (1.0, 2.0, 4.0)
+"""Bin edges of :func:`recall_by_contrast`, in robust standard deviations of the background."""
+
+
+def cell_contrast(image: np.ndarray, true_labels: np.ndarray) -> np.ndarray:
+    """How far each true cell stands out from the background of ``image``.
+
+    The median of the cell's pixels minus the median of the background (label 0),
+    in robust standard deviations of the background (1.4826 x its median absolute
+    deviation; its standard deviation if that is 0, and 1 if both are). Element
+    ``i`` belongs to the ``i``-th object in increasing id order. A cell below 1
+    is hardly brighter than the background noise: intensity alone cannot find it.
+    """
+    labels, img = _same_shape(true_labels, image, "true_labels", "image")
+    img = _finite_map(img, "image").astype(np.float64)
+    true, n = _compact_labels(labels, "true_labels")
+    background = img[true == 0]
+    if background.size == 0:
+        raise ValueError("the labels leave no background pixel to compare the cells with")
+    level = float(np.median(background))
+    spread = 1.4826 * float(np.median(np.abs(background - level)))
+    spread = spread or float(background.std()) or 1.0
+    medians = ndi.median(img, true, np.arange(1, n + 1)) if n else []
+    return (np.asarray(medians, dtype=np.float64).reshape(n) - level) / spread
+
+
+def recall_by_contrast(pred_labels: np.ndarray, true_labels: np.ndarray, image: np.ndarray,
+                       edges: tuple[float, ...] = CONTRAST_EDGES,
+                       iou_threshold: float = 0.5) -> list[dict[str, Any]]:
+    """Which true cells were found (matched as in :func:`match_objects`), by contrast.
+
+    The true cells are binned by :func:`cell_contrast` at ``edges``; each bin gives
+    its range (``low`` inclusive, ``high`` exclusive, ``None`` for unbounded), the
+    number of ``cells`` and how many were ``found``. Shows whether missed cells
+    are the ones that barely stand out from the background.
+    """
+    pred, true = _same_shape(pred_labels, true_labels, "pred_labels", "true_labels")
+    if list(edges) != sorted(set(float(e) for e in edges)):
+        raise ValueError(f"edges must be increasing numbers, got {edges}")
+    contrast = cell_contrast(image, true)
+    pred, n_pred = _compact_labels(pred, "pred_labels")
+    true, n_true = _compact_labels(true, "true_labels")
+    p_idx, t_idx, iou = _pair_ious(pred, n_pred, true, n_true)
+    found = np.zeros(n_true, dtype=bool)
+    found[_matches(p_idx, t_idx, iou, float(iou_threshold))[0]] = True
+    which = np.searchsorted(np.asarray(edges, dtype=np.float64), contrast, side="right")
+    bounds = [None, *map(float, edges), None]
+    return [{"low": bounds[k], "high": bounds[k + 1], "cells": int((which == k).sum()),
+             "found": int(found[which == k].sum())} for k in range(len(bounds) - 1)]
 
 
 def threshold_map(attention: np.ndarray, method: str | float = "otsu") -> np.ndarray:
