@@ -223,7 +223,8 @@ def time_model_only(disc, shape: tuple[int, int], device, repeat: int) -> dict:
             disc.cam_map(disc.features(x))
             _sync(device)
             seconds = min(seconds, time.perf_counter() - t0)
-    return {"seconds": round(seconds, 4), "mpx_per_s": round(shape[0] * shape[1] / seconds / 1e6, 2)}
+    return {"seconds": round(seconds, 4),
+            "mpx_per_s": round(shape[0] * shape[1] / seconds / 1e6, 2)}
 
 
 def sliding_window(disc, image: np.ndarray, device, window: int = 64, step: int = 16,

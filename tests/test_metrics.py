@@ -144,8 +144,14 @@ def test_recall_by_contrast_counts_found_cells_per_bin():
     assert recall_by_contrast(truth, truth, image, edges=(3.0,)) == [
         {"low": None, "high": 3.0, "cells": 1, "found": 1},
         {"low": 3.0, "high": None, "cells": 1, "found": 1}]
+    # the contrast, when already known, gives the same bins
+    assert recall_by_contrast(pred, truth, contrast=cell_contrast(image, truth)) == bins
     with pytest.raises(ValueError, match="increasing"):
         recall_by_contrast(pred, truth, image, edges=(2.0, 1.0))
+    with pytest.raises(ValueError, match="give the image"):
+        recall_by_contrast(pred, truth)
+    with pytest.raises(ValueError, match="one value per true cell \\(2\\), got 1"):
+        recall_by_contrast(pred, truth, contrast=np.array([3.0]))
 
 
 # ---------------------------------------------------------------------------

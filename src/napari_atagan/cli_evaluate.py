@@ -338,7 +338,8 @@ def _contrast_table(by_contrast: dict) -> str:
 
 
 def contrast_bin(low: float | None, high: float | None) -> str:
-    """``"< 1"``, ``"1-2"``, ``">= 4"``: a bin of :func:`napari_atagan.metrics.recall_by_contrast`."""
+    """``"< 1"``, ``"1-2"``, ``">= 4"``: names a bin of
+    :func:`napari_atagan.metrics.recall_by_contrast`."""
     if low is None:
         return f"< {high:g}"
     return f">= {low:g}" if high is None else f"{low:g}-{high:g}"

@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 
 from .metrics import (
     attention_mass_inside,
+    cell_contrast,
     classifier_features,
     ellipse_baseline,
     kid,
@@ -190,6 +191,7 @@ def evaluate_slide(
     predicted = attention_to_labels(attention, threshold=threshold, min_size=min_size,
                                     cell_diameter=diameter)
     otsu = otsu_baseline(img.astype(np.float32), min_size=min_size)
+    contrast = cell_contrast(img, truth)
     image_local = attention_to_labels(img.astype(np.float32), threshold=threshold,
                                       min_size=min_size, cell_diameter=diameter)
     return {
@@ -205,8 +207,8 @@ def evaluate_slide(
         "model": _slide_scores(predicted, truth),
         "otsu": _slide_scores(otsu, truth),
         "image_local": _slide_scores(image_local, truth),
-        "by_contrast": {who: recall_by_contrast(found, truth, img) for who, found in
-                        (("model", predicted), ("otsu", otsu), ("image_local", image_local))},
+        "by_contrast": {who: recall_by_contrast(found, truth, contrast=contrast) for who, found
+                        in (("model", predicted), ("otsu", otsu), ("image_local", image_local))},
         "ellipse": None,
         "note": ELLIPSE_NOTE,
     }

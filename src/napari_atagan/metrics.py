@@ -204,22 +204,33 @@ def cell_contrast(image: np.ndarray, true_labels: np.ndarray) -> np.ndarray:
     return (np.asarray(medians, dtype=np.float64).reshape(n) - level) / spread
 
 
-def recall_by_contrast(pred_labels: np.ndarray, true_labels: np.ndarray, image: np.ndarray,
+def recall_by_contrast(pred_labels: np.ndarray, true_labels: np.ndarray,
+                       image: np.ndarray | None = None, *,
+                       contrast: np.ndarray | None = None,
                        edges: tuple[float, ...] = CONTRAST_EDGES,
                        iou_threshold: float = 0.5) -> list[dict[str, Any]]:
     """Which true cells were found (matched as in :func:`match_objects`), by contrast.
 
-    The true cells are binned by :func:`cell_contrast` at ``edges``; each bin gives
-    its range (``low`` inclusive, ``high`` exclusive, ``None`` for unbounded), the
-    number of ``cells`` and how many were ``found``. Shows whether missed cells
-    are the ones that barely stand out from the background.
+    The true cells are binned by :func:`cell_contrast` of ``image`` at ``edges``
+    (or by ``contrast``, that function's result when it is already known, e.g. to
+    score several predictions of one slide); each bin gives its range (``low``
+    inclusive, ``high`` exclusive, ``None`` for unbounded), the number of
+    ``cells`` and how many were ``found``. Shows whether missed cells are the
+    ones that barely stand out from the background.
     """
     pred, true = _same_shape(pred_labels, true_labels, "pred_labels", "true_labels")
     if list(edges) != sorted(set(float(e) for e in edges)):
         raise ValueError(f"edges must be increasing numbers, got {edges}")
-    contrast = cell_contrast(image, true)
+    if contrast is None:
+        if image is None:
+            raise ValueError("give the image (or the cells' contrast) to bin the cells by")
+        contrast = cell_contrast(image, true)
     pred, n_pred = _compact_labels(pred, "pred_labels")
     true, n_true = _compact_labels(true, "true_labels")
+    contrast = np.asarray(contrast, dtype=np.float64)
+    if contrast.shape != (n_true,):
+        raise ValueError(
+            f"contrast must hold one value per true cell ({n_true}), got {contrast.size}")
     p_idx, t_idx, iou = _pair_ious(pred, n_pred, true, n_true)
     found = np.zeros(n_true, dtype=bool)
     found[_matches(p_idx, t_idx, iou, float(iou_threshold))[0]] = True
