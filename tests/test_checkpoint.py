@@ -322,6 +322,11 @@ def test_optimizer_errors(saved, run):
         load_optimizer_state(ckpt, "G", adam(torch.nn.Linear(2, 2)))
     with pytest.raises(CheckpointError, match="saved as Adam"):
         load_optimizer_state(ckpt, "G", torch.optim.SGD(run[1].parameters(), lr=0.1))
+    # the same parameters split into two groups: the groups are named, not paired off
+    params = list(run[1].parameters())
+    split = torch.optim.Adam([{"params": params[:1]}, {"params": params[1:]}])
+    with pytest.raises(CheckpointError, match=r"1 parameter group\(s\) saved, 2 in this"):
+        load_optimizer_state(ckpt, "G", split)
 
 
 def test_global_rng_is_saved_and_restored(tmp_path, run):

@@ -622,8 +622,12 @@ def load_optimizer_state(
         )
     try:
         state = _optimizer_state(ckpt, name, info)
-        groups = [_restore_group(g, ours) for g, ours
-                  in zip(info["param_groups"], optimizer.param_groups, strict=False)]
+        saved_groups = info["param_groups"]
+        if len(saved_groups) != len(optimizer.param_groups):
+            raise ValueError(f"{len(saved_groups)} parameter group(s) saved, "
+                             f"{len(optimizer.param_groups)} in this optimizer")
+        groups = [_restore_group(g, ours)
+                  for g, ours in zip(saved_groups, optimizer.param_groups, strict=True)]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise _error(ckpt.path, f"optimizer {name!r} state does not fit: {exc}") from exc
