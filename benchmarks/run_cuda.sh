@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark on a CUDA GPU, one after another; each one's output is also kept
 # in OUT/NAME.log (default OUT: runs/bench_cuda). NAMEs pick some of them (e.g. to
-# split the list over several shorter sessions): cuda_tests train train_graph
+# split the list over several shorter sessions): cuda_tests train train_eager
 # train_batch512 train_compile synth slide slide_tile2048 slide_big.
 #   benchmarks/run_cuda.sh [OUT [NAME ...]]
 # PY (default .venv/bin/python) is the Python that runs the package.
@@ -23,19 +23,20 @@ run() {  # run NAME SECONDS SCRIPT ARGS...: one benchmark, stopped after SECONDS
   timeout "$limit" "$PY" "$@" 2>&1 | tee "$OUT/$name.log"
 }
 
-# the tests that need CUDA (the CUDA-graph step, augmentation on the device), if pytest is there
+# the tests that need CUDA (the CUDA-graph step, augmentation on the device), if pytest is there;
+# the warning filters are dropped since they name packages (pydantic) that only the GUI needs
 if ! wanted cuda_tests; then
   :
 elif "$PY" -c "import pytest" 2>/dev/null; then
   echo "== cuda_tests"
-  timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_training.py tests/test_augment.py \
+  timeout 300 "$PY" -m pytest -q -p no:cacheprovider -o filterwarnings= tests/test_training.py tests/test_augment.py \
     -k "cuda or gpu" 2>&1 | tee "$OUT/cuda_tests.log"
 else
   echo "== cuda_tests skipped: no pytest for $PY"
 fi
 
 run train 240 benchmarks/bench_train.py --device cuda --steps 400 --profile
-run train_graph 240 benchmarks/bench_train.py --device cuda --steps 400 --cuda-graph --no-reference --profile
+run train_eager 240 benchmarks/bench_train.py --device cuda --steps 400 --eager --no-reference --profile
 run train_batch512 180 benchmarks/bench_train.py --device cuda --steps 200 --batch 512 --no-reference
 run train_compile 240 benchmarks/bench_train.py --device cuda --steps 400 --compile --no-reference
 run synth 120 benchmarks/bench_synth.py --device cuda -n 100000

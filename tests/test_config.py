@@ -79,6 +79,6 @@ def test_parse_option_refuses(text, message):
         TrainConfig.parse_option(text)
 
 
-def test_cuda_graph_and_compile_exclude_each_other():
-    with pytest.raises(ValueError, match="cuda_graph and compile"):
-        TrainConfig(cuda_graph=True, compile=True)
+def test_cuda_graph_is_on_by_default_and_compile_may_be_asked_for_beside_it():
+    assert TrainConfig().cuda_graph
+    assert TrainConfig(compile=True).compile  # compile then replaces the captured step

@@ -178,7 +178,7 @@ def train(
             m.to(memory_format=torch.channels_last)
     # One fused kernel updates all of a network's parameters (CUDA and CPU alike);
     # a captured step keeps Adam's step counts on the device.
-    graphed = config.cuda_graph and device.type == "cuda"
+    graphed = _captured(config, device)
     fused = {"fused": True, "capturable": graphed}
     state = _State(
         G=G,
@@ -213,8 +213,6 @@ def train(
     step_fn = _make_step(config, state, augment, images, labels, maps, n_classes, device)
     if graphed:
         step_fn = _CudaGraphStep(step_fn, state, config.ema_decay)
-    elif config.cuda_graph:
-        yield Message(f"cuda_graph needs a CUDA device: the step runs as usual on {device.type}")
 
     fixed_z, fixed_y = _fixed_latents(config, n_classes, device)
     metadata = _metadata_base(config, data, device)
@@ -301,13 +299,19 @@ def train(
 
 
 # --------------------------------------------------------------------------- one step
+def _captured(config: TrainConfig, device: torch.device) -> bool:
+    """Whether the step is captured as a CUDA graph: on CUDA, unless it is compiled."""
+    return config.cuda_graph and not config.compile and device.type == "cuda"
+
+
 def _make_step(config, state: _State, augment, images, labels, maps, n_classes, device):
     """Build the closure that runs one D step and one G step and returns losses (tensors)."""
     beta = config.effective_beta
     use_amp = config.amp and device.type == "cuda"
     # A captured step recasts the weights at every replay: torch asks for autocast
     # without its cache of casts inside CUDA graphs.
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not config.cuda_graph)
+    cache = not _captured(config, device)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
            if use_amp else torch.autocast(device.type, enabled=False))
     ema_decay = config.ema_decay
     projection = bool(n_classes) and config.conditioning == "projection"
