@@ -359,6 +359,21 @@ def test_the_average_moves_alike_with_a_number_or_a_device_tensor():
     assert _ema_weight(10 ** 6, 0.999) == pytest.approx(0.001)
 
 
+def test_training_seconds_leave_out_the_time_the_consumer_takes(tmp_path, tiny_data):
+    import time
+
+    t0 = time.perf_counter()
+    for event in train(tiny_config(steps=4, log_every=1), tiny_data, tmp_path):
+        if isinstance(event, Progress):
+            time.sleep(0.5)  # a slow viewer, after every step
+        if isinstance(event, Finished):
+            summary = event.summary
+    wall = time.perf_counter() - t0
+    assert 0 < summary["seconds"] < wall - 2.0  # none of the viewer's 2 s
+    assert summary["images_per_s"] == pytest.approx(
+        4 * summary["batch_size"] / summary["seconds"], rel=0.01)
+
+
 def test_cuda_graph_is_for_cuda_alone_and_gives_way_to_compile():
     assert TrainConfig().cuda_graph  # the default
     cuda, cpu = torch.device("cuda"), torch.device("cpu")

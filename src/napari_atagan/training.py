@@ -249,12 +249,16 @@ def train(
     stopped = False
     last_log = state.step
     t_log = time.perf_counter()
+    # state.seconds: time spent in training steps. The device runs behind the host
+    # (a replayed CUDA graph returns at once), so a stretch of steps ends only once
+    # the device has finished it; samples, checkpoints and the consumer's handling
+    # of events fall between stretches and are not counted.
+    clock = _StepClock(state, device)
     try:
         while state.step < config.steps:
             if _should_stop(stop):
                 stopped = True
                 break
-            t0 = time.perf_counter()
             try:
                 losses = step_fn()
             except torch.OutOfMemoryError:
@@ -263,16 +267,20 @@ def train(
                 state.batch_size = max(1, state.batch_size // 2)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+                clock.lap()
                 yield Message(f"out of GPU memory: batch size halved to {state.batch_size}")
+                clock.restart()
                 continue
             state.step += 1
-            state.seconds += time.perf_counter() - t0
             if getattr(step_fn, "notice", None):
+                clock.lap()
                 yield Message(step_fn.notice)
+                clock.restart()
                 step_fn.notice = None
 
             if state.step % config.log_every == 0 or state.step == config.steps:
                 vals = {k: float(v) for k, v in losses.items()}  # one host sync per log
+                clock.lap()
                 state.history.append({"step": state.step, **vals})
                 now = time.perf_counter()
                 rate = (state.step - last_log) * state.batch_size / max(now - t_log, 1e-9)
@@ -280,13 +288,19 @@ def train(
                 left = (config.steps - state.step) * state.batch_size / max(rate, 1e-9)
                 yield Progress(state.step, config.steps, vals, rate, left,
                                state.seconds, state.batch_size)
+                clock.restart()
             if state.step % config.sample_every == 0 or state.step == config.steps:
+                clock.lap()
                 settle_generator()
                 yield Samples(state.step, _sample(state.G_ema, fixed_z, fixed_y),
                               None if fixed_y is None else fixed_y.cpu().numpy())
+                clock.restart()
             if state.step % config.checkpoint_every == 0 and state.step < config.steps:
+                clock.lap()
                 yield CheckpointSaved(state.step, save())
-    except GeneratorExit:
+                clock.restart()
+        clock.lap()
+    except GeneratorExit:  # (at a yield: no stretch of steps is running)
         save(final=True)
         _release(device)
         raise
@@ -628,6 +642,30 @@ def _fixed_latents(config, n_classes, device, per_class: int = 6):
 @torch.no_grad()
 def _sample(G_ema, z, y) -> np.ndarray:
     return G_ema(z, y)[:, 0].float().cpu().numpy()
+
+
+class _StepClock:
+    """Adds the wall time of stretches of training steps to ``state.seconds``.
+
+    :meth:`lap` ends a stretch (waiting for the device to finish its queued work)
+    and adds its time; :meth:`restart` begins the next one. A second :meth:`lap`
+    without a :meth:`restart` adds nothing.
+    """
+
+    def __init__(self, state: _State, device: torch.device) -> None:
+        self.state, self.device = state, device
+        self.t0: float | None = time.perf_counter()
+
+    def lap(self) -> None:
+        if self.t0 is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.state.seconds += time.perf_counter() - self.t0
+        self.t0 = None
+
+    def restart(self) -> None:
+        self.t0 = time.perf_counter()
 
 
 def _rate(state: _State) -> float:
