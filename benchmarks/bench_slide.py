@@ -11,11 +11,15 @@ Usage::
 A default discriminator with random weights runs at model scale (factor 1) on a
 synthetic uint16 slide. Reported:
 
-* the fully convolutional tiled path (:func:`napari_atagan.slide.discriminator_attention`):
-  megapixels per second at model scale, peak host memory (RSS high-water mark
-  during the run, Linux VmHWM reset just before it; resident memory of the
-  process before the run, mostly the torch runtime, is given beside it)
-  and peak GPU memory;
+* the fully convolutional tiled path (:func:`napari_atagan.slide.discriminator_attention`,
+  default tile: 2048 on CUDA, 1024 elsewhere): megapixels per second at model
+  scale (the best of ``--repeat`` runs after a warm-up on a small region;
+  ``first_seconds``: the first of them, which also allocates the map and the
+  buffers), peak host memory (RSS high-water mark during the run, Linux VmHWM
+  reset just before it; resident memory of the process before the run, mostly
+  the torch runtime, is given beside it) and peak GPU memory;
+* on CUDA, ``pinned_map_allocation``: seconds to allocate the map in page-locked
+  memory, in a fresh process (the first run's extra cost) and from torch's cache;
 * the sliding-window baseline: 64x64 windows every 16 pixels, batched through
   ``D.soft_cam``, overlapping maps averaged; and the speed ratio of the two.
 
@@ -33,8 +37,10 @@ plain one, and the difference is what overlapping host and device work gains.
 
 ``--kernels`` profiles one tiled run with torch.profiler (``"kernels"``): tensor
 operations issued and the operations that take the most host and device time.
-``--variants`` times the tiled path under runtime settings the product does not
-use (yet): bf16 autocast, a channels-last discriminator, and both; beside them
+``--variants`` times the tiled path writing into a float32 array that the caller
+allocates for every run (``caller_float32_out``, as the CLI does), and under
+runtime settings the product does not use (yet): bf16 autocast, a channels-last
+discriminator, and both; beside them
 ``model_only``, the discriminator and CAM on the whole slide at once, already on
 the device (no reading, tiling or output): the speed the tiled path could reach.
 
@@ -67,7 +73,7 @@ from _profiling import op_summary  # benchmarks/, beside this script
 from napari_atagan import slide as slide_module
 from napari_atagan.device import describe, resolve_device
 from napari_atagan.models import Discriminator
-from napari_atagan.slide import discriminator_attention
+from napari_atagan.slide import default_tile_size, discriminator_attention
 
 
 def _status_mb(key: str) -> float | None:
@@ -130,23 +136,54 @@ def _synthetic(size: int, seed: int = 0) -> np.ndarray:
     return rng.integers(0, 4096, size=(size, size), dtype=np.uint16)
 
 
-def time_tiled(disc, image, device, tile_size: int, out=None, repeat: int = 1) -> dict:
-    """Best of ``repeat`` timed runs of the fully convolutional path (after a warm-up)."""
+def time_tiled(disc, image, device, tile_size: int, caller_out: bool = False,
+               repeat: int = 1) -> dict:
+    """Best of ``repeat`` timed runs of the fully convolutional path (after a warm-up on a
+    small region), and the first of them (which also allocates the map and buffers).
+
+    ``caller_out``: each run writes into a new ``np.zeros`` float32 array, as a caller
+    that allocates the map itself (the CLI) does, instead of a map allocated by the run.
+    """
     discriminator_attention(disc, image[:256, :256], device=device, tile_size=tile_size)
     _sync(device)
     _reset_gpu_peak(device)
     host_before = _rss_mb()
     _reset_peak_rss()
-    seconds = math.inf
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
+        out = np.zeros(image.shape, np.float32) if caller_out else None
         discriminator_attention(disc, image, device=device, tile_size=tile_size, out=out)
         _sync(device)
-        seconds = min(seconds, time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
     pixels = image.shape[0] * image.shape[1]
+    seconds = min(times)
     return {"seconds": round(seconds, 3), "mpx_per_s": round(pixels / seconds / 1e6, 2),
+            "first_seconds": round(times[0], 3),
             "host_rss_before_mb": round(host_before, 1),
             "peak_host_mb": round(_peak_rss_mb(), 1), "peak_gpu_mb": _round(_gpu_peak_mb(device))}
+
+
+_PINNING = """
+import json, sys, time, torch
+torch.empty(1, pin_memory=True)  # the CUDA context and the host allocator exist
+seconds = []
+for _ in range(2):
+    t0 = time.perf_counter()
+    block = torch.empty(int(sys.argv[1]), dtype=torch.float32, pin_memory=True)
+    seconds.append(round(time.perf_counter() - t0, 4))
+    del block
+print(json.dumps({"first_s": seconds[0], "cached_s": seconds[1]}))
+"""
+
+
+def _time_pinning(shape: tuple[int, int]) -> dict:
+    """Seconds to allocate a float32 map of ``shape`` in page-locked memory, the first
+    time and again from torch's host cache (in a fresh process, so that no block of
+    this process's runs is cached yet)."""
+    cmd = [sys.executable, "-c", _PINNING, str(shape[0] * shape[1])]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
 
 
 def profile_tiled(disc, image, device, tile_size: int, repeat: int = 1) -> dict:
@@ -198,7 +235,8 @@ def time_variants(disc, image, device, tile_size: int, repeat: int) -> dict:
     """The tiled path under bf16 autocast and/or a channels-last discriminator, and the
     model alone on the whole slide (input already on the device)."""
     last = copy.deepcopy(disc).to(memory_format=torch.channels_last)
-    out = {}
+    out = {"caller_float32_out": time_tiled(disc, image, device, tile_size, caller_out=True,
+                                            repeat=repeat)}
     for name, model, ctx in (("bf16_autocast", disc, _autocast),
                              ("channels_last", last, lambda d: contextlib.nullcontext()),
                              ("bf16_channels_last", last, _autocast)):
@@ -278,11 +316,13 @@ def run_standard(device: torch.device, size: int, tile_size: int, repeat: int,
                  profile: bool = False, kernels: bool = False, variants: bool = False) -> dict:
     disc = _model(device)
     image = _synthetic(size)
+    pinning = _time_pinning(image.shape) if device.type == "cuda" else None
     tiled = time_tiled(disc, image, device, tile_size, repeat=repeat)
     sliding = time_sliding(disc, image, device, repeat=repeat)
     report = {
         "device": describe(device), "size": size, "tile_size": tile_size, "repeat": repeat,
-        "fully_convolutional": tiled, "sliding_window_64_stride_16": sliding,
+        "fully_convolutional": tiled, "pinned_map_allocation": pinning,
+        "sliding_window_64_stride_16": sliding,
         "speedup": round(sliding["seconds"] / tiled["seconds"], 1),
     }
     if profile:
@@ -359,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     parser.add_argument("--size", type=int, default=None,
                         help="side of the synthetic slide (default: 4096 on GPU, 1024 on CPU)")
-    parser.add_argument("--tile-size", type=int, default=1024, help="tile side (model pixels)")
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="tile side (model pixels; default: 2048 on CUDA, 1024 elsewhere)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="timed runs of each method; the fastest counts (default: 3)")
     parser.add_argument("--big", action="store_true",
@@ -373,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--_measure-big", dest="measure_big", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    args.tile_size = args.tile_size or default_tile_size(device)
     if args.measure_big:
         print(json.dumps(_measure_big(args.measure_big, device, args.tile_size)))
         return 0

@@ -29,7 +29,7 @@ if ! wanted cuda_tests; then
   :
 elif "$PY" -c "import pytest" 2>/dev/null; then
   echo "== cuda_tests"
-  timeout 300 "$PY" -m pytest -q -p no:cacheprovider -o filterwarnings= tests/test_training.py tests/test_augment.py \
+  timeout 300 "$PY" -m pytest -q -p no:cacheprovider -o filterwarnings= tests/test_training.py tests/test_augment.py tests/test_slide.py \
     -k "cuda or gpu" 2>&1 | tee "$OUT/cuda_tests.log"
 else
   echo "== cuda_tests skipped: no pytest for $PY"

@@ -458,6 +458,7 @@ def test_cli_writes_attention_and_labels(tmp_path, ckpt_path, capsys):
     assert meta["checkpoint"] == "tiny.safetensors" and meta["cell_diameter"] == 20.0
     assert meta["threshold"] == "local" and meta["min_size"] == 5
     assert meta["min_size_in_effect"] == 125  # 0.4 of a 20-px disc: the labelling's floor
+    assert meta["tile_size"] == 32
     out = capsys.readouterr().out
     assert '"cells"' in out and "megapixels_per_s" in out
     assert sorted(os.listdir(tmp_path / "out")) == ["slide_attention.tif", "slide_labels.tif"]
@@ -470,6 +471,13 @@ def test_cli_labels_a_large_map_in_tiles(tmp_path, ckpt_path, monkeypatch):
     argv = ["attention", "--checkpoint", str(ckpt_path), "--image", str(image),
             "--diameter", "20", "--device", "cpu", "--tile-size", "32", "--min-size", "5"]
     assert run(_parse([*argv, "--out", str(tmp_path / "small")])) == 0
+    no_tile = [a for a in argv if a not in ("--tile-size", "32")]
+    assert run(_parse([*no_tile, "--out", str(tmp_path / "default")])) == 0
+    meta = read_tiff_metadata(tmp_path / "default" / "slide_labels.tif")
+    assert meta["tile_size"] == 1024  # the CPU's default tile
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "default" / "slide_attention.tif"),
+                               tifffile.imread(tmp_path / "small" / "slide_attention.tif"),
+                               rtol=0, atol=1e-5)
     monkeypatch.setattr(cli, "_MEMMAP_PIXELS", 100)  # every map counts as large
     assert run(_parse([*argv, "--out", str(tmp_path / "large")])) == 0
     small = tifffile.imread(tmp_path / "small" / "slide_labels.tif")

@@ -18,6 +18,7 @@ from napari_atagan.models import build_models
 from napari_atagan.slide import (
     CELL_FRACTION,
     Stopped,
+    default_tile_size,
     discriminator_attention,
     estimate_cell_diameter,
     model_cell_diameter,
@@ -207,6 +208,11 @@ def test_background_is_weaker_than_cells(ckpt):
     assert not np.allclose(att, flat)
 
 
+def test_default_tile_size_is_larger_on_cuda():
+    assert default_tile_size("cpu") == 1024
+    assert default_tile_size(torch.device("cuda")) == 2048  # no GPU needed to ask
+
+
 def test_model_cell_diameter(ckpt, tmp_path):
     assert model_cell_diameter(ckpt) == MODEL_DIAMETER
     old = load_checkpoint(_tiny_checkpoint(tmp_path / "old", model_diameter=None))
@@ -282,6 +288,57 @@ def test_tiff_memmap_in_and_memmap_out(ckpt, tmp_path):
     assert res is out
     ref = slide_attention(ckpt, img, cell_diameter=10, device="cpu")
     assert _rel(np.asarray(out), ref) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["float32", "float64", "memmap"])
+def test_map_written_in_many_bands_into_any_out(ckpt, tmp_path, monkeypatch, kind):
+    import napari_atagan.slide as slide_mod
+
+    img = _slide((150, 96))
+    ref = slide_attention(ckpt, img, cell_diameter=10, device="cpu")
+    monkeypatch.setattr(slide_mod, "_OUT_BAND_PIXELS", 96 * 7)  # 22 bands, the last short
+    if kind == "memmap":
+        out = np.lib.format.open_memmap(tmp_path / "att.npy", mode="w+", dtype=np.float32,
+                                        shape=img.shape)
+    else:
+        out = np.full(img.shape, -1.0, dtype=kind)
+    res = slide_attention(ckpt, img, cell_diameter=10, device="cpu", out=out)
+    assert res is out
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("kind", ["own", "float32", "float64", "memmap", "stack"])
+def test_cuda_map_equals_the_cpu_map_for_every_kind_of_out(ckpt, tmp_path, monkeypatch, kind):
+    """Maps allocated here are page-locked; other outs get their bands through buffers."""
+    import napari_atagan.slide as slide_mod
+
+    img = _slide((150, 96))
+    ref = slide_attention(ckpt, img, cell_diameter=10, device="cpu")
+    monkeypatch.setattr(slide_mod, "_OUT_BAND_PIXELS", 96 * 7)  # 22 bands, the last short
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        if kind == "stack":
+            res = slide_attention_stack(ckpt, np.stack([img, img]), cell_diameter=10,
+                                        device="cuda")
+            assert torch.from_numpy(res).is_pinned()
+            for plane in res:
+                np.testing.assert_allclose(plane, ref, rtol=0, atol=1e-4)
+            return
+        out = {"own": None,
+               "float32": np.full(img.shape, -1.0, dtype=np.float32),
+               "float64": np.full(img.shape, -1.0),
+               "memmap": np.lib.format.open_memmap(tmp_path / "att.npy", mode="w+",
+                                                   dtype=np.float32, shape=img.shape)}[kind]
+        res = slide_attention(ckpt, img, cell_diameter=10, device="cuda", out=out)
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    assert res.dtype == (np.float64 if kind == "float64" else np.float32)
+    if kind == "own":
+        assert torch.from_numpy(res).is_pinned()
+    else:
+        assert res is out
+    np.testing.assert_allclose(np.asarray(res), ref, rtol=0, atol=1e-4)
 
 
 def test_dask_array(ckpt):

@@ -4,7 +4,7 @@
 
     napari-atagan attention --checkpoint run.safetensors --image slide.tif \\
         --diameter 40 --out results/ [--threshold otsu|VALUE] [--min-size N] \\
-        [--device auto] [--tile-size 1024] [--grey]
+        [--device auto] [--tile-size N] [--grey]
 
 writes ``results/slide_attention.tif`` (float32) and ``results/slide_labels.tif``
 (uint16 cell ids), both ImageJ TIFFs carrying how they were made, and prints a
@@ -62,9 +62,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "of the given diameter, which is the default)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="where to run (default: %(default)s)")
-    p.add_argument("--tile-size", type=int, default=1024, metavar="N",
+    p.add_argument("--tile-size", type=int, default=None, metavar="N",
                    help="tile side at model scale in pixels; smaller needs less memory "
-                        "(default: %(default)s)")
+                        "(default: 2048 on a CUDA GPU, 1024 elsewhere)")
     p.add_argument("--grey", action="store_true",
                    help="convert a colour (RGB) image to grey instead of refusing it")
     p.set_defaults(run=run)
@@ -92,8 +92,13 @@ def _run(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .export import read_tiff_metadata, save_attention_tiff, save_labels_tiff
     from .labels import effective_min_size, min_cell_size
-    from .slide import estimate_cell_diameter, model_cell_diameter, slide_attention, \
-        slide_attention_stack
+    from .slide import (
+        default_tile_size,
+        estimate_cell_diameter,
+        model_cell_diameter,
+        slide_attention,
+        slide_attention_stack,
+    )
 
     _check_args(args)
     out_dir = Path(args.out)
@@ -107,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         diameter = estimate_cell_diameter(image[0] if stack else image, rgb=rgb)
         print(f"estimated cell diameter: {diameter:.1f} px", file=sys.stderr)
     min_size = args.min_size if args.min_size is not None else min_cell_size(diameter)
+    tile_size = args.tile_size or default_tile_size(args.device)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     shape = tuple(image.shape[:3] if stack else image.shape[:2])
@@ -116,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         out = _allocate(shape, Path(scratch))
         compute = slide_attention_stack if stack else slide_attention
         try:
-            attention = compute(ckpt, image, cell_diameter=diameter, tile_size=args.tile_size,
+            attention = compute(ckpt, image, cell_diameter=diameter, tile_size=tile_size,
                                 device=args.device, progress=bar, out=out, rgb=rgb)
         finally:
             bar.close()
@@ -133,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
             "min_size": int(min_size),
             # the labelling never keeps objects under the cell-area floor
             "min_size_in_effect": effective_min_size(min_size, diameter),
-            "tile_size": int(args.tile_size),
+            "tile_size": int(tile_size),
             "software_version": __version__,
         }
         stem = image_path.stem
@@ -156,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.tile_size < 16:
+    if args.tile_size is not None and args.tile_size < 16:
         raise ValueError(f"--tile-size must be at least 16 pixels, got {args.tile_size}")
     if args.min_size is not None and args.min_size < 0:
         raise ValueError(f"--min-size must be >= 0 pixels, got {args.min_size}")

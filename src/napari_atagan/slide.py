@@ -44,7 +44,10 @@ turns).
 The feature-cell map is small (``stride**2`` times fewer cells than the rescaled
 slide). The full-resolution result is written band by band into ``out``, which
 can be a preallocated array or a ``numpy.memmap`` for slides whose float32 map
-does not fit in memory.
+does not fit in memory. On CUDA the bands leave the device asynchronously: a map
+allocated here (up to 256 MB) is page-locked and receives them directly; any
+other ``out`` receives each band from one of two page-locked buffers, copied by
+the CPU while the device computes the next band.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from .device import resolve_device
 
 __all__ = [
     "Stopped",
+    "default_tile_size",
     "discriminator_attention",
     "estimate_cell_diameter",
     "model_cell_diameter",
@@ -82,6 +86,9 @@ MIN_INPUT = 16
 MAX_MODEL_PIXELS = 2**34
 """Refuse slides that would exceed this many pixels at model scale (a typo'd diameter)."""
 _OUT_BAND_PIXELS = 1 << 22
+_PINNED_OUT_BYTES = 1 << 28
+"""On CUDA, a map allocated here of at most this many bytes (an 8192 x 8192 slide)
+lives in page-locked host memory, which the device writes into without staging."""
 _LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
 
 Progress = Callable[[int, int], Any]
@@ -109,7 +116,7 @@ def slide_attention(
     image: Any,
     *,
     cell_diameter: float,
-    tile_size: int = 1024,
+    tile_size: int | None = None,
     device: str | torch.device = "auto",
     stop: Stop | None = None,
     progress: Progress | None = None,
@@ -130,7 +137,8 @@ def slide_attention(
     cell_diameter:
         Typical cell diameter in the slide, in pixels (see :func:`estimate_cell_diameter`).
     tile_size:
-        Side of a tile at model scale, in pixels (bounds host and GPU memory).
+        Side of a tile at model scale, in pixels (bounds host and GPU memory);
+        default: :func:`default_tile_size` of the device.
     device:
         ``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
     stop:
@@ -169,7 +177,7 @@ def slide_attention_stack(
     stack: Any,
     *,
     cell_diameter: float,
-    tile_size: int = 1024,
+    tile_size: int | None = None,
     device: str | torch.device = "auto",
     stop: Stop | None = None,
     progress: Progress | None = None,
@@ -205,8 +213,8 @@ def slide_attention_stack(
     dev = resolve_device(str(device))
     disc = ckpt.discriminator(dev)
     shape = (n, *planes[0].shape)
-    out = _output(out, shape)
-    plans = [_plan(disc, p.shape, factor, tile_size) for p in planes]
+    out = _output(out, shape, dev)
+    plans = [_plan(disc, p.shape, factor, _tile(tile_size, dev)) for p in planes]
     total = sum(p.n_steps for p in plans)
     done = 0
     for t, (plane, plan) in enumerate(zip(planes, plans)):
@@ -226,7 +234,7 @@ def discriminator_attention(
     image: Any,
     *,
     factor: float = 1.0,
-    tile_size: int = 1024,
+    tile_size: int | None = None,
     device: str | torch.device | None = None,
     stop: Stop | None = None,
     progress: Progress | None = None,
@@ -246,9 +254,24 @@ def discriminator_attention(
     else:
         dev = device if isinstance(device, torch.device) else resolve_device(str(device))
     discriminator = discriminator.to(dev).eval()
-    plan = _plan(discriminator, slide.shape, factor, tile_size)
-    return _run(discriminator, slide, plan, _output(out, slide.shape), dev, stop, progress,
+    plan = _plan(discriminator, slide.shape, factor, _tile(tile_size, dev))
+    return _run(discriminator, slide, plan, _output(out, slide.shape, dev), dev, stop, progress,
                 intensity)
+
+
+def default_tile_size(device: str | torch.device) -> int:
+    """Tile side (model pixels) used when none is given: 2048 on CUDA, 1024 elsewhere.
+
+    On an H100, tiles of 2048 computed a 4096 x 4096 slide at 810 Mpx/s against
+    550 for tiles of 1024 (fewer, larger launches; 0.4 GB of GPU memory at most).
+    On a CPU the size hardly changes the speed and smaller tiles need less memory.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(str(device))
+    return 2048 if dev.type == "cuda" else 1024
+
+
+def _tile(tile_size: int | None, device: torch.device) -> int:
+    return default_tile_size(device) if tile_size is None else tile_size
 
 
 def model_cell_diameter(checkpoint: Any) -> float:
@@ -474,8 +497,11 @@ def _load(checkpoint: Any) -> Any:
     return checkpoint
 
 
-def _output(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+def _output(out: np.ndarray | None, shape: tuple[int, ...], device: torch.device) -> np.ndarray:
     if out is None:
+        if device.type == "cuda" and 4 * math.prod(shape) <= _PINNED_OUT_BYTES:
+            # every pixel is written, band by band: no need to clear it first
+            return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
         return np.zeros(shape, dtype=np.float32)
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out has shape {tuple(out.shape)} but the result has shape {shape}")
@@ -888,6 +914,7 @@ def _upsample_into(cells: torch.Tensor, plan: _Plan, out, stop, progress, done: 
     device = cells.device
     scale = plan.factor / plan.stride  # feature cells per source pixel
     cols = _AxisTaps.build(0, w, scale, plan.grid[1], device)
+    writer = _BandWriter(out, device)
     for y0 in range(0, h, plan.band):
         _check_stop(stop)
         y1 = min(h, y0 + plan.band)
@@ -895,16 +922,68 @@ def _upsample_into(cells: torch.Tensor, plan: _Plan, out, stop, progress, done: 
         with _Stage("upsample", device):
             band = cols.apply(rows.apply(cells[rows.start:rows.stop], 0), 1)
         with _Stage("to_host", device):
-            _write(out, y0, y1, band)
-            release_pages(out)
+            writer.write(y0, y1, band)
         done += 1
         if progress is not None:
             progress(done, total)
+    with _Stage("to_host", device):
+        writer.close()
 
 
-def _write(out: Any, y0: int, y1: int, band: torch.Tensor) -> None:
-    """``out[y0:y1] = band``; straight into ``out``'s memory when it is a float32 array."""
-    if isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.writeable:
-        torch.from_numpy(out[y0:y1]).copy_(band)  # a view of out: no intermediate host copy
-    else:
-        out[y0:y1] = band.cpu().numpy()
+def _float32_view(out: Any) -> bool:
+    """Whether ``out`` is a writeable float32 array that torch can write into in place."""
+    return isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.writeable
+
+
+class _BandWriter:
+    """Writes the map's bands from the device into ``out``, in order.
+
+    On CUDA the copies are asynchronous. A page-locked float32 ``out`` (see
+    :func:`_output`) receives each band directly. Any other ``out`` receives it
+    through two page-locked buffers in turn: band ``k`` is copied into one while
+    the CPU moves band ``k - 1`` from the other into ``out``. Elsewhere a band is
+    copied straight into ``out`` (a float32 array) or converted on the way.
+    :meth:`close` returns once everything is in ``out``.
+    """
+
+    def __init__(self, out: Any, device: torch.device) -> None:
+        self.out, self.device = out, device
+        self.cuda = device.type == "cuda"
+        self.direct = _float32_view(out) and (
+            not self.cuda or torch.from_numpy(out).is_pinned())
+        self._buffers: list[torch.Tensor | None] = [None, None]
+        self._turn = 0
+        self._pending: tuple[torch.Tensor, Any, int, int] | None = None
+
+    def write(self, y0: int, y1: int, band: torch.Tensor) -> None:
+        if self.direct:  # a view of out: no intermediate host copy
+            torch.from_numpy(self.out[y0:y1]).copy_(band, non_blocking=self.cuda)
+            if not self.cuda:  # (a page-locked out is never a memory map)
+                release_pages(self.out)
+        elif not self.cuda:
+            self.out[y0:y1] = band.cpu().numpy()
+            release_pages(self.out)
+        else:
+            i, self._turn = self._turn, 1 - self._turn
+            if self._buffers[i] is None or self._buffers[i].numel() < band.numel():
+                self._buffers[i] = torch.empty(band.numel(), dtype=torch.float32,
+                                               pin_memory=True)
+            landing = self._buffers[i][:band.numel()].view(band.shape)
+            landing.copy_(band, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self._flush()  # the previous band, while the device copies this one
+            self._pending = (landing, event, y0, y1)
+
+    def close(self) -> None:
+        self._flush()
+        if self.direct and self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            landing, event, y0, y1 = self._pending
+            self._pending = None
+            event.synchronize()
+            self.out[y0:y1] = landing.numpy()
+            release_pages(self.out)
