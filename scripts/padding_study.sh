@@ -30,13 +30,16 @@ for teacher in mask none; do
     echo "trained $run" >&2
   done
 done
+# KID needs the study's pattern classifier; without it the samples get SWD and diversity
+FEATURES=()
+[ -f "$OUT/classifier/checkpoint.safetensors" ] \
+  && FEATURES=(--features "$OUT/classifier/checkpoint.safetensors")
 pids=()
 for run in "${runs[@]}"; do
   parts=samples
   [[ "$(basename "$run")" == mask_* ]] && parts=samples,mosaics
   $PY scripts/study_i3a.py evaluate "$run" --val "$OUT/split/val" --device "$DEVICE" \
-    --features "$OUT/classifier/checkpoint.safetensors" --train "$OUT/split/train" \
-    --parts "$parts" > "$run.eval.log" 2>&1 &
+    "${FEATURES[@]}" --train "$OUT/split/train" --parts "$parts" > "$run.eval.log" 2>&1 &
   pids+=($!)
   [ "$SCALE" = cpu ] && wait "$!"
 done
