@@ -182,10 +182,11 @@ def _is_stack(shape: tuple[int, ...], grey: bool) -> bool:
     return len(shape) == 4 and grey and shape[-1] in (3, 4)
 
 
-def _allocate(shape: tuple[int, ...], scratch: Path) -> np.ndarray:
-    """The float32 result array; a file-backed memmap when it is large."""
+def _allocate(shape: tuple[int, ...], scratch: Path) -> np.ndarray | None:
+    """A file-backed float32 memmap for a large map; ``None`` lets the engine allocate
+    a smaller one (in page-locked memory on CUDA, which the GPU fills fastest)."""
     if int(np.prod(shape)) <= _MEMMAP_PIXELS:
-        return np.zeros(shape, dtype=np.float32)
+        return None
     return np.lib.format.open_memmap(scratch / "attention.npy", mode="w+", dtype=np.float32,
                                      shape=shape)
 
