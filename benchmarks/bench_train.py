@@ -14,6 +14,7 @@ the operations that cost the most host and device time).
     python benchmarks/bench_train.py --device cuda --steps 300
     python benchmarks/bench_train.py --device cuda --steps 300 --profile
     python benchmarks/bench_train.py --device cuda --steps 300 --eager --no-reference
+    python benchmarks/bench_train.py --device cuda --steps 300 --set g_padding=reflect
     python benchmarks/bench_train.py --device cpu --steps 20 --ref-steps 3
 """
 
@@ -205,6 +206,9 @@ def main() -> None:
     ap.add_argument("--eager", action="store_true",
                     help="run the step op by op instead of replaying it as a CUDA graph "
                          "(config cuda_graph=false)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="change a training option of the measured configuration, as in "
+                         "`napari-atagan train --set` (e.g. g_padding=reflect); repeatable")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="also profile 20 steps: host and device time per step and by operation")
@@ -214,13 +218,19 @@ def main() -> None:
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    runtime = {"compile": args.compile, "cuda_graph": not args.eager}
+    try:
+        options = dict(TrainConfig.parse_option(text) for text in args.set)
+    except ValueError as exc:
+        ap.error(str(exc))
+    runtime = {"compile": args.compile, "cuda_graph": not args.eager, **options}
     ours = bench_default(str(device), args.steps, args.batch, args.cells, args.teacher,
                          **runtime)
     if device.type == "cuda":
         ours["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
     result = {"device": describe(device), "torch": torch.__version__, "default": ours,
               "threads": torch.get_num_threads()}
+    if options:
+        result["options"] = options
     if not args.no_reference:
         ref = bench_reference(device, args.ref_steps)
         result["reference"] = ref

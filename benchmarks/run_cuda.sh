@@ -2,7 +2,7 @@
 # Every benchmark on a CUDA GPU, one after another; each one's output is also kept
 # in OUT/NAME.log (default OUT: runs/bench_cuda). NAMEs pick some of them (e.g. to
 # split the list over several shorter sessions): cuda_tests train train_eager
-# train_batch512 train_compile synth slide slide_tile2048 slide_big.
+# train_reflect train_batch512 train_compile synth slide slide_tile2048 slide_big.
 #   benchmarks/run_cuda.sh [OUT [NAME ...]]
 # PY (default .venv/bin/python) is the Python that runs the package.
 set -uo pipefail
@@ -37,6 +37,7 @@ fi
 
 run train 240 benchmarks/bench_train.py --device cuda --steps 400 --profile
 run train_eager 240 benchmarks/bench_train.py --device cuda --steps 400 --eager --no-reference --profile
+run train_reflect 240 benchmarks/bench_train.py --device cuda --steps 400 --set g_padding=reflect --no-reference
 run train_batch512 180 benchmarks/bench_train.py --device cuda --steps 200 --batch 512 --no-reference
 run train_compile 240 benchmarks/bench_train.py --device cuda --steps 400 --compile --no-reference
 run synth 120 benchmarks/bench_synth.py --device cuda -n 100000
