@@ -290,7 +290,7 @@ def test_tiff_memmap_in_and_memmap_out(ckpt, tmp_path):
     assert _rel(np.asarray(out), ref) < 1e-4
 
 
-@pytest.mark.parametrize("kind", ["float32", "float64", "memmap"])
+@pytest.mark.parametrize("kind", ["float32", "float64", "memmap", "reversed"])
 def test_map_written_in_many_bands_into_any_out(ckpt, tmp_path, monkeypatch, kind):
     import napari_atagan.slide as slide_mod
 
@@ -300,6 +300,8 @@ def test_map_written_in_many_bands_into_any_out(ckpt, tmp_path, monkeypatch, kin
     if kind == "memmap":
         out = np.lib.format.open_memmap(tmp_path / "att.npy", mode="w+", dtype=np.float32,
                                         shape=img.shape)
+    elif kind == "reversed":  # negative strides, which torch cannot view
+        out = np.full(img.shape, -1.0, dtype=np.float32)[::-1]
     else:
         out = np.full(img.shape, -1.0, dtype=kind)
     res = slide_attention(ckpt, img, cell_diameter=10, device="cpu", out=out)

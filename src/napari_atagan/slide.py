@@ -159,7 +159,9 @@ def slide_attention(
     -------
     float32 array of the slide's shape (``out`` when given), never negative
     (the soft-CAM's negative part means "not a cell" and is shown as 0). A
-    constant image gives all zeros.
+    constant image gives all zeros. On CUDA a map of up to 256 MB allocated
+    here lives in page-locked host memory (torch keeps such memory for reuse
+    once the array is freed).
     """
     slide = _as_slide(image, rgb)
     ckpt = _load(checkpoint)
@@ -931,8 +933,10 @@ def _upsample_into(cells: torch.Tensor, plan: _Plan, out, stop, progress, done: 
 
 
 def _float32_view(out: Any) -> bool:
-    """Whether ``out`` is a writeable float32 array that torch can write into in place."""
-    return isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.writeable
+    """Whether ``out`` is a writeable float32 array that torch can write into in place
+    (torch takes no negative strides)."""
+    return (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.writeable
+            and all(s >= 0 for s in out.strides))
 
 
 class _BandWriter:
