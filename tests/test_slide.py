@@ -309,6 +309,18 @@ def test_map_written_in_many_bands_into_any_out(ckpt, tmp_path, monkeypatch, kin
     np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-6)
 
 
+def test_map_in_ordinary_memory_when_no_page_locked_memory_is_had(monkeypatch):
+    import napari_atagan.slide as slide_mod
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(slide_mod.torch, "empty", refuse)
+    out = slide_mod._output(None, (6, 7), torch.device("cuda"))
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (6, 7)
+    assert not out.any()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 @pytest.mark.parametrize("kind", ["own", "float32", "float64", "memmap", "stack"])
 def test_cuda_map_equals_the_cpu_map_for_every_kind_of_out(ckpt, tmp_path, monkeypatch, kind):
@@ -318,23 +330,20 @@ def test_cuda_map_equals_the_cpu_map_for_every_kind_of_out(ckpt, tmp_path, monke
     img = _slide((150, 96))
     ref = slide_attention(ckpt, img, cell_diameter=10, device="cpu")
     monkeypatch.setattr(slide_mod, "_OUT_BAND_PIXELS", 96 * 7)  # 22 bands, the last short
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        if kind == "stack":
-            res = slide_attention_stack(ckpt, np.stack([img, img]), cell_diameter=10,
-                                        device="cuda")
-            assert torch.from_numpy(res).is_pinned()
-            for plane in res:
-                np.testing.assert_allclose(plane, ref, rtol=0, atol=1e-4)
-            return
-        out = {"own": None,
-               "float32": np.full(img.shape, -1.0, dtype=np.float32),
-               "float64": np.full(img.shape, -1.0),
-               "memmap": np.lib.format.open_memmap(tmp_path / "att.npy", mode="w+",
-                                                   dtype=np.float32, shape=img.shape)}[kind]
-        res = slide_attention(ckpt, img, cell_diameter=10, device="cuda", out=out)
-    finally:
-        torch.backends.cudnn.allow_tf32 = True
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 like the CPU
+    if kind == "stack":
+        res = slide_attention_stack(ckpt, np.stack([img, img]), cell_diameter=10,
+                                    device="cuda")
+        assert torch.from_numpy(res).is_pinned()
+        for plane in res:
+            np.testing.assert_allclose(plane, ref, rtol=0, atol=1e-4)
+        return
+    out = {"own": None,
+           "float32": np.full(img.shape, -1.0, dtype=np.float32),
+           "float64": np.full(img.shape, -1.0),
+           "memmap": np.lib.format.open_memmap(tmp_path / "att.npy", mode="w+",
+                                               dtype=np.float32, shape=img.shape)}[kind]
+    res = slide_attention(ckpt, img, cell_diameter=10, device="cuda", out=out)
     assert res.dtype == (np.float64 if kind == "float64" else np.float32)
     if kind == "own":
         assert torch.from_numpy(res).is_pinned()

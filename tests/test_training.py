@@ -370,8 +370,8 @@ def test_training_seconds_leave_out_the_time_the_consumer_takes(tmp_path, tiny_d
             summary = event.summary
     wall = time.perf_counter() - t0
     assert 0 < summary["seconds"] < wall - 2.0  # none of the viewer's 2 s
-    assert summary["images_per_s"] == pytest.approx(
-        4 * summary["batch_size"] / summary["seconds"], rel=0.01)
+    assert summary["images_per_s"] == pytest.approx(  # (seconds are rounded to 1 ms)
+        4 * summary["batch_size"] / summary["seconds"], rel=0.1)
 
 
 def test_cuda_graph_is_for_cuda_alone_and_gives_way_to_compile():

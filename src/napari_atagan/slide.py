@@ -502,8 +502,10 @@ def _load(checkpoint: Any) -> Any:
 def _output(out: np.ndarray | None, shape: tuple[int, ...], device: torch.device) -> np.ndarray:
     if out is None:
         if device.type == "cuda" and 4 * math.prod(shape) <= _PINNED_OUT_BYTES:
-            # every pixel is written, band by band: no need to clear it first
-            return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
+            try:  # every pixel is written, band by band: no need to clear it first
+                return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
+            except RuntimeError:  # no page-locked memory to be had: ordinary memory will do
+                pass
         return np.zeros(shape, dtype=np.float32)
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out has shape {tuple(out.shape)} but the result has shape {shape}")

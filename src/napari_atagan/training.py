@@ -27,6 +27,7 @@ for bit on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import platform
@@ -267,38 +268,33 @@ def train(
                 state.batch_size = max(1, state.batch_size // 2)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-                clock.lap()
-                yield Message(f"out of GPU memory: batch size halved to {state.batch_size}")
-                clock.restart()
+                with clock.paused():
+                    yield Message(f"out of GPU memory: batch size halved to {state.batch_size}")
                 continue
             state.step += 1
             if getattr(step_fn, "notice", None):
-                clock.lap()
-                yield Message(step_fn.notice)
-                clock.restart()
+                with clock.paused():
+                    yield Message(step_fn.notice)
                 step_fn.notice = None
 
             if state.step % config.log_every == 0 or state.step == config.steps:
                 vals = {k: float(v) for k, v in losses.items()}  # one host sync per log
-                clock.lap()
-                state.history.append({"step": state.step, **vals})
-                now = time.perf_counter()
-                rate = (state.step - last_log) * state.batch_size / max(now - t_log, 1e-9)
-                last_log, t_log = state.step, now
-                left = (config.steps - state.step) * state.batch_size / max(rate, 1e-9)
-                yield Progress(state.step, config.steps, vals, rate, left,
-                               state.seconds, state.batch_size)
-                clock.restart()
+                with clock.paused():
+                    state.history.append({"step": state.step, **vals})
+                    now = time.perf_counter()
+                    rate = (state.step - last_log) * state.batch_size / max(now - t_log, 1e-9)
+                    last_log, t_log = state.step, now
+                    left = (config.steps - state.step) * state.batch_size / max(rate, 1e-9)
+                    yield Progress(state.step, config.steps, vals, rate, left,
+                                   state.seconds, state.batch_size)
             if state.step % config.sample_every == 0 or state.step == config.steps:
-                clock.lap()
-                settle_generator()
-                yield Samples(state.step, _sample(state.G_ema, fixed_z, fixed_y),
-                              None if fixed_y is None else fixed_y.cpu().numpy())
-                clock.restart()
+                with clock.paused():
+                    settle_generator()
+                    yield Samples(state.step, _sample(state.G_ema, fixed_z, fixed_y),
+                                  None if fixed_y is None else fixed_y.cpu().numpy())
             if state.step % config.checkpoint_every == 0 and state.step < config.steps:
-                clock.lap()
-                yield CheckpointSaved(state.step, save())
-                clock.restart()
+                with clock.paused():
+                    yield CheckpointSaved(state.step, save())
         clock.lap()
     except GeneratorExit:  # (at a yield: no stretch of steps is running)
         save(final=True)
@@ -648,8 +644,8 @@ class _StepClock:
     """Adds the wall time of stretches of training steps to ``state.seconds``.
 
     :meth:`lap` ends a stretch (waiting for the device to finish its queued work)
-    and adds its time; :meth:`restart` begins the next one. A second :meth:`lap`
-    without a :meth:`restart` adds nothing.
+    and adds its time; a second :meth:`lap` adds nothing. ``with clock.paused():``
+    ends the stretch and begins the next one after the block.
     """
 
     def __init__(self, state: _State, device: torch.device) -> None:
@@ -664,8 +660,13 @@ class _StepClock:
         self.state.seconds += time.perf_counter() - self.t0
         self.t0 = None
 
-    def restart(self) -> None:
-        self.t0 = time.perf_counter()
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self.lap()
+        try:
+            yield
+        finally:
+            self.t0 = time.perf_counter()
 
 
 def _rate(state: _State) -> float:
