@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from _profiling import op_summary  # benchmarks/, beside this script
 
 from napari_atagan import slide as slide_module
-from napari_atagan.device import describe, resolve_device
+from napari_atagan.device import describe, resolve_device, synchronize
 from napari_atagan.models import Discriminator
 from napari_atagan.slide import default_tile_size, discriminator_attention
 
@@ -110,11 +110,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _gpu_peak_mb(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -145,7 +140,7 @@ def time_tiled(disc, image, device, tile_size: int, caller_out: bool = False,
     that allocates the map itself (the CLI) does, instead of a map allocated by the run.
     """
     discriminator_attention(disc, image[:256, :256], device=device, tile_size=tile_size)
-    _sync(device)
+    synchronize(device)
     _reset_gpu_peak(device)
     host_before = _rss_mb()
     _reset_peak_rss()
@@ -154,7 +149,7 @@ def time_tiled(disc, image, device, tile_size: int, caller_out: bool = False,
         t0 = time.perf_counter()
         out = np.zeros(image.shape, np.float32) if caller_out else None
         discriminator_attention(disc, image, device=device, tile_size=tile_size, out=out)
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     pixels = image.shape[0] * image.shape[1]
     seconds = min(times)
@@ -193,7 +188,7 @@ def profile_tiled(disc, image, device, tile_size: int, repeat: int = 1) -> dict:
     ``other_s`` is the rest of the run (tile geometry, callbacks, Python).
     """
     discriminator_attention(disc, image[:256, :256], device=device, tile_size=tile_size)
-    _sync(device)
+    synchronize(device)
     best = (math.inf, {})
     for _ in range(repeat):
         stages: dict[str, float] = {}
@@ -201,7 +196,7 @@ def profile_tiled(disc, image, device, tile_size: int, repeat: int = 1) -> dict:
         try:
             t0 = time.perf_counter()
             discriminator_attention(disc, image, device=device, tile_size=tile_size)
-            _sync(device)
+            synchronize(device)
             seconds = time.perf_counter() - t0
         finally:
             slide_module._profile = None
@@ -218,12 +213,12 @@ def kernels_tiled(disc, image, device, tile_size: int, top: int = 12) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     discriminator_attention(disc, image, device=device, tile_size=tile_size)
-    _sync(device)
+    synchronize(device)
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         discriminator_attention(disc, image, device=device, tile_size=tile_size)
-        _sync(device)
+        synchronize(device)
     return op_summary(prof.key_averages(), 1, top, cuda, unit="run")
 
 
@@ -254,12 +249,12 @@ def time_model_only(disc, shape: tuple[int, int], device, repeat: int) -> dict:
     x = torch.rand((1, 1, *shape), device=device) * 2 - 1
     with torch.inference_mode():
         disc.cam_map(disc.features(x[..., :256, :256]))
-        _sync(device)
+        synchronize(device)
         seconds = math.inf
         for _ in range(repeat):
             t0 = time.perf_counter()
             disc.cam_map(disc.features(x))
-            _sync(device)
+            synchronize(device)
             seconds = min(seconds, time.perf_counter() - t0)
     return {"seconds": round(seconds, 4),
             "mpx_per_s": round(shape[0] * shape[1] / seconds / 1e6, 2)}
@@ -297,12 +292,12 @@ def sliding_window(disc, image: np.ndarray, device, window: int = 64, step: int 
 
 def time_sliding(disc, image, device, repeat: int = 1) -> dict:
     sliding_window(disc, image[:256, :256], device)
-    _sync(device)
+    synchronize(device)
     seconds = math.inf
     for _ in range(repeat):
         t0 = time.perf_counter()
         sliding_window(disc, image, device)
-        _sync(device)
+        synchronize(device)
         seconds = min(seconds, time.perf_counter() - t0)
     pixels = image.shape[0] * image.shape[1]
     return {"seconds": round(seconds, 3), "mpx_per_s": round(pixels / seconds / 1e6, 2)}
@@ -379,7 +374,7 @@ def _measure_big(path: str, device: torch.device, tile_size: int) -> dict:
         _reset_peak_rss()
         t0 = time.perf_counter()
         discriminator_attention(disc, image, device=device, tile_size=tile_size, out=out)
-        _sync(device)
+        synchronize(device)
         seconds = time.perf_counter() - t0
         finite = bool(np.isfinite(out[:: 997, :: 991]).all())
         del out

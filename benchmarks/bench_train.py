@@ -35,7 +35,7 @@ from _profiling import op_summary  # benchmarks/, beside this script
 from napari_atagan.attention import at_loss
 from napari_atagan.config import TrainConfig
 from napari_atagan.data import from_arrays
-from napari_atagan.device import describe, resolve_device
+from napari_atagan.device import describe, resolve_device, synchronize
 from napari_atagan.simulate import simulate_crops
 from napari_atagan.training import Finished, Progress, train
 
@@ -180,18 +180,13 @@ def bench_reference(device: torch.device, steps: int, batch: int = 25) -> dict:
     warm = max(2, steps // 10)
     for i in range(warm):
         step(i)
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for i in range(steps):
         step(i)
-    _sync(device)
+    synchronize(device)
     dt = time.perf_counter() - t0
     return {"images_per_s": steps * batch / dt, "batch": batch, "steps": steps}
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:

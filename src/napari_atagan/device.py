@@ -42,6 +42,14 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has finished all its queued work (CPU: nothing to wait for)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def describe(device: torch.device) -> str:
     """A short human description, e.g. ``cuda (NVIDIA H100 80GB HBM3)``."""
     if device.type == "cuda":

@@ -66,7 +66,7 @@ from torch.nn.utils import parametrize
 
 from ._memmap import release_pages
 from .data import slide_levels
-from .device import resolve_device
+from .device import resolve_device, synchronize
 
 __all__ = [
     "Stopped",
@@ -668,21 +668,13 @@ class _Stage:
 
     def __enter__(self) -> None:
         if _profile is not None:
-            _synchronize(self.device)
+            synchronize(self.device)
             self.t0 = time.perf_counter()
 
     def __exit__(self, *exc: Any) -> None:
         if _profile is not None:
-            _synchronize(self.device)
+            synchronize(self.device)
             _profile[self.name] = _profile.get(self.name, 0.0) + time.perf_counter() - self.t0
-
-
-def _synchronize(device: torch.device) -> None:
-    """Wait until the device has finished all queued work (CPU: nothing to wait for)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np.ndarray:

@@ -61,7 +61,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import CellData
-from .device import describe, resolve_device
+from .device import describe, resolve_device, synchronize
 from .models import build_models, recompute_batchnorm, standing_statistics
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -655,8 +655,7 @@ class _StepClock:
     def lap(self) -> None:
         if self.t0 is None:
             return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)  # the device runs behind the host
         self.state.seconds += time.perf_counter() - self.t0
         self.t0 = None
 
