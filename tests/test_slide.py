@@ -309,6 +309,18 @@ def test_map_written_in_many_bands_into_any_out(ckpt, tmp_path, monkeypatch, kin
     np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-6)
 
 
+def test_host_buffers_take_turns_and_grow_when_needed():
+    from napari_atagan.slide import _HostBuffers
+
+    buffers = _HostBuffers(torch.device("cpu"))
+    (i, a), (j, b) = buffers.take(10), buffers.take(20)
+    assert (i, j) == (0, 1) and a.numel() == 10 and b.numel() == 20
+    k, c = buffers.take(8)  # the first buffer again, big enough already
+    assert k == 0 and c.numel() == 8 and c.data_ptr() == a.data_ptr()
+    k, d = buffers.take(40)  # the second, too small: a larger one
+    assert k == 1 and d.numel() == 40 and d.dtype == torch.uint8
+
+
 def test_map_in_ordinary_memory_when_no_page_locked_memory_is_had(monkeypatch):
     import napari_atagan.slide as slide_mod
 

@@ -811,6 +811,39 @@ def _wire_dtypes(dtype: Any) -> tuple[np.dtype, np.dtype, int | None]:
     return np.dtype(np.float32), np.dtype(np.float32), None
 
 
+class _HostBuffers:
+    """Two host buffers handed out in turn, page-locked on CUDA.
+
+    :meth:`take` waits until the device has finished the copy last recorded on
+    the buffer (:meth:`record`) before handing it out again, so an asynchronous
+    copy never reads or writes a buffer that is being reused.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.pinned = device.type == "cuda"
+        self._buffers: list[torch.Tensor | None] = [None, None]
+        self._events: list[Any] = [None, None]  # torch.cuda.Event of each buffer's last copy
+        self._turn = 0
+
+    def take(self, nbytes: int) -> tuple[int, torch.Tensor]:
+        """The next buffer's index and its first ``nbytes`` bytes (uint8)."""
+        i, self._turn = self._turn, 1 - self._turn
+        if self._events[i] is not None:
+            self._events[i].synchronize()
+            self._events[i] = None
+        if self._buffers[i] is None or self._buffers[i].numel() < nbytes:
+            self._buffers[i] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pinned)
+        return i, self._buffers[i][:nbytes]
+
+    def record(self, i: int) -> Any:
+        """Mark the copy just queued on buffer ``i`` (CUDA); returns its event."""
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self._events[i] = event
+        return event
+
+
 class _Staging:
     """Two host buffers that carry slide regions to the device, in turn.
 
@@ -825,34 +858,24 @@ class _Staging:
 
     def __init__(self, device: torch.device, dtype: Any) -> None:
         self.device = device
-        self.pinned = device.type == "cuda"
         self.host_dtype, sent, self.mask = _wire_dtypes(dtype)
         self.sent_dtype = torch.from_numpy(np.empty(0, sent)).dtype
-        self._buffers: list[torch.Tensor | None] = [None, None]
-        self._events: list[Any] = [None, None]  # torch.cuda.Event of each buffer's last copy
-        self._turn = 0
+        self._buffers = _HostBuffers(device)
+        self._filled = 0  # the buffer that fill() used last
 
     def fill(self, region: np.ndarray) -> torch.Tensor:
         """Copy ``region`` into the next buffer; return that buffer as a tensor of its shape."""
-        i = self._turn
-        if self._events[i] is not None:
-            self._events[i].synchronize()  # CUDA: the buffer's previous copy has finished
-            self._events[i] = None
-        nbytes = region.size * self.sent_dtype.itemsize
-        if self._buffers[i] is None or self._buffers[i].numel() < nbytes:
-            self._buffers[i] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pinned)
-        host = self._buffers[i][:nbytes].view(self.sent_dtype).view(region.shape)
+        self._filled, raw = self._buffers.take(region.size * self.sent_dtype.itemsize)
+        host = raw.view(self.sent_dtype).view(region.shape)
         np.copyto(host.numpy().view(self.host_dtype), region, casting="unsafe")
         return host
 
     def send(self, host: torch.Tensor) -> torch.Tensor:
         """The buffer just filled, on the device."""
-        i, self._turn = self._turn, 1 - self._turn
-        if not self.pinned:
+        if not self._buffers.pinned:
             return host.to(self.device)
         x = host.to(self.device, non_blocking=True)
-        self._events[i] = torch.cuda.Event()
-        self._events[i].record(torch.cuda.current_stream(self.device))
+        self._buffers.record(self._filled)
         return x
 
 
@@ -949,8 +972,7 @@ class _BandWriter:
         self.cuda = device.type == "cuda"
         self.direct = _float32_view(out) and (
             not self.cuda or torch.from_numpy(out).is_pinned())
-        self._buffers: list[torch.Tensor | None] = [None, None]
-        self._turn = 0
+        self._buffers = _HostBuffers(device)
         self._pending: tuple[torch.Tensor, Any, int, int] | None = None
 
     def write(self, y0: int, y1: int, band: torch.Tensor) -> None:
@@ -962,14 +984,10 @@ class _BandWriter:
             self.out[y0:y1] = band.cpu().numpy()
             release_pages(self.out)
         else:
-            i, self._turn = self._turn, 1 - self._turn
-            if self._buffers[i] is None or self._buffers[i].numel() < band.numel():
-                self._buffers[i] = torch.empty(band.numel(), dtype=torch.float32,
-                                               pin_memory=True)
-            landing = self._buffers[i][:band.numel()].view(band.shape)
+            i, raw = self._buffers.take(band.numel() * 4)
+            landing = raw.view(torch.float32).view(band.shape)
             landing.copy_(band, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(self.device))
+            event = self._buffers.record(i)
             self._flush()  # the previous band, while the device copies this one
             self._pending = (landing, event, y0, y1)
 
