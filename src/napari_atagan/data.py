@@ -355,6 +355,13 @@ def slide_levels(
     """
     if not 0 <= lo_pct < hi_pct <= 100:
         raise ValueError(f"need 0 <= lo_pct < hi_pct <= 100, got {lo_pct}, {hi_pct}")
+    sample = _slide_sample(slide, after_band)
+    return _sample_levels(sample, lo_pct, hi_pct)
+
+
+def _slide_sample(slide: Any, after_band: Any = None) -> np.ndarray:
+    """Every ``step``-th pixel both ways (at most :data:`SLIDE_SAMPLE_PIXELS`), 2-D,
+    read in bands of rows."""
     h, w = slide.shape
     step = max(1, int(np.ceil(np.sqrt(h * w / SLIDE_SAMPLE_PIXELS))))
     band = max(1, SLIDE_SAMPLE_PIXELS // (w * step)) * step
@@ -364,7 +371,10 @@ def slide_levels(
         parts.append(part if _small_uint(part.dtype) else part.astype(np.float32))
         if after_band is not None:
             after_band()
-    sample = np.concatenate([p.ravel() for p in parts])
+    return np.concatenate(parts)
+
+
+def _sample_levels(sample: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[float, float]:
     if _small_uint(sample.dtype):  # 8- and 16-bit slides: counts, no sort
         lo, hi = _uint_percentiles(sample, lo_pct, hi_pct)
     else:
@@ -374,6 +384,60 @@ def slide_levels(
     if hi <= lo:  # cells cover too little of the slide to reach the high percentile
         hi = sample.max()
     return float(lo), float(hi)
+
+
+CELL_HI_PCT = 99.0
+""":func:`cell_levels`: a cell's own bright level is this percentile of its pixels."""
+
+
+def cell_levels(slide: Any, *, lo_pct: float = SLIDE_LO_PCT, after_band: Any = None
+                ) -> tuple[float, float]:
+    """Levels of a slide that map a *typical cell* as a training crop was mapped.
+
+    A training crop maps its own low and high percentiles to -1 and +1, so every
+    cell the discriminator learnt from spans the whole range. One slide-wide
+    percentile cannot do that for a slide's cells: where a few very bright
+    (mitotic, saturated) cells or a crowd of bright ones hold the top
+    percentile, every ordinary cell lands far below +1 and looks dim and unreal.
+    Here the low level is the slide's ``lo_pct`` percentile, as in
+    :func:`slide_levels`; the high level is the **median over the slide's
+    objects of each object's own** :data:`CELL_HI_PCT` **percentile**. Objects
+    are found on a regular sub-sample of the slide (as in :func:`slide_levels`)
+    by Otsu's threshold on a log scale relative to the background, on which dim
+    and bright cells stand out alike. A handful of saturated cells moves a
+    median of dozens of cells very little.
+
+    Falls back to :func:`slide_levels` where no objects are found.
+    """
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    sample = _slide_sample(slide, after_band)
+    lo, hi = _sample_levels(sample, lo_pct, SLIDE_HI_PCT)
+    values = sample.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("the slide contains NaN or infinite values: replace them first")
+    base = np.clip(values, lo, None) - np.float32(lo)
+    unit = max(float(np.median(base)), 1e-3 * float(base.max()), 1e-12)
+    log = ndi.gaussian_filter(np.log1p(base / np.float32(unit)), 1.0)
+    if float(log.max()) - float(log.min()) <= 1e-6:
+        return lo, hi
+    objects, n = ndi.label(log > threshold_otsu(log))
+    if n == 0:
+        return lo, hi
+    sizes = np.bincount(objects.ravel())
+    keep = np.flatnonzero(sizes >= 9)
+    keep = keep[keep > 0]
+    if keep.size == 0:
+        return lo, hi
+    order = np.argsort(objects.ravel(), kind="stable")
+    ids = objects.ravel()[order]
+    starts = np.searchsorted(ids, keep)
+    stops = np.searchsorted(ids, keep, side="right")
+    flat = values.ravel()[order]
+    tops = [float(np.percentile(flat[a:b], CELL_HI_PCT)) for a, b in zip(starts, stops)]
+    top = float(np.median(tops))
+    return (lo, top) if top > lo else (lo, hi)
 
 
 def _small_uint(dtype: np.dtype) -> bool:

@@ -9,11 +9,15 @@ needs no sliding window. For a slide:
    the training crops at model scale: ``factor = model_cell_diameter / cell_diameter``
    (see :func:`model_cell_diameter`). Downscaling is anti-aliased (a triangle
    filter as wide as the scale step), upscaling is bilinear.
-2. **Intensity.** Like the training crops, the slide is mapped linearly so that its
-   robust low/high percentiles (0.5 % and 99.5 %, as for whole slides in
-   :func:`napari_atagan.data.slide_levels`) become -1 and +1, then clipped. The
-   percentiles are taken on a regular sub-sample of at most ~4 million pixels,
-   so a huge slide is never loaded whole.
+2. **Intensity.** Like the training crops, the slide is mapped linearly to
+   [-1, 1], then clipped: its 0.5 % percentile (the dark background) becomes -1
+   and the bright level of a *typical cell* becomes +1
+   (:func:`napari_atagan.data.cell_levels`: the median over the slide's objects
+   of each object's 99th percentile), so a few saturated mitotic cells cannot
+   push every ordinary cell down into the dark. ``intensity="percentiles"``
+   uses the slide's 0.5 % / 99.5 % percentiles instead
+   (:func:`napari_atagan.data.slide_levels`). The levels are found on a regular
+   sub-sample of at most ~4 million pixels, so a huge slide is never loaded whole.
 3. **Features.** ``D.features`` runs once over the rescaled slide. This is done in
    tiles with a halo wider than ``D``'s receptive field and origins on multiples
    of ``D.stride``, so the result does not depend on the tiling: a tile's feature
@@ -65,7 +69,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from ._memmap import release_pages
-from .data import slide_levels
+from .data import cell_levels, slide_levels
 from .device import resolve_device, synchronize
 
 __all__ = [
@@ -121,7 +125,7 @@ def slide_attention(
     stop: Stop | None = None,
     progress: Progress | None = None,
     out: np.ndarray | None = None,
-    intensity: tuple[float, float] | None = None,
+    intensity: tuple[float, float] | str | None = None,
     rgb: str | None = None,
 ) -> np.ndarray:
     """Attention map of a trained discriminator over a whole 2-D slide.
@@ -149,8 +153,10 @@ def slide_attention(
         Optional preallocated float array (or memmap) of the slide's shape that
         receives the map; it is also returned.
     intensity:
-        ``(low, high)`` source levels that map to -1 and +1; default: the slide's
-        0.5 % / 99.5 % percentiles (:func:`napari_atagan.data.slide_levels`).
+        ``(low, high)`` source levels that map to -1 and +1, or how to find them:
+        ``"cells"`` (default; a typical cell's own levels,
+        :func:`napari_atagan.data.cell_levels`) or ``"percentiles"`` (the
+        slide's 0.5 % / 99.5 % percentiles, :func:`napari_atagan.data.slide_levels`).
     rgb:
         ``"grey"`` converts an RGB(A) image ``(Y, X, 3|4)`` to luminance; colour
         images are refused otherwise.
@@ -188,7 +194,7 @@ def slide_attention_stack(
 ) -> np.ndarray:
     """Attention maps of a stack ``(T, Y, X)``, plane by plane.
 
-    Every plane is treated as its own slide (its own intensity percentiles).
+    Every plane is treated as its own slide (its own intensity levels).
     ``progress`` counts over the whole stack. ``rgb="grey"`` also accepts a
     colour stack ``(T, Y, X, 3|4)``. Other parameters as in :func:`slide_attention`.
     """
@@ -241,7 +247,7 @@ def discriminator_attention(
     stop: Stop | None = None,
     progress: Progress | None = None,
     out: np.ndarray | None = None,
-    intensity: tuple[float, float] | None = None,
+    intensity: tuple[float, float] | str | None = None,
 ) -> np.ndarray:
     """The engine of :func:`slide_attention` for a bare discriminator.
 
@@ -679,8 +685,7 @@ class _Stage:
 
 def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np.ndarray:
     with _Stage("levels", device):
-        lo, hi = (intensity if intensity is not None
-                  else slide_levels(slide, after_band=lambda: release_pages(slide)))
+        lo, hi = _levels(slide, intensity)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"intensity levels must be finite, got {(lo, hi)}")
     total = plan.n_steps
@@ -710,6 +715,28 @@ def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np
 def _check_stop(stop: Stop | None) -> None:
     if stop is not None and stop():
         raise Stopped("stopped on request")
+
+
+LEVELS = ("cells", "percentiles")
+"""How a slide's grey levels are found when none are given (see :func:`slide_attention`)."""
+
+
+def _levels(slide: Any, intensity: Any) -> tuple[float, float]:
+    """``(lo, hi)``: given, or found by the named rule (default ``"cells"``)."""
+    if intensity is None:
+        intensity = "cells"
+    if isinstance(intensity, str):
+        def after() -> None:
+            release_pages(slide)
+
+        if intensity == "cells":
+            return cell_levels(slide, after_band=after)
+        if intensity == "percentiles":
+            return slide_levels(slide, after_band=after)
+        raise ValueError(f"intensity must be (low, high) or one of {', '.join(LEVELS)}, "
+                         f"got {intensity!r}")
+    lo, hi = intensity
+    return float(lo), float(hi)
 
 
 class _ModelScaleReader:

@@ -1,0 +1,166 @@
+"""Cells from the image: the classic pipeline, map-guided outlines, robust slide levels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_atagan.data import cell_levels, slide_levels
+from napari_atagan.evaluate import drop_border_cells
+from napari_atagan.metrics import match_objects
+from napari_atagan.segment import classic_labels, guided_labels, log_levels
+
+
+def _disc(shape, cy, cx, r):
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def _scene(cells, shape=(160, 200), glow=0.0, noise=2.0, seed=0):
+    """Nuclei of the given (cy, cx, r, brightness) on a dim background, with their truth."""
+    rng = np.random.default_rng(seed)
+    image = np.full(shape, 20.0)
+    truth = np.zeros(shape, np.int32)
+    for i, (cy, cx, r, b) in enumerate(cells, start=1):
+        if glow:
+            image[_disc(shape, cy, cx, 1.8 * r) & (truth == 0)] += glow * b
+        d = _disc(shape, cy, cx, r) & (truth == 0)
+        image[d] = 20.0 + b
+        truth[d] = i
+    image = ndi.gaussian_filter(image, 1.0) + rng.normal(0, noise, shape)
+    return image.astype(np.float32), truth
+
+
+def _coarse_map(truth, cell=8):
+    """A map like the discriminator's: one blurred blob per cell, coarse and shrunk."""
+    m = ndi.gaussian_filter(ndi.binary_erosion(truth > 0, iterations=3).astype(np.float32), 4.0)
+    small = m[cell // 2::cell, cell // 2::cell]
+    big = np.kron(small, np.ones((cell, cell), np.float32))
+    pad = [(0, max(0, n - b)) for n, b in zip(truth.shape, big.shape)]
+    return np.pad(big, pad, mode="edge")[:truth.shape[0], :truth.shape[1]]
+
+
+def _ious(pred, truth):
+    m = match_objects(pred, truth, 0.5)
+    return m["tp"], m["fp"], m["fn"], m["mean_matched_iou"]
+
+
+def test_classic_splits_two_touching_cells_and_drops_specks():
+    image, truth = _scene([(60, 60, 15, 100), (60, 89, 15, 100), (120, 150, 2, 100)])
+    truth[truth == 3] = 0
+    labels = classic_labels(image, 30)
+    assert labels.dtype == np.uint16
+    tp, fp, fn, iou = _ious(labels, truth)
+    assert (tp, fp, fn) == (2, 0, 0)
+    assert iou > 0.8
+
+
+def test_classic_keeps_a_single_cell_whole():
+    image, truth = _scene([(80, 100, 18, 80)])
+    labels = classic_labels(image, 36)
+    assert int(labels.max()) == 1
+    assert _ious(labels, truth)[3] > 0.85
+
+
+def test_classic_constant_image_has_no_cells():
+    assert classic_labels(np.full((50, 60), 7.0), 10).max() == 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((10, 10, 3)), "2-D"),
+    (np.full((10, 10), np.nan), "NaN"),
+    (np.zeros((1, 10)), "too small"),
+])
+def test_classic_refuses_bad_images(bad, message):
+    with pytest.raises(ValueError, match=message):
+        classic_labels(bad, 5)
+
+
+def test_classic_refuses_a_bad_diameter():
+    with pytest.raises(ValueError, match="cell_diameter"):
+        classic_labels(np.zeros((10, 10)), 0)
+
+
+def test_guided_outlines_follow_the_image_not_the_coarse_map():
+    image, truth = _scene([(50, 50, 16, 90), (50, 81, 15, 90), (115, 140, 17, 60)])
+    att = _coarse_map(truth)
+    labels = guided_labels(image, att, 32)
+    tp, fp, fn, iou = _ious(labels, truth)
+    assert (tp, fp, fn) == (3, 0, 0)
+    assert iou > 0.85
+    # the map alone outlines them coarsely
+    from napari_atagan.labels import attention_to_labels
+
+    map_iou = _ious(attention_to_labels(att, threshold="local", cell_diameter=32), truth)[3]
+    assert iou > map_iou + 0.05
+
+
+def test_guided_cuts_each_cell_at_its_own_level_and_leaves_the_glow_out():
+    cells = [(45, 50, 15, 2000), (45, 140, 15, 40), (115, 60, 15, 300), (115, 140, 15, 90)]
+    image, truth = _scene(cells, glow=0.2)
+    labels = guided_labels(image, _coarse_map(truth), 30)
+    tp, fp, fn, iou = _ious(labels, truth)
+    assert (tp, fp, fn) == (4, 0, 0)
+    assert iou > 0.8  # a glow as wide as the cell would halve it
+
+
+def test_guided_skips_bright_blobs_the_map_does_not_call_cells():
+    image, truth = _scene([(60, 60, 15, 100), (60, 150, 15, 100)])
+    keep = truth == 1
+    att = _coarse_map(np.where(keep, 1, 0))
+    labels = guided_labels(image, att, 30)
+    assert int(labels.max()) == 1
+    assert _ious(labels, np.where(keep, 1, 0))[0] == 1
+
+
+def test_guided_keeps_the_maps_outline_where_the_image_shows_nothing():
+    image = np.random.default_rng(1).normal(20, 1, (100, 100)).astype(np.float32)
+    truth = _disc((100, 100), 50, 50, 14).astype(np.int32)
+    labels = guided_labels(image, _coarse_map(truth), 28)
+    assert int(labels.max()) == 1
+
+
+def test_guided_with_an_empty_map_finds_nothing():
+    image, _ = _scene([(60, 60, 15, 100)])
+    assert guided_labels(image, np.zeros_like(image), 30).max() == 0
+
+
+def test_guided_refuses_a_map_of_another_shape():
+    with pytest.raises(ValueError, match="same pixels"):
+        guided_labels(np.zeros((20, 20)), np.zeros((20, 21)), 5)
+
+
+def test_log_levels_are_near_zero_on_the_background_and_compress_bright_cells():
+    image, truth = _scene([(60, 60, 15, 100), (60, 140, 15, 10000)])
+    lv = log_levels(image)
+    assert abs(float(np.median(lv[truth == 0]))) < 1.5
+    dim, bright = float(np.median(lv[truth == 1])), float(np.median(lv[truth == 2]))
+    assert bright / dim < 3  # 100 times brighter, not 100 times higher
+
+
+def test_cell_levels_ignore_a_few_saturated_cells():
+    rng = np.random.default_rng(0)
+    shape = (400, 400)
+    image = np.full(shape, 10.0)
+    centres = [(40 + 80 * (i // 5), 40 + 80 * (i % 5)) for i in range(25)]
+    for k, (cy, cx) in enumerate(centres):
+        image[_disc(shape, cy, cx, 25)] = 255.0 if k < 3 else 100.0
+    image = np.clip(image + rng.normal(0, 2, shape), 0, 255).astype(np.uint8)
+    lo, hi = cell_levels(image)
+    assert hi == pytest.approx(104, abs=4)  # the ordinary cells' bright level
+    assert slide_levels(image)[1] > 250  # a slide-wide percentile sits on the saturated ones
+    assert lo < 15
+
+
+def test_cell_levels_fall_back_on_a_constant_slide():
+    image = np.full((64, 64), 5, np.uint16)
+    assert cell_levels(image) == slide_levels(image)
+
+
+def test_drop_border_cells():
+    lab = np.zeros((10, 10), np.int32)
+    lab[0:2, 3:5] = 1
+    lab[4:6, 4:6] = 2
+    out = drop_border_cells(lab)
+    assert set(np.unique(out)) == {0, 2}
