@@ -121,3 +121,87 @@ def test_bad_shapes(crops_dir, shape):
 def test_bad_settings(crops_dir, kwargs):
     with pytest.raises(ValueError):
         make_mosaic(crops_dir, shape=SHAPE, **{"n_cells": 3, **kwargs})
+
+
+# --------------------------------------------------------------------------- touching cells
+def _touching_cells(labels: np.ndarray) -> set[int]:
+    """Labels that are 4-adjacent to another label."""
+    cells: set[int] = set()
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
+        hit = (a > 0) & (b > 0) & (a != b)
+        cells |= set(a[hit].tolist()) | set(b[hit].tolist())
+    return cells
+
+
+@pytest.fixture(scope="module")
+def touching(crops_dir):
+    return make_mosaic(crops_dir, shape=SHAPE, n_cells=16, seed=3, touching=True)
+
+
+def test_touching_mosaic_packs_cells_against_each_other(touching):
+    assert list(np.unique(touching.labels)) == list(range(17))
+    assert len(_touching_cells(touching.labels)) >= 0.4 * 16
+
+
+def test_touching_masks_never_overlap(crops_dir, touching):
+    """Every label is one whole pasted mask: none lost pixels to a neighbour."""
+    from napari_atagan.mosaic import _choose_crops, _transform
+
+    rng = np.random.default_rng(3)  # make_mosaic's own draws: crops first, then their transforms
+    crops = _choose_crops(crops_dir, 16, rng)
+    cells = [_transform(c, rng, 1.0) for c in crops]
+    for i, cell in enumerate(cells, start=1):
+        label = touching.labels == i
+        assert label.sum() == cell.mask.sum()
+        assert ndi.label(label)[1] == ndi.label(cell.mask)[1]
+
+
+def test_touching_cells_stay_brighter_than_the_background(touching):
+    far = ~ndi.binary_dilation(touching.labels > 0, iterations=6)
+    background = np.median(touching.image[far])
+    means = ndi.mean(touching.image.astype(float), touching.labels, index=np.arange(1, 17))
+    assert np.median(means) > background
+
+
+def test_touching_is_deterministic_and_off_by_default(crops_dir, mosaic, touching):
+    again = make_mosaic(crops_dir, shape=SHAPE, n_cells=16, seed=3, touching=True)
+    assert np.array_equal(again.image, touching.image) and np.array_equal(again.labels, touching.labels)
+    plain = make_mosaic(crops_dir, shape=SHAPE, n_cells=12, seed=3, touching=False)
+    assert np.array_equal(plain.image, mosaic.image) and np.array_equal(plain.labels, mosaic.labels)
+    assert not _touching_cells(mosaic.labels)
+
+
+def test_touching_mosaic_of_many_cells(crops_dir):
+    m = make_mosaic(crops_dir, shape=(384, 384), n_cells=40, seed=1, touching=True)
+    assert m.labels.max() == 40
+    assert len(_touching_cells(m.labels)) >= 0.6 * 40
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_touching_must_be_a_bool(crops_dir, value):
+    with pytest.raises(ValueError, match="touching"):
+        make_mosaic(crops_dir, shape=SHAPE, n_cells=3, touching=value)
+
+
+def test_cli_mosaic_touching(crops_dir, tmp_path, capsys):
+    import json
+
+    import tifffile
+
+    from napari_atagan.cli import main
+
+    out = tmp_path / "m"
+    assert main(["mosaic", "--crops", str(crops_dir), "--out", str(out), "--n-cells", "16",
+                 "--size", "256", "256", "--seed", "3", "--touching"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert written[0]["touching"] is True and written[0]["cells"] == 16
+    labels = tifffile.imread(out / "mosaic_000_labels.tif")
+    expected = make_mosaic(crops_dir, shape=SHAPE, n_cells=16, seed=3, touching=True)
+    assert np.array_equal(labels, expected.labels)
+    assert np.array_equal(tifffile.imread(out / "mosaic_000.tif"), expected.image)
+    # without --touching: the cells are kept apart, as before
+    assert main(["mosaic", "--crops", str(crops_dir), "--out", str(tmp_path / "p"), "--n-cells", "12",
+                 "--size", "256", "256", "--seed", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["touching"] is False
+    assert np.array_equal(tifffile.imread(tmp_path / "p" / "mosaic_000_labels.tif"),
+                          make_mosaic(crops_dir, shape=SHAPE, n_cells=12, seed=3).labels)

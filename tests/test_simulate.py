@@ -323,3 +323,276 @@ def test_slide_placement_failure_is_a_clear_error(monkeypatch):
 def test_single_large_cell_fits():
     s = simulate_slide((60, 60), n_cells=1, cell_diameter=45)
     assert s.labels.max() == 1
+
+
+# --------------------------------------------------------------------------- realism
+REALISM_OFF = dict(crowding=0.0, overlap=0.0, glow=0.0, mitotic=0.0, vignetting=0.0, background=0.0,
+                   photons=5000.0, read_noise=0.5, defocus=0.0)
+
+
+def _touching_pairs(labels: np.ndarray) -> dict[tuple[int, int], int]:
+    """Pairs of different labels that are 4-adjacent, with the number of adjacent pixel pairs."""
+    pairs: dict[tuple[int, int], int] = {}
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
+        hit = (a > 0) & (b > 0) & (a != b)
+        for x, y in zip(a[hit].tolist(), b[hit].tolist()):
+            key = (min(x, y), max(x, y))
+            pairs[key] = pairs.get(key, 0) + 1
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def real_slide() -> Slide:
+    return simulate_slide((384, 384), n_cells=40, cell_diameter=32, seed=0, realistic=True, bit_depth=8)
+
+
+def test_realism_options_off_are_the_default_bit_for_bit():
+    plain = simulate_slide((200, 240), n_cells=8, cell_diameter=30, seed=9)
+    off = simulate_slide((200, 240), n_cells=8, cell_diameter=30, seed=9, realistic=False, rgb=False, **REALISM_OFF)
+    np.testing.assert_array_equal(plain.image, off.image)
+    np.testing.assert_array_equal(plain.labels, off.labels)
+    assert plain.mitotic == [False] * 8
+    crops = simulate_crops(4, size=32, seed=2)
+    np.testing.assert_array_equal(crops.images, simulate_crops(4, size=32, seed=2, **REALISM_OFF).images)
+
+
+def test_realistic_slide_has_touching_cells(real_slide):
+    assert real_slide.image.shape == (384, 384) and real_slide.image.dtype == np.uint8
+    assert list(np.unique(real_slide.labels)) == list(range(41))  # every cell keeps a label
+    pairs = _touching_pairs(real_slide.labels)
+    touching = {c for pair in pairs for c in pair}
+    assert len(pairs) >= 10 and len(touching) >= 0.4 * 40
+    for i in range(1, 41):  # an overlap of at most 10 % never cuts a nucleus in two
+        assert ndi.label(real_slide.labels == i)[1] == 1
+    plain = simulate_slide((384, 384), n_cells=40, cell_diameter=32, seed=0)
+    assert len(_touching_pairs(plain.labels)) < len(pairs)
+
+
+def test_crowding_and_overlap():
+    touching = simulate_slide((320, 320), n_cells=30, cell_diameter=30, seed=3, crowding=1.0)
+    overlapping = simulate_slide((320, 320), n_cells=30, cell_diameter=30, seed=3, crowding=1.0, overlap=0.25)
+    for s in (touching, overlapping):
+        cells = {c for pair in _touching_pairs(s.labels) for c in pair}
+        assert len(cells) >= 0.8 * 30
+    # overlapping nuclei share a chord, longer than the few pixels where touching ones meet
+    mean_contact = [np.mean(list(_touching_pairs(s.labels).values())) for s in (touching, overlapping)]
+    assert mean_contact[1] > 1.2 * mean_contact[0]
+
+
+def test_glow_outside_the_labels_is_brighter_than_far_background():
+    def ring_and_far(s):
+        dist = ndi.distance_transform_edt(s.labels == 0)
+        image = s.image.astype(float)
+        return np.median(image[(dist > 3) & (dist <= 12)]), np.median(image[dist > 48])
+
+    ring0, far0 = ring_and_far(simulate_slide((384, 384), n_cells=12, cell_diameter=32, seed=4))
+    ring, far = ring_and_far(simulate_slide((384, 384), n_cells=12, cell_diameter=32, seed=4, glow=0.4))
+    assert ring > 1.08 * far
+    assert ring - far > 2 * (ring0 - far0)
+
+
+def test_mitotic_cells_saturate_the_8_bit_range():
+    s = simulate_slide((256, 256), n_cells=14, cell_diameter=30, seed=1, realistic=True, bit_depth=8,
+                       mitotic=0.3, intensity=3.0, patterns=["Homogeneous"])
+    ids = [i + 1 for i, m in enumerate(s.mitotic) if m]
+    assert len(ids) >= 2 and len(s.mitotic) == 14
+    saturated = s.image == 255
+    near = ndi.binary_dilation(np.isin(s.labels, ids), iterations=3)
+    assert saturated.sum() > 20
+    assert (saturated & near).sum() >= 0.95 * saturated.sum()  # only mitotic cells saturate
+    peaks = ndi.maximum(s.image, s.labels, ids)
+    assert np.mean(np.asarray(peaks) == 255) >= 0.5
+    # mitotic cells are smaller than interphase nuclei, and labelled as cells
+    areas = np.bincount(s.labels.ravel(), minlength=15)[1:]
+    others = [i for i in range(1, 15) if i not in ids]
+    assert np.median(areas[np.array(ids) - 1]) < 0.7 * np.median(areas[np.array(others) - 1])
+
+
+def test_vignetting_darkens_the_corners():
+    s = simulate_slide((256, 256), n_cells=1, cell_diameter=20, seed=2, vignetting=0.5, bit_depth=16)
+    image = s.image.astype(float)
+    centre = np.median(image[96:160, 96:160][s.labels[96:160, 96:160] == 0])
+    corners = np.median(np.concatenate([image[:24, :24].ravel(), image[-24:, -24:].ravel(),
+                                        image[:24, -24:].ravel(), image[-24:, :24].ravel()]))
+    assert corners < 0.8 * centre
+
+
+def test_photons_set_the_noise():
+    def noise(s):
+        image = s.image.astype(float)
+        residual = image - ndi.uniform_filter(image, 5)
+        return residual[ndi.distance_transform_edt(s.labels == 0) > 20].std()
+
+    quiet = simulate_slide((192, 192), n_cells=2, cell_diameter=24, seed=1, bit_depth=8, photons=50000, read_noise=0)
+    noisy = simulate_slide((192, 192), n_cells=2, cell_diameter=24, seed=1, bit_depth=8, photons=500)
+    assert noise(noisy) > 2.5 * noise(quiet)
+
+
+def test_defocus_blurs_cells():
+    sharp = simulate_slide((256, 256), n_cells=10, cell_diameter=30, seed=6, patterns=["Centromere"])
+    blurred = simulate_slide((256, 256), n_cells=10, cell_diameter=30, seed=6, patterns=["Centromere"], defocus=1.0)
+    np.testing.assert_array_equal(sharp.labels, blurred.labels)
+
+    def detail(s):
+        image = s.image.astype(float)
+        return np.abs(ndi.laplace(ndi.gaussian_filter(image, 1.0)))[s.labels > 0].mean()
+
+    assert detail(blurred) < 0.6 * detail(sharp)
+
+
+def test_rgb_slide_has_the_stain_in_green(real_slide):
+    rgb = simulate_slide((384, 384), n_cells=40, cell_diameter=32, seed=0, realistic=True, rgb=True)
+    assert rgb.image.shape == (384, 384, 3) and rgb.image.dtype == np.uint8
+    np.testing.assert_array_equal(rgb.image[..., 1], real_slide.image)  # green is the grey slide
+    np.testing.assert_array_equal(rgb.labels, real_slide.labels)
+    cells, background = rgb.labels > 0, ndi.distance_transform_edt(rgb.labels == 0) > 20
+    green = rgb.image[..., 1].astype(float)
+    for c in (0, 2):
+        other = rgb.image[..., c].astype(float)
+        assert other.mean() < 0.6 * green.mean()
+        # a little crosstalk: the cells show faintly, far less than in green
+        contrast = other[cells].mean() - other[background].mean()
+        assert 0 < contrast < 0.3 * (green[cells].mean() - green[background].mean())
+        assert other.std() > 0
+
+
+def test_realistic_slides_are_deterministic(real_slide):
+    again = simulate_slide((384, 384), n_cells=40, cell_diameter=32, seed=0, realistic=True, bit_depth=8)
+    np.testing.assert_array_equal(again.image, real_slide.image)
+    np.testing.assert_array_equal(again.labels, real_slide.labels)
+    assert again.mitotic == real_slide.mitotic and again.patterns == real_slide.patterns
+    other = simulate_slide((384, 384), n_cells=40, cell_diameter=32, seed=1, realistic=True, bit_depth=8)
+    assert not np.array_equal(other.labels, real_slide.labels)
+
+
+def test_realistic_crops_depend_only_on_seed_and_index():
+    a = simulate_crops(7, size=48, seed=11, realistic=True)
+    np.testing.assert_array_equal(simulate_crops(3, size=48, seed=11, realistic=True).images, a.images[:3])
+    np.testing.assert_array_equal(simulate_crops(7, size=48, seed=11, realistic=True).images, a.images)
+    assert not np.array_equal(simulate_crops(7, size=48, seed=12, realistic=True).images, a.images)
+    assert not np.array_equal(simulate_crops(7, size=48, seed=11).images, a.images)
+    assert a.images.shape == (7, 48, 48) and a.images.dtype == np.uint8
+
+
+def test_realistic_crops_mask_the_whole_centred_nucleus():
+    crops = simulate_crops(24, size=64, seed=4, realistic=True, crowding=1.0, overlap=0.1)
+    for image, mask in zip(crops.images, crops.masks):
+        assert set(np.unique(mask)) <= {0, 1} and ndi.label(mask)[1] == 1
+        diameter = 2 * np.sqrt(mask.sum() / np.pi)
+        assert 0.5 * 64 < diameter < 0.85 * 64  # the centred cell lies on top: its mask is whole
+        cy, cx = ndi.center_of_mass(mask)
+        assert abs(cy - 31.5) < 6 and abs(cx - 31.5) < 6
+    # crowded crops show touching neighbours: bright stain right outside the mask, on some side
+    def rims(crops):
+        out = []
+        for image, mask in zip(crops.images.astype(float), crops.masks > 0):
+            ring = ndi.binary_dilation(mask, iterations=4) & ~ndi.binary_dilation(mask, iterations=1)
+            out.append(np.percentile(image[ring], 95) - np.median(image[~ndi.binary_dilation(mask, iterations=4)]))
+        return np.array(out)
+
+    apart = simulate_crops(24, size=64, seed=4, realistic=True, crowding=0.0, overlap=0.1)
+    np.testing.assert_array_equal(apart.masks, crops.masks)  # the same centred cells
+    assert np.median(rims(crops)) > 2 * np.median(rims(apart))
+
+
+def test_rgb_crops():
+    crops = simulate_crops(4, size=32, seed=3, realistic=True, rgb=True)
+    assert crops.images.shape == (4, 32, 32, 3) and crops.images.dtype == np.uint8
+    grey = simulate_crops(4, size=32, seed=3, realistic=True)
+    np.testing.assert_array_equal(crops.images[..., 1], grey.images)
+    np.testing.assert_array_equal(crops.masks, grey.masks)
+
+
+def test_write_slide_and_rgb_crops(tmp_path):
+    from napari_atagan.export import read_tiff_metadata
+
+    s = simulate_slide((128, 160), n_cells=6, cell_diameter=24, seed=2, realistic=True, rgb=True, mitotic=0.5)
+    image_path, labels_path = simulate.write_slide(s, tmp_path / "out", "slide_000")
+    assert image_path.name == "slide_000.tif" and labels_path.name == "slide_000_labels.tif"
+    with tifffile.TiffFile(image_path) as tif:
+        assert tif.is_imagej
+        np.testing.assert_array_equal(tif.asarray(), s.image)
+    np.testing.assert_array_equal(tifffile.imread(labels_path), s.labels)
+    meta = read_tiff_metadata(labels_path)
+    assert meta["patterns"] == s.patterns and meta["cell_diameter"] > 0
+    assert meta["mitotic"] == [i + 1 for i, m in enumerate(s.mitotic) if m]
+    with pytest.raises(ValueError, match="stem"):
+        simulate.write_slide(s, tmp_path, "a/b")
+    crops = simulate_crops(2, size=24, seed=1, rgb=True, patterns=["Golgi"])
+    write_crops_folder(crops, tmp_path / "crops")
+    np.testing.assert_array_equal(iio.imread(tmp_path / "crops" / "Golgi" / "00002.png"), crops.images[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"crowding": 1.5}, "crowding"),
+        ({"overlap": 0.5}, "overlap"),
+        ({"glow": -0.1}, "glow"),
+        ({"mitotic": 0.9}, "mitotic"),
+        ({"vignetting": 1.0}, "vignetting"),
+        ({"background": float("inf")}, "background"),
+        ({"photons": 0}, "photons"),
+        ({"read_noise": -1}, "read_noise"),
+        ({"defocus": 2}, "defocus"),
+        ({"glow": "0.3"}, "glow"),
+        ({"realistic": "yes"}, "realistic"),
+        ({"rgb": 1}, "rgb"),
+        ({"rgb": True, "bit_depth": 16}, "rgb"),
+    ],
+)
+def test_bad_realism_options_raise_value_error(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        simulate_slide((128, 128), n_cells=2, cell_diameter=20, **kwargs)
+    with pytest.raises(ValueError, match=name):
+        simulate_crops(2, size=32, **kwargs)
+
+
+def test_crowded_slide_that_cannot_fit_is_a_clear_error():
+    with pytest.raises(ValueError, match="fewer or smaller cells or a larger shape"):
+        simulate_slide((128, 128), n_cells=30, cell_diameter=30, realistic=True)
+
+
+# --------------------------------------------------------------------------- command line
+def test_cli_writes_realistic_slides_and_crops(tmp_path, capsys):
+    import json
+
+    from napari_atagan.cli import main
+
+    rc = main(["simulate", "--slides", "2", "--realistic", "--rgb", "--size", "128", "160", "--diameter", "24",
+               "--cells", "8", "--seed", "3", "--out", str(tmp_path / "slides")])
+    assert rc == 0
+    written = json.loads(capsys.readouterr().out)
+    assert [w["seed"] for w in written] == [3, 4]
+    image = tifffile.imread(tmp_path / "slides" / "slide_001.tif")
+    labels = tifffile.imread(tmp_path / "slides" / "slide_001_labels.tif")
+    expected = simulate_slide((128, 160), n_cells=8, cell_diameter=24, seed=4, realistic=True, rgb=True)
+    np.testing.assert_array_equal(image, expected.image)
+    np.testing.assert_array_equal(labels, expected.labels)
+
+    assert main(["simulate", "--crops", "4", "--realistic", "--size", "32", "--patterns", "NuMem",
+                 "--out", str(tmp_path / "crops")]) == 0
+    written = sorted(p.name for p in (tmp_path / "crops" / "NuMem").iterdir())
+    assert written[:2] == ["00001.png", "00001_Mask.png"] and len(written) == 8
+    np.testing.assert_array_equal(iio.imread(tmp_path / "crops" / "NuMem" / "00004.png"),
+                                  simulate_crops(4, size=32, seed=0, realistic=True, patterns=["NuMem"]).images[3])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--slides", "1"], "--out"),
+        (["--crops", "2", "--size", "32", "32", "--out", "x"], "--size"),
+        (["--slides", "1", "--size", "64", "64", "64", "--out", "x"], "--size"),
+        (["--crops", "2", "--diameter", "20", "--out", "x"], "--diameter"),
+        (["--slides", "1", "--rgb", "--bit-depth", "16", "--out", "x"], "--rgb"),
+        (["--sample-data", "x", "--realistic"], "--realistic"),
+    ],
+)
+def test_cli_simulate_mistakes(tmp_path, capsys, monkeypatch, argv, message):
+    from napari_atagan.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

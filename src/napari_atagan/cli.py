@@ -244,12 +244,18 @@ def _run_export(args) -> int:
 
 # --------------------------------------------------------------------------- simulate
 def _add_simulate(sub) -> None:
+    from .simulate import PATTERNS
+
     p = sub.add_parser(
         "simulate",
         help="simulated IIF HEp-2 cells and slides with exact ground truth",
         description=(
             "Write simulated IIF HEp-2 data: the shipped sample data (--sample-data DIR), "
-            "or N single-cell crops in the training layout (--crops N --out DIR)."
+            "N single-cell crops in the training layout (--crops N --out DIR), or N slides "
+            "with their nucleus labels (--slides N --out DIR: slide_000.tif + "
+            "slide_000_labels.tif, ...). --realistic adds what real slides have: touching "
+            "and overlapping cells, cytoplasmic glow, bright mitotic cells, vignetting, a "
+            "background offset, camera noise and out-of-focus cells."
         ),
     )
     what = p.add_mutually_exclusive_group(required=True)
@@ -257,26 +263,74 @@ def _add_simulate(sub) -> None:
                       help="(re)generate the sample data files into DIR")
     what.add_argument("--crops", type=positive_int, metavar="N",
                       help="number of single-cell crops to write (with --out)")
-    p.add_argument("--out", metavar="DIR", help="output folder for --crops")
-    p.add_argument("--size", type=int, default=64, help="crop side in pixels (default: 64)")
+    what.add_argument("--slides", type=positive_int, metavar="N",
+                      help="number of slides to write (with --out); slide k uses seed + k")
+    p.add_argument("--out", metavar="DIR", help="output folder for --crops and --slides")
+    p.add_argument("--size", type=positive_int, nargs="+", metavar="PX", default=None,
+                   help="crop side (default: 64), or slide height and width "
+                        "(default: 1024 1024; one number for a square slide)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8,
-                   help="bits per pixel of the crops (default: %(default)s)")
+                   help="bits per pixel (default: %(default)s; RGB is always 8)")
+    p.add_argument("--realistic", action="store_true",
+                   help="crowded, touching cells, glow, mitoses, uneven illumination and "
+                        "camera noise, with random amounts per slide (per crop for --crops)")
+    p.add_argument("--rgb", action="store_true",
+                   help="8-bit RGB images with the stain in the green channel")
+    p.add_argument("--patterns", nargs="+", choices=PATTERNS, default=None, metavar="NAME",
+                   help="staining patterns to draw, in turn (default: all six: "
+                        f"{', '.join(PATTERNS)}); one name gives a slide of one pattern, as "
+                        "from one patient's serum")
+    p.add_argument("--cells", type=positive_int, default=60, metavar="N",
+                   help="cells per slide (--slides; default: %(default)s)")
+    p.add_argument("--diameter", type=float, default=None, metavar="D",
+                   help="mean nucleus diameter in pixels (--slides; default: 40)")
     p.set_defaults(run=_run_simulate)
 
 
 def _run_simulate(args) -> int:
-    from .simulate import make_sample_data, simulate_crops, write_crops_folder
+    from .simulate import PATTERNS, make_sample_data, simulate_crops, simulate_slide, write_crops_folder, write_slide
 
     if args.sample_data:
+        given = [name for name, on in (("--realistic", args.realistic), ("--rgb", args.rgb)) if on]
+        if given:
+            raise UserError(f"--sample-data always writes the same files: leave out {' '.join(given)}")
         files = make_sample_data(args.sample_data)
         print(json.dumps({k: str(v) for k, v in files.items()}, indent=2))
         return 0
+    kind = "--crops" if args.crops else "--slides"
     if not args.out:
-        raise UserError("--crops needs --out DIR")
-    crops = simulate_crops(args.crops, size=args.size, seed=args.seed, bit_depth=args.bit_depth)
-    out = write_crops_folder(crops, args.out)
-    print(json.dumps({"out": str(out), "cells": int(len(crops.images))}, indent=2))
+        raise UserError(f"{kind} needs --out DIR")
+    if args.rgb and args.bit_depth != 8:
+        raise UserError("--rgb writes 8-bit RGB images: leave out --bit-depth 16")
+    patterns = tuple(args.patterns) if args.patterns else PATTERNS
+    realism = dict(realistic=args.realistic, rgb=args.rgb)
+    if args.crops:
+        if args.diameter is not None:
+            raise UserError("--diameter belongs to --slides: crop cells are 60-76 % of --size wide")
+        if args.size is not None and len(args.size) != 1:
+            raise UserError(f"--crops takes one --size (the crop side), got {len(args.size)} numbers")
+        size = args.size[0] if args.size else 64
+        crops = simulate_crops(args.crops, size=size, seed=args.seed, bit_depth=args.bit_depth,
+                               patterns=patterns, **realism)
+        out = write_crops_folder(crops, args.out)
+        print(json.dumps({"out": str(out), "cells": int(len(crops.images))}, indent=2))
+        return 0
+    if args.size is not None and len(args.size) > 2:
+        raise UserError(f"--slides takes --size H W (or one number), got {len(args.size)} numbers")
+    shape = (1024, 1024) if args.size is None else (args.size[0], args.size[-1])
+    diameter = 40.0 if args.diameter is None else args.diameter
+    written = []
+    for k in range(args.slides):
+        slide = simulate_slide(shape, n_cells=args.cells, cell_diameter=diameter, patterns=patterns,
+                               seed=args.seed + k, bit_depth=args.bit_depth, **realism)
+        image, labels = write_slide(slide, args.out, f"slide_{k:03d}")
+        written.append({"image": str(image), "labels": str(labels), "cells": len(slide.patterns),
+                        "mitotic": int(sum(slide.mitotic)),
+                        "cell_diameter": round(slide.cell_diameter, 2), "seed": args.seed + k})
+        print(f"{image}  {len(slide.patterns)} cells, diameter {slide.cell_diameter:.1f} px",
+              file=sys.stderr)
+    print(json.dumps(written, indent=2))
     return 0
 
 

@@ -22,9 +22,19 @@ Poisson-Gaussian camera noise, and is quantised to 8 or 16 bit. At
 The masks and labels are the nuclei (as in the I3A data set), not the
 cytoplasm. Everything is deterministic for a given seed, bit for bit.
 
+By default the fields are tidy: few cells touch, a faint halo, mild
+illumination changes. Real whole slides are harder, and ``realistic=True`` (or
+the single options it turns on) adds what they have: crowded cells in touching
+and slightly overlapping clusters, a dim cytoplasmic glow around every nucleus,
+a few very bright mitotic cells, vignetting and a smooth background offset,
+camera noise from quiet to noisy, out-of-focus cells, specimens stained more or
+less strongly, and an 8-bit RGB variant with the stain in the green channel.
+Realistic crops are cut from the same model.
+
 Main entry points: :func:`simulate_crops` (single-cell crops, like a training
 set), :func:`simulate_slide` (a field of view with many cells and an instance
-label image), :func:`write_crops_folder` (the I3A folder layout) and
+label image), :func:`write_crops_folder` (the I3A folder layout),
+:func:`write_slide` (a slide and its labels as ImageJ TIFFs) and
 :func:`make_sample_data` (the sample data shipped with the product).
 """
 
@@ -35,7 +45,7 @@ import math
 import numbers
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +58,7 @@ __all__ = [
     "simulate_crops",
     "simulate_slide",
     "write_crops_folder",
+    "write_slide",
     "make_sample_data",
 ]
 
@@ -82,7 +93,8 @@ class CropSet:
     """Single-cell crops with their nucleus masks and pattern labels.
 
     Attributes:
-        images: ``(N, S, S)`` uint8 or uint16 crops, one cell roughly centred in each.
+        images: ``(N, S, S)`` uint8 or uint16 crops, one cell roughly centred in each
+            (``(N, S, S, 3)`` uint8 for RGB crops, the stain in green).
         masks: ``(N, S, S)`` uint8 nucleus masks of the centred cell (0 or 1).
         labels: ``(N,)`` int64 index of each crop's pattern in ``patterns``.
         patterns: the pattern names that ``labels`` index into.
@@ -107,17 +119,22 @@ class Slide:
     """A simulated field of view with many cells.
 
     Attributes:
-        image: ``(H, W)`` uint16 or uint8 image.
+        image: ``(H, W)`` uint16 or uint8 image (``(H, W, 3)`` uint8 for RGB, the
+            stain in green).
         labels: ``(H, W)`` uint16 instance labels of the nuclei (0 = background,
-            cell ``i`` has label ``i + 1``); nuclei never overlap.
+            cell ``i`` has label ``i + 1``); nuclei never overlap by default. Where
+            nuclei overlap (``overlap > 0``), the overlap belongs to the upper cell,
+            the one with the higher label.
         patterns: the pattern name of label ``i + 1`` at position ``i``.
         cell_diameter: mean equivalent diameter of the nuclei, in pixels.
+        mitotic: whether label ``i + 1`` is a mitotic cell, at position ``i``.
     """
 
     image: np.ndarray
     labels: np.ndarray
     patterns: list[str]
     cell_diameter: float
+    mitotic: list[bool] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- #
@@ -164,6 +181,96 @@ def _check_bit_depth(bit_depth: object) -> int:
     return int(bit_depth)
 
 
+def _check_range(name: str, value: object, low: float, high: float) -> float:
+    """Return ``value`` as float in [low, high], or raise a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
+            or not low <= float(value) <= high:
+        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- #
+# Realism: what real whole slides have and the tidy default fields lack
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class _Realism:
+    """The amounts of every realism feature (all off by default)."""
+
+    crowding: float = 0.0  # expected share of cells in touching clusters of 2-5
+    overlap: float = 0.0  # largest overlap of touching nuclei, fraction of the smaller one
+    glow: float = 0.0  # cytoplasmic glow, at most this fraction of the nucleus' brightness
+    mitotic: float = 0.0  # share of mitotic cells
+    vignetting: float = 0.0  # illumination lost in the corners (fraction)
+    background: float = 0.0  # smooth additive background offset, up to +- this fraction of the haze
+    photons: float = _PHOTONS_FULL_SCALE  # photo-electrons at full scale (shot noise)
+    read_noise: float = _READ_NOISE * 255  # camera read noise, std in 8-bit grey levels
+    defocus: float = 0.0  # share of out-of-focus cells
+    rgb: bool = False
+    specimen: float = 1.0  # how strongly the slide is stained (realistic slides only)
+
+    @property
+    def plain(self) -> bool:
+        """True when nothing is turned on: the default simulator, bit for bit."""
+        return self == _Realism()
+
+
+# name: (lowest, highest allowed value)
+_REALISM_OPTIONS: dict[str, tuple[float, float]] = {
+    "crowding": (0.0, 1.0),
+    "overlap": (0.0, 0.25),
+    "glow": (0.0, 1.0),
+    "mitotic": (0.0, 0.5),
+    "vignetting": (0.0, 0.9),
+    "background": (0.0, 10.0),
+    "photons": (10.0, 1e7),
+    "read_noise": (0.0, 50.0),
+    "defocus": (0.0, 1.0),
+}
+
+
+def _realistic_amounts(rng: np.random.Generator) -> dict[str, float]:
+    """Random amounts of every feature for one realistic slide (or crop)."""
+    return {
+        "crowding": rng.uniform(0.5, 0.85),  # most cells touch a neighbour
+        "overlap": 0.1,  # up to 10 % of the smaller nucleus
+        "glow": rng.uniform(0.1, 0.4),  # cytoplasm at up to 10-40 % of the nucleus
+        "mitotic": rng.uniform(0.02, 0.05),
+        "vignetting": rng.uniform(0.3, 0.5),  # corners 30-50 % darker
+        "background": rng.uniform(0.1, 0.6),
+        # from quiet cameras (the I3A crops: about 0.7 grey levels of noise) to noisy ones (about 2.5)
+        "photons": math.exp(rng.uniform(math.log(1000.0), math.log(30000.0))),
+        "read_noise": rng.uniform(0.2, 0.8),
+        "defocus": rng.uniform(0.03, 0.12),
+        "specimen": rng.lognormal(0.15, 0.5),  # specimens differ in how strongly they are stained
+    }
+
+
+def _check_realism(realistic: object, rgb: object, given: dict[str, object]) -> None:
+    """Validate the realism options (the values that are not None)."""
+    for name, value in (("realistic", realistic), ("rgb", rgb)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    for name, value in given.items():
+        if value is not None:
+            _check_range(name, value, *_REALISM_OPTIONS[name])
+
+
+def _resolve_realism(realistic: bool, rgb: bool, given: dict[str, object],
+                     rng: np.random.Generator | None) -> _Realism:
+    """The amounts to use: an option given wins, else the preset's draw when
+    ``realistic``, else off. ``rng`` draws the preset (needed when ``realistic``)."""
+    preset = _realistic_amounts(rng) if realistic else {}
+    amounts = {}
+    for name, value in given.items():
+        if value is not None:
+            amounts[name] = float(value)
+        elif name in preset:
+            amounts[name] = float(preset[name])
+    if realistic:
+        amounts["specimen"] = float(preset["specimen"])
+    return _Realism(rgb=bool(rgb), **amounts)
+
+
 # --------------------------------------------------------------------------- #
 # Cell geometry
 # --------------------------------------------------------------------------- #
@@ -181,6 +288,9 @@ class _Cell:
     pattern: str
     brightness: float
     seed: int  # seed of the cell's own texture generator
+    mitosis: int = 0  # 0 interphase, 1 metaphase plate, 2 two daughter plates (anaphase / telophase)
+    glow: float = 0.0  # cytoplasmic glow, as a fraction of the nucleus' brightness
+    defocus: float = 0.0  # extra blur (px) of a cell out of the focal plane
 
     @property
     def radius(self) -> float:
@@ -392,6 +502,20 @@ def _golgi(f, inside, dome, r, s, rng, cell):
     return stain + clumps + rng.uniform(0.3, 0.7) * toward * band
 
 
+def _mitotic(f, inside, dome, r, s, rng, cell):
+    """Condensed chromosomes: one compact plate, or two daughter plates at the ends
+    of the (elongated) cell; 3-10 times as bright as an interphase nucleus."""
+    factor = rng.uniform(3.0, 10.0)
+    chromatin = np.clip(1.0 + 0.35 * _smooth_noise(f.q.shape, 0.8 * s, rng)
+                        + 0.2 * _smooth_noise(f.q.shape, 2.0 * s, rng), 0.2, None)
+    if cell.mitosis == 1:
+        profile = np.sqrt(dome)
+    else:  # the plates lie across the long (u) axis, near its two ends
+        along = np.abs(f.q * np.cos(f.theta))
+        profile = np.exp(-0.5 * ((along - 0.66) / 0.13) ** 2)
+    return 1.6 * factor * inside * chromatin * profile
+
+
 _PATTERN_DRAWERS = {
     "Homogeneous": _homogeneous,
     "Speckled": _speckled,
@@ -410,7 +534,8 @@ def _draw_cell(cell: _Cell, box: tuple[slice, slice]) -> np.ndarray:
     s = r / _REF_RADIUS
     inside = np.clip((1.0 - f.q) * r + 0.5, 0.0, 1.0)  # nucleus with a one-pixel soft edge
     dome = np.clip(1.0 - f.q**2, 0.0, 1.0) ** 0.3  # thick centre, thin rim: soft edges
-    stain = _PATTERN_DRAWERS[cell.pattern](f, inside, dome, r, s, rng, cell)
+    drawer = _mitotic if cell.mitosis else _PATTERN_DRAWERS[cell.pattern]
+    stain = drawer(f, inside, dome, r, s, rng, cell)
     cytoplasm = 0.1 * np.exp(-0.5 * (np.maximum(f.q - 1.0, 0.0) / 0.35) ** 2)
     return cell.brightness * (stain + cytoplasm)
 
@@ -479,10 +604,298 @@ def _illumination(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarra
 
 
 # --------------------------------------------------------------------------- #
+# Realistic fields: glow, mitoses, defocus, crowding, illumination, camera
+# --------------------------------------------------------------------------- #
+def _make_mitotic(cell: _Cell, rng: np.random.Generator) -> _Cell:
+    """The cell turned into a mitotic one: smaller, elongated, condensed chromosomes."""
+    plate = rng.uniform() < 0.6  # metaphase plate, else two daughter plates
+    radius = cell.radius * (rng.uniform(0.45, 0.65) if plate else rng.uniform(0.6, 0.8))
+    aspect = rng.uniform(2.0, 3.2) if plate else rng.uniform(1.5, 2.2)
+    return replace(cell, ry=radius / math.sqrt(aspect), rx=radius * math.sqrt(aspect),
+                   wobble_amp=cell.wobble_amp * 0.5, mitosis=1 if plate else 2)
+
+
+def _body(cell: _Cell) -> _Cell:
+    """The cell body around the nucleus (1.5-2.5 times its diameter, irregular):
+    where the cytoplasmic glow is. Deterministic for the cell."""
+    rng = np.random.default_rng([cell.seed, 1])
+    # mitotic cells round up: their body is a smaller, rounder ball around the chromosomes
+    if cell.mitosis:
+        radius, aspect = max(cell.rx, cell.ry) * rng.uniform(1.2, 1.6), rng.uniform(1.0, 1.25)
+    else:
+        radius, aspect = cell.radius * rng.uniform(1.5, 2.5), rng.uniform(1.0, 1.6)
+    shift = rng.uniform(0.0, 0.3) * cell.radius
+    toward = rng.uniform(-math.pi, math.pi)
+    return _Cell(cy=cell.cy + shift * math.sin(toward), cx=cell.cx + shift * math.cos(toward),
+                 ry=radius / math.sqrt(aspect), rx=radius * math.sqrt(aspect), angle=rng.uniform(0.0, math.pi),
+                 wobble_amp=rng.uniform(0.3, 1.0, 4) * np.array([0.12, 0.09, 0.06, 0.04]),
+                 wobble_phase=rng.uniform(0.0, 2 * math.pi, 4), pattern=cell.pattern, brightness=1.0,
+                 seed=int(rng.integers(2**62)))
+
+
+def _draw_glow(body: _Cell, box: tuple[slice, slice], level: float, scale: float) -> np.ndarray:
+    """Dim, grainy cytoplasmic stain filling the cell body, fading at its edge."""
+    rng = np.random.default_rng(body.seed)
+    f = _frame(body, box)
+    t = np.clip((1.0 - f.q) / 0.3, 0.0, 1.0)
+    soft = t * t * (3.0 - 2.0 * t)
+    grain = np.clip(1.0 + 0.3 * _smooth_noise(f.q.shape, 2.0 * scale, rng)
+                    + 0.15 * _smooth_noise(f.q.shape, 0.8 * scale, rng), 0.0, None)
+    return level * soft * grain * (1.0 - 0.3 * np.clip(f.q, 0.0, 1.0))
+
+
+def _add_cell(stain: np.ndarray, cell: _Cell, scale: float) -> None:
+    """Add one cell (nucleus, glow, defocus) to the stain field."""
+    box = _box(cell, 1.8, stain.shape)
+    body = _body(cell) if cell.glow > 0 else None
+    reach = 1.8 * cell.extent
+    if body is not None:
+        reach = max(reach, math.hypot(body.cy - cell.cy, body.cx - cell.cx) + body.extent)
+    reach += 3.0 * cell.defocus + 2.0
+    outer = _box(replace(cell, rx=reach, ry=reach, wobble_amp=np.zeros(4)), 1.0, stain.shape)
+    if outer is None:
+        return
+    layer = np.zeros((outer[0].stop - outer[0].start, outer[1].stop - outer[1].start))
+    if box is not None:
+        nucleus = _draw_cell(cell, box)
+        inner = (slice(box[0].start - outer[0].start, box[0].stop - outer[0].start),
+                 slice(box[1].start - outer[1].start, box[1].stop - outer[1].start))
+        layer[inner] += nucleus
+    if body is not None:
+        # the glow follows the nucleus' brightness (an interphase one's for a mitotic cell)
+        if cell.mitosis or box is None:
+            level = cell.brightness
+        else:
+            inside = _nucleus_mask(cell, box)
+            level = float(nucleus[inside].mean()) if inside.any() else cell.brightness
+        layer += _draw_glow(body, outer, cell.glow * level, scale)
+    if cell.defocus > 0:
+        layer = ndi.gaussian_filter(layer, cell.defocus, mode="constant")
+    stain[outer] += layer
+
+
+def _touch_fraction(labels: np.ndarray, cell: _Cell, areas: dict[int, float]) -> tuple[float, int, np.ndarray,
+                                                                                        tuple[slice, slice]]:
+    """How much of the smaller nucleus the cell would overlap, at most over its
+    neighbours; also the pixels it would overlap and its mask in its box."""
+    box = _box(cell, 1.0, labels.shape)
+    if box is None:
+        return 0.0, 0, np.zeros((0, 0), bool), (slice(0, 0), slice(0, 0))
+    mask = _nucleus_mask(cell, box)
+    under = labels[box][mask]
+    under = under[under > 0]
+    if under.size == 0:
+        return 0.0, 0, mask, box
+    own = float(mask.sum())
+    ids, counts = np.unique(under, return_counts=True)
+    worst = max(c / max(min(own, areas.get(int(i), own)), 1.0) for i, c in zip(ids, counts))
+    return float(worst), int(under.size), mask, box
+
+
+def _attach(rng: np.random.Generator, labels: np.ndarray, cell: _Cell, anchor: _Cell, label: int,
+            areas: dict[int, float], target: float, limit: float, inside: bool) -> _Cell | None:
+    """Move ``cell`` against ``anchor`` until the nuclei touch (``target = 0``) or
+    overlap by ``target`` of the smaller one; write its label on top. None when
+    no free side was found. ``inside``: keep the nucleus whole inside the image."""
+    h, w = labels.shape
+    for _attempt in range(6):
+        phi = rng.uniform(-math.pi, math.pi)
+        sy, sx = math.sin(phi), math.cos(phi)
+
+        def at(t: float) -> _Cell:
+            return replace(cell, cy=anchor.cy + t * sy, cx=anchor.cx + t * sx)
+
+        lo, hi = 0.0, anchor.extent + cell.extent + 2.0
+        if _touch_fraction(labels, at(hi), areas)[1] > 0:
+            continue  # another cell is in the way on that side
+        for _ in range(10):  # bisection to about 0.1 % of the distance
+            mid = 0.5 * (lo + hi)
+            frac, pixels, _, _ = _touch_fraction(labels, at(mid), areas)
+            if (pixels == 0) if target <= 0 else (frac <= target):
+                hi = mid
+            else:
+                lo = mid
+        placed = at(hi)
+        margin = placed.extent + 1.0
+        if inside and not (margin <= placed.cy <= h - 1 - margin and margin <= placed.cx <= w - 1 - margin):
+            continue
+        if _box(placed, 1.0, labels.shape) is None:
+            continue
+        frac, _, mask, box = _touch_fraction(labels, placed, areas)
+        if frac > limit + 1e-9:
+            continue
+        labels[box][mask] = label  # the upper cell takes the overlap
+        areas[label] = float(mask.sum())
+        return placed
+    return None
+
+
+_CLUSTER_SIZES = np.array([2, 3, 4, 5])
+_CLUSTER_P = np.array([0.35, 0.3, 0.2, 0.15])
+
+
+def _cluster_start_probability(crowding: float) -> float:
+    """Probability that a new group is a cluster, so that ``crowding`` of the cells are in clusters."""
+    mean = float(np.sum(_CLUSTER_SIZES * _CLUSTER_P))
+    return crowding / (crowding + mean * (1.0 - crowding)) if crowding < 1 else 1.0
+
+
+def _touch_target(rng: np.random.Generator, overlap: float) -> float:
+    """How much a new cell of a cluster overlaps its anchor: mostly just touching."""
+    return rng.uniform(0.2, 1.0) * overlap if overlap > 0 and rng.uniform() < 0.4 else 0.0
+
+
+def _place_crowded(rng: np.random.Generator, labels: np.ndarray, patterns: list[str], diameter: float,
+                   real: _Realism, mitotic: np.ndarray) -> list[_Cell]:
+    """Place cells in touching (slightly overlapping) clusters of 2-5 and as single
+    cells; writes ``labels`` (an overlap belongs to the later, upper cell)."""
+    h, w = labels.shape
+    cells: list[_Cell] = []
+    areas: dict[int, float] = {}
+    cluster: list[_Cell] = []
+    wanted = 0  # cells still to add to the current cluster
+    failures = 0
+    attempts = 0
+    max_attempts = 200 * len(patterns) + 2000
+    p_cluster = _cluster_start_probability(real.crowding)
+    while len(cells) < len(patterns):
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(
+                f"could only place {len(cells)} of n_cells={len(patterns)} cells of cell_diameter={diameter:g} px "
+                f"in shape={labels.shape}: ask for fewer or smaller cells or a larger shape")
+        k = len(cells)
+        d = diameter * float(np.clip(rng.lognormal(0.0, 0.12), 0.75, 1.3))
+        cell = _random_cell(rng, 0.0, 0.0, d, patterns[k], float(rng.lognormal(0.0, 0.25)))
+        if mitotic[k]:
+            cell = _make_mitotic(cell, rng)
+        if wanted > 0:
+            anchor = cluster[int(rng.integers(len(cluster)))]
+            placed = _attach(rng, labels, cell, anchor, k + 1, areas, _touch_target(rng, real.overlap),
+                             real.overlap, inside=True)
+            if placed is None:
+                failures += 1
+                if failures >= 8:  # the cluster is boxed in: start a new group
+                    wanted = 0
+                continue
+            cells.append(placed)
+            cluster.append(placed)
+            wanted -= 1
+            continue
+        cell = replace(cell, cy=rng.uniform(0, h), cx=rng.uniform(0, w))
+        margin = cell.extent + 1.0
+        if not (margin <= cell.cy <= h - 1 - margin and margin <= cell.cx <= w - 1 - margin):
+            continue
+        if _try_place(labels, cell, k + 1):
+            areas[k + 1] = float(_nucleus_mask(cell, _box(cell, 1.0, labels.shape)).sum())
+            cells.append(cell)
+            cluster = [cell]
+            failures = 0
+            wanted = int(rng.choice(_CLUSTER_SIZES, p=_CLUSTER_P)) - 1 if rng.uniform() < p_cluster else 0
+    return cells
+
+
+def _dress_cells(cells: list[_Cell], real: _Realism, scale: float, rng: np.random.Generator) -> list[_Cell]:
+    """Give every cell its glow and (for a few) a defocus blur."""
+    out = []
+    for cell in cells:
+        glow = real.glow * rng.uniform(0.5, 1.0) if real.glow > 0 else 0.0
+        defocus = rng.uniform(1.5, 4.0) * scale if real.defocus > 0 and rng.uniform() < real.defocus else 0.0
+        out.append(replace(cell, glow=glow, defocus=defocus))
+    return out
+
+
+@dataclass(frozen=True)
+class _View:
+    """Where an image lies in the microscope's field of view: its top-left pixel
+    and the size of the whole field (a crop is a small window of a field)."""
+
+    y0: int
+    x0: int
+    height: int
+    width: int
+
+    def grid(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(self.y0, self.y0 + shape[0], dtype=np.float64)[:, None]
+        x = np.arange(self.x0, self.x0 + shape[1], dtype=np.float64)[None, :]
+        return y, x
+
+
+def _coarse_field(view: _View, shape: tuple[int, int], values: np.ndarray, order: int) -> np.ndarray:
+    """A coarse grid of ``values`` spread over the whole field, interpolated on the image."""
+    y, x = view.grid(shape)
+    gy, gx = values.shape
+    cy = (y + 0.5) * gy / view.height - 0.5
+    cx = (x + 0.5) * gx / view.width - 0.5
+    cy, cx = np.broadcast_arrays(cy, cx)
+    return ndi.map_coordinates(values, [cy.ravel(), cx.ravel()], order=order, mode="nearest").reshape(shape)
+
+
+def _illumination_field(view: _View, shape: tuple[int, int], vignetting: float,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Uneven illumination over the field: +-10 % patches times a vignetting that
+    darkens the farthest corner by ``vignetting``."""
+    field = _coarse_field(view, shape, 1.0 + 0.1 * rng.uniform(-1.0, 1.0, (4, 4)), order=1)
+    oy, ox = (0.5 + rng.uniform(-0.1, 0.1, 2)) * np.array([view.height, view.width])  # optical axis
+    if vignetting > 0:
+        y, x = view.grid(shape)
+        ry, rx = view.height / 2.0, view.width / 2.0
+        corners = max(((cy - oy) / ry) ** 2 + ((cx - ox) / rx) ** 2
+                      for cy in (0.0, view.height - 1.0) for cx in (0.0, view.width - 1.0))
+        field = field * (1.0 - vignetting * (((y - oy) / ry) ** 2 + ((x - ox) / rx) ** 2) / corners)
+    return field
+
+
+def _offset_field(view: _View, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A smooth additive background between about -1 and 1 over the field."""
+    return np.clip(_coarse_field(view, shape, rng.uniform(-1.0, 1.0, (3, 3)), order=3), -1.0, 1.0)
+
+
+def _camera(expected: np.ndarray, photons: float, read_noise: float, bit_depth: int,
+            rng: np.random.Generator) -> np.ndarray:
+    """Shot noise, read noise (in 8-bit grey levels), quantisation and clipping (saturation)."""
+    counts = rng.poisson(np.clip(expected, 0.0, None) * photons)
+    measured = counts / photons + rng.normal(0.0, read_noise / 255.0, expected.shape)
+    full = 255 if bit_depth == 8 else 65535
+    return np.clip(np.rint(measured * full), 0, full).astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+def _render_realistic(shape: tuple[int, int], cells: list[_Cell], scale: float, haze: float, unit: float,
+                      intensity: float, bit_depth: int, real: _Realism, view: _View,
+                      rng: np.random.Generator, colour_rng: np.random.Generator) -> np.ndarray:
+    """:func:`_render` with glow, defocus, vignetting, background offset, the chosen
+    camera noise and an optional RGB output (``colour_rng`` draws the red and blue
+    channels only, so green is the grey image of the same seed)."""
+    stain = np.zeros(shape)
+    for cell in cells:
+        _add_cell(stain, cell, scale)
+    stain = ndi.gaussian_filter(stain, max(0.6, 0.95 * scale), mode="nearest")  # point-spread function
+    signal = stain + 0.25 * _out_of_focus(stain, 6.0 * scale)
+    illumination = _illumination_field(view, shape, real.vignetting, rng)
+    offset = haze * real.background * _offset_field(view, shape, rng) if real.background > 0 else 0.0
+    expected = _DARK_OFFSET + intensity * (illumination * (haze + unit * signal) + offset)
+    grey = _camera(expected, real.photons, real.read_noise, bit_depth, rng)
+    if not real.rgb:
+        return grey
+    channels = []
+    for _ in range(2):  # red and blue: a little crosstalk of the stain, less autofluorescence
+        crosstalk = colour_rng.uniform(0.01, 0.05)
+        autofluorescence = colour_rng.uniform(0.1, 0.4)
+        other = _DARK_OFFSET + intensity * (illumination * (autofluorescence * haze + crosstalk * unit * signal)
+                                            + autofluorescence * offset)
+        channels.append(_camera(other, real.photons, real.read_noise, 8, colour_rng))
+    return np.stack([channels[0], grey, channels[1]], axis=-1)
+
+
+# --------------------------------------------------------------------------- #
 # Crops
 # --------------------------------------------------------------------------- #
 def simulate_crops(n: int, *, size: int = 64, patterns: Sequence[str] = PATTERNS, seed: int = 0,
-                   bit_depth: int = 8, intensity: float = 1.0, neighbours: bool = True) -> CropSet:
+                   bit_depth: int = 8, intensity: float = 1.0, neighbours: bool = True,
+                   realistic: bool = False, crowding: float | None = None, overlap: float | None = None,
+                   glow: float | None = None, mitotic: float | None = None, vignetting: float | None = None,
+                   background: float | None = None, photons: float | None = None,
+                   read_noise: float | None = None, defocus: float | None = None, rgb: bool = False) -> CropSet:
     """Simulate ``n`` single-cell crops, balanced over ``patterns``.
 
     Each crop shows one nucleus roughly centred (diameter 60-76 % of the crop
@@ -490,6 +903,13 @@ def simulate_crops(n: int, *, size: int = 64, patterns: Sequence[str] = PATTERNS
     neighbouring cells of the same pattern at its edges. The mask is the centred
     nucleus only. Crop ``i`` has pattern ``patterns[i % len(patterns)]`` and
     depends only on ``(seed, i)`` and the other settings, not on ``n``.
+
+    With ``realistic=True`` (or any realism option) a crop is a window of a
+    realistic field of view around its cell: neighbours touching or slightly
+    overlapping it (the centred cell lies on top, so its mask is whole), the
+    glow of all cells, now and then a mitotic neighbour, the field's
+    illumination at the crop's place, and the camera's noise. The centred cell
+    itself is never mitotic.
 
     Args:
         n: number of crops (>= 1).
@@ -499,6 +919,29 @@ def simulate_crops(n: int, *, size: int = 64, patterns: Sequence[str] = PATTERNS
         bit_depth: 8 (uint8) or 16 (uint16).
         intensity: brightness relative to typical real IIF crops (0 < intensity <= 100).
         neighbours: draw parts of neighbouring cells near the crop edges.
+        realistic: turn on everything real slides have, with random amounts drawn
+            per crop (each crop as if from another slide): the settings of
+            :func:`simulate_slide` with ``realistic=True``; the centred cell is in a
+            touching cluster as often as cells are on such a slide. Each option
+            below, when given, overrides its preset amount.
+        crowding: how often the centred cell is in a touching cluster of 2-5 (0-1;
+            default 0).
+        overlap: largest overlap of touching nuclei, as a fraction of the smaller
+            one (0-0.25; default 0).
+        glow: cytoplasmic glow around every nucleus, at 50-100 % of this fraction
+            of its brightness (0-1; default 0); not part of the masks.
+        mitotic: chance of a neighbour to be mitotic (0-0.5; default 0).
+        vignetting: illumination lost in the darkest corner of the field of view
+            the crop is cut from (0-0.9; default 0).
+        background: a smooth additive background offset that varies by up to
+            +- this fraction of the haze level over the field (0-10; default 0).
+        photons: photo-electrons at full scale, which sets the shot noise
+            (10-1e7; default 5000).
+        read_noise: camera read noise, standard deviation in 8-bit grey levels
+            (0-50; default 0.5).
+        defocus: chance of a cell to be out of focus (blurred) (0-1; default 0).
+        rgb: ``(N, S, S, 3)`` uint8 RGB crops with the stain in green (needs
+            ``bit_depth=8``); green equals the grey crops of the same settings.
 
     Returns:
         A :class:`CropSet`.
@@ -509,15 +952,83 @@ def simulate_crops(n: int, *, size: int = 64, patterns: Sequence[str] = PATTERNS
     seed = _check_int("seed", seed, 0)
     bit_depth = _check_bit_depth(bit_depth)
     intensity = _check_positive("intensity", intensity, 100.0)
+    given = dict(crowding=crowding, overlap=overlap, glow=glow, mitotic=mitotic, vignetting=vignetting,
+                 background=background, photons=photons, read_noise=read_noise, defocus=defocus)
+    _check_realism(realistic, rgb, given)
+    if rgb and bit_depth != 8:
+        raise ValueError(f"rgb=True makes 8-bit RGB crops: use bit_depth=8, got bit_depth={bit_depth}")
+    plain = not realistic and _resolve_realism(False, rgb, given, None).plain
 
     dtype = np.uint8 if bit_depth == 8 else np.uint16
-    images = np.empty((n, size, size), dtype)
+    images = np.empty((n, size, size, 3) if rgb else (n, size, size), dtype)
     masks = np.empty((n, size, size), np.uint8)
     labels = np.arange(n, dtype=np.int64) % len(patterns)
     for i in range(n):
         rng = np.random.default_rng([seed, i])
-        images[i], masks[i] = _one_crop(rng, size, patterns[labels[i]], bit_depth, intensity, neighbours)
+        if plain:
+            images[i], masks[i] = _one_crop(rng, size, patterns[labels[i]], bit_depth, intensity, neighbours)
+            continue
+        extra = np.random.default_rng([seed, i, 1])
+        real = _resolve_realism(bool(realistic), rgb, given, extra)
+        images[i], masks[i] = _one_realistic_crop(rng, extra, np.random.default_rng([seed, i, 2]), size,
+                                                  patterns[labels[i]], bit_depth, intensity, neighbours, real)
     return CropSet(images=images, masks=masks, labels=labels, patterns=patterns)
+
+
+def _one_realistic_crop(rng: np.random.Generator, extra: np.random.Generator, colour_rng: np.random.Generator,
+                        size: int, pattern: str, bit_depth: int, intensity: float, neighbours: bool,
+                        real: _Realism) -> tuple[np.ndarray, np.ndarray]:
+    """One crop cut from a realistic field around its cell, and the cell's mask."""
+    specimen = rng.lognormal(0.0, 0.5)  # how strongly this specimen is stained
+    haze = _HAZE_LEVEL * rng.uniform(0.75, 1.4)
+    diameter = size * rng.uniform(0.6, 0.76)
+    pad = size // 2  # the field around the crop: neighbours' glow and blur reach in from outside
+    side = size + 2 * pad
+    centre = pad + size / 2.0 - 0.5 + rng.uniform(-0.04, 0.04, 2) * size
+    cell = _random_cell(rng, centre[0], centre[1], diameter, pattern, 1.0)
+    labels = np.zeros((side, side), np.uint16)
+    _try_place(labels, cell, 1)
+    areas = {1: float(np.sum(labels == 1))}
+    cells = [cell]
+
+    def neighbour() -> _Cell:
+        other = _random_cell(rng, 0.0, 0.0, diameter * rng.uniform(0.85, 1.15), pattern, rng.lognormal(0.0, 0.2))
+        return _make_mitotic(other, extra) if extra.uniform() < real.mitotic else other
+
+    if neighbours:
+        # a touching cluster around the centred cell, as often as cells cluster on the slide
+        if real.crowding > 0 and extra.uniform() < real.crowding:
+            cluster = [cell]
+            for _ in range(int(rng.choice(_CLUSTER_SIZES, p=_CLUSTER_P)) - 1):
+                anchor = cell if len(cluster) == 1 or rng.uniform() < 0.6 else cluster[int(rng.integers(len(cluster)))]
+                placed = _attach(rng, labels, neighbour(), anchor, len(cells) + 1, areas,
+                                 _touch_target(rng, real.overlap), real.overlap, inside=False)
+                if placed is not None:
+                    cells.append(placed)
+                    cluster.append(placed)
+        # and cells nearby that do not touch it
+        for _ in range(int(rng.choice([0, 1, 2, 3], p=[0.3, 0.35, 0.25, 0.1]))):
+            for _attempt in range(10):
+                other = neighbour()
+                angle = rng.uniform(-math.pi, math.pi)
+                dist = (diameter + 2.0 * other.radius) / 2.0 * rng.uniform(1.05, 1.6)
+                other = replace(other, cy=centre[0] + dist * math.sin(angle), cx=centre[1] + dist * math.cos(angle))
+                if _try_place(labels, other, len(cells) + 1):
+                    cells.append(other)
+                    break
+    scale = cell.radius / _REF_RADIUS
+    cells = [replace(c, brightness=c.brightness * specimen * real.specimen)
+             for c in _dress_cells(cells, real, scale, extra)]
+    field_size = max(int(round(diameter * 25.6)), side)  # a field of view of about 25 cells across
+    view = _View(int(extra.integers(0, field_size - side + 1)), int(extra.integers(0, field_size - side + 1)),
+                 field_size, field_size)
+    image = _render_realistic((side, side), cells, scale, haze, _SIGNAL_UNIT, intensity,
+                              bit_depth, real, view, extra, colour_rng)
+    window = (slice(pad, pad + size), slice(pad, pad + size))
+    mask = np.zeros((side, side), np.uint8)
+    box = _box(cell, 1.0, mask.shape)
+    mask[box] = _nucleus_mask(cell, box)
+    return image[window], mask[window]
 
 
 def _one_crop(rng: np.random.Generator, size: int, pattern: str, bit_depth: int, intensity: float,
@@ -552,13 +1063,20 @@ def _one_crop(rng: np.random.Generator, size: int, pattern: str, bit_depth: int,
 # Slides
 # --------------------------------------------------------------------------- #
 def simulate_slide(shape: tuple[int, int] = (1024, 1024), *, n_cells: int = 60, cell_diameter: float = 40.0,
-                   patterns: Sequence[str] = PATTERNS, seed: int = 0, bit_depth: int = 16,
-                   intensity: float = 1.0) -> Slide:
-    """Simulate a field of view with ``n_cells`` non-overlapping cells.
+                   patterns: Sequence[str] = PATTERNS, seed: int = 0, bit_depth: int | None = None,
+                   intensity: float = 1.0, realistic: bool = False, crowding: float | None = None,
+                   overlap: float | None = None, glow: float | None = None, mitotic: float | None = None,
+                   vignetting: float | None = None, background: float | None = None, photons: float | None = None,
+                   read_noise: float | None = None, defocus: float | None = None, rgb: bool = False) -> Slide:
+    """Simulate a field of view with ``n_cells`` cells.
 
     Cells get the ``patterns`` in turn (balanced) and are placed at random by
     rejection sampling, half of them next to an earlier cell so that small
     clusters form, as on real slides; nuclei may touch but never overlap.
+    With ``crowding`` (or ``realistic``) most cells are instead packed into
+    clusters of 2-5 whose nuclei touch, and with ``overlap`` some of them
+    overlap a little (the later, upper cell takes the overlap in the labels).
+    Nuclei always lie whole inside the image.
 
     Args:
         shape: ``(height, width)`` in pixels, each >= 16.
@@ -567,37 +1085,84 @@ def simulate_slide(shape: tuple[int, int] = (1024, 1024), *, n_cells: int = 60, 
             smaller image side); single cells vary by about +-12 %.
         patterns: pattern names to draw, a subset of :data:`PATTERNS`.
         seed: random seed (>= 0); the same seed gives the same slide, bit for bit.
-        bit_depth: 16 (uint16, default) or 8 (uint8).
+        bit_depth: 16 (uint16, the default) or 8 (uint8, the default for RGB).
         intensity: brightness relative to typical real IIF images (0 < intensity <= 100).
+        realistic: turn on everything real slides have, with random amounts drawn
+            per slide: crowded cells (50-85 % in touching clusters of 2-5, some
+            overlapping by up to 10 %), cytoplasmic glow (5-40 % of the nucleus),
+            2-5 % mitotic cells, vignetting (corners 30-50 % darker), a smooth
+            background offset, camera noise from quiet to noisy (0.7-2.5 grey levels)
+            3-12 % out-of-focus cells, and a stain strength that varies from slide
+            to slide. Each option below, when given, overrides its preset amount.
+        crowding: share of cells in touching clusters of 2-5 (0-1; default 0).
+        overlap: largest overlap of touching nuclei, as a fraction of the smaller
+            one (0-0.25; default 0); about 40 % of the touching cells overlap.
+        glow: cytoplasmic glow in the cell body (1.5-2.5 nucleus diameters) around
+            each nucleus, at 50-100 % of this fraction of its brightness (0-1;
+            default 0); not part of the labels.
+        mitotic: share of mitotic cells (0-0.5; default 0): small, 3-10 times as
+            bright (often saturating at 8 bit), one compact chromosome plate or two
+            daughter plates; labelled as cells (see :attr:`Slide.mitotic`).
+        vignetting: illumination lost in the darkest corner (0-0.9; default 0).
+        background: a smooth additive background offset that varies by up to
+            +- this fraction of the haze level over the field (0-10; default 0).
+        photons: photo-electrons at full scale, which sets the shot noise
+            (10-1e7; default 5000).
+        read_noise: camera read noise, standard deviation in 8-bit grey levels
+            (0-50; default 0.5).
+        defocus: share of out-of-focus (blurred) cells (0-1; default 0).
+        rgb: an 8-bit ``(H, W, 3)`` RGB image with the stain in green, a little
+            crosstalk and noise in red and blue; green equals the grey 8-bit image
+            of the same settings.
 
     Returns:
         A :class:`Slide`.
 
     Raises:
         ValueError: for a bad parameter, or when ``n_cells`` cells of that size
-            cannot be placed in ``shape`` without overlap.
+            cannot be placed in ``shape``.
     """
     shape = _check_shape(shape)
     n_cells = _check_int("n_cells", n_cells, 1)
     patterns = _check_patterns(patterns)
     seed = _check_int("seed", seed, 0)
-    bit_depth = _check_bit_depth(bit_depth)
+    given = dict(crowding=crowding, overlap=overlap, glow=glow, mitotic=mitotic, vignetting=vignetting,
+                 background=background, photons=photons, read_noise=read_noise, defocus=defocus)
+    _check_realism(realistic, rgb, given)
+    bit_depth = (8 if rgb else 16) if bit_depth is None else _check_bit_depth(bit_depth)
+    if rgb and bit_depth != 8:
+        raise ValueError(f"rgb=True makes an 8-bit RGB slide: use bit_depth=8 (or leave it out), "
+                         f"got bit_depth={bit_depth}")
     intensity = _check_positive("intensity", intensity, 100.0)
     cell_diameter = _check_cell_diameter(cell_diameter, shape)
-    _check_room(shape, n_cells, cell_diameter)
+    extra = np.random.default_rng([seed, 1])  # all realism draws: the default stream stays as it was
+    real = _resolve_realism(bool(realistic), rgb, given, extra)
+    _check_room(shape, n_cells, cell_diameter, crowded=real.crowding > 0)
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(np.arange(n_cells) % len(patterns))
     labels = np.zeros(shape, np.uint16)
-    cells = _place_cells(rng, labels, [patterns[k] for k in order], cell_diameter)
-    image = _render(shape, cells, cell_diameter / 2.0 / _REF_RADIUS, _HAZE_LEVEL, _SIGNAL_UNIT, intensity,
-                    bit_depth, rng)
+    names = [patterns[k] for k in order]
+    scale = cell_diameter / 2.0 / _REF_RADIUS
+    if real.plain:
+        cells = _place_cells(rng, labels, names, cell_diameter)
+        image = _render(shape, cells, scale, _HAZE_LEVEL, _SIGNAL_UNIT, intensity, bit_depth, rng)
+    else:
+        mitotic_cells = extra.uniform(size=n_cells) < real.mitotic
+        if real.crowding > 0:
+            cells = _place_crowded(rng, labels, names, cell_diameter, real, mitotic_cells)
+        else:
+            cells = _place_cells(rng, labels, names, cell_diameter, mitotic_cells, extra)
+        cells = [replace(c, brightness=c.brightness * real.specimen) for c in _dress_cells(cells, real, scale, extra)]
+        image = _render_realistic(shape, cells, scale, _HAZE_LEVEL, _SIGNAL_UNIT, intensity, bit_depth, real,
+                                  _View(0, 0, shape[0], shape[1]), rng, np.random.default_rng([seed, 2]))
     areas = np.bincount(labels.ravel(), minlength=n_cells + 1)[1:]
     return Slide(
         image=image,
         labels=labels,
         patterns=[c.pattern for c in cells],
         cell_diameter=float(np.mean(2.0 * np.sqrt(areas / math.pi))),
+        mitotic=[bool(c.mitosis) for c in cells],
     )
 
 
@@ -621,18 +1186,25 @@ def _check_cell_diameter(cell_diameter: object, shape: tuple[int, int]) -> float
     return float(cell_diameter)
 
 
-def _check_room(shape: tuple[int, int], n_cells: int, cell_diameter: float) -> None:
-    """Refuse early when the cells would cover too much of the image to be placed apart."""
-    covered = n_cells * math.pi * (0.6 * cell_diameter) ** 2 / (shape[0] * shape[1])
-    if n_cells > 1 and covered > 0.4:
-        most = max(1, int(0.4 * shape[0] * shape[1] / (math.pi * (0.6 * cell_diameter) ** 2)))
+def _check_room(shape: tuple[int, int], n_cells: int, cell_diameter: float, crowded: bool = False) -> None:
+    """Refuse early when the cells would cover too much of the image to be placed apart
+    (crowded cells pack closer: they may cover more)."""
+    reach = (0.5 if crowded else 0.6) * cell_diameter
+    most_covered = 0.45 if crowded else 0.4
+    covered = n_cells * math.pi * reach ** 2 / (shape[0] * shape[1])
+    if n_cells > 1 and covered > most_covered:
+        most = max(1, int(most_covered * shape[0] * shape[1] / (math.pi * reach ** 2)))
         raise ValueError(
             f"n_cells={n_cells} cells of cell_diameter={cell_diameter:g} px cannot be placed without overlap in "
             f"shape={shape}; at most about {most} fit: ask for fewer or smaller cells or a larger shape")
 
 
-def _place_cells(rng: np.random.Generator, labels: np.ndarray, patterns: list[str], diameter: float) -> list[_Cell]:
-    """Place one cell per entry of ``patterns`` by rejection sampling; writes ``labels``."""
+def _place_cells(rng: np.random.Generator, labels: np.ndarray, patterns: list[str], diameter: float,
+                 mitotic: np.ndarray | None = None, extra: np.random.Generator | None = None) -> list[_Cell]:
+    """Place one cell per entry of ``patterns`` by rejection sampling; writes ``labels``.
+
+    Cells marked in ``mitotic`` are made mitotic with draws from ``extra``, so
+    that ``rng`` is used exactly as without them."""
     h, w = labels.shape
     cells: list[_Cell] = []
     attempts = 0
@@ -652,6 +1224,8 @@ def _place_cells(rng: np.random.Generator, labels: np.ndarray, patterns: list[st
         else:
             cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         cell = _random_cell(rng, cy, cx, d, patterns[len(cells)], float(rng.lognormal(0.0, 0.25)))
+        if mitotic is not None and mitotic[len(cells)]:
+            cell = _make_mitotic(cell, extra)
         margin = cell.extent + 1.0
         if not (margin <= cy <= h - 1 - margin and margin <= cx <= w - 1 - margin):
             continue  # keep every nucleus whole inside the image
@@ -668,14 +1242,16 @@ def write_crops_folder(crops: CropSet, out_dir: str | Path) -> Path:
 
     One sub-folder per pattern; crop ``i`` (0-based) becomes ``NNNNN.png`` with
     ``NNNNN = i + 1`` (five digits, running over the whole set) plus its mask
-    ``NNNNN_Mask.png`` (0 / 255). 16-bit crops stay 16-bit PNG. Existing files
-    of the same names are overwritten.
+    ``NNNNN_Mask.png`` (0 / 255). 16-bit crops stay 16-bit PNG, RGB crops RGB
+    PNG. Existing files of the same names are overwritten.
     """
     import imageio.v3 as iio
 
     out = Path(out_dir)
-    if crops.images.ndim != 3 or crops.masks.shape != crops.images.shape or len(crops.labels) != len(crops.images):
-        raise ValueError("crops: images and masks must both be (N, S, S) and labels (N,)")
+    grey = crops.images.ndim == 3
+    rgb = crops.images.ndim == 4 and crops.images.shape[-1] == 3
+    if not (grey or rgb) or crops.masks.shape != crops.images.shape[:3] or len(crops.labels) != len(crops.images):
+        raise ValueError("crops: images must be (N, S, S) or (N, S, S, 3), masks (N, S, S) and labels (N,)")
     if len(crops) > 99999:
         raise ValueError(f"crops: at most 99999 crops fit the five-digit file names, got {len(crops)}")
     for name in crops.patterns:
@@ -685,6 +1261,38 @@ def write_crops_folder(crops: CropSet, out_dir: str | Path) -> Path:
         iio.imwrite(folder / f"{i + 1:05d}.png", image)
         iio.imwrite(folder / f"{i + 1:05d}_Mask.png", np.where(mask > 0, 255, 0).astype(np.uint8))
     return out
+
+
+def write_slide(slide: Slide, out_dir: str | Path, stem: str = "slide") -> tuple[Path, Path]:
+    """Write ``<stem>.tif`` (the image) and ``<stem>_labels.tif`` (the nuclei) into ``out_dir``.
+
+    Both are ImageJ TIFFs, an RGB slide as an RGB TIFF; the labels carry the cell
+    diameter, the pattern of every label and the ids of the mitotic cells in their
+    metadata (:func:`napari_atagan.export.read_tiff_metadata`). Returns both paths.
+    """
+    import json
+
+    import tifffile
+
+    from . import __version__
+    from .export import save_labels_tiff
+
+    if not isinstance(stem, str) or not stem or any(c in stem for c in "/\\"):
+        raise ValueError(f"stem must be a plain file name without folders, got {stem!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"kind": "simulated slide", "cell_diameter": round(float(slide.cell_diameter), 3),
+            "n_cells": len(slide.patterns), "patterns": list(slide.patterns),
+            "mitotic": [i + 1 for i, m in enumerate(slide.mitotic) if m]}
+    image_path = out / f"{stem}.tif"
+    info = json.dumps({"software": f"napari-atagan {__version__}", **meta})
+    if slide.image.ndim == 3:
+        tifffile.imwrite(image_path, slide.image, imagej=True, photometric="rgb",
+                         metadata={"axes": "YXS", "Info": info})
+    else:
+        tifffile.imwrite(image_path, slide.image, imagej=True, metadata={"axes": "YX", "Info": info})
+    labels_path = save_labels_tiff(out / f"{stem}_labels.tif", slide.labels, metadata=meta)
+    return image_path, labels_path
 
 
 def sample_slide() -> Slide:
