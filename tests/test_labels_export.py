@@ -469,7 +469,8 @@ def test_cli_labels_a_large_map_in_tiles(tmp_path, ckpt_path, monkeypatch):
 
     image = _slide_file(tmp_path)
     argv = ["attention", "--checkpoint", str(ckpt_path), "--image", str(image),
-            "--diameter", "20", "--device", "cpu", "--tile-size", "32", "--min-size", "5"]
+            "--diameter", "20", "--device", "cpu", "--tile-size", "32", "--min-size", "5",
+            "--outline", "map"]
     assert run(_parse([*argv, "--out", str(tmp_path / "small")])) == 0
     no_tile = [a for a in argv if a not in ("--tile-size", "32")]
     assert run(_parse([*no_tile, "--out", str(tmp_path / "default")])) == 0
@@ -484,6 +485,14 @@ def test_cli_labels_a_large_map_in_tiles(tmp_path, ckpt_path, monkeypatch):
     large = tifffile.imread(tmp_path / "large" / "slide_labels.tif")
     assert large.dtype == np.uint16 and np.array_equal(small > 0, large > 0)
     assert sorted(os.listdir(tmp_path / "large")) == ["slide_attention.tif", "slide_labels.tif"]
+    # outlined by the slide where it fits in memory; a map too large is labelled alone, and says so
+    image_argv = [a for a in argv if a not in ("--outline", "map")]
+    assert run(_parse([*image_argv, "--out", str(tmp_path / "large_image")])) == 0
+    meta = read_tiff_metadata(tmp_path / "large_image" / "slide_labels.tif")
+    assert meta["outline"].startswith("map (the slide is too large")
+    monkeypatch.setattr(cli, "_MEMMAP_PIXELS", 1 << 27)
+    assert run(_parse([*image_argv, "--out", str(tmp_path / "fits")])) == 0
+    assert read_tiff_metadata(tmp_path / "fits" / "slide_labels.tif")["outline"] == "image"
 
 
 def test_cli_stack_and_auto_diameter(tmp_path, ckpt_path):
@@ -514,13 +523,14 @@ def test_cli_user_mistakes_return_2(tmp_path, ckpt_path, capsys, change, message
     assert message in err and "Traceback" not in err
 
 
-def test_cli_refuses_colour_without_grey(tmp_path, ckpt_path, capsys):
+def test_cli_reads_grey_saved_as_colour_through_its_luminance(tmp_path, ckpt_path, capsys):
     grey = tifffile.imread(_slide_file(tmp_path))
     tifffile.imwrite(tmp_path / "rgb.tif", np.stack([grey] * 3, axis=-1), photometric="rgb")
     base = ["attention", "--checkpoint", str(ckpt_path), "--image", str(tmp_path / "rgb.tif"),
             "--diameter", "20", "--out", str(tmp_path / "o"), "--device", "cpu"]
-    assert run(_parse(base)) == 2
-    assert "--grey" in capsys.readouterr().err
+    assert run(_parse(base)) == 0
+    assert "near-identical" in capsys.readouterr().err
+    assert read_tiff_metadata(tmp_path / "o" / "rgb_labels.tif")["channel_name"] == "luminance"
     assert run(_parse([*base, "--grey"])) == 0
 
 

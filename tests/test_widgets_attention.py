@@ -88,10 +88,29 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     assert meta["checkpoint"] == str(tiny_checkpoint) and meta["threshold"] == "local"
     assert meta["min_size"] == widget.min_size.value and meta["source_layer"] == "slide"
     assert meta["cell_diameter"] == pytest.approx(widget.cell_diameter.value)
+    assert meta["outline"] == "image"
     assert cells.data.max() >= 1
 
-    # a new threshold re-labels the kept map; the discriminator does not run again
+    # the outline by the map alone re-labels the kept map, as the engine labels it
+    from napari_atagan.segment import label_cells
+
     widget.image_layer.value = image
+    first = cells.data.copy()
+    widget.outline.value = "by the map"
+    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["outline"] == "map",
+                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    expected = label_cells(amap.data, slide.image, outline="map", threshold="local",
+                           min_size=widget.min_size.value,
+                           cell_diameter=widget.cell_diameter.value)
+    np.testing.assert_array_equal(viewer.layers["slide cells"].data, expected)
+    widget.outline.value = "by the image"
+    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["outline"] == "image",
+                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    np.testing.assert_array_equal(viewer.layers["slide cells"].data, first)
+
+    # a new threshold re-labels the kept map; the discriminator does not run again
     before = cells.data.copy()
     widget.threshold_mode.value = "Otsu (whole image)"
     qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["threshold"] == "otsu",
@@ -181,13 +200,6 @@ def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tmp_path, slid
     widget.run_button.click()  # no image layer
     assert "choose an image layer" in errors()[-1]
 
-    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="colour", rgb=True)
-    widget.image_layer.value = rgb
-    widget.run_button.click()
-    assert "RGB" in errors()[-1]
-    widget.estimate_button.clicked()
-    assert "RGB" in errors()[-1]
-
     four_d = viewer.add_image(np.zeros((2, 3, 32, 32), np.float32), name="hyperstack")
     widget.image_layer.value = four_d
     widget.run_button.click()
@@ -204,7 +216,52 @@ def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tmp_path, slid
     assert len(errors()) == n + 2 and "Attention failed" in errors()[-1]
     assert "slide attention" not in viewer.layers
     assert widget.run_button.isEnabled()
-    assert len(errors()) == 6
+    assert len(errors()) == 4
+
+
+def test_rgb_layer_runs_on_its_stained_channel(make_napari_viewer, qtbot, slide,
+                                               tiny_checkpoint, errors, engine_calls):
+    from napari.utils.notifications import notification_manager
+
+    img = slide.image.astype(np.float64)
+    green = np.round(255 * (img - img.min()) / (img.max() - img.min())).astype(np.uint8)
+    rgb = np.random.default_rng(0).integers(0, 4, (*green.shape, 3)).astype(np.uint8)
+    rgb[..., 1] = green  # an IIF slide saved as RGB: the stain in green, noise elsewhere
+    viewer = make_napari_viewer(show=True)
+    colour = viewer.add_image(rgb, name="colour", rgb=True)
+    assert colour.rgb
+    widget = dock(viewer, "Attention")
+    widget.image_layer.value = colour
+    widget.checkpoint.value = tiny_checkpoint
+    widget.device.value = "cpu"
+
+    widget.estimate_button.clicked()
+    qtbot.waitUntil(lambda: getattr(widget, "estimate_worker", None) is None, timeout=TIMEOUT_MS)
+    from napari_atagan.slide import estimate_cell_diameter
+
+    assert widget.cell_diameter.value == pytest.approx(estimate_cell_diameter(green), abs=0.05)
+    widget.cell_diameter.value = 30
+    start = len(notification_manager.records)
+    run_and_wait(qtbot, widget)
+    assert errors() == [] and engine_calls == ["slide_attention"]
+    messages = [str(r.message) for r in notification_manager.records[start:]]
+    assert any("'colour' is RGB: using its channel 1 (green)" in m for m in messages), messages
+    assert "(green channel)" in widget.status.text()
+    amap, cells = viewer.layers["colour attention"], viewer.layers["colour cells"]
+    assert amap.data.shape == cells.data.shape == green.shape
+    for layer in (amap, cells):
+        meta = layer.metadata
+        assert (meta["channel"], meta["channel_name"], meta["channel_source"]) == \
+            (1, "green", "auto")
+    assert cells.data.max() >= 1
+
+    # the same map as the green channel on its own
+    alone = viewer.add_image(green, name="green")
+    widget.image_layer.value = alone
+    run_and_wait(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["green attention"].data, amap.data)
+    assert "channel" not in viewer.layers["green cells"].metadata
+    assert errors() == []
 
 
 def test_screenshot(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):

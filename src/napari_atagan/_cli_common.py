@@ -79,6 +79,21 @@ def threshold_choice(text: str) -> float | str:
     return value
 
 
+CHANNEL_HELP = ("the channel of a colour or multi-channel image to use, counted from 0 "
+                "(default: the stained channel, chosen automatically as the one with the "
+                "largest spread of values; the choice is reported)")
+
+
+def channel_option(args: argparse.Namespace) -> int | str | None:
+    """What ``--channel`` and ``--grey`` ask for: an index, ``"grey"``, or ``None`` (auto)."""
+    channel = getattr(args, "channel", None)
+    if getattr(args, "grey", False):
+        if channel is not None:
+            raise ValueError("--grey and --channel exclude each other: choose one")
+        return "grey"
+    return channel
+
+
 def _whole_number(text: str) -> int:
     try:
         return int(text)

@@ -4,12 +4,15 @@
 
     napari-atagan attention --checkpoint run.safetensors --image slide.tif \\
         --diameter 40 --out results/ [--threshold otsu|VALUE] [--min-size N] \\
-        [--device auto] [--tile-size N] [--grey]
+        [--device auto] [--tile-size N] [--channel N | --grey]
 
 writes ``results/slide_attention.tif`` (float32) and ``results/slide_labels.tif``
 (uint16 cell ids), both ImageJ TIFFs carrying how they were made, and prints a
 JSON summary (cells found, seconds, megapixels per second) on stdout. Progress
-goes to stderr. A 3-D TIFF is treated as a stack of planes.
+goes to stderr. A 3-D TIFF is treated as a stack of planes, unless its last axis
+is colour (RGB/RGBA) or the file says that its first axis holds channels: then
+the stained channel is used (see :mod:`napari_atagan.channels`), or the one
+``--channel`` names, and the summary and the TIFFs say which.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ from typing import Any
 import numpy as np
 
 from ._cli_common import (
+    CHANNEL_HELP,
     DEVICE_CHOICES,
     THRESHOLD_HELP,
+    channel_option,
     check_file,
     check_out_folder,
     diameter_or_auto,
+    non_negative_int,
     report_interrupted,
     report_user_error,
     threshold_choice,
@@ -52,11 +58,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a trained checkpoint")
     p.add_argument("--image", required=True, metavar="FILE",
-                   help="the slide: TIFF (2-D, or a 3-D stack), PNG or .npy")
+                   help="the slide: TIFF (2-D, a 3-D stack, colour or multi-channel), PNG "
+                        "or .npy")
     p.add_argument("--diameter", required=True, type=diameter_or_auto, metavar="PIXELS",
                    help="typical cell diameter in the slide, in pixels, or 'auto' to estimate it")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--threshold", type=threshold_choice, default="local", help=THRESHOLD_HELP)
+    p.add_argument("--outline", choices=("image", "map"), default="image",
+                   help="'image' (default): the map finds and seeds the cells, the slide's own "
+                        "edges outline them and split touching ones; 'map': cells cut from the "
+                        "attention map alone")
     p.add_argument("--min-size", type=int, default=None, metavar="N",
                    help="smallest cell kept, in pixels (never less than 0.4 of the area of a cell "
                         "of the given diameter, which is the default)")
@@ -65,8 +76,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=None, metavar="N",
                    help="tile side at model scale in pixels; smaller needs less memory "
                         "(default: 2048 on a CUDA GPU, 1024 elsewhere)")
+    p.add_argument("--channel", type=non_negative_int, default=None, metavar="N",
+                   help=CHANNEL_HELP)
     p.add_argument("--grey", action="store_true",
-                   help="convert a colour (RGB) image to grey instead of refusing it")
+                   help="use the luminance of a colour (RGB) image instead of its stained "
+                        "channel")
     p.set_defaults(run=run)
     return p
 
@@ -103,9 +117,9 @@ def _run(args: argparse.Namespace) -> int:
     _check_args(args)
     out_dir = Path(args.out)
     image_path = Path(args.image)
-    image = open_image(image_path)
-    rgb = "grey" if args.grey else None
-    stack = _is_stack(image.shape, args.grey)
+    image, channel_info = _open_slide(image_path, channel_option(args))
+    rgb = None  # colour is already resolved into one channel (or the luminance)
+    stack = _is_stack(image.shape)
     ckpt = load_checkpoint(args.checkpoint)
     diameter = args.diameter
     if diameter == "auto":
@@ -127,8 +141,9 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         seconds_map = time.perf_counter() - t0
-        labels = _labels(attention, Path(scratch), threshold=args.threshold, min_size=min_size,
-                         cell_diameter=diameter)
+        labels, outline = _labels(attention, image, Path(scratch), args.outline,
+                                  threshold=args.threshold, min_size=min_size,
+                                  cell_diameter=diameter)
         metadata = {
             "checkpoint": Path(args.checkpoint).name,
             "checkpoint_format_version": ckpt.metadata.get("format_version"),
@@ -136,12 +151,14 @@ def _run(args: argparse.Namespace) -> int:
             "cell_diameter": float(diameter),
             "model_cell_diameter": model_cell_diameter(ckpt),
             "threshold": args.threshold,
+            "outline": outline,
             "min_size": int(min_size),
             # the labelling never keeps objects under the cell-area floor
             "min_size_in_effect": effective_min_size(min_size, diameter),
             "tile_size": int(tile_size),
             "software_version": __version__,
         }
+        metadata.update(channel_info)
         stem = image_path.stem
         att_path = save_attention_tiff(out_dir / f"{stem}_attention.tif", attention,
                                        metadata=metadata)
@@ -154,7 +171,9 @@ def _run(args: argparse.Namespace) -> int:
         "attention": str(att_path),
         "labels": str(lab_path),
         "cells": n_cells,
+        "outline": outline,
         "cell_diameter": round(float(diameter), 2),
+        **channel_info,
         "seconds": round(seconds, 2),
         "megapixels_per_s": round(n_pixels / 1e6 / max(seconds_map, 1e-9), 2),
     }, indent=2))
@@ -170,16 +189,24 @@ def _check_args(args: argparse.Namespace) -> None:
     check_out_folder(args.out)
 
 
-def _is_stack(shape: tuple[int, ...], grey: bool) -> bool:
-    colour = len(shape) in (3, 4) and shape[-1] in (3, 4)
-    if colour and not grey:
-        raise ValueError(
-            f"the image looks like colour (shape {tuple(shape)}): pass --grey to use its "
-            "luminance, or save one channel"
-        )
-    if len(shape) == 3:
-        return not (grey and shape[-1] in (3, 4))
-    return len(shape) == 4 and grey and shape[-1] in (3, 4)
+def _is_stack(shape: tuple[int, ...]) -> bool:
+    """Is the grey image that :func:`_open_slide` returns a ``(T, Y, X)`` stack?"""
+    return len(shape) == 3
+
+
+def _open_slide(path: Path, channel: int | str | None) -> tuple[Any, dict[str, Any]]:
+    """The grey slide or stack to run on, and which channel it is (empty for a grey file).
+
+    ``channel``: ``None`` (the stained channel of a colour or multi-channel
+    image, chosen automatically), an index, or ``"grey"`` (the luminance).
+    """
+    from .channels import describe_channel, grey_view, open_image_file
+
+    opened = open_image_file(path)
+    image, info = grey_view(opened.data, channel, axes=opened.axes)
+    if info:
+        print(f"{path.name}: {describe_channel(info)}", file=sys.stderr)
+    return image, info
 
 
 def _allocate(shape: tuple[int, ...], scratch: Path) -> np.ndarray | None:
@@ -191,48 +218,34 @@ def _allocate(shape: tuple[int, ...], scratch: Path) -> np.ndarray | None:
                                      shape=shape)
 
 
-def _labels(attention: np.ndarray, scratch: Path, **options: Any) -> np.ndarray:
-    """Cell labels of the map; a large map is labelled tile by tile into a file."""
-    from .labels import attention_to_labels, attention_to_labels_tiled
+def _labels(attention: np.ndarray, image: Any, scratch: Path, outline: str,
+            **options: Any) -> tuple[np.ndarray, str]:
+    """Cell labels of the map (:func:`napari_atagan.segment.label_cells`) and what
+    outlined them. A map too large for memory is labelled from the map alone,
+    tile by tile into a file, and the returned outline says so."""
+    from .labels import attention_to_labels_tiled
+    from .segment import label_cells
 
-    if int(np.prod(attention.shape)) <= _MEMMAP_PIXELS:
-        return attention_to_labels(np.asarray(attention), **options)
-    out = np.lib.format.open_memmap(scratch / "labels.npy", mode="w+", dtype=np.uint32,
-                                    shape=tuple(attention.shape))
-    return attention_to_labels_tiled(attention, out=out, **options)
+    if int(np.prod(attention.shape)) > _MEMMAP_PIXELS:
+        out = np.lib.format.open_memmap(scratch / "labels.npy", mode="w+", dtype=np.uint32,
+                                        shape=tuple(attention.shape))
+        used = "map" if outline == "map" else "map (the slide is too large to outline from)"
+        return attention_to_labels_tiled(attention, out=out, **options), used
+    return label_cells(np.asarray(attention), image, outline=outline, **options), outline
 
 
 def open_image(path: Path) -> Any:
     """Open a slide without reading it into memory where the format allows it.
 
     Uncompressed TIFF and ``.npy`` files are memory-mapped; other TIFFs and PNGs
-    are read whole. Leading axes of length 1 are dropped.
+    are read whole. Leading axes of length 1 are dropped. An unreadable file
+    (empty, damaged, truncated) raises ``ValueError`` naming it. See
+    :func:`napari_atagan.channels.open_image_file`, which also says which axis
+    is which.
     """
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            image = _open_tiff(path)
-        elif suffix == ".npy":
-            image = np.load(path, mmap_mode="r")
-        else:
-            from PIL import Image
+    from .channels import open_image_file
 
-            with Image.open(path) as im:
-                image = np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"could not read image {str(path)!r}: {exc}") from None
-    while image.ndim > 2 and image.shape[0] == 1:
-        image = image[0]
-    return image
-
-
-def _open_tiff(path: Path) -> np.ndarray:
-    import tifffile
-
-    try:
-        return tifffile.memmap(path, mode="r")
-    except (ValueError, OSError):  # compressed or tiled: no memory map possible
-        return tifffile.imread(path)
+    return open_image_file(path).data
 
 
 class _TextProgress:

@@ -4,10 +4,12 @@
 
     napari-atagan evaluate attention --checkpoint F --crops DIR [--per-pattern] [--limit N]
     napari-atagan evaluate attention --checkpoint F --image slide.tif --labels gt.tif [--diameter D]
+                                     [--channel N | --grey]
     napari-atagan evaluate samples --checkpoint F --real DIR [-n N] [--per-pattern]
                                    [--tstr [--tstr-per-pattern N] [--tstr-epochs E]
                                            [--tstr-reference DIR]]
     napari-atagan mosaic --crops DIR --out DIR [--n-cells N] [--size H W] [--seed S] [--count K]
+                         [--touching]
 
 The evaluate commands print a table on stdout (and write every number to
 ``--json``); ``mosaic`` writes ``mosaic_000.tif`` + ``mosaic_000_labels.tif``, ...
@@ -23,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ._cli_common import (
+    CHANNEL_HELP,
     DEVICE_CHOICES,
     THRESHOLD_HELP,
+    channel_option,
     check_file,
     check_out_folder,
     diameter_or_auto,
@@ -84,7 +88,8 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
     src.add_argument("--crops", metavar="DIR",
                      help="folder of crops with masks (pattern sub-folders, NNNNN.png + "
                           "NNNNN_Mask.png)")
-    src.add_argument("--image", metavar="FILE", help="a slide or mosaic (TIFF, PNG or .npy)")
+    src.add_argument("--image", metavar="FILE",
+                     help="a slide or mosaic (TIFF, PNG or .npy; grey, colour or multi-channel)")
     a.add_argument("--labels", metavar="FILE",
                    help="true instance labels of --image (same shape; 0 = background)")
     a.add_argument("--diameter", type=diameter_or_auto, default="auto", metavar="PIXELS",
@@ -92,6 +97,13 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "it (default: %(default)s)")
     a.add_argument("--threshold", type=threshold_choice, default="local",
                    help="on a slide: " + THRESHOLD_HELP)
+    a.add_argument("--channel", type=non_negative_int, default=None, metavar="N",
+                   help="with --image: " + CHANNEL_HELP)
+    a.add_argument("--grey", action="store_true",
+                   help="with --image: use the luminance of a colour (RGB) image instead of "
+                        "its stained channel")
+    a.add_argument("--exclude-border", action="store_true",
+                   help="slide: leave out the cells that touch the image border, found and true")
     a.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="with --crops: at most N crops of every pattern, drawn at random "
                         "(default: all)")
@@ -168,6 +180,9 @@ def _add_mosaic(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0,
                    help="resize factor of the crops, e.g. 0.5 for cells half as large "
                         "(default: %(default)s)")
+    p.add_argument("--touching", action="store_true",
+                   help="pack the cells densely: most in clusters of 2-6 whose masks touch "
+                        "(never overlap), for slides of touching cells")
     p.add_argument("--stem", default="mosaic",
                    help="file name prefix (default: %(default)s)")
     p.set_defaults(run=run, action=_run_mosaic)
@@ -191,6 +206,8 @@ def _run_attention(args: argparse.Namespace) -> int:
     if args.crops:
         if args.labels:
             raise ValueError("--labels belongs to --image, not to --crops")
+        if args.channel is not None or args.grey:
+            raise ValueError("--channel and --grey belong to --image, not to --crops")
         result = evaluate_crops(args.checkpoint, args.crops, per_pattern=args.per_pattern,
                                 limit=args.limit, device=args.device)
         _finish(args, result, _crop_table(result))
@@ -199,11 +216,14 @@ def _run_attention(args: argparse.Namespace) -> int:
         raise ValueError("--image needs --labels FILE (the true instance labels)")
     if args.per_pattern:
         raise ValueError("--per-pattern applies to --crops only")
-    image, labels = _read_image(args.image, "--image"), _read_image(args.labels, "--labels")
+    image, channel_info = _read_slide(args.image, channel_option(args))
+    labels = _read_image(args.labels, "--labels")
     diameter = None if args.diameter == "auto" else float(args.diameter)
     result = evaluate_slide(args.checkpoint, image, labels, diameter=diameter,
-                            threshold=args.threshold, device=args.device)
+                            threshold=args.threshold, device=args.device,
+                            exclude_border=args.exclude_border)
     result["image"], result["labels"] = str(args.image), str(args.labels)
+    result.update(channel_info)
     _finish(args, result, _slide_table(result))
     return 0
 
@@ -247,10 +267,11 @@ def _run_mosaic(args: argparse.Namespace) -> int:
     written = []
     for k in range(args.count):
         m = make_mosaic(args.crops, shape=tuple(args.size), n_cells=args.n_cells,
-                        seed=args.seed + k, scale=args.scale)
+                        seed=args.seed + k, scale=args.scale, touching=args.touching)
         image, labels = write_mosaic(m, out, f"{args.stem}_{k:03d}")
         written.append({"image": str(image), "labels": str(labels), "cells": len(m.patterns),
-                        "cell_diameter": round(m.cell_diameter, 2), "seed": args.seed + k})
+                        "cell_diameter": round(m.cell_diameter, 2), "seed": args.seed + k,
+                        "touching": bool(args.touching)})
         print(f"{image}  {len(m.patterns)} cells, diameter {m.cell_diameter:.1f} px",
               file=sys.stderr)
     print(json.dumps(written, indent=2))
@@ -264,6 +285,23 @@ def _read_image(path: str, option: str) -> Any:
 
     check_file(path, option)
     return np.asarray(open_image(Path(path)))
+
+
+def _read_slide(path: str, channel: int | str | None) -> tuple[Any, dict[str, Any]]:
+    """The grey slide of ``--image`` (one channel of a colour image) and which channel."""
+    import numpy as np
+
+    from .channels import describe_channel, grey_view, open_image_file
+
+    check_file(path, "--image")
+    opened = open_image_file(path)
+    view, info = grey_view(opened.data, channel, axes=opened.axes)
+    if len(view.shape) != 2:
+        raise ValueError(f"--image {path!r} must be one 2-D slide, got shape "
+                         f"{tuple(view.shape)}" + (" after choosing a channel" if info else ""))
+    if info:
+        print(f"{Path(path).name}: {describe_channel(info)}", file=sys.stderr)
+    return np.asarray(view), info
 
 
 def _finish(args: argparse.Namespace, result: dict, table: str) -> None:
@@ -315,23 +353,38 @@ def _crop_table(result: dict) -> str:
             + format_table(header, rows))
 
 
+SLIDE_METHOD_NAMES = {
+    "model": "model (map finds, image outlines)",
+    "map": "model's map alone",
+    "classic": "classic (Otsu + watershed split)",
+    "otsu": "Otsu, touching cells not split",
+    "image_local": "map's labelling of the image",
+}
+"""Row names of the slide table, keyed as :data:`napari_atagan.evaluate.SLIDE_METHODS`."""
+
+
 def _slide_table(result: dict) -> str:
+    from .evaluate import SLIDE_METHODS
+
     header = ["method", "cells", "TP", "FP", "FN", "precision", "recall", "F1", "pixel IoU"]
-    rows = [[name, s["n_objects"], s["tp"], s["fp"], s["fn"], s["precision"], s["recall"],
-             s["f1"], s["pixel_iou"]]
-            for name, s in (("model", result["model"]), ("Otsu", result["otsu"]),
-                            ("same labelling of the image", result["image_local"]))]
+    rows = [[SLIDE_METHOD_NAMES[who], s["n_objects"], s["tp"], s["fp"], s["fn"],
+             s["precision"], s["recall"], s["f1"], s["pixel_iou"]]
+            for who in SLIDE_METHODS if (s := result.get(who)) is not None]
+    border = ", cells on the border left out" if result.get("exclude_border") else ""
     return (f"cells on the slide ({result['n_true']} true cells, diameter "
-            f"{result['cell_diameter']:.1f} px, {result['diameter_source']})\n"
+            f"{result['cell_diameter']:.1f} px, {result['diameter_source']}{border})\n"
             + format_table(header, rows) + "\n\n" + _contrast_table(result["by_contrast"])
             + f"\nnote: {result['note']}")
 
 
 def _contrast_table(by_contrast: dict) -> str:
     """True cells found by each method, by how far they stand out from the background."""
-    header = ["contrast", "cells", "model", "Otsu", "same labelling of the image"]
+    from .evaluate import SLIDE_METHODS
+
+    methods = [who for who in SLIDE_METHODS if who in by_contrast]
+    header = ["contrast", "cells", *methods]
     rows = [[contrast_bin(b["low"], b["high"]), b["cells"]]
-            + [f"{by_contrast[who][k]['found']}" for who in ("model", "otsu", "image_local")]
+            + [f"{by_contrast[who][k]['found']}" for who in methods]
             for k, b in enumerate(by_contrast["model"])]
     return ("true cells found, by contrast (cell median above the background's, in robust "
             "standard deviations of the background)\n" + format_table(header, rows))

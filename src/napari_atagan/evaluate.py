@@ -8,8 +8,9 @@ can be read in context (see :mod:`napari_atagan.metrics`):
   crops is already a strong guess: crop-level numbers alone prove little.
 * :func:`evaluate_slide`: cells found in a whole slide (or a mosaic of real
   cells, :mod:`napari_atagan.mosaic`) vs its instance labels: object precision,
-  recall and F1 at IoU 0.5 and pixel IoU, beside Otsu on the slide. This is the
-  real test: the cells can be anywhere.
+  recall and F1 at IoU 0.5 and pixel IoU, beside the classic pipeline (Otsu with
+  touching cells split by a watershed at the known diameter) and plain Otsu.
+  This is the real test: the cells can be anywhere.
 * :func:`evaluate_samples`: generated cells vs real cells: sliced Wasserstein
   distance of their textures, and the kernel inception distance on the features
   of the checkpoint's own pattern classifier when it has one.
@@ -45,8 +46,9 @@ from .metrics import (
     threshold_map,
 )
 
-__all__ = ["CROP_KEYS", "SLIDE_KEYS", "TSTR_TARGET", "evaluate_crops", "evaluate_samples",
-           "evaluate_slide", "default_min_size", "train_on_synthetic"]
+__all__ = ["CROP_KEYS", "SLIDE_KEYS", "SLIDE_METHODS", "TSTR_TARGET", "drop_border_cells",
+           "evaluate_crops", "evaluate_samples", "evaluate_slide", "default_min_size",
+           "train_on_synthetic"]
 
 CROP_KEYS = ("n", "iou", "pointing_game", "mass_inside", "otsu_iou", "ellipse_iou")
 """Keys of every crop score: means over the crops (``n`` of them)."""
@@ -142,6 +144,10 @@ def default_min_size(diameter: float) -> int:
     return max(1, int(0.1 * math.pi * float(diameter) ** 2 / 4))
 
 
+SLIDE_METHODS = ("model", "map", "classic", "otsu", "image_local")
+"""The cell finders :func:`evaluate_slide` scores, in the order tables show them."""
+
+
 def evaluate_slide(
     checkpoint: Any,
     image: np.ndarray,
@@ -150,30 +156,42 @@ def evaluate_slide(
     diameter: float | None = None,
     threshold: str | float = "local",
     device: str = "auto",
+    exclude_border: bool = False,
 ) -> dict[str, Any]:
     """Score the cells a model finds on a slide against the true instance labels.
 
     The discriminator's attention (:func:`napari_atagan.slide.slide_attention`)
-    is turned into cells by :func:`napari_atagan.labels.attention_to_labels`
-    (``threshold``; with the cell diameter known, objects under
-    :data:`napari_atagan.labels.MIN_CELL_AREA` of a cell's area are dropped), then
-    matched one-to-one to the true cells (:func:`napari_atagan.metrics.match_objects`,
-    IoU >= 0.5). Two baselines that need no model are scored the same way:
-    ``"otsu"`` (Otsu's threshold of the smoothed slide) and ``"image_local"``
-    (the labelling the model's map gets, applied to the slide itself: with the
-    default ``threshold="local"``, every bright spot cut at a fraction of its own
-    peak), which shows how much of the score the discriminator adds. ``diameter``: typical cell diameter in pixels; ``None``
-    estimates it from the image. A ground truth with a single value (a binary
-    mask) is split into its connected objects first.
+    is turned into cells two ways, each matched one-to-one to the true cells
+    (:func:`napari_atagan.metrics.match_objects`, IoU >= 0.5):
 
-    Returns ``"model"``, ``"otsu"`` and ``"image_local"`` score dicts (keys :data:`SLIDE_KEYS`;
-    ``pixel_iou`` compares the union of all cells), ``"by_contrast"``: for each of
-    the three, the true cells found per bin of contrast with the background
+    * ``"model"``: what ``napari-atagan attention`` writes: the map finds and
+      seeds the cells, the image delineates them
+      (:func:`napari_atagan.segment.guided_labels`);
+    * ``"map"``: the map alone (:func:`napari_atagan.labels.attention_to_labels`
+      with ``threshold``; with the cell diameter known, objects under
+      :data:`napari_atagan.labels.MIN_CELL_AREA` of a cell's area are dropped).
+
+    Three baselines that need no model are scored the same way: ``"classic"``
+    (:func:`napari_atagan.segment.classic_labels`: smoothed Otsu, holes filled,
+    small objects dropped, touching cells split by a distance-transform
+    watershed at the known diameter: the strongest of the three), ``"otsu"``
+    (Otsu's threshold of the smoothed slide, touching cells not split) and
+    ``"image_local"`` (the map's labelling applied to the slide itself), which
+    shows how much of the score the discriminator adds. ``diameter``: typical
+    cell diameter in pixels; ``None`` estimates it from the image. A ground
+    truth with a single value (a binary mask) is split into its connected
+    objects first. ``exclude_border``: leave out cells touching the image
+    border, both found and true (a cell cut by the border has no true outline).
+
+    Returns a score dict per method (keys :data:`SLIDE_KEYS`; ``pixel_iou``
+    compares the union of all cells), ``"by_contrast"``: for each, the true cells
+    found per bin of contrast with the background
     (:func:`napari_atagan.metrics.recall_by_contrast`: are the missed cells the
     ones that barely stand out?), ``"ellipse": None`` with a ``"note"`` why, and
     the cell diameter used.
     """
     from .labels import attention_to_labels
+    from .segment import classic_labels, guided_labels
     from .slide import estimate_cell_diameter, slide_attention
     from .synthesis import as_checkpoint
 
@@ -188,13 +206,19 @@ def evaluate_slide(
     ckpt = as_checkpoint(checkpoint)
     attention = slide_attention(ckpt, img, cell_diameter=diameter, device=device)
     min_size = default_min_size(diameter)
-    predicted = attention_to_labels(attention, threshold=threshold, min_size=min_size,
-                                    cell_diameter=diameter)
-    otsu = otsu_baseline(img.astype(np.float32), min_size=min_size)
+    grey = img.astype(np.float32)
+    found = {"map": attention_to_labels(attention, threshold=threshold, min_size=min_size,
+                                        cell_diameter=diameter)}
+    found["model"] = guided_labels(grey, attention, diameter, map_labels=found["map"])
+    found["classic"] = classic_labels(grey, diameter)
+    found["otsu"] = otsu_baseline(grey, min_size=min_size)
+    found["image_local"] = attention_to_labels(grey, threshold=threshold, min_size=min_size,
+                                               cell_diameter=diameter)
+    if exclude_border:
+        truth = drop_border_cells(truth)
+        found = {k: drop_border_cells(v) for k, v in found.items()}
     contrast = cell_contrast(img, truth)
-    image_local = attention_to_labels(img.astype(np.float32), threshold=threshold,
-                                      min_size=min_size, cell_diameter=diameter)
-    return {
+    result: dict[str, Any] = {
         "kind": "slide",
         "checkpoint": ckpt.path.name,
         "shape": list(img.shape),
@@ -203,15 +227,24 @@ def evaluate_slide(
         "diameter_source": source,
         "threshold": threshold,
         "min_size": min_size,
+        "exclude_border": bool(exclude_border),
         "truth_relabelled": relabelled,
-        "model": _slide_scores(predicted, truth),
-        "otsu": _slide_scores(otsu, truth),
-        "image_local": _slide_scores(image_local, truth),
-        "by_contrast": {who: recall_by_contrast(found, truth, contrast=contrast) for who, found
-                        in (("model", predicted), ("otsu", otsu), ("image_local", image_local))},
-        "ellipse": None,
-        "note": ELLIPSE_NOTE,
     }
+    for who in SLIDE_METHODS:
+        result[who] = _slide_scores(found[who], truth)
+    result["by_contrast"] = {who: recall_by_contrast(found[who], truth, contrast=contrast)
+                             for who in SLIDE_METHODS}
+    result["ellipse"] = None
+    result["note"] = ELLIPSE_NOTE
+    return result
+
+
+def drop_border_cells(labels: np.ndarray) -> np.ndarray:
+    """The labels without the objects that touch the image border (set to 0)."""
+    lab = np.asarray(labels)
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    edge = edge[edge != 0]
+    return np.where(np.isin(lab, edge), 0, lab) if edge.size else lab
 
 
 def _instance_labels(labels: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:

@@ -43,6 +43,7 @@ __all__ = [
     "Generator",
     "build_models",
     "count_parameters",
+    "dense_discriminator",
     "describe_models",
     "init_weights",
     "recompute_batchnorm",
@@ -531,6 +532,45 @@ class Discriminator(nn.Module):
         return F.interpolate(
             cam[:, None], size=tuple(size), mode="bilinear", align_corners=False
         )[:, 0]
+
+
+def dense_discriminator(discriminator: Discriminator, stride: int) -> Discriminator:
+    """The same discriminator, its feature map (and so its CAM) sampled every ``stride`` pixels.
+
+    The *a trous* construction: the last strided convolutions keep stride 1 and
+    every convolution after them is dilated by the stride given up, so the
+    result holds the original feature cells at every ``discriminator.stride /
+    stride``-th position and, between them, exactly the cells the original
+    would compute on the input shifted by a multiple of ``stride`` pixels. Same
+    weights, same realness unit, same soft-CAM; ``(discriminator.stride / stride)**2``
+    times as many feature cells. ``stride`` must divide the discriminator's
+    stride (a power of two); the original stride returns the discriminator itself.
+    """
+    import copy
+
+    full = int(discriminator.stride)
+    stride = int(stride)
+    if stride < 1 or full % stride or stride & (stride - 1):
+        raise ValueError(f"the CAM stride must be a power of two that divides the "
+                         f"discriminator's stride {full}, got {stride}")
+    if stride == full:
+        return discriminator
+    dense = copy.deepcopy(discriminator)
+    kept, dilation = 1, 1
+    for module in dense.modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        if dilation > 1:
+            module.dilation = (module.dilation[0] * dilation, module.dilation[1] * dilation)
+            module.padding = (module.padding[0] * dilation, module.padding[1] * dilation)
+        step = module.stride[0]
+        if step > 1 and kept * step > stride:
+            module.stride = (1, 1)
+            dilation *= step
+        else:
+            kept *= step
+    dense.stride, dense.receptive_field = _conv_geometry(dense)
+    return dense
 
 
 def _conv_geometry(model: nn.Module) -> tuple[int, int]:

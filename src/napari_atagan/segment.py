@@ -56,7 +56,11 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from .labels import attention_to_labels, min_cell_size
 
-__all__ = ["CLASSIC_SIGMA", "classic_labels", "guided_labels", "log_levels"]
+__all__ = ["CLASSIC_SIGMA", "OUTLINES", "classic_labels", "guided_labels", "label_cells",
+           "log_levels"]
+
+OUTLINES = ("image", "map")
+"""What outlines the cells in :func:`label_cells`: the slide (seeded by the map) or the map."""
 
 CLASSIC_SIGMA = 2.0
 """Gaussian sigma (pixels) of the classic pipeline's smoothing."""
@@ -204,6 +208,42 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     rest = ndi.label(mask & (labels == 0))[0]
     labels = np.where(labels > 0, labels, np.where(rest > 0, rest + labels.max(), 0))
     return _finish(_drop_small(labels, min_size))
+
+
+def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
+                threshold: str | float = "auto", min_size: int = 0,
+                cell_diameter: float | None = None) -> np.ndarray:
+    """The cells of a slide (or of every plane of a ``(T, Y, X)`` stack) from its map.
+
+    ``outline="image"``: :func:`guided_labels` (needs ``cell_diameter``; the map's
+    own cells are found with ``threshold`` and ``min_size`` and then outlined by
+    the image); ``"map"``: :func:`napari_atagan.labels.attention_to_labels`
+    alone. Ids are unique over a stack. The one labelling the CLI and the
+    napari widget share.
+    """
+    if outline not in OUTLINES:
+        raise ValueError(f"outline must be one of {', '.join(OUTLINES)}, got {outline!r}")
+    att = np.asarray(attention_map)
+    options = dict(threshold=threshold, min_size=min_size, cell_diameter=cell_diameter)
+    if outline == "map":
+        return attention_to_labels(att, **options)
+    if cell_diameter is None:
+        raise ValueError("outlining cells by the image needs the cell diameter")
+    if att.ndim == 2:
+        return guided_labels(np.asarray(image), att, cell_diameter, min_size=min_size,
+                             map_labels=attention_to_labels(att, **options))
+    if att.ndim != 3:
+        raise ValueError(f"attention map must be 2-D or a (T, Y, X) stack, got shape {att.shape}")
+    planes, offset = [], 0
+    for t in range(att.shape[0]):
+        lab = guided_labels(np.asarray(image[t]), att[t], cell_diameter, min_size=min_size,
+                            map_labels=attention_to_labels(att[t], **options)).astype(np.uint32)
+        lab[lab > 0] += offset
+        offset = max(offset, int(lab.max()))
+        planes.append(lab)
+    if not planes:
+        return np.zeros(att.shape, np.uint16)
+    return np.stack(planes).astype(np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32)
 
 
 # ---------------------------------------------------------------------------

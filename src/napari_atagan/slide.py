@@ -127,6 +127,7 @@ def slide_attention(
     out: np.ndarray | None = None,
     intensity: tuple[float, float] | str | None = None,
     rgb: str | None = None,
+    cam_stride: int | None = None,
 ) -> np.ndarray:
     """Attention map of a trained discriminator over a whole 2-D slide.
 
@@ -160,6 +161,11 @@ def slide_attention(
     rgb:
         ``"grey"`` converts an RGB(A) image ``(Y, X, 3|4)`` to luminance; colour
         images are refused otherwise.
+    cam_stride:
+        Model pixels between the map's feature cells: the discriminator's own
+        stride (8 for four blocks), or a power of two below it for a finer map
+        of the same soft-CAM (:func:`napari_atagan.models.dense_discriminator`;
+        stride 4 costs about 3 times the computation). Default: :data:`CAM_STRIDE`.
 
     Returns
     -------
@@ -173,7 +179,7 @@ def slide_attention(
     ckpt = _load(checkpoint)
     factor = model_cell_diameter(ckpt) / _check_diameter(cell_diameter)
     dev = resolve_device(str(device))
-    disc = ckpt.discriminator(dev)
+    disc = _at_stride(ckpt.discriminator(dev), cam_stride)
     return discriminator_attention(
         disc, slide, factor=factor, tile_size=tile_size, device=dev, stop=stop,
         progress=progress, out=out, intensity=intensity,
@@ -191,6 +197,7 @@ def slide_attention_stack(
     progress: Progress | None = None,
     out: np.ndarray | None = None,
     rgb: str | None = None,
+    cam_stride: int | None = None,
 ) -> np.ndarray:
     """Attention maps of a stack ``(T, Y, X)``, plane by plane.
 
@@ -219,7 +226,7 @@ def slide_attention_stack(
     ckpt = _load(checkpoint)
     factor = model_cell_diameter(ckpt) / _check_diameter(cell_diameter)
     dev = resolve_device(str(device))
-    disc = ckpt.discriminator(dev)
+    disc = _at_stride(ckpt.discriminator(dev), cam_stride)
     shape = (n, *planes[0].shape)
     out = _output(out, shape, dev)
     plans = [_plan(disc, p.shape, factor, _tile(tile_size, dev)) for p in planes]
@@ -265,6 +272,20 @@ def discriminator_attention(
     plan = _plan(discriminator, slide.shape, factor, _tile(tile_size, dev))
     return _run(discriminator, slide, plan, _output(out, slide.shape, dev), dev, stop, progress,
                 intensity)
+
+
+CAM_STRIDE: int | None = None
+"""Default ``cam_stride`` of :func:`slide_attention`: ``None`` keeps the discriminator's own."""
+
+
+def _at_stride(disc: Any, cam_stride: int | None) -> Any:
+    if cam_stride is None:
+        cam_stride = CAM_STRIDE
+    if cam_stride is None:
+        return disc
+    from .models import dense_discriminator
+
+    return dense_discriminator(disc, cam_stride)
 
 
 def default_tile_size(device: str | torch.device) -> int:

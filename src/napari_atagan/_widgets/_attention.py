@@ -2,15 +2,20 @@
 
 It runs :func:`napari_atagan.slide.slide_attention` (or ``slide_attention_stack``
 for a ``(T, Y, X)`` stack) in a background thread, shows the map as a heat-map
-overlay on the slide and thresholds it into a Labels layer of cells with
-:func:`napari_atagan.labels.attention_to_labels`. Changing the threshold or the
-minimum size only re-labels the kept map; the discriminator is not run again.
+overlay on the slide and turns it into a Labels layer of cells with
+:func:`napari_atagan.segment.label_cells`: the map finds the cells and the
+image outlines them (or, by choice, the map alone). Changing the threshold,
+the outline or the minimum size only re-labels the kept map; the discriminator
+is not run again.
+An RGB layer is read through its stained channel
+(:func:`napari_atagan.channels.pick_stain_channel`); the status line and the
+result layers' metadata say which.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,8 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QWidget
 
 from napari_atagan import __version__
-from napari_atagan.labels import DEFAULT_MIN_SIZE, attention_to_labels
+from napari_atagan.labels import DEFAULT_MIN_SIZE
+from napari_atagan.segment import label_cells
 
 from ._common import (
     Liveness,
@@ -47,6 +53,9 @@ LOCAL = "per cell (auto)"
 OTSU = "Otsu (whole image)"
 FIXED = "value"
 _MODES = {LOCAL: "local", OTSU: "otsu"}
+OUTLINE_IMAGE = "by the image"
+OUTLINE_MAP = "by the map"
+_OUTLINES = {OUTLINE_IMAGE: "image", OUTLINE_MAP: "map"}
 DEFAULT_DIAMETER = 40.0
 
 
@@ -71,11 +80,16 @@ class AttentionResult:
     cell_diameter: float
     scale: tuple[float, ...]
     translate: tuple[float, ...]
+    channel: dict[str, Any] = field(default_factory=dict)
+    """Which channel of an RGB source was used (:func:`napari_atagan.channels.grey_view`)."""
+    image: Any = None
+    """The grey slide the map was computed from (outlines the cells when re-labelling)."""
 
 
 def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device: str,
                       threshold: str | float, min_size: int, stop: threading.Event,
-                      progress_cb: Any) -> tuple[np.ndarray, np.ndarray, int]:
+                      progress_cb: Any, outline: str = "image"
+                      ) -> tuple[np.ndarray, np.ndarray, int]:
     """Map and labels of a slide or a ``(T, Y, X)`` stack (runs in the worker thread).
 
     Returns the map, the labels and the checkpoint's training step.
@@ -87,18 +101,15 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
     run = slide_attention_stack if len(image.shape) == 3 else slide_attention
     amap = run(ckpt, image, cell_diameter=cell_diameter, device=device, stop=stop.is_set,
                progress=progress_cb)
-    labels = attention_to_labels(amap, threshold=threshold, min_size=min_size,
-                                 cell_diameter=cell_diameter)
+    labels = label_cells(amap, image, outline=outline, threshold=threshold, min_size=min_size,
+                         cell_diameter=cell_diameter)
     return amap, labels, ckpt.step
 
 
 def check_image_layer(layer: Any) -> None:
-    """``ValueError`` unless ``layer`` is a grey 2-D slide or a ``(T, Y, X)`` stack."""
+    """``ValueError`` unless ``layer`` is a 2-D slide or a ``(T, Y, X)`` stack (grey or RGB)."""
     if layer is None:
         raise ValueError("choose an image layer (a 2-D slide or a (T, Y, X) stack)")
-    if layer.rgb:
-        raise ValueError(f"layer '{layer.name}' is RGB: attention maps need a grey image "
-                         "(right-click the layer > Split RGB, then pick one channel)")
     if layer.multiscale:
         raise ValueError(f"layer '{layer.name}' is multiscale: open its full-resolution level "
                          "as a plain image layer")
@@ -106,6 +117,28 @@ def check_image_layer(layer: Any) -> None:
         raise ValueError(f"layer '{layer.name}' is {layer.ndim}-D, shape "
                          f"{tuple(layer.data.shape)}: use a 2-D slide or a (T, Y, X) stack "
                          "(pick one channel / z plane first)")
+
+
+def layer_slide(layer: Any) -> tuple[Any, dict[str, Any]]:
+    """The grey data of an image layer and, for an RGB layer, which channel it is.
+
+    An RGB(A) layer is read through its stained channel, chosen on a sub-sample
+    (:func:`napari_atagan.channels.grey_view`); a grey layer is returned as it is.
+    """
+    if not layer.rgb:
+        return layer.data, {}
+    from napari_atagan.channels import grey_view
+
+    axes = "YXS" if len(layer.data.shape) == 3 else "TYXS"
+    return grey_view(layer.data, axes=axes)
+
+
+def channel_text(info: dict[str, Any]) -> str:
+    """``" (green channel)"`` for an RGB source, ``""`` for a grey one."""
+    if not info:
+        return ""
+    name = info.get("channel_name", "")
+    return f" ({name})" if name == "luminance" else f" ({name} channel)"
 
 
 class AttentionWidget(QWidget):
@@ -141,7 +174,8 @@ class AttentionWidget(QWidget):
     def _build_form(self) -> None:
         self.image_layer = ComboBox(
             label="image", choices=layer_choices(self.viewer, Image), nullable=True,
-            tooltip="A grey 2-D slide (Y, X) or a stack of slides (T, Y, X).")
+            tooltip="A 2-D slide (Y, X) or a stack of slides (T, Y, X); of an RGB image the "
+                    "stained channel is used.")
         self.checkpoint = checkpoint_edit()
         self.cell_diameter = FloatSpinBox(
             label="cell diameter", value=DEFAULT_DIAMETER, min=2.0, max=100_000.0, step=1.0,
@@ -159,6 +193,11 @@ class AttentionWidget(QWidget):
             label="threshold value", value=0.5, min=0.0, max=1e9, step=0.01,
             tooltip="Attention above this value is a cell (see the attention layer's values).")
         self.threshold_value.native.setDecimals(4)
+        self.outline = ComboBox(
+            label="outline", choices=[OUTLINE_IMAGE, OUTLINE_MAP], value=OUTLINE_IMAGE,
+            tooltip="image: the attention finds the cells and the image's own edges outline "
+                    "them (touching cells split where they narrow). map: cells cut from the "
+                    "attention map alone.")
         self.min_size = SpinBox(
             label="min size", value=DEFAULT_MIN_SIZE, min=0, max=10**9, step=10,
             tooltip="Objects smaller than this many pixels are dropped (and always those "
@@ -166,13 +205,14 @@ class AttentionWidget(QWidget):
         self.device = device_combo()
         self.form = Container(widgets=[
             self.image_layer, self.checkpoint, self.cell_diameter, self.estimate_button,
-            self.threshold_mode, self.threshold_value, self.min_size, self.device,
+            self.threshold_mode, self.threshold_value, self.outline, self.min_size, self.device,
         ])
         self.estimate_button.changed.connect(self.estimate_diameter)
         self.threshold_mode.changed.connect(self._update_threshold_mode)
         self.threshold_mode.changed.connect(self._schedule_relabel)
         self.threshold_value.changed.connect(self._schedule_relabel)
         self.min_size.changed.connect(self._schedule_relabel)
+        self.outline.changed.connect(self._schedule_relabel)
         self.checkpoint.changed.connect(self._check_checkpoint)
 
     def reset_choices(self, *_: Any) -> None:
@@ -186,6 +226,10 @@ class AttentionWidget(QWidget):
         """``"local"``, ``"otsu"`` or the fixed value, as :func:`attention_to_labels` takes it."""
         mode = _MODES.get(self.threshold_mode.value)
         return mode if mode is not None else float(self.threshold_value.value)
+
+    def outline_choice(self) -> str:
+        """``"image"`` or ``"map"``, as :func:`napari_atagan.segment.label_cells` takes it."""
+        return _OUTLINES[self.outline.value]
 
     def _check_checkpoint(self, *_: Any) -> None:
         loaded = read_checkpoint(self.checkpoint.value, self.status)
@@ -212,7 +256,11 @@ class AttentionWidget(QWidget):
         layer = self._chosen_layer()
         if layer is None:
             return
-        image = layer.data
+        try:
+            image, _ = layer_slide(layer)
+        except ValueError as exc:
+            notify_error(error_text(exc))
+            return
         if layer.ndim == 3:
             image = image[int(self.viewer.dims.current_step[0]) % image.shape[0]]
         worker = run_function(estimate_cell_diameter, image)
@@ -241,15 +289,24 @@ class AttentionWidget(QWidget):
             notify_error("choose a checkpoint (.safetensors)")
             return
         diameter = float(self.cell_diameter.value)
+        try:
+            image, channel = layer_slide(layer)
+        except ValueError as exc:
+            notify_error(error_text(exc))
+            return
+        if channel:
+            from napari_atagan.channels import describe_channel
+
+            notify_info(f"'{layer.name}' is RGB: using its {describe_channel(channel)}")
         self._live.stop.clear()
         self._pbar = ProgressBar(0, f"ATA-GAN attention: {layer.name}")
-        worker = run_function(compute_attention, checkpoint, layer.data, diameter,
+        worker = run_function(compute_attention, checkpoint, image, diameter,
                               self.device.value, self.threshold(), int(self.min_size.value),
-                              self._live.stop, self._relay.callback)
+                              self._live.stop, self._relay.callback, self.outline_choice())
         result = AttentionResult(source=layer, source_name=layer.name,
                                  attention=np.zeros(0, np.float32), checkpoint=checkpoint,
                                  cell_diameter=diameter, scale=tuple(layer.scale),
-                                 translate=tuple(layer.translate))
+                                 translate=tuple(layer.translate), channel=channel, image=image)
         worker.returned.connect(lambda out: self._on_result(result, *out))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._pbar.close)
@@ -257,7 +314,7 @@ class AttentionWidget(QWidget):
         self.worker = worker
         self.run_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        self.status.setText(f"computing attention on '{layer.name}' ...")
+        self.status.setText(f"computing attention on '{layer.name}'{channel_text(channel)} ...")
         worker.start()
 
     def stop(self) -> None:
@@ -302,7 +359,8 @@ class AttentionWidget(QWidget):
                   metadata=self._metadata(result, step))
         self._show_labels(result, labels, self.threshold(), int(self.min_size.value), step)
         n = int(labels.max()) if labels.size else 0
-        self.status.setText(f"'{result.source_name}': {n} cells (attention 0 .. {top:.3g})")
+        self.status.setText(f"'{result.source_name}'{channel_text(result.channel)}: {n} cells "
+                            f"(attention 0 .. {top:.3g})")
 
     def _metadata(self, result: AttentionResult, step: int | None = None) -> dict[str, Any]:
         meta = {
@@ -313,6 +371,7 @@ class AttentionWidget(QWidget):
         }
         if step is not None:
             meta["checkpoint_step"] = int(step)
+        meta.update(result.channel)
         return meta
 
     def _show_labels(self, result: AttentionResult, labels: np.ndarray,
@@ -322,7 +381,7 @@ class AttentionWidget(QWidget):
         old = self.viewer.layers[name].metadata if name in self.viewer.layers else {}
         if step is None and "checkpoint_step" in old:
             meta["checkpoint_step"] = old["checkpoint_step"]
-        meta.update(threshold=threshold, min_size=int(min_size))
+        meta.update(threshold=threshold, min_size=int(min_size), outline=self.outline_choice())
         put_labels(self.viewer, name, labels, scale=result.scale, translate=result.translate,
                    metadata=meta)
 
@@ -348,7 +407,8 @@ class AttentionWidget(QWidget):
             self._relabel_again = True
             return
         threshold, min_size = self.threshold(), int(self.min_size.value)
-        worker = run_function(attention_to_labels, result.attention, threshold=threshold,
+        worker = run_function(label_cells, result.attention, result.image,
+                              outline=self.outline_choice(), threshold=threshold,
                               min_size=min_size, cell_diameter=result.cell_diameter)
         worker.returned.connect(
             lambda labels: self._live.alive and self._show_labels(result, labels, threshold,

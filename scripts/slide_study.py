@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Cells on slides: the model's labelling beside the classic pipeline, per pattern.
+
+For every checkpoint, on three kinds of slides:
+
+* touching-cell mosaics of real crops, one pattern per mosaic
+  (``napari_atagan.mosaic.make_mosaic(..., touching=True)``), built from a
+  folder of crops in the I3A layout (``--crops``: use the *training* part to
+  choose, the *validation* part to report);
+* real slides with instance labels (``--slide IMAGE LABELS DIAMETER``), e.g.
+  the shared real fluorescence slide;
+* realistic simulated slides (``--simulated N``).
+
+Every method of :data:`napari_atagan.evaluate.SLIDE_METHODS` is scored with
+cells touching the border left out on both sides; counts are pooled over the
+slides of a group before precision, recall and F1 are formed, and pixel IoU is
+pooled over their pixels. Prints a markdown table and writes every number to
+``--json``.
+
+Usage:
+  scripts/slide_study.py CKPT [CKPT ...] [--crops DIR] [--per-pattern 60] [--seed 0]
+                         [--slide IMG LAB D ...] [--simulated N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_atagan.evaluate import SLIDE_METHODS, drop_border_cells
+from napari_atagan.labels import attention_to_labels
+from napari_atagan.metrics import match_objects, otsu_baseline
+from napari_atagan.segment import classic_labels, guided_labels
+from napari_atagan.slide import slide_attention
+
+
+def find_all(ckpt, image: np.ndarray, d: float) -> dict[str, np.ndarray]:
+    from napari_atagan.evaluate import default_min_size
+
+    grey = image.astype(np.float32)
+    min_size = default_min_size(d)
+    att = slide_attention(ckpt, grey, cell_diameter=d, device="cpu")
+    found = {"map": attention_to_labels(att, threshold="local", cell_diameter=d,
+                                        min_size=min_size)}
+    found["model"] = guided_labels(grey, att, d, map_labels=found["map"])
+    found["classic"] = classic_labels(grey, d)
+    found["otsu"] = otsu_baseline(grey, min_size=min_size)
+    found["image_local"] = attention_to_labels(grey, threshold="local", cell_diameter=d,
+                                               min_size=min_size)
+    return found
+
+
+def counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    p, t = drop_border_cells(pred), drop_border_cells(truth)
+    m = match_objects(p, t, 0.5)
+    return {"tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
+            "inter": float(np.logical_and(p > 0, t > 0).sum()),
+            "union": float(np.logical_or(p > 0, t > 0).sum()),
+            "matched_iou_sum": m["mean_matched_iou"] * m["tp"] if m["tp"] else 0.0}
+
+
+def pooled(rows: list[dict[str, float]]) -> dict[str, float]:
+    tot = {k: sum(r[k] for r in rows) for k in rows[0]}
+    tp, fp, fn = tot["tp"], tot["fp"], tot["fn"]
+    return {"slides": len(rows), "true": int(tp + fn), "tp": int(tp), "fp": int(fp),
+            "fn": int(fn), "f1": 2 * tp / max(2 * tp + fp + fn, 1),
+            "pixel_iou": tot["inter"] / max(tot["union"], 1),
+            "matched_iou": tot["matched_iou_sum"] / max(tp, 1)}
+
+
+def mosaics(folder: Path, per_pattern: int, seed: int):
+    from napari_atagan.mosaic import make_mosaic
+
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        m = make_mosaic(sub, shape=(1024, 1024), n_cells=per_pattern, seed=seed, touching=True)
+        yield sub.name, m.image, m.labels, m.cell_diameter
+
+
+def simulated(n: int, seed: int):
+    from napari_atagan.simulate import simulate_slide
+
+    for i in range(n):
+        s = simulate_slide((1038, 1388), n_cells=45, cell_diameter=75.0, seed=seed + i,
+                           bit_depth=8, realistic=True)
+        yield "simulated", s.image, s.labels, s.cell_diameter
+
+
+def main(argv: list[str] | None = None) -> int:
+    from napari_atagan.checkpoint import load_checkpoint
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoints", nargs="+", type=Path)
+    ap.add_argument("--crops", type=Path, default=None)
+    ap.add_argument("--per-pattern", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slide", nargs=3, action="append", default=[],
+                    metavar=("IMAGE", "LABELS", "DIAMETER"))
+    ap.add_argument("--simulated", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    slides = []
+    if args.crops is not None:
+        slides += list(mosaics(args.crops, args.per_pattern, args.seed))
+    for image, labels, d in args.slide:
+        img = tifffile.imread(image)
+        if img.ndim == 3:
+            from napari_atagan.channels import grey_view
+
+            img = np.asarray(grey_view(img)[0][:, :])
+        slides.append((Path(image).stem, img, tifffile.imread(labels), float(d)))
+    slides += list(simulated(args.simulated, args.seed))
+
+    report = {}
+    for path in args.checkpoints:
+        ckpt = load_checkpoint(path)
+        rows: dict[str, dict[str, list]] = {}
+        t0 = time.perf_counter()
+        for group, image, truth, d in slides:
+            found = find_all(ckpt, image, d)
+            for who in SLIDE_METHODS:
+                rows.setdefault(group, {}).setdefault(who, []).append(counts(found[who], truth))
+        groups = {g: {who: pooled(r) for who, r in by.items()} for g, by in rows.items()}
+        mosaic_groups = [g for g in rows if args.crops is not None and (args.crops / g).is_dir()]
+        if mosaic_groups:
+            groups["mosaics, all patterns"] = {
+                who: pooled([r for g in mosaic_groups for r in rows[g][who]])
+                for who in SLIDE_METHODS}
+        report[str(path)] = groups
+        print(f"\n{path} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        print(f"\n### {path.parent.name}/{path.name}\n")
+        print("| slides | cells | " + " | ".join(f"{w} F1 / IoU" for w in SLIDE_METHODS) + " |")
+        print("|---|---|" + "---|" * len(SLIDE_METHODS))
+        for g, by in groups.items():
+            print(f"| {g} | {by['model']['true']} | "
+                  + " | ".join(f"{by[w]['f1']:.3f} / {by[w]['pixel_iou']:.3f}"
+                               for w in SLIDE_METHODS) + " |")
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
