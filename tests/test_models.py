@@ -334,3 +334,35 @@ def test_init_weights_is_dcgan_style():
     conv = nn.Conv2d(4, 4, 3)
     conv.apply(init_weights)
     assert float(conv.bias.detach().abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("stride", [4, 2])
+def test_dense_discriminator_samples_the_same_features_finer(stride):
+    from napari_atagan.models import dense_discriminator
+
+    torch.manual_seed(0)
+    disc = Discriminator(channels=(8, 16, 16, 32)).eval()
+    x = torch.randn(2, 1, 64, 80)
+    dense = dense_discriminator(disc, stride)
+    assert dense.stride == stride and dense.receptive_field == disc.receptive_field
+    with torch.no_grad():
+        a, b = disc.features(x), dense.features(x)
+    k = disc.stride // stride
+    assert b.shape[-2:] == (64 // stride, 80 // stride)
+    torch.testing.assert_close(b[..., ::k, ::k], a, rtol=0, atol=1e-5)
+    # in between: the original on the input shifted by `stride` pixels
+    with torch.no_grad():
+        shifted = disc.features(x[..., stride:, stride:][..., :56, :72])  # 7 x 9 cells
+    between = b[..., 1::k, 1::k][..., :7, :9]
+    torch.testing.assert_close(between[..., 2:-2, 2:-2], shifted[..., 2:-2, 2:-2],
+                               rtol=0, atol=1e-5)  # away from the zero padding
+    assert dense_discriminator(disc, disc.stride) is disc
+    assert disc.blocks[2].conv.stride == (2, 2)  # the original is untouched
+
+
+@pytest.mark.parametrize("stride", [3, 16, 0])
+def test_dense_discriminator_refuses_strides_that_do_not_divide(stride):
+    from napari_atagan.models import dense_discriminator
+
+    with pytest.raises(ValueError, match="power of two"):
+        dense_discriminator(Discriminator(), stride)

@@ -435,7 +435,7 @@ def cell_levels(slide: Any, *, lo_pct: float = SLIDE_LO_PCT, after_band: Any = N
     starts = np.searchsorted(ids, keep)
     stops = np.searchsorted(ids, keep, side="right")
     flat = values.ravel()[order]
-    tops = [float(np.percentile(flat[a:b], CELL_HI_PCT)) for a, b in zip(starts, stops)]
+    tops = np.array([np.percentile(flat[a:b], CELL_HI_PCT) for a, b in zip(starts, stops)])
     top = float(np.median(tops))
     return (lo, top) if top > lo else (lo, hi)
 

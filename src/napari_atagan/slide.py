@@ -274,8 +274,9 @@ def discriminator_attention(
                 intensity)
 
 
-CAM_STRIDE: int | None = None
-"""Default ``cam_stride`` of :func:`slide_attention`: ``None`` keeps the discriminator's own."""
+CAM_STRIDE: int | None = 4
+"""Default ``cam_stride`` of :func:`slide_attention` (``None``: the discriminator's own). On
+touching mosaics of real cells stride 4 found cells with F1 0.77 against 0.74 at stride 8."""
 
 
 def _at_stride(disc: Any, cam_stride: int | None) -> Any:
