@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BETA="${1:-1.0}"
 CLI=.venv/bin/napari-atagan
-$CLI simulate --crops 3000 --seed 1 --realistic --out runs/sim_cells
+$CLI simulate --crops 3000 --seed 1 --out runs/sim_cells
 $CLI train --data runs/sim_cells --quick --steps 2000 --beta "$BETA" --seed 0 --device cpu \
     --out "runs/default_b$BETA"
 $CLI export --checkpoint "runs/default_b$BETA/checkpoint.safetensors" \
