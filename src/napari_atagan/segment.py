@@ -102,16 +102,7 @@ def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_S
     smooth = ndi.gaussian_filter(img, float(sigma)) if sigma > 0 else img
     mask = ndi.binary_fill_holes(smooth > threshold_otsu(smooth))
     objects = _drop_small(ndi.label(mask)[0], min_size)
-    distance = ndi.distance_transform_edt(objects > 0)
-    peaks = peak_local_max(distance, min_distance=max(1, int(round(d / 2))), labels=objects,
-                           exclude_border=False)
-    markers = np.zeros(img.shape, np.int64)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    labels = watershed(-distance, markers, mask=objects > 0)
-    # an object whose distance maxima all fell to a larger neighbour's exclusion zone
-    rest = ndi.label((objects > 0) & (labels == 0))[0]
-    labels = np.where(labels > 0, labels, np.where(rest > 0, rest + labels.max(), 0))
-    return _finish(_drop_small(labels, min_size))
+    return _finish(_drop_small(_distance_split(objects > 0, d), min_size))
 
 
 def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
@@ -168,16 +159,7 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     unseen[0] = False
     cells = np.where((cells == 0) & unseen[map_labels], map_labels, cells)
     cells = _fill_each(cells)
-    mask = cells > 0
-    distance = ndi.distance_transform_edt(mask)
-    objects = ndi.label(mask)[0]
-    peaks = peak_local_max(distance, min_distance=max(1, int(round(d / 2))), labels=objects,
-                           exclude_border=False)
-    markers = np.zeros(img.shape, np.int64)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    labels = watershed(-distance, markers, mask=mask)
-    rest = ndi.label(mask & (labels == 0))[0]
-    labels = np.where(labels > 0, labels, np.where(rest > 0, rest + labels.max(), 0))
+    labels = _distance_split(cells > 0, d)
     return _finish(_drop_small(labels, min_size))
 
 
@@ -218,6 +200,19 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
 
 
 # ---------------------------------------------------------------------------
+
+
+def _distance_split(mask: np.ndarray, d: float) -> np.ndarray:
+    """Watershed on the distance to the edge, seeded by its maxima half a diameter apart."""
+    distance = ndi.distance_transform_edt(mask)
+    peaks = peak_local_max(distance, min_distance=max(1, int(round(d / 2))),
+                           labels=ndi.label(mask)[0], exclude_border=False)
+    markers = np.zeros(mask.shape, np.int64)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    labels = watershed(-distance, markers, mask=mask)
+    # an object whose distance maxima all fell to a larger neighbour's exclusion zone
+    rest = ndi.label(mask & (labels == 0))[0]
+    return np.where(labels > 0, labels, np.where(rest > 0, rest + labels.max(), 0))
 
 
 def _seeds(map_labels: np.ndarray, att: np.ndarray, n: int) -> np.ndarray:
