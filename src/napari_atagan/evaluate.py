@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from .labels import drop_border_cells
 from .metrics import (
     attention_mass_inside,
     cell_contrast,
@@ -237,14 +238,6 @@ def evaluate_slide(
     result["ellipse"] = None
     result["note"] = ELLIPSE_NOTE
     return result
-
-
-def drop_border_cells(labels: np.ndarray) -> np.ndarray:
-    """The labels without the objects that touch the image border (set to 0)."""
-    lab = np.asarray(labels)
-    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-    edge = edge[edge != 0]
-    return np.where(np.isin(lab, edge), 0, lab) if edge.size else lab
 
 
 def _instance_labels(labels: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:

@@ -164,16 +164,24 @@ def attention_to_labels(
 
 
 def _label_stack(stack: np.ndarray, **options) -> np.ndarray:
-    planes = []
-    offset = 0
-    for plane in stack:
-        lab = _label_plane(plane, **options)
+    return number_planes((_label_plane(plane, **options) for plane in stack), stack.shape)
+
+
+def number_planes(planes: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Stack per-plane label images (each numbered from 1) with ids unique over the stack.
+
+    ``planes`` is an iterable of 2-D label images; ``shape`` the stack's shape
+    (for an empty stack). ``uint16``, or ``uint32`` beyond 65,535 cells.
+    """
+    out, offset = [], 0
+    for lab in planes:
+        lab = np.asarray(lab, dtype=np.int64)
         lab[lab > 0] += offset
-        offset = max(offset, int(lab.max()))
-        planes.append(lab)
-    if not planes:
-        return np.zeros(stack.shape, dtype=np.uint16)
-    return _narrow(np.stack(planes))
+        offset = max(offset, int(lab.max()) if lab.size else 0)
+        out.append(lab)
+    if not out:
+        return np.zeros(shape, dtype=np.uint16)
+    return _narrow(np.stack(out))
 
 
 def _options(threshold, min_size, smooth, split_touching, split_depth, cell_diameter,
@@ -266,13 +274,26 @@ def _local_cells(m: np.ndarray, floor: float, peak_distance: int, min_size: int,
     top[1:] = m[tuple(peaks.T)]
     basins = _merge_basins(basins, m, top, max_area)
     cells = np.where(m >= LOCAL_FRACTION * top[basins], basins, 0)
+    return _remove_small(fill_holes_each(cells), min_size)
+
+
+def fill_holes_each(cells: np.ndarray) -> np.ndarray:
+    """Fill the holes of every labelled object, never over another object inside a
+    ring-shaped one (a copy; 0 = background)."""
     filled = cells.copy()
     for i, box in enumerate(ndi.find_objects(cells), start=1):
         if box is not None:
-            # fill the object's holes, but never over another cell inside a ring-shaped one
             region = filled[box]
             region[ndi.binary_fill_holes(cells[box] == i) & (cells[box] == 0)] = i
-    return _remove_small(filled, min_size)
+    return filled
+
+
+def drop_border_cells(labels: np.ndarray) -> np.ndarray:
+    """The labels without the objects that touch the image border (set to 0)."""
+    lab = np.asarray(labels)
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    edge = edge[edge != 0]
+    return np.where(np.isin(lab, edge), 0, lab) if edge.size else lab
 
 
 def _merge_basins(basins: np.ndarray, m: np.ndarray, top: np.ndarray,

@@ -50,10 +50,17 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.filters import threshold_otsu
 from skimage.segmentation import relabel_sequential, watershed
 
-from .labels import attention_to_labels, min_cell_size
+from .labels import (
+    _narrow,
+    _remove_small,
+    attention_to_labels,
+    fill_holes_each,
+    min_cell_size,
+    number_planes,
+)
+from .metrics import otsu_baseline
 
 __all__ = ["CLASSIC_SIGMA", "OUTLINES", "classic_labels", "guided_labels", "label_cells"]
 
@@ -97,12 +104,8 @@ def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_S
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0 pixels, got {sigma}")
     min_size = min_cell_size(d) if min_size is None else int(min_size)
-    if _constant(img):
-        return np.zeros(img.shape, np.uint16)
-    smooth = ndi.gaussian_filter(img, float(sigma)) if sigma > 0 else img
-    mask = ndi.binary_fill_holes(smooth > threshold_otsu(smooth))
-    objects = _drop_small(ndi.label(mask)[0], min_size)
-    return _finish(_drop_small(_distance_split(objects > 0, d), min_size))
+    objects = otsu_baseline(img, sigma=float(sigma), min_size=min_size)  # no cells if constant
+    return _finish(_remove_small(_distance_split(objects > 0, d), min_size))
 
 
 def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
@@ -148,7 +151,9 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     seeds = _seeds(map_labels, att, n)
     zones = _zones(map_labels, att, seeds, d)
     background = float(np.median(level[zones == 0])) if (zones == 0).any() else float(level.min())
-    bright = _per_label_percentile(level, seeds, n, BRIGHT_PCT)
+    bright = np.zeros(n + 1)
+    bright[1:] = ndi.labeled_comprehension(level, seeds, np.arange(1, n + 1),
+                                           lambda v: np.percentile(v, BRIGHT_PCT), float, 0.0)
     cut = background + CUT_FRACTION * (bright - background)
     cut[0] = np.inf
     inside = level > cut[zones]
@@ -158,9 +163,8 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     unseen = ~shown
     unseen[0] = False
     cells = np.where((cells == 0) & unseen[map_labels], map_labels, cells)
-    cells = _fill_each(cells)
-    labels = _distance_split(cells > 0, d)
-    return _finish(_drop_small(labels, min_size))
+    labels = _distance_split(fill_holes_each(cells) > 0, d)
+    return _finish(_remove_small(labels, min_size))
 
 
 def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
@@ -187,16 +191,10 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
                              map_labels=attention_to_labels(att, **options))
     if att.ndim != 3:
         raise ValueError(f"attention map must be 2-D or a (T, Y, X) stack, got shape {att.shape}")
-    planes, offset = [], 0
-    for t in range(att.shape[0]):
-        lab = guided_labels(np.asarray(image[t]), att[t], cell_diameter, min_size=min_size,
-                            map_labels=attention_to_labels(att[t], **options)).astype(np.uint32)
-        lab[lab > 0] += offset
-        offset = max(offset, int(lab.max()))
-        planes.append(lab)
-    if not planes:
-        return np.zeros(att.shape, np.uint16)
-    return np.stack(planes).astype(np.uint16 if offset <= np.iinfo(np.uint16).max else np.uint32)
+    planes = (guided_labels(np.asarray(image[t]), att[t], cell_diameter, min_size=min_size,
+                            map_labels=attention_to_labels(att[t], **options))
+              for t in range(att.shape[0]))
+    return number_planes(planes, att.shape)
 
 
 # ---------------------------------------------------------------------------
@@ -230,42 +228,9 @@ def _zones(map_labels: np.ndarray, att: np.ndarray, seeds: np.ndarray, d: float)
     return watershed(-att, seeds, mask=reach | (map_labels > 0))
 
 
-def _per_label_percentile(values: np.ndarray, labels: np.ndarray, n: int,
-                          pct: float) -> np.ndarray:
-    out = np.zeros(n + 1, np.float64)
-    flat = labels.ravel()
-    order = np.argsort(flat, kind="stable")
-    sorted_ids = flat[order]
-    starts = np.searchsorted(sorted_ids, np.arange(n + 2))
-    vals = values.ravel()[order]
-    for i in range(1, n + 1):
-        part = vals[starts[i]:starts[i + 1]]
-        if part.size:
-            out[i] = np.percentile(part, pct)
-    return out
-
-
-def _fill_each(cells: np.ndarray) -> np.ndarray:
-    filled = cells.copy()
-    for i, box in enumerate(ndi.find_objects(cells), start=1):
-        if box is not None:
-            region = filled[box]
-            region[ndi.binary_fill_holes(cells[box] == i) & (region == 0)] = i
-    return filled
-
-
-def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    if min_size <= 1 or labels.max() == 0:
-        return labels
-    small = np.bincount(labels.ravel()) < min_size
-    small[0] = False
-    return np.where(small[labels], 0, labels)
-
-
 def _finish(labels: np.ndarray) -> np.ndarray:
-    labels = relabel_sequential(np.asarray(labels, np.int64))[0]
-    top = int(labels.max()) if labels.size else 0
-    return labels.astype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32)
+    """Cells numbered 1..N, ``uint16`` (``uint32`` beyond 65,535 cells)."""
+    return _narrow(relabel_sequential(np.asarray(labels, np.int64))[0])
 
 
 def _grey(image: Any, what: str = "image") -> np.ndarray:

@@ -419,14 +419,14 @@ def _diameter_at(region: np.ndarray, sigma: float) -> float:
     from scipy import ndimage as ndi
     from skimage.transform import downscale_local_mean
 
-    from .labels import attention_to_labels
+    from .labels import attention_to_labels, drop_border_cells
 
     shrink = max(1, min(int(sigma // 2), min(region.shape) // 64))
     work = downscale_local_mean(region, (shrink, shrink)) if shrink > 1 else region
     smooth = ndi.gaussian_filter(work, sigma=sigma / shrink)
     labels = attention_to_labels(smooth, threshold="otsu", min_size=max(4, 20 // shrink**2),
                                  smooth=0, split_depth=max(1.0, sigma / shrink / 2))
-    inner = _drop_edge_objects(labels)
+    inner = drop_border_cells(labels)
     use = inner if inner.max() > 0 else labels
     areas = np.bincount(use.ravel())[1:]
     areas = areas[areas > 0]
@@ -540,11 +540,6 @@ def _output(out: np.ndarray | None, shape: tuple[int, ...], device: torch.device
     if np.dtype(out.dtype).kind != "f":
         raise ValueError(f"out must be a float array, got dtype {out.dtype}")
     return out
-
-
-def _drop_edge_objects(labels: np.ndarray) -> np.ndarray:
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return np.where(np.isin(labels, edge[edge > 0]), 0, labels)
 
 
 # ---------------------------------------------------------------------------
