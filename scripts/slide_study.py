@@ -19,7 +19,7 @@ pooled over their pixels. Prints a markdown table and writes every number to
 
 Usage:
   scripts/slide_study.py CKPT [CKPT ...] [--crops DIR] [--per-pattern 60] [--seed 0]
-                         [--slide IMG LAB D ...] [--simulated N] [--json FILE]
+                         [--slide IMG LAB D ...] [--simulated N] [--json FILE] [--device D]
 """
 
 from __future__ import annotations
@@ -33,27 +33,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_atagan.evaluate import SLIDE_METHODS, drop_border_cells
-from napari_atagan.labels import attention_to_labels
-from napari_atagan.metrics import match_objects, otsu_baseline
-from napari_atagan.segment import classic_labels, guided_labels
-from napari_atagan.slide import slide_attention
-
-
-def find_all(ckpt, image: np.ndarray, d: float) -> dict[str, np.ndarray]:
-    from napari_atagan.evaluate import default_min_size
-
-    grey = image.astype(np.float32)
-    min_size = default_min_size(d)
-    att = slide_attention(ckpt, grey, cell_diameter=d, device="cpu")
-    found = {"map": attention_to_labels(att, threshold="local", cell_diameter=d,
-                                        min_size=min_size)}
-    found["model"] = guided_labels(grey, att, d, map_labels=found["map"])
-    found["classic"] = classic_labels(grey, d)
-    found["otsu"] = otsu_baseline(grey, min_size=min_size)
-    found["image_local"] = attention_to_labels(grey, threshold="local", cell_diameter=d,
-                                               min_size=min_size)
-    return found
+from napari_atagan.evaluate import SLIDE_METHODS, slide_cells
+from napari_atagan.labels import drop_border_cells
+from napari_atagan.metrics import match_objects
 
 
 def counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -103,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     metavar=("IMAGE", "LABELS", "DIAMETER"))
     ap.add_argument("--simulated", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     args = ap.parse_args(argv)
 
     slides = []
@@ -123,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: dict[str, dict[str, list]] = {}
         t0 = time.perf_counter()
         for group, image, truth, d in slides:
-            found = find_all(ckpt, image, d)
+            found = slide_cells(ckpt, image, d, device=args.device)
             for who in SLIDE_METHODS:
                 rows.setdefault(group, {}).setdefault(who, []).append(counts(found[who], truth))
         groups = {g: {who: pooled(r) for who, r in by.items()} for g, by in rows.items()}

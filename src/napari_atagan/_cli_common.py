@@ -11,6 +11,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 130
@@ -92,6 +93,23 @@ def channel_option(args: argparse.Namespace) -> int | str | None:
             raise ValueError("--grey and --channel exclude each other: choose one")
         return "grey"
     return channel
+
+
+def read_slide(path: Any, channel: int | str | None) -> tuple[Any, dict[str, Any]]:
+    """The grey slide (or stack) of an image file and which channel it is.
+
+    ``channel``: ``None`` (the stained channel of a colour or multi-channel
+    image, chosen automatically), an index, or ``"grey"`` (the luminance). The
+    choice is said on stderr; the dict is empty for a grey file. The pixels
+    stay on disk where the format allows it (see :mod:`napari_atagan.channels`).
+    """
+    from .channels import describe_channel, grey_view, open_image_file
+
+    opened = open_image_file(Path(path))
+    image, info = grey_view(opened.data, channel, axes=opened.axes)
+    if info:
+        print(f"{Path(path).name}: {describe_channel(info)}", file=sys.stderr)
+    return image, info
 
 
 def _whole_number(text: str) -> int:

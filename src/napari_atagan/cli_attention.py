@@ -36,6 +36,7 @@ from ._cli_common import (
     check_out_folder,
     diameter_or_auto,
     non_negative_int,
+    read_slide,
     report_interrupted,
     report_user_error,
     threshold_choice,
@@ -117,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     _check_args(args)
     out_dir = Path(args.out)
     image_path = Path(args.image)
-    image, channel_info = _open_slide(image_path, channel_option(args))
+    image, channel_info = read_slide(image_path, channel_option(args))
     rgb = None  # colour is already resolved into one channel (or the luminance)
     stack = _is_stack(image.shape)
     ckpt = load_checkpoint(args.checkpoint)
@@ -190,23 +191,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _is_stack(shape: tuple[int, ...]) -> bool:
-    """Is the grey image that :func:`_open_slide` returns a ``(T, Y, X)`` stack?"""
+    """Is the grey image that :func:`read_slide` returns a ``(T, Y, X)`` stack?"""
     return len(shape) == 3
-
-
-def _open_slide(path: Path, channel: int | str | None) -> tuple[Any, dict[str, Any]]:
-    """The grey slide or stack to run on, and which channel it is (empty for a grey file).
-
-    ``channel``: ``None`` (the stained channel of a colour or multi-channel
-    image, chosen automatically), an index, or ``"grey"`` (the luminance).
-    """
-    from .channels import describe_channel, grey_view, open_image_file
-
-    opened = open_image_file(path)
-    image, info = grey_view(opened.data, channel, axes=opened.axes)
-    if info:
-        print(f"{path.name}: {describe_channel(info)}", file=sys.stderr)
-    return image, info
 
 
 def _allocate(shape: tuple[int, ...], scratch: Path) -> np.ndarray | None:

@@ -34,6 +34,7 @@ from ._cli_common import (
     diameter_or_auto,
     non_negative_int,
     positive_int,
+    read_slide,
     report_interrupted,
     report_user_error,
     threshold_choice,
@@ -291,16 +292,11 @@ def _read_slide(path: str, channel: int | str | None) -> tuple[Any, dict[str, An
     """The grey slide of ``--image`` (one channel of a colour image) and which channel."""
     import numpy as np
 
-    from .channels import describe_channel, grey_view, open_image_file
-
     check_file(path, "--image")
-    opened = open_image_file(path)
-    view, info = grey_view(opened.data, channel, axes=opened.axes)
+    view, info = read_slide(path, channel)
     if len(view.shape) != 2:
         raise ValueError(f"--image {path!r} must be one 2-D slide, got shape "
                          f"{tuple(view.shape)}" + (" after choosing a channel" if info else ""))
-    if info:
-        print(f"{Path(path).name}: {describe_channel(info)}", file=sys.stderr)
     return np.asarray(view), info
 
 

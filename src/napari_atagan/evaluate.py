@@ -49,7 +49,7 @@ from .metrics import (
 
 __all__ = ["CROP_KEYS", "SLIDE_KEYS", "SLIDE_METHODS", "TSTR_TARGET", "drop_border_cells",
            "evaluate_crops", "evaluate_samples", "evaluate_slide", "default_min_size",
-           "train_on_synthetic"]
+           "slide_cells", "train_on_synthetic"]
 
 CROP_KEYS = ("n", "iou", "pointing_game", "mass_inside", "otsu_iou", "ellipse_iou")
 """Keys of every crop score: means over the crops (``n`` of them)."""
@@ -191,9 +191,7 @@ def evaluate_slide(
     ones that barely stand out?), ``"ellipse": None`` with a ``"note"`` why, and
     the cell diameter used.
     """
-    from .labels import attention_to_labels
-    from .segment import classic_labels, guided_labels
-    from .slide import estimate_cell_diameter, slide_attention
+    from .slide import estimate_cell_diameter
     from .synthesis import as_checkpoint
 
     img = np.asarray(image)
@@ -205,16 +203,8 @@ def evaluate_slide(
     if not math.isfinite(diameter) or diameter <= 0:
         raise ValueError(f"the cell diameter must be > 0 pixels, got {diameter}")
     ckpt = as_checkpoint(checkpoint)
-    attention = slide_attention(ckpt, img, cell_diameter=diameter, device=device)
     min_size = default_min_size(diameter)
-    grey = img.astype(np.float32)
-    found = {"map": attention_to_labels(attention, threshold=threshold, min_size=min_size,
-                                        cell_diameter=diameter)}
-    found["model"] = guided_labels(grey, attention, diameter, map_labels=found["map"])
-    found["classic"] = classic_labels(grey, diameter)
-    found["otsu"] = otsu_baseline(grey, min_size=min_size)
-    found["image_local"] = attention_to_labels(grey, threshold=threshold, min_size=min_size,
-                                               cell_diameter=diameter)
+    found = slide_cells(ckpt, img, diameter, threshold=threshold, device=device)
     if exclude_border:
         truth = drop_border_cells(truth)
         found = {k: drop_border_cells(v) for k, v in found.items()}
@@ -238,6 +228,33 @@ def evaluate_slide(
     result["ellipse"] = None
     result["note"] = ELLIPSE_NOTE
     return result
+
+
+def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
+                threshold: str | float = "local", device: str = "auto") -> dict[str, np.ndarray]:
+    """The cells every method of :data:`SLIDE_METHODS` finds on a 2-D slide.
+
+    ``"model"`` is exactly what ``napari-atagan attention`` writes
+    (:func:`napari_atagan.segment.label_cells` with ``outline="image"``), ``"map"``
+    the same with ``outline="map"``; the baselines need no model. The attention
+    map is computed once.
+    """
+    from .labels import attention_to_labels
+    from .segment import classic_labels, guided_labels
+    from .slide import slide_attention
+
+    grey = np.asarray(image).astype(np.float32)
+    attention = slide_attention(checkpoint, grey, cell_diameter=diameter, device=device)
+    min_size = default_min_size(diameter)
+    options = dict(threshold=threshold, min_size=min_size, cell_diameter=diameter)
+    found = {"map": attention_to_labels(attention, **options)}
+    # label_cells(outline="image") without labelling the map a second time
+    found["model"] = guided_labels(grey, attention, diameter, min_size=min_size,
+                                   map_labels=found["map"])
+    found["classic"] = classic_labels(grey, diameter)
+    found["otsu"] = otsu_baseline(grey, min_size=min_size)
+    found["image_local"] = attention_to_labels(grey, **options)
+    return found
 
 
 def _instance_labels(labels: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:

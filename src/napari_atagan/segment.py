@@ -56,6 +56,7 @@ from .labels import (
     _narrow,
     _remove_small,
     attention_to_labels,
+    effective_min_size,
     fill_holes_each,
     min_cell_size,
     number_planes,
@@ -123,7 +124,8 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     cell_diameter:
         Typical cell diameter in pixels.
     min_size:
-        Smallest cell kept, in pixels; default :func:`~napari_atagan.labels.min_cell_size`.
+        Smallest cell kept, in pixels; never less than
+        :func:`~napari_atagan.labels.min_cell_size`, as in the map's own labelling.
     sigma:
         Smoothing of the image in pixels; default a twentieth of the diameter
         (at least 1): enough to even out a cell's speckles, little against its edge.
@@ -137,7 +139,7 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
         raise ValueError(f"the attention map has shape {att.shape} but the image has "
                          f"{img.shape}: they must cover the same pixels")
     d = _diameter(cell_diameter)
-    min_size = min_cell_size(d) if min_size is None else int(min_size)
+    min_size = effective_min_size(min_size or 0, d)  # the floor the map's labelling keeps
     sigma = max(1.0, d / 20.0) if sigma is None else float(sigma)
     if map_labels is None:
         map_labels = attention_to_labels(att, threshold="local", cell_diameter=d,
