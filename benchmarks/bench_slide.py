@@ -20,6 +20,9 @@ synthetic uint16 slide. Reported:
   the torch runtime, is given beside it) and peak GPU memory;
 * on CUDA, ``pinned_map_allocation``: seconds to allocate the map in page-locked
   memory, in a fresh process (the first run's extra cost) and from torch's cache;
+* the same path with the map at the discriminator's own stride (8) instead of
+  the default :data:`napari_atagan.slide.CAM_STRIDE` (4), and ``cam_stride_cost``:
+  how many times longer the default takes;
 * the sliding-window baseline: 64x64 windows every 16 pixels, batched through
   ``D.soft_cam``, overlapping maps averaged; and the speed ratio of the two.
 
@@ -132,14 +135,15 @@ def _synthetic(size: int, seed: int = 0) -> np.ndarray:
 
 
 def time_tiled(disc, image, device, tile_size: int, caller_out: bool = False,
-               repeat: int = 1) -> dict:
+               repeat: int = 1, cam_stride: int | None = None) -> dict:
     """Best of ``repeat`` timed runs of the fully convolutional path (after a warm-up on a
     small region), and the first of them (which also allocates the map and buffers).
 
     ``caller_out``: each run writes into a new ``np.zeros`` float32 array, as a caller
     that allocates the map itself (the CLI) does, instead of a map allocated by the run.
     """
-    discriminator_attention(disc, image[:256, :256], device=device, tile_size=tile_size)
+    discriminator_attention(disc, image[:256, :256], device=device, tile_size=tile_size,
+                            cam_stride=cam_stride)
     synchronize(device)
     _reset_gpu_peak(device)
     host_before = _rss_mb()
@@ -148,7 +152,8 @@ def time_tiled(disc, image, device, tile_size: int, caller_out: bool = False,
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = np.zeros(image.shape, np.float32) if caller_out else None
-        discriminator_attention(disc, image, device=device, tile_size=tile_size, out=out)
+        discriminator_attention(disc, image, device=device, tile_size=tile_size, out=out,
+                                cam_stride=cam_stride)
         synchronize(device)
         times.append(time.perf_counter() - t0)
     pixels = image.shape[0] * image.shape[1]
@@ -313,10 +318,14 @@ def run_standard(device: torch.device, size: int, tile_size: int, repeat: int,
     image = _synthetic(size)
     pinning = _time_pinning(image.shape) if device.type == "cuda" else None
     tiled = time_tiled(disc, image, device, tile_size, repeat=repeat)
+    own = time_tiled(disc, image, device, tile_size, repeat=repeat, cam_stride=disc.stride)
     sliding = time_sliding(disc, image, device, repeat=repeat)
     report = {
         "device": describe(device), "size": size, "tile_size": tile_size, "repeat": repeat,
+        "cam_stride": slide_module.CAM_STRIDE,
         "fully_convolutional": tiled, "pinned_map_allocation": pinning,
+        f"fully_convolutional_cam_stride_{disc.stride}": own,
+        "cam_stride_cost": round(tiled["seconds"] / own["seconds"], 2),
         "sliding_window_64_stride_16": sliding,
         "speedup": round(sliding["seconds"] / tiled["seconds"], 1),
     }

@@ -156,7 +156,8 @@ def test_rescaled_slide_matches_torch_interpolation(ckpt, diameter):
     ((8, 8, 8, 16), 24, False),  # stride 8, odd window of 3 cells
     ((8, 16), 16, True),  # stride 2, window of 8 cells, spectral normalisation
 ])
-def test_other_geometries_tiled_equals_formula(channels, image_size, spectral):
+@pytest.mark.parametrize("dense", [False, True])
+def test_other_geometries_tiled_equals_formula(channels, image_size, spectral, dense):
     from napari_atagan.models import Discriminator
 
     torch.manual_seed(1)
@@ -164,8 +165,16 @@ def test_other_geometries_tiled_equals_formula(channels, image_size, spectral):
     s = disc.stride
     img = _slide((12 * s, 14 * s)).astype(np.float32)
     lo, hi = np.percentile(img, [0.5, 99.8])
+    # the map at the discriminator's own stride, or the default finer one computed by the
+    # same formula from the dense discriminator
+    cam_stride = None if dense else s
     att = discriminator_attention(disc, img, factor=1.0, tile_size=2 * s, device="cpu",
-                                  intensity=(lo, hi))
+                                  intensity=(lo, hi), cam_stride=cam_stride)
+    if dense:
+        from napari_atagan.slide import _at_stride
+
+        disc = _at_stride(disc, None)
+        s = disc.stride
     x = torch.from_numpy(np.clip((img - lo) * 2 / (hi - lo) - 1, -1, 1).astype(np.float32))
     with torch.no_grad():
         cam = disc.cam_map(disc.features(x[None, None]))[:, None]

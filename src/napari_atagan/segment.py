@@ -58,6 +58,7 @@ from .labels import (
     attention_to_labels,
     effective_min_size,
     fill_holes_each,
+    label_percentiles,
     min_cell_size,
     number_planes,
 )
@@ -154,8 +155,7 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     zones = _zones(map_labels, att, seeds, d)
     background = float(np.median(level[zones == 0])) if (zones == 0).any() else float(level.min())
     bright = np.zeros(n + 1)
-    bright[1:] = ndi.labeled_comprehension(level, seeds, np.arange(1, n + 1),
-                                           lambda v: np.percentile(v, BRIGHT_PCT), float, 0.0)
+    bright[1:] = label_percentiles(level, seeds, np.arange(1, n + 1), BRIGHT_PCT)
     cut = background + CUT_FRACTION * (bright - background)
     cut[0] = np.inf
     inside = level > cut[zones]

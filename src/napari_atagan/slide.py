@@ -179,10 +179,9 @@ def slide_attention(
     ckpt = _load(checkpoint)
     factor = model_cell_diameter(ckpt) / _check_diameter(cell_diameter)
     dev = resolve_device(str(device))
-    disc = _at_stride(ckpt.discriminator(dev), cam_stride)
     return discriminator_attention(
-        disc, slide, factor=factor, tile_size=tile_size, device=dev, stop=stop,
-        progress=progress, out=out, intensity=intensity,
+        ckpt.discriminator(dev), slide, factor=factor, tile_size=tile_size, device=dev,
+        stop=stop, progress=progress, out=out, intensity=intensity, cam_stride=cam_stride,
     )
 
 
@@ -255,6 +254,7 @@ def discriminator_attention(
     progress: Progress | None = None,
     out: np.ndarray | None = None,
     intensity: tuple[float, float] | str | None = None,
+    cam_stride: int | None = None,
 ) -> np.ndarray:
     """The engine of :func:`slide_attention` for a bare discriminator.
 
@@ -268,7 +268,7 @@ def discriminator_attention(
         dev = next(discriminator.parameters()).device
     else:
         dev = device if isinstance(device, torch.device) else resolve_device(str(device))
-    discriminator = discriminator.to(dev).eval()
+    discriminator = _at_stride(discriminator.to(dev).eval(), cam_stride)
     plan = _plan(discriminator, slide.shape, factor, _tile(tile_size, dev))
     return _run(discriminator, slide, plan, _output(out, slide.shape, dev), dev, stop, progress,
                 intensity)
