@@ -17,6 +17,12 @@ band by band, as the ``attention`` command does) and the process's peak
 resident memory over both (Linux VmHWM). The
 per-cell rule (``local``, the default with a known diameter) is compared with
 the one global Otsu level (``otsu``) measured in the same run.
+
+``--outlines`` times, in memory, what ``attention`` does to a slide that fits
+in memory (``--outline image``, the default: :func:`napari_atagan.segment.label_cells`)
+beside the map alone (``--outline map``) and the classic pipeline, on a
+realistic simulated slide (``--size`` square, cells of ``--diameter``) and the
+shipped default model's map of it; the best of three runs each.
 """
 
 from __future__ import annotations
@@ -93,12 +99,51 @@ def measure(path: str, threshold: str, diameter: float) -> dict:
             "peak_host_mb": round(_peak_rss_mb(), 1)}
 
 
+def outlines(size: int, diameter: float) -> dict:
+    """Seconds of the slide labellings on one realistic simulated slide (best of 3)."""
+    from napari_atagan import default_model_path
+    from napari_atagan.labels import min_cell_size
+    from napari_atagan.segment import classic_labels, label_cells
+    from napari_atagan.simulate import simulate_slide
+    from napari_atagan.slide import slide_attention
+
+    n_cells = max(1, int(0.25 * size * size / (np.pi * diameter**2 / 4)))
+    sim = simulate_slide((size, size), n_cells=n_cells, cell_diameter=diameter, seed=0,
+                         realistic=True)
+    image = sim.image.astype(np.float32)
+    amap = slide_attention(default_model_path(), image, cell_diameter=diameter, device="cpu")
+    options = dict(threshold="local", min_size=min_cell_size(diameter), cell_diameter=diameter)
+    runs = {
+        "image": lambda: label_cells(amap, image, outline="image", **options),
+        "map": lambda: label_cells(amap, image, outline="map", **options),
+        "classic": lambda: classic_labels(image, diameter),
+    }
+    report: dict = {"size": size, "diameter": diameter, "cells_drawn": len(sim.patterns)}
+    for name, run in runs.items():
+        best = np.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            cells = int(run().max())
+            best = min(best, time.perf_counter() - t0)
+        report[name] = {"seconds": round(best, 3), "mpx_per_s": round(image.size / best / 1e6, 2),
+                        "cells": cells}
+    report["image_seconds_over_map"] = round(report["image"]["seconds"]
+                                             / report["map"]["seconds"], 2)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=4096, help="map side in pixels (4096)")
     p.add_argument("--diameter", type=float, default=40.0, help="cell diameter in pixels (40)")
+    p.add_argument("--outlines", action="store_true",
+                   help="time the in-memory slide labellings instead (outline by the image, by "
+                        "the map, classic pipeline) on a realistic simulated slide")
     p.add_argument("--_measure", nargs=2, metavar=("PATH", "THRESHOLD"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.outlines:
+        print(json.dumps(outlines(a.size, a.diameter), indent=1))
+        return 0
     if a._measure:
         print(json.dumps(measure(a._measure[0], a._measure[1], a.diameter)))
         return 0

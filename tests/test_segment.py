@@ -156,3 +156,46 @@ def test_drop_border_cells():
     lab[4:6, 4:6] = 2
     out = drop_border_cells(lab)
     assert set(np.unique(out)) == {0, 2}
+
+
+def test_label_cells_numbers_a_stack_and_matches_each_plane():
+    a, ta = _scene([(60, 60, 15, 100), (60, 89, 15, 100)])
+    b, tb = _scene([(80, 120, 16, 70)], seed=1)
+    maps = np.stack([_coarse_map(ta), _coarse_map(tb)])
+    stack = label_cells(maps, np.stack([a, b]), threshold="local", cell_diameter=30)
+    assert stack.shape == (2, *a.shape) and stack.dtype == np.uint16
+    first = guided_labels(a, maps[0], 30)
+    np.testing.assert_array_equal(stack[0], first)
+    second = guided_labels(b, maps[1], 30)
+    np.testing.assert_array_equal(stack[1] > 0, second > 0)
+    assert set(np.unique(stack[1])) - {0} == set(range(int(first.max()) + 1,
+                                                        int(first.max()) + 1 + int(second.max())))
+
+
+def test_label_cells_by_the_map_is_the_maps_labelling():
+    from napari_atagan.labels import attention_to_labels
+
+    image, truth = _scene([(60, 60, 15, 100)])
+    att = _coarse_map(truth)
+    np.testing.assert_array_equal(
+        label_cells(att, image, outline="map", threshold="local", cell_diameter=30),
+        attention_to_labels(att, threshold="local", cell_diameter=30))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"outline": "edges", "cell_diameter": 30}, "outline must be one of"),
+    ({"outline": "image"}, "needs the cell diameter"),
+])
+def test_label_cells_refuses_bad_options(kwargs, message):
+    image, truth = _scene([(60, 60, 15, 100)])
+    with pytest.raises(ValueError, match=message):
+        label_cells(_coarse_map(truth), image, **kwargs)
+
+
+def test_guided_keeps_the_cell_area_floor_of_the_maps_labelling():
+    from napari_atagan.labels import min_cell_size
+
+    image, truth = _scene([(60, 60, 15, 100), (120, 150, 6, 100)])  # a speck of 110 px
+    labels = guided_labels(image, _coarse_map(truth), 30, min_size=10)
+    sizes = np.bincount(labels.ravel())[1:]
+    assert sizes.size and sizes.min() >= min_cell_size(30)

@@ -716,8 +716,7 @@ def _attach(rng: np.random.Generator, labels: np.ndarray, cell: _Cell, anchor: _
             else:
                 lo = mid
         placed = at(hi)
-        margin = placed.extent + 1.0
-        if inside and not (margin <= placed.cy <= h - 1 - margin and margin <= placed.cx <= w - 1 - margin):
+        if inside and not _whole_inside(placed, labels.shape):
             continue
         if _box(placed, 1.0, labels.shape) is None:
             continue
@@ -756,16 +755,12 @@ def _place_crowded(rng: np.random.Generator, labels: np.ndarray, patterns: list[
     wanted = 0  # cells still to add to the current cluster
     failures = 0
     attempts = 0
-    max_attempts = 200 * len(patterns) + 2000
     p_cluster = _cluster_start_probability(real.crowding)
     while len(cells) < len(patterns):
         attempts += 1
-        if attempts > max_attempts:
-            raise ValueError(
-                f"could only place {len(cells)} of n_cells={len(patterns)} cells of cell_diameter={diameter:g} px "
-                f"in shape={labels.shape}: ask for fewer or smaller cells or a larger shape")
+        _check_attempts(attempts, len(cells), len(patterns), diameter, labels.shape, "")
         k = len(cells)
-        d = diameter * float(np.clip(rng.lognormal(0.0, 0.12), 0.75, 1.3))
+        d = _draw_diameter(rng, diameter)
         cell = _random_cell(rng, 0.0, 0.0, d, patterns[k], float(rng.lognormal(0.0, 0.25)))
         if mitotic[k]:
             cell = _make_mitotic(cell, rng)
@@ -783,8 +778,7 @@ def _place_crowded(rng: np.random.Generator, labels: np.ndarray, patterns: list[
             wanted -= 1
             continue
         cell = replace(cell, cy=rng.uniform(0, h), cx=rng.uniform(0, w))
-        margin = cell.extent + 1.0
-        if not (margin <= cell.cy <= h - 1 - margin and margin <= cell.cx <= w - 1 - margin):
+        if not _whole_inside(cell, labels.shape):
             continue
         if _try_place(labels, cell, k + 1):
             areas[k + 1] = float(_nucleus_mask(cell, _box(cell, 1.0, labels.shape)).sum())
@@ -1208,14 +1202,11 @@ def _place_cells(rng: np.random.Generator, labels: np.ndarray, patterns: list[st
     h, w = labels.shape
     cells: list[_Cell] = []
     attempts = 0
-    max_attempts = 200 * len(patterns) + 2000
     while len(cells) < len(patterns):
         attempts += 1
-        if attempts > max_attempts:
-            raise ValueError(
-                f"could only place {len(cells)} of n_cells={len(patterns)} cells of cell_diameter={diameter:g} px "
-                f"without overlap in shape={labels.shape}: ask for fewer or smaller cells or a larger shape")
-        d = diameter * float(np.clip(rng.lognormal(0.0, 0.12), 0.75, 1.3))
+        _check_attempts(attempts, len(cells), len(patterns), diameter, labels.shape,
+                        "without overlap ")
+        d = _draw_diameter(rng, diameter)
         if cells and rng.uniform() < 0.5:  # next to an earlier cell: small clusters, as on real slides
             near = cells[rng.integers(len(cells))]
             angle = rng.uniform(-math.pi, math.pi)
@@ -1226,12 +1217,33 @@ def _place_cells(rng: np.random.Generator, labels: np.ndarray, patterns: list[st
         cell = _random_cell(rng, cy, cx, d, patterns[len(cells)], float(rng.lognormal(0.0, 0.25)))
         if mitotic is not None and mitotic[len(cells)]:
             cell = _make_mitotic(cell, extra)
-        margin = cell.extent + 1.0
-        if not (margin <= cy <= h - 1 - margin and margin <= cx <= w - 1 - margin):
-            continue  # keep every nucleus whole inside the image
+        if not _whole_inside(cell, labels.shape):
+            continue
         if _try_place(labels, cell, len(cells) + 1):
             cells.append(cell)
     return cells
+
+
+def _draw_diameter(rng: np.random.Generator, diameter: float) -> float:
+    """One cell's nucleus diameter: the mean varied by about +-12 %."""
+    return diameter * float(np.clip(rng.lognormal(0.0, 0.12), 0.75, 1.3))
+
+
+def _whole_inside(cell: _Cell, shape: tuple[int, int]) -> bool:
+    """Does the whole nucleus lie inside the image (cells are never cut by the border)?"""
+    margin = cell.extent + 1.0
+    return (margin <= cell.cy <= shape[0] - 1 - margin
+            and margin <= cell.cx <= shape[1] - 1 - margin)
+
+
+def _check_attempts(attempts: int, placed: int, wanted: int, diameter: float,
+                    shape: tuple[int, int], how: str) -> None:
+    """Give up placing cells, with a message that says what to change, after
+    ``200 * wanted + 2000`` attempts."""
+    if attempts > 200 * wanted + 2000:
+        raise ValueError(
+            f"could only place {placed} of n_cells={wanted} cells of cell_diameter={diameter:g} px "
+            f"{how}in shape={shape}: ask for fewer or smaller cells or a larger shape")
 
 
 # --------------------------------------------------------------------------- #
