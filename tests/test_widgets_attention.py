@@ -47,19 +47,29 @@ def run_and_wait(qtbot, widget):
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
 
 
+def attention_on(viewer, layer, checkpoint):
+    """The docked Attention widget, set to run ``checkpoint`` over ``layer`` on the CPU."""
+    widget = dock(viewer, "Attention")
+    widget.image_layer.value = layer
+    widget.checkpoint.value = checkpoint
+    widget.device.value = "cpu"
+    return widget
+
+
+def estimate_and_wait(qtbot, widget):
+    widget.estimate_button.clicked()
+    qtbot.waitUntil(lambda: getattr(widget, "estimate_worker", None) is None, timeout=TIMEOUT_MS)
+
+
 def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbot, tmp_path,
                                                         slide, tiny_checkpoint, errors,
                                                         engine_calls):
     viewer = make_napari_viewer()
     image = viewer.add_image(slide.image, name="slide", scale=(0.5, 0.5), translate=(10, 20))
     other = viewer.add_image(slide.image[:64, :64], name="other")
-    widget = dock(viewer, "Attention")
-    widget.image_layer.value = image
-    widget.checkpoint.value = tiny_checkpoint
-    widget.device.value = "cpu"
+    widget = attention_on(viewer, image, tiny_checkpoint)
 
-    widget.estimate_button.clicked()
-    qtbot.waitUntil(lambda: getattr(widget, "estimate_worker", None) is None, timeout=TIMEOUT_MS)
+    estimate_and_wait(qtbot, widget)
     from napari_atagan.slide import estimate_cell_diameter
 
     expected = estimate_cell_diameter(slide.image)
@@ -230,13 +240,9 @@ def test_rgb_layer_runs_on_its_stained_channel(make_napari_viewer, qtbot, slide,
     viewer = make_napari_viewer(show=True)
     colour = viewer.add_image(rgb, name="colour", rgb=True)
     assert colour.rgb
-    widget = dock(viewer, "Attention")
-    widget.image_layer.value = colour
-    widget.checkpoint.value = tiny_checkpoint
-    widget.device.value = "cpu"
+    widget = attention_on(viewer, colour, tiny_checkpoint)
 
-    widget.estimate_button.clicked()
-    qtbot.waitUntil(lambda: getattr(widget, "estimate_worker", None) is None, timeout=TIMEOUT_MS)
+    estimate_and_wait(qtbot, widget)
     from napari_atagan.slide import estimate_cell_diameter
 
     assert widget.cell_diameter.value == pytest.approx(estimate_cell_diameter(green), abs=0.05)
