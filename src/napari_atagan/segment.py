@@ -19,9 +19,8 @@ Two labellings live here, both pure functions of numpy arrays:
      (one object per cell, neighbouring basins of one cell merged); the core of
      each object (its pixels above half of its own peak) is one seed.
   2. **Each cell cut at its own level**, so a few saturated cells skew no one
-     else's outline. Every pixel near a seed belongs to the seed it is closest
-     to along the map (a watershed of the map, bounded to the map's support
-     grown by a quarter of a cell diameter); within that zone the cell is the
+     else's outline. Every pixel within a quarter of a cell diameter of a map
+     cell belongs to the nearest one (its zone); within that zone the cell is the
      pixels of the smoothed image above :data:`CUT_FRACTION` of the way from
      the background (the median of the pixels in no zone) to the cell's own
      level (the median of the image in its seed). A cell's glow into the
@@ -152,7 +151,7 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
         return _finish(np.asarray(map_labels, np.int64))
     level = ndi.gaussian_filter(img, sigma)
     seeds = _seeds(map_labels, att, n)
-    zones = _zones(map_labels, att, seeds, d)
+    zones = _zones(map_labels, d)
     background = float(np.median(level[zones == 0])) if (zones == 0).any() else float(level.min())
     bright = np.zeros(n + 1)
     bright[1:] = label_percentiles(level, seeds, np.arange(1, n + 1), BRIGHT_PCT)
@@ -224,10 +223,15 @@ def _seeds(map_labels: np.ndarray, att: np.ndarray, n: int) -> np.ndarray:
     return seeds
 
 
-def _zones(map_labels: np.ndarray, att: np.ndarray, seeds: np.ndarray, d: float) -> np.ndarray:
-    """Pixels near a map cell, each given to the seed it is closest to along the map."""
-    reach = ndi.distance_transform_edt(map_labels == 0) <= ZONE_GROWTH * d
-    return watershed(-att, seeds, mask=reach | (map_labels > 0))
+def _zones(map_labels: np.ndarray, d: float) -> np.ndarray:
+    """Every pixel within ZONE_GROWTH diameters of a map cell, given to the nearest one.
+
+    One distance transform with its nearest-pixel indices; a watershed of the map
+    from the seeds drew the same zones (object F1 0.795 against 0.794 on the
+    training-part touching mosaics) at 1.5 times the cost of the whole labelling.
+    """
+    distance, (iy, ix) = ndi.distance_transform_edt(map_labels == 0, return_indices=True)
+    return np.where(distance <= ZONE_GROWTH * d, map_labels[iy, ix], 0)
 
 
 def _finish(labels: np.ndarray) -> np.ndarray:
