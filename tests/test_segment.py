@@ -199,3 +199,37 @@ def test_guided_keeps_the_cell_area_floor_of_the_maps_labelling():
     labels = guided_labels(image, _coarse_map(truth), 30, min_size=10)
     sizes = np.bincount(labels.ravel())[1:]
     assert sizes.size and sizes.min() >= min_cell_size(30)
+
+
+def test_label_percentiles_equal_numpys_per_object():
+    from napari_atagan.labels import label_percentiles
+
+    rng = np.random.default_rng(1)
+    values = rng.random((120, 130))
+    objects = ndi.label(values > 0.6)[0]
+    ids = np.arange(1, objects.max() + 2)  # the last id has no pixels
+    got = label_percentiles(values, objects, ids, 99.0)
+    want = [np.percentile(values[objects == i], 99.0) for i in ids[:-1]]
+    np.testing.assert_allclose(got[:-1], want, rtol=0, atol=1e-12)
+    assert np.isnan(got[-1])
+
+
+def test_cell_levels_do_not_depend_on_the_sampling_step(monkeypatch):
+    import napari_atagan.data as data
+
+    rng = np.random.default_rng(2)
+    shape = (600, 600)
+    image = np.full(shape, 10.0)
+    for k in range(36):
+        cy, cx = 50 + 100 * (k // 6), 50 + 100 * (k % 6)
+        image[_disc(shape, cy, cx, 22)] = 60.0 + 40.0 * rng.random()
+    for _ in range(100):  # specks of glow: objects of their own at fine sampling only
+        cy, cx = rng.integers(5, 595, 2)
+        image[_disc(shape, cy, cx, 3) & (image == 10.0)] = 40.0
+    image = np.clip(image + rng.normal(0, 2, shape), 0, 255).astype(np.uint8)
+    levels = []
+    for pixels in (400_000, 100_000, 25_000):
+        monkeypatch.setattr(data, "CELL_SAMPLE_PIXELS", pixels)
+        levels.append(cell_levels(image)[1])
+    assert max(levels) / min(levels) < 1.1, levels
+    assert min(levels) > 75  # the cells' level (60-100), not the specks' (40)

@@ -686,3 +686,29 @@ def test_slide_attention_is_never_negative(ckpt):
     tiled = slide_attention(ckpt, img, cell_diameter=10, tile_size=16, device="cpu")
     assert whole.min() >= 0.0 and tiled.min() >= 0.0
     assert np.allclose(whole, tiled, atol=1e-5 * float(whole.max()))
+
+
+def test_default_levels_are_a_typical_cells_and_a_few_saturated_cells_do_not_move_the_map(ckpt):
+    from napari_atagan.data import cell_levels, slide_levels
+
+    img = _slide((160, 176), seed=5).astype(np.float32)
+    default = slide_attention(ckpt, img, cell_diameter=12.0, device="cpu")
+    np.testing.assert_array_equal(
+        default, slide_attention(ckpt, img, cell_diameter=12.0, device="cpu",
+                                 intensity=cell_levels(img)))
+    np.testing.assert_array_equal(
+        slide_attention(ckpt, img, cell_diameter=12.0, device="cpu", intensity="percentiles"),
+        slide_attention(ckpt, img, cell_diameter=12.0, device="cpu",
+                        intensity=slide_levels(img)))
+    # three saturated blobs in one corner: the rest of the map hardly changes
+    bright = img.copy()
+    yy, xx = np.mgrid[:160, :176]
+    for cy, cx in ((10, 10), (10, 30), (30, 10)):
+        bright[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 20 * img.max()
+    rest = (slice(60, None), slice(60, None))
+    robust = slide_attention(ckpt, bright, cell_diameter=12.0, device="cpu")
+    plain = slide_attention(ckpt, bright, cell_diameter=12.0, device="cpu",
+                            intensity="percentiles")
+    assert _rel(robust[rest], default[rest]) < 0.05 < _rel(plain[rest], default[rest])
+    with pytest.raises(ValueError, match="intensity must be"):
+        slide_attention(ckpt, img, cell_diameter=12.0, device="cpu", intensity="brightest")
