@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 import tifffile
 
 from . import __version__
+from ._atomic import atomic_target
 from ._memmap import release_pages
 
 _IMAGEJ_MAX_BYTES = 2**32 - 2**25
@@ -98,16 +98,11 @@ def _write(path: str | os.PathLike, data: np.ndarray, metadata: dict[str, Any],
         {"imagej": True, "metadata": {"axes": "YX" if data.ndim == 2 else "TYX", "Info": info}}
         if imagej else
         {"bigtiff": nbytes >= _IMAGEJ_MAX_BYTES, "description": info, "metadata": None})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_target(path) as tmp:
         if nbytes <= STREAM_BYTES:
             tifffile.imwrite(tmp, np.asarray(data).astype(dtype, copy=False), **options)
         else:
             _write_in_bands(tmp, data, dtype, options)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
