@@ -437,6 +437,32 @@ class Checkpoint:
         load_module_state(model, self.state_dict("D"), what="discriminator (D)", path=self.path)
         return model.to(device).eval()
 
+    def pattern_model(self, device: str | torch.device = "cpu") -> tuple[nn.Module, str] | None:
+        """What names a cell's pattern: ``(model, source)``, or ``None`` without patterns.
+
+        The pattern classifier the run trained as its teacher, when the file keeps
+        it (``source = "classifier teacher"``), else the discriminator's pattern
+        head (``"discriminator projection head"``, or ``"discriminator auxiliary
+        head"`` for AC-GAN conditioning). Either maps a batch of
+        prepared crops ``(B, 1, S, S)`` in [-1, 1] to class logits ``(B, K)``, in
+        the order of :attr:`class_names`.
+        """
+        names = self.class_names
+        if len(names) < 2:
+            return None
+        if self.has("teacher"):
+            from .attention import PatternClassifier
+
+            teacher = PatternClassifier(len(names))
+            load_module_state(teacher, self.state_dict("teacher"), what="teacher",
+                              path=self.path)
+            return teacher.to(device).eval(), "classifier teacher"
+        disc = self.discriminator(device)
+        if disc.classifier is None or disc.n_classes != len(names):
+            return None
+        conditioning = getattr(self.config, "conditioning", "projection")
+        return _PatternHead(disc).eval(), f"discriminator {conditioning} head"
+
     def _hparams(self, name: str) -> dict | None:
         record = (self.metadata.get("modules") or {}).get(name)
         if isinstance(record, dict) and isinstance(record.get("hparams"), dict):
@@ -449,6 +475,18 @@ class Checkpoint:
         except (TypeError, ValueError) as exc:
             problem = f"cannot rebuild {name} from its stored architecture: {exc}"
             raise _error(self.path, problem) from exc
+
+
+class _PatternHead(nn.Module):
+    """A discriminator seen as a pattern classifier: crops in, class logits out."""
+
+    def __init__(self, discriminator: Discriminator) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, class_logits, _ = self.discriminator(x)
+        return class_logits
 
 
 def load_checkpoint(
