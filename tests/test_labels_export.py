@@ -461,11 +461,12 @@ def test_cli_writes_attention_and_labels(tmp_path, ckpt_path, capsys):
     assert meta["tile_size"] == 32
     out = capsys.readouterr().out
     assert '"cells"' in out and "megapixels_per_s" in out
-    assert sorted(os.listdir(tmp_path / "out")) == ["slide_attention.tif", "slide_labels.tif"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["slide_attention.tif", "slide_cells.csv",
+                                                    "slide_labels.tif", "slides.csv"]
 
 
 def test_cli_labels_a_large_map_in_tiles(tmp_path, ckpt_path, monkeypatch):
-    import napari_atagan.cli_attention as cli
+    import napari_atagan.archive as cli
 
     image = _slide_file(tmp_path)
     argv = ["attention", "--checkpoint", str(ckpt_path), "--image", str(image),
@@ -484,7 +485,8 @@ def test_cli_labels_a_large_map_in_tiles(tmp_path, ckpt_path, monkeypatch):
     small = tifffile.imread(tmp_path / "small" / "slide_labels.tif")
     large = tifffile.imread(tmp_path / "large" / "slide_labels.tif")
     assert large.dtype == np.uint16 and np.array_equal(small > 0, large > 0)
-    assert sorted(os.listdir(tmp_path / "large")) == ["slide_attention.tif", "slide_labels.tif"]
+    assert sorted(os.listdir(tmp_path / "large")) == ["slide_attention.tif", "slide_cells.csv",
+                                                      "slide_labels.tif", "slides.csv"]
     # outlined by the slide where it fits in memory; a map too large is labelled alone, and says so
     image_argv = [a for a in argv if a not in ("--outline", "map")]
     assert run(_parse([*image_argv, "--out", str(tmp_path / "large_image")])) == 0
@@ -531,7 +533,7 @@ def test_cli_reads_grey_saved_as_colour_through_its_luminance(tmp_path, ckpt_pat
     assert run(_parse(base)) == 0
     assert "near-identical" in capsys.readouterr().err
     assert read_tiff_metadata(tmp_path / "o" / "rgb_labels.tif")["channel_name"] == "luminance"
-    assert run(_parse([*base, "--grey"])) == 0
+    assert run(_parse([*base, "--grey", "--overwrite"])) == 0
 
 
 @pytest.mark.parametrize("argv", [["--diameter", "-3"], ["--diameter", "x"],

@@ -21,8 +21,10 @@ Pure numpy, tifffile and Pillow: no napari, Qt or torch.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +125,9 @@ def open_image_file(path: str | os.PathLike) -> ImageFile:
 def _open_tiff(path: Path, size: int) -> tuple[Any, str | None]:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    # tifffile logs its doubts about damaged metadata; a damaged file gets one clear
+    # error below instead, and one whose pixels read is fine
+    with _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise ValueError("the file holds no images")
         series = tif.series[0]
@@ -134,6 +138,17 @@ def _open_tiff(path: Path, size: int) -> tuple[Any, str | None]:
     except (ValueError, OSError):  # compressed or tiled: no memory map possible
         pass
     return tifffile.imread(path), axes
+
+
+@contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _check_length(series: Any, size: int) -> None:

@@ -1,16 +1,22 @@
-"""``napari-atagan attention``: attention map and cell labels of a whole slide.
+"""``napari-atagan attention``: attention map, cell labels and cell table of slides.
 
 ::
 
     napari-atagan attention --checkpoint run.safetensors --image slide.tif \\
         --diameter 40 --out results/ [--threshold otsu|VALUE] [--min-size N] \\
-        [--device auto] [--tile-size N] [--channel N | --grey]
+        [--device auto] [--tile-size N] [--channel N | --grey] [--zarr]
 
-writes ``results/slide_attention.tif`` (float32) and ``results/slide_labels.tif``
-(uint16 cell ids), both ImageJ TIFFs carrying how they were made, and prints a
-JSON summary (cells found, seconds, megapixels per second) on stdout. Progress
-goes to stderr. A 3-D TIFF is treated as a stack of planes, unless its last axis
-is colour (RGB/RGBA) or the file says that its first axis holds channels: then
+writes ``results/slide_attention.tif`` (float32), ``results/slide_labels.tif``
+(uint16 cell ids), both ImageJ TIFFs carrying how they were made, and
+``results/slide_cells.csv`` (one row per cell: centroid, area, intensity,
+attention and, where the checkpoint knows patterns, each pattern's
+probability), plus ``results/slides.csv`` (one row per slide). ``--image`` may
+also be a folder or a glob pattern: every slide is processed, in parallel
+worker processes (``--workers``) or on a Dask cluster (``--scheduler``), see
+:mod:`napari_atagan.archive`. A rerun skips slides whose outputs are complete
+(``--overwrite`` redoes them). A JSON summary goes to stdout, progress to
+stderr. A 3-D TIFF is treated as a stack of planes, unless its last axis is
+colour (RGB/RGBA) or the file says that its first axis holds channels: then
 the stained channel is used (see :mod:`napari_atagan.channels`), or the one
 ``--channel`` names, and the summary and the TIFFs say which.
 """
@@ -19,48 +25,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-import tempfile
-import time
+import threading
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ._cli_common import (
     CHANNEL_HELP,
     DEVICE_CHOICES,
     THRESHOLD_HELP,
     channel_option,
-    check_file,
     check_out_folder,
     diameter_or_auto,
     non_negative_int,
-    read_slide,
+    positive_int,
     report_interrupted,
     report_user_error,
     threshold_choice,
 )
 
-_MEMMAP_PIXELS = 1 << 27
-"""Attention maps larger than this (512 MB of float32) are staged in a file, not in RAM."""
+EXIT_SOME_FAILED = 1
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``attention`` subcommand to an argparse sub-parser set."""
     p = subparsers.add_parser(
         "attention",
-        help="attention map and cell labels of a whole slide",
+        help="attention map, cell labels and cell table of slides",
         description=(
-            "Run a trained discriminator over a whole slide (no sliding window, tiled to "
-            "bound memory), and write its attention map and the cells found in it as "
-            "ImageJ TIFFs: <stem>_attention.tif and <stem>_labels.tif in --out."
+            "Run a trained discriminator over whole slides (no sliding window, tiled to "
+            "bound memory), and write for each its attention map and the cells found in "
+            "it as ImageJ TIFFs, <stem>_attention.tif and <stem>_labels.tif, and a table "
+            "of its cells, <stem>_cells.csv, in --out; and slides.csv, one row per slide "
+            "with its pattern. A rerun skips slides whose outputs are complete. Exit "
+            "status 1 when some slides failed (each says why on stderr and in slides.csv)."
         ),
     )
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a trained checkpoint")
-    p.add_argument("--image", required=True, metavar="FILE",
-                   help="the slide: TIFF (2-D, a 3-D stack, colour or multi-channel), PNG "
-                        "or .npy")
+    p.add_argument("--image", required=True, metavar="FILE|DIR|GLOB",
+                   help="a slide (TIFF: 2-D, a 3-D stack, colour or multi-channel; PNG or "
+                        ".npy), a folder of slides, or a glob pattern in quotes "
+                        "(\"plate*/*.tif\"); files ending in _labels, _attention or _mask "
+                        "are not slides")
     p.add_argument("--diameter", required=True, type=diameter_or_auto, metavar="PIXELS",
                    help="typical cell diameter in the slide, in pixels, or 'auto' to estimate it")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
@@ -82,6 +89,21 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--grey", action="store_true",
                    help="use the luminance of a colour (RGB) image instead of its stained "
                         "channel")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo slides whose outputs already exist (default: skip them)")
+    p.add_argument("--zarr", action="store_true",
+                   help="write the attention map and labels of each slide as one OME-Zarr "
+                        "store, <stem>.ome.zarr, instead of two TIFFs (for big slides; "
+                        "napari and the OME tools read it)")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="slides processed at once, each in its own process (default: one "
+                        "per CPU core; 1: in this process)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask distributed cluster instead, e.g. "
+                        "tcp://10.0.0.5:8786 (slides, checkpoint and --out must be on a file "
+                        "system the workers share)")
+    p.add_argument("--no-patterns", dest="patterns", action="store_false",
+                   help="leave the pattern columns out of the cell tables")
     p.set_defaults(run=run)
     return p
 
@@ -103,82 +125,97 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import __version__
-    from .checkpoint import load_checkpoint
-    from .export import read_tiff_metadata, save_attention_tiff, save_labels_tiff
-    from .labels import effective_min_size, min_cell_size
-    from .slide import (
-        default_tile_size,
-        estimate_cell_diameter,
-        model_cell_diameter,
-        slide_attention,
-        slide_attention_stack,
-    )
+    from .archive import ArchiveOptions, find_slides
 
     _check_args(args)
-    out_dir = Path(args.out)
-    image_path = Path(args.image)
-    image, channel_info = read_slide(image_path, channel_option(args))
-    rgb = None  # colour is already resolved into one channel (or the luminance)
-    stack = _is_stack(image.shape)
-    ckpt = load_checkpoint(args.checkpoint)
-    diameter = args.diameter
-    if diameter == "auto":
-        diameter = estimate_cell_diameter(image[0] if stack else image, rgb=rgb)
-        print(f"estimated cell diameter: {diameter:.1f} px", file=sys.stderr)
-    min_size = args.min_size if args.min_size is not None else min_cell_size(diameter)
-    tile_size = args.tile_size or default_tile_size(args.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    slides = find_slides(args.image)
+    options = ArchiveOptions(
+        checkpoint=args.checkpoint, out_dir=args.out, diameter=args.diameter,
+        threshold=args.threshold, outline=args.outline, min_size=args.min_size,
+        device=args.device, tile_size=args.tile_size, channel=channel_option(args),
+        zarr=args.zarr, overwrite=args.overwrite, patterns=args.patterns)
+    if Path(args.image).is_file():
+        return _one_slide(slides[0], options)
+    return _many_slides(slides, options, args.workers, args.scheduler)
 
-    shape = tuple(image.shape[:3] if stack else image.shape[:2])
+
+def _one_slide(path: Path, options: Any) -> int:
+    """One slide, in this process, with a progress bar over its tiles."""
+    from .archive import SLIDES_CSV, completed_row, is_complete, process_slide, write_slides_csv
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(options.checkpoint)  # a bad checkpoint is the run's mistake
+    if not options.overwrite and is_complete(path, options):
+        row = completed_row(path, options)
+        print(f"{path.name}: outputs complete in {options.out_dir}, skipped (--overwrite "
+              "redoes them)", file=sys.stderr)
+        write_slides_csv(Path(options.out_dir) / SLIDES_CSV, [row])
+        print(json.dumps({"skipped": str(path), "cells": row["cells"]}, indent=2))
+        return 0
     bar = _TextProgress("attention")
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".attention-") as scratch:
-        out = _allocate(shape, Path(scratch))
-        compute = slide_attention_stack if stack else slide_attention
-        try:
-            attention = compute(ckpt, image, cell_diameter=diameter, tile_size=tile_size,
-                                device=args.device, progress=bar, out=out, rgb=rgb)
-        finally:
-            bar.close()
-        seconds_map = time.perf_counter() - t0
-        labels, outline = _labels(attention, image, Path(scratch), args.outline,
-                                  threshold=args.threshold, min_size=min_size,
-                                  cell_diameter=diameter)
-        metadata = {
-            "checkpoint": Path(args.checkpoint).name,
-            "checkpoint_format_version": ckpt.metadata.get("format_version"),
-            "image": image_path.name,
-            "cell_diameter": float(diameter),
-            "model_cell_diameter": model_cell_diameter(ckpt),
-            "threshold": args.threshold,
-            "outline": outline,
-            "min_size": int(min_size),
-            # the labelling never keeps objects under the cell-area floor
-            "min_size_in_effect": effective_min_size(min_size, diameter),
-            "tile_size": int(tile_size),
-            "software_version": __version__,
-        }
-        metadata.update(channel_info)
-        stem = image_path.stem
-        att_path = save_attention_tiff(out_dir / f"{stem}_attention.tif", attention,
-                                       metadata=metadata)
-        lab_path = save_labels_tiff(out_dir / f"{stem}_labels.tif", labels, metadata=metadata)
-        n_cells = int(read_tiff_metadata(lab_path)["max_label"])  # not the whole array again
-        del attention, out, labels
-    seconds = time.perf_counter() - t0
-    n_pixels = int(np.prod(shape))
-    print(json.dumps({
-        "attention": str(att_path),
-        "labels": str(lab_path),
-        "cells": n_cells,
-        "outline": outline,
-        "cell_diameter": round(float(diameter), 2),
-        **channel_info,
-        "seconds": round(seconds, 2),
-        "megapixels_per_s": round(n_pixels / 1e6 / max(seconds_map, 1e-9), 2),
-    }, indent=2))
+    try:
+        row = process_slide(path, options, ckpt, progress=bar)
+    finally:
+        bar.close()
+    public = {k: v for k, v in row.items() if not k.startswith("_")}
+    write_slides_csv(Path(options.out_dir) / SLIDES_CSV, [public])
+    files = row["_files"]
+    summary = {
+        **{k: files[k] for k in ("attention", "labels", "zarr") if k in files},
+        "table": files["cells"],
+        "cells": row["cells"],
+        "outline": row["_outline"],
+        "cell_diameter": row["cell_diameter"],
+        **row["_channel"],
+    }
+    if row["pattern"]:
+        summary.update(pattern=row["pattern"], confidence=round(row["confidence"], 3),
+                       pattern_source=row["pattern_source"])
+    summary.update(seconds=round(row["seconds"], 2), megapixels_per_s=row["_megapixels_per_s"])
+    print(json.dumps(summary, indent=2))
     return 0
+
+
+def _many_slides(slides: list[Path], options: Any, workers: int | None,
+                 scheduler: str | None) -> int:
+    """Every slide, one progress line over them; failures said and counted, not fatal."""
+    from .archive import ArchiveDone, SlideResult, run_archive
+    from .checkpoint import load_checkpoint
+
+    load_checkpoint(options.checkpoint)  # a bad checkpoint is the run's mistake, not each slide's
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a clean stop, like Ctrl-C
+    bar = _TextProgress("slides")
+    done = None
+    try:
+        for event in run_archive(slides, options, workers=workers, scheduler=scheduler,
+                                 stop=stop):
+            if isinstance(event, SlideResult):
+                if event.status == "failed":
+                    bar.close()
+                    print(f"{event.path}: {event.row['error']}", file=sys.stderr)
+                bar(event.index, event.total)
+            elif isinstance(event, ArchiveDone):
+                done = event
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, previous)
+    if done is None or done.stopped:
+        left = "" if done is None else f" ({done.counts['left']} slides left for a rerun)"
+        print(f"napari-atagan attention: stopped{left}", file=sys.stderr)
+        return 130
+    n = len(slides)
+    print(json.dumps({
+        "slides": n,
+        **done.counts,
+        "cells": int(sum(r["cells"] or 0 for r in done.rows if r["status"] != "failed")),
+        "slides_csv": str(done.slides_csv),
+        "seconds": round(done.seconds, 2),
+        "slides_per_s": round(n / max(done.seconds, 1e-9), 2),
+    }, indent=2))
+    return EXIT_SOME_FAILED if done.counts["failed"] else 0
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -186,38 +223,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--tile-size must be at least 16 pixels, got {args.tile_size}")
     if args.min_size is not None and args.min_size < 0:
         raise ValueError(f"--min-size must be >= 0 pixels, got {args.min_size}")
-    check_file(args.image, "image")
     check_out_folder(args.out)
-
-
-def _is_stack(shape: tuple[int, ...]) -> bool:
-    """Is the grey image that :func:`read_slide` returns a ``(T, Y, X)`` stack?"""
-    return len(shape) == 3
-
-
-def _allocate(shape: tuple[int, ...], scratch: Path) -> np.ndarray | None:
-    """A file-backed float32 memmap for a large map; ``None`` lets the engine allocate
-    a smaller one (in page-locked memory on CUDA, which the GPU fills fastest)."""
-    if int(np.prod(shape)) <= _MEMMAP_PIXELS:
-        return None
-    return np.lib.format.open_memmap(scratch / "attention.npy", mode="w+", dtype=np.float32,
-                                     shape=shape)
-
-
-def _labels(attention: np.ndarray, image: Any, scratch: Path, outline: str,
-            **options: Any) -> tuple[np.ndarray, str]:
-    """Cell labels of the map (:func:`napari_atagan.segment.label_cells`) and what
-    outlined them. A map too large for memory is labelled from the map alone,
-    tile by tile into a file, and the returned outline says so."""
-    from .labels import attention_to_labels_tiled
-    from .segment import label_cells
-
-    if int(np.prod(attention.shape)) > _MEMMAP_PIXELS:
-        out = np.lib.format.open_memmap(scratch / "labels.npy", mode="w+", dtype=np.uint32,
-                                        shape=tuple(attention.shape))
-        used = "map" if outline == "map" else "map (the slide is too large to outline from)"
-        return attention_to_labels_tiled(attention, out=out, **options), used
-    return label_cells(np.asarray(attention), image, outline=outline, **options), outline
 
 
 def open_image(path: Path) -> Any:

@@ -1,0 +1,370 @@
+"""A lab's archive: the cell table, many slides at once, reruns, stops, kills and a cluster."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_atagan import default_model_path
+from napari_atagan.archive import (
+    SLIDE_COLUMNS,
+    ArchiveDone,
+    ArchiveOptions,
+    find_slides,
+    is_complete,
+    outputs_for,
+    process_slide,
+    run_archive,
+)
+from napari_atagan.cells import BASE_COLUMNS, CellTable, cell_table, read_cells_csv
+from napari_atagan.checkpoint import load_checkpoint, save_checkpoint
+from napari_atagan.simulate import simulate_slide, write_slide
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- the cell table
+def _two_cells():
+    labels = np.zeros((40, 50), np.uint16)
+    labels[5:15, 10:20] = 1  # 100 px, centroid (9.5, 14.5)
+    labels[20:30, 30:36] = 3  # 60 px, centroid (24.5, 32.5); id 2 is absent
+    image = np.where(labels == 1, 10.0, np.where(labels == 3, 30.0, 1.0)).astype(np.float32)
+    attention = np.zeros(labels.shape, np.float32)
+    attention[labels == 1] = 0.2
+    attention[7, 12] = 0.9
+    attention[labels == 3] = 0.5
+    return labels, image, attention
+
+
+def test_cell_table_measures_known_cells():
+    labels, image, attention = _two_cells()
+    table = cell_table(labels, image, attention)
+    assert list(table.columns) == list(BASE_COLUMNS) and len(table) == 2
+    c = table.columns
+    assert c["label"].tolist() == [1, 3] and c["area"].tolist() == [100, 60]
+    np.testing.assert_allclose(c["centroid_y"], [9.5, 24.5])
+    np.testing.assert_allclose(c["centroid_x"], [14.5, 32.5])
+    np.testing.assert_allclose(c["mean_intensity"], [10.0, 30.0])
+    np.testing.assert_allclose(c["mean_attention"], [(99 * 0.2 + 0.9) / 100, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(c["peak_attention"], [0.9, 0.5], rtol=1e-6)
+    assert table.patterns == [] and table.summary()["pattern"] == ""
+    assert table.summary()["median_area"] == 80.0
+
+
+def test_cell_table_of_a_stack_and_in_bands(monkeypatch):
+    import napari_atagan.cells as cells
+
+    labels, image, attention = _two_cells()
+    stack_labels = np.stack([labels, np.where(labels > 0, labels + 3, 0)])
+    table = cell_table(stack_labels, np.stack([image] * 2), np.stack([attention] * 2))
+    assert table.columns["label"].tolist() == [1, 3, 4, 6]
+    assert table.columns["plane"].tolist() == [0, 0, 1, 1]
+    monkeypatch.setattr(cells, "_BAND_PIXELS", 50)  # one row at a time: the same figures
+    banded = cell_table(stack_labels, np.stack([image] * 2), np.stack([attention] * 2))
+    for name in table.columns:
+        np.testing.assert_allclose(banded.columns[name], table.columns[name])
+
+
+def test_cell_table_errors_and_empty():
+    labels, image, attention = _two_cells()
+    with pytest.raises(ValueError, match="same pixels"):
+        cell_table(labels, image[:-1], attention)
+    empty = cell_table(np.zeros((8, 8), np.uint16), np.ones((8, 8)), np.zeros((8, 8)))
+    assert len(empty) == 0 and empty.summary()["cells"] == 0
+
+
+def test_cell_csv_round_trip_and_slide_pattern(tmp_path):
+    probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]], np.float32)
+    cols = {"label": np.array([1, 2, 5]), "centroid_y": np.array([1.0, 2.0, 3.0]),
+            "centroid_x": np.array([4.0, 5.0, 6.0]), "area": np.array([10, 30, 20]),
+            "mean_intensity": np.array([1.5, 2.5, 3.5]), "mean_attention": np.zeros(3),
+            "peak_attention": np.ones(3)}
+    names = ["A", "B", "C"]
+    cols.update({f"p_{n}": probs[:, k] for k, n in enumerate(names)})
+    cols["pattern"] = np.array(["A", "A", "B"], dtype=object)
+    table = CellTable(cols, names, "classifier teacher")
+    # mean probability: A (0.467) beats B (0.433) though one cell is surely B
+    summary = table.summary()
+    assert summary["pattern"] == "A" and summary["confidence"] == pytest.approx(1.4 / 3, abs=1e-6)
+    assert summary["median_area"] == 20.0 and summary["pattern_source"] == "classifier teacher"
+    back = read_cells_csv(table.to_csv(tmp_path / "c.csv"))
+    assert back.patterns == names and back.pattern_source == "classifier teacher"
+    assert back.columns["label"].tolist() == [1, 2, 5] and back.columns["pattern"].tolist() == [
+        "A", "A", "B"]
+    np.testing.assert_allclose(back.probabilities, probs, atol=1e-4)
+    (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(ValueError, match="not a cell table"):
+        read_cells_csv(tmp_path / "bad.csv")
+
+
+def test_patterns_from_the_discriminator_and_from_a_teacher(tmp_path):
+    ckpt = load_checkpoint(default_model_path())
+    sim = simulate_slide((256, 256), n_cells=6, cell_diameter=40, seed=2)
+    labels = sim.labels
+    att = np.ones(labels.shape, np.float32)
+    table = cell_table(labels, sim.image, att, checkpoint=ckpt, cell_diameter=40)
+    assert table.patterns == ckpt.class_names and table.pattern_source == (
+        "discriminator projection head")
+    p = table.probabilities
+    assert p.shape == (len(table), 6)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert [ckpt.class_names[i] for i in p.argmax(axis=1)] == table.columns["pattern"].tolist()
+    with pytest.raises(ValueError, match="cell diameter"):
+        cell_table(labels, sim.image, att, checkpoint=ckpt)
+    # a run trained with the classifier teacher keeps it: it names the patterns
+    from napari_atagan.attention import PatternClassifier
+
+    torch.manual_seed(0)
+    disc = ckpt.discriminator()
+    teacher = PatternClassifier(6)
+    path = save_checkpoint(tmp_path / "t.safetensors", config=ckpt.config,
+                           modules={"D": disc, "teacher": teacher},
+                           metadata={"class_names": ckpt.class_names,
+                                     "data": ckpt.metadata.get("data", {})})
+    with_teacher = load_checkpoint(path)
+    model, source = with_teacher.pattern_model()
+    assert source == "classifier teacher" and isinstance(model, PatternClassifier)
+    table = cell_table(labels, sim.image, att, checkpoint=with_teacher, cell_diameter=40)
+    assert table.pattern_source == "classifier teacher" and len(table) == len(np.unique(labels)) - 1
+
+
+# --------------------------------------------------------------------------- finding slides
+def test_find_slides_file_folder_and_glob(tmp_path):
+    for name in ("b10.tif", "b2.tif", "a.png", "a_labels.tif", "a_attention.tif", "x_Mask.png",
+                 ".hidden.tif", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.tif").write_bytes(b"")
+    assert [p.name for p in find_slides(tmp_path)] == ["a.png", "b2.tif", "b10.tif"]
+    assert [p.name for p in find_slides(str(tmp_path / "b*.tif"))] == ["b2.tif", "b10.tif"]
+    assert [p.name for p in find_slides(str(tmp_path / "**" / "*.tif"))] == [
+        "b2.tif", "b10.tif", "c.tif"]
+    assert find_slides(tmp_path / "a_labels.tif") == [tmp_path / "a_labels.tif"]  # named: read
+    with pytest.raises(ValueError, match="no slides"):
+        find_slides(str(tmp_path / "z*.tif"))
+    with pytest.raises(ValueError, match="does not exist"):
+        find_slides(tmp_path / "missing.tif")
+    (tmp_path / "b2.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="same outputs"):
+        list(run_archive(find_slides(tmp_path), ArchiveOptions("c", str(tmp_path / "o"))))
+
+
+# --------------------------------------------------------------------------- many slides
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    """Four small simulated slides and one broken file."""
+    folder = tmp_path_factory.mktemp("slides")
+    for i in range(4):
+        write_slide(simulate_slide((200, 240), n_cells=6, cell_diameter=40, seed=i), folder,
+                    stem=f"s{i}")
+    good = (folder / "s0.tif").read_bytes()
+    (folder / "broken.tif").write_bytes(good[:3000])
+    return folder
+
+
+def _options(out, **kw):
+    return ArchiveOptions(checkpoint=str(default_model_path()), out_dir=str(out), diameter=40.0,
+                          device="cpu", **kw)
+
+
+def _events(paths, options, **kw):
+    events = list(run_archive(paths, options, **kw))
+    assert isinstance(events[-1], ArchiveDone)
+    return events[:-1], events[-1]
+
+
+def test_archive_writes_every_slide_and_reports_failures(slides, tmp_path):
+    results, done = _events(find_slides(slides), _options(tmp_path / "out"), workers=1)
+    assert [r.index for r in results] == [1, 2, 3, 4, 5] and all(r.total == 5 for r in results)
+    status = {r.path.name: r.status for r in results}
+    assert status == {"broken.tif": "failed", **{f"s{i}.tif": "done" for i in range(4)}}
+    assert done.counts == {"done": 4, "skipped": 0, "failed": 1, "left": 0}
+    with open(done.slides_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == SLIDE_COLUMNS
+    assert [r["slide"] for r in rows] == ["broken.tif", "s0.tif", "s1.tif", "s2.tif", "s3.tif"]
+    assert "truncated" in rows[0]["error"] and rows[0]["status"] == "failed"
+    for r in rows[1:]:
+        files = outputs_for(slides / r["slide"], tmp_path / "out")
+        labels = tifffile.imread(files["labels"])
+        table = read_cells_csv(files["cells"])
+        assert int(r["cells"]) == len(table) == len(np.unique(labels)) - 1
+        assert table.columns["label"].tolist() == sorted(set(np.unique(labels)) - {0})
+        assert r["pattern"] in table.patterns and 0 < float(r["confidence"]) <= 1
+        assert r["pattern_source"] == "discriminator projection head"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_rerun_skips_complete_slides_and_overwrite_redoes_them(slides, tmp_path):
+    paths = [slides / f"s{i}.tif" for i in range(3)]
+    out = tmp_path / "out"
+    _events(paths, _options(out), workers=1)
+    cells = outputs_for(paths[1], out)["cells"]
+    stamp = cells.stat().st_mtime_ns
+    os.remove(outputs_for(paths[2], out)["labels"])  # as if stopped before its labels
+    results, done = _events(paths, _options(out), workers=1)
+    assert [r.status for r in results] == ["skipped", "skipped", "done"]
+    assert cells.stat().st_mtime_ns == stamp
+    assert done.counts["skipped"] == 2 and done.rows[0]["cells"] == len(read_cells_csv(cells))
+    results, _ = _events(paths, _options(out, overwrite=True), workers=1)
+    assert [r.status for r in results] == ["done"] * 3 and cells.stat().st_mtime_ns != stamp
+    # outputs made with other settings are not this run's: redone, not skipped
+    results, _ = _events(paths, _options(out, threshold="otsu"), workers=1)
+    assert [r.status for r in results] == ["done"] * 3
+    results, _ = _events(paths, _options(out, threshold="otsu"), workers=1)
+    assert [r.status for r in results] == ["skipped"] * 3
+
+
+def test_worker_processes_compute_what_one_process_does(slides, tmp_path):
+    paths = find_slides(slides)
+    _events(paths, _options(tmp_path / "one"), workers=1)
+    results, done = _events(paths, _options(tmp_path / "two"), workers=2)
+    assert done.counts == {"done": 4, "skipped": 0, "failed": 1, "left": 0}
+    for p in paths[1:]:
+        a = outputs_for(p, tmp_path / "one")
+        b = outputs_for(p, tmp_path / "two")
+        assert np.array_equal(tifffile.imread(a["labels"]), tifffile.imread(b["labels"]))
+        assert a["cells"].read_text() == b["cells"].read_text()
+
+
+def test_stop_leaves_complete_slides_and_the_rerun_finishes(slides, tmp_path):
+    paths = [slides / f"s{i}.tif" for i in range(4)]
+    stop = threading.Event()
+    events = []
+    for event in run_archive(paths, _options(tmp_path / "out"), workers=1, stop=stop):
+        events.append(event)
+        stop.set()  # after the first slide
+    done = events[-1]
+    assert done.stopped and done.counts["done"] == 1 and done.counts["left"] == 3
+    assert [is_complete(p, _options(tmp_path / "out")) for p in paths] == [True, False, False,
+                                                                            False]
+    results, done = _events(paths, _options(tmp_path / "out"), workers=1)
+    assert [r.status for r in results] == ["skipped", "done", "done", "done"]
+
+
+def test_ome_zarr_outputs(slides, tmp_path):
+    pytest.importorskip("ome_zarr")
+    from napari_atagan.zarr_export import read_ome_zarr
+
+    path = slides / "s1.tif"
+    row = process_slide(path, _options(tmp_path / "z", zarr=True))
+    files = outputs_for(path, tmp_path / "z", zarr=True)
+    assert set(files) == {"zarr", "cells"} and is_complete(path, _options(tmp_path / "z", zarr=True))
+    attention, labels, meta = read_ome_zarr(files["zarr"])
+    tif = process_slide(path, _options(tmp_path / "t"))
+    assert np.array_equal(labels, tifffile.imread(tif["_files"]["labels"]))
+    assert attention.shape == labels.shape == (200, 240) and meta["cell_diameter"] == 40.0
+    assert row["cells"] == tif["cells"]
+
+
+def test_dask_cluster_runs_the_same_slides(slides, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    paths = [slides / f"s{i}.tif" for i in range(3)]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        results, done = _events(paths, _options(tmp_path / "dask"),
+                                scheduler=cluster.scheduler_address)
+    assert done.counts["done"] == 3 and {r.status for r in results} == {"done"}
+    _events(paths, _options(tmp_path / "here"), workers=1)
+    for p in paths:
+        assert (outputs_for(p, tmp_path / "dask")["cells"].read_text()
+                == outputs_for(p, tmp_path / "here")["cells"].read_text())
+
+
+# --------------------------------------------------------------------------- the command
+def _cli(*argv, **kw):
+    return subprocess.Popen([sys.executable, "-m", "napari_atagan", "attention", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, **kw)
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """Fourteen slides: enough for a run to be stopped halfway."""
+    folder = tmp_path_factory.mktemp("many")
+    for i in range(14):
+        write_slide(simulate_slide((384, 384), n_cells=12, cell_diameter=40, seed=10 + i),
+                    folder, stem=f"m{i:02d}")
+    return folder
+
+
+def _argv(folder, out, *extra):
+    return ["--checkpoint", str(default_model_path()), "--image", str(folder), "--diameter",
+            "40", "--out", str(out), "--device", "cpu", *extra]
+
+
+def _wait_for_outputs(out: Path, n: int, proc, timeout: float = 120.0) -> int:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        found = len(list(out.glob("*_cells.csv"))) if out.exists() else 0
+        if found >= n or proc.poll() is not None:
+            return found
+        time.sleep(0.02)
+    raise AssertionError("no outputs appeared")
+
+
+def _assert_nothing_partial(out: Path) -> None:
+    for f in out.glob("*.tif"):
+        tifffile.imread(f)  # every TIFF under its real name is whole
+    for f in out.glob("*_cells.csv"):
+        read_cells_csv(f)
+
+
+def test_cli_folder_run_summary_and_failures(slides, tmp_path):
+    proc = _cli(*_argv(slides, tmp_path / "out"))
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1  # one slide failed: said, counted, the others done
+    summary = json.loads(stdout)
+    assert summary["slides"] == 5 and summary["done"] == 4 and summary["failed"] == 1
+    assert "broken.tif" in stderr and "truncated" in stderr and "Traceback" not in stderr
+    assert Path(summary["slides_csv"]).is_file()
+
+
+def test_sigterm_stops_the_run_and_the_rerun_finishes(many, tmp_path):
+    out = tmp_path / "out"
+    proc = _cli(*_argv(many, out, "--workers", "2"))
+    before = _wait_for_outputs(out, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    finished = {p.name for p in out.glob("*_cells.csv")}
+    assert before <= len(finished) < 14  # stopped halfway
+    _assert_nothing_partial(out)
+    stamps = {n: (out / n).stat().st_mtime_ns for n in finished}
+    proc = _cli(*_argv(many, out))
+    stdout, _ = proc.communicate(timeout=300)
+    summary = json.loads(stdout)
+    assert proc.returncode == 0 and summary["skipped"] == len(finished)
+    assert summary["done"] == 14 - len(finished)
+    assert all((out / n).stat().st_mtime_ns == s for n, s in stamps.items())  # not redone
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_killed_worker_costs_only_its_slide(many, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "out"
+    proc = _cli(*_argv(many, out, "--workers", "2"))
+    _wait_for_outputs(out, 1, proc)
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+               if "resource_tracker" not in " ".join(c.cmdline())]
+    assert workers, "the run has worker processes"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    left = 14 - len(list(out.glob("*_cells.csv")))
+    stdout, stderr = proc.communicate(timeout=300)
+    assert left > 0  # the kill came halfway
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["done"] == 14 and summary["failed"] == 0
+    _assert_nothing_partial(out)
