@@ -270,6 +270,233 @@ def test_rgb_layer_runs_on_its_stained_channel(make_napari_viewer, qtbot, slide,
     assert errors() == []
 
 
+# --------------------------------------------------------------------------- cell tables
+def wait_for_relabel(qtbot, widget, viewer, name, key, value):
+    """Wait until the Labels layer ``name`` was re-labelled with ``metadata[key] == value``."""
+    qtbot.waitUntil(lambda: viewer.layers[name].metadata[key] == value, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+
+
+def cell_ids(labels):
+    ids = np.unique(labels)
+    return ids[ids > 0]
+
+
+@pytest.fixture(scope="module")
+def patternless_checkpoint(tmp_path_factory, tiny_data):
+    """A tiny model trained on unlabelled crops: it knows no patterns."""
+    from napari_atagan.data import from_arrays
+    from napari_atagan.training import run_to_end, train
+
+    from .conftest import tiny_config
+
+    data = from_arrays(tiny_data.images, tiny_data.masks, image_size=16)
+    out = tmp_path_factory.mktemp("patternless_run")
+    return run_to_end(train(tiny_config(steps=2), data, out)).checkpoint
+
+
+@pytest.fixture
+def fixed_patterns(monkeypatch):
+    """Cells get pattern ``label % K`` (the tiny model may call every cell alike)."""
+    from napari_atagan import cells as cells_module
+
+    def fake(model, image, labels, columns, cell_diameter, checkpoint, *, device="cpu"):
+        k = len(checkpoint.class_names)
+        probs = np.full((len(columns["label"]), k), 0.2 / (k - 1), np.float32)
+        probs[np.arange(len(probs)), np.asarray(columns["label"]) % k] = 0.8
+        return probs
+
+    monkeypatch.setattr(cells_module, "pattern_probabilities", fake)
+
+
+def test_cell_table_is_the_labels_features(make_napari_viewer, qtbot, slide, tiny_checkpoint,
+                                           errors):
+    from napari_atagan.cells import BASE_COLUMNS, cell_table
+    from napari_atagan.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(slide.image, name="slide")
+    widget = attention_on(viewer, image, tiny_checkpoint)
+    widget.cell_diameter.value = 30
+    run_and_wait(qtbot, widget)
+    assert errors() == []
+    cells, amap = viewer.layers["slide cells"], viewer.layers["slide attention"]
+    ids = cell_ids(cells.data)
+    assert len(ids) >= 2
+    features = cells.features
+    patterns = [f"p_{name}" for name in ckpt.class_names]
+    assert set(BASE_COLUMNS) | set(patterns) | {"pattern"} <= set(features.columns)
+    assert len(features) == len(ids)
+    np.testing.assert_array_equal(features["label"], ids)  # row i is label ids[i]
+    np.testing.assert_array_equal(features["index"], ids)  # how napari finds a label's row
+
+    direct = cell_table(cells.data, slide.image, amap.data, checkpoint=ckpt, cell_diameter=30)
+    for name, column in direct.columns.items():
+        if name == "pattern":
+            assert features[name].tolist() == column.tolist()
+        else:
+            np.testing.assert_allclose(features[name].to_numpy(float), column, rtol=1e-5,
+                                       atol=1e-6, err_msg=name)
+    summary = direct.summary()
+    assert (f"{len(ids)} cells · slide pattern {summary['pattern']} "
+            f"({summary['confidence']:.2f}, discriminator projection head)"
+            in widget.status.text())
+
+    # hovering a cell shows its own row
+    last = int(ids[-1])
+    y, x = np.argwhere(cells.data == last)[0]
+    assert f"label: {last}," in cells.get_status((y, x))["coordinates"]
+
+    # a new minimum size re-labels, and the table follows
+    min_size = int(np.median(features["area"])) + 1
+    widget.min_size.value = min_size
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "min_size", min_size)
+    after = viewer.layers["slide cells"]
+    new_ids = cell_ids(after.data)
+    assert 0 < len(new_ids) < len(ids)
+    assert len(after.features) == len(new_ids)
+    np.testing.assert_array_equal(after.features["label"], new_ids)
+    assert (after.features["area"] >= min_size).all()
+    assert widget.status.text().startswith(f"'slide': {len(new_ids)} cells · slide pattern ")
+    assert errors() == []
+
+
+def default_labels_colours():
+    from napari.layers import Labels
+
+    return Labels(np.zeros((2, 2), np.uint8)).colormap
+
+
+def test_colour_cells_by_pattern(make_napari_viewer, qtbot, slide, tiny_checkpoint, errors,
+                                 fixed_patterns):
+    from napari.utils.colormaps import CyclicLabelColormap, DirectLabelColormap
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(slide.image, name="slide")
+    widget = attention_on(viewer, image, tiny_checkpoint)
+    widget.cell_diameter.value = 30
+    assert widget.colour_by_pattern.enabled and not widget.colour_by_pattern.value
+    run_and_wait(qtbot, widget)
+    cells = viewer.layers["slide cells"]
+    assert isinstance(cells.colormap, CyclicLabelColormap)
+    plain = cells.colormap.colors.copy()
+    np.testing.assert_allclose(plain, default_labels_colours().colors)
+    assert not widget.legend.isVisible()
+
+    def colours_by_pattern(layer):
+        table = layer.features
+        by_pattern = {}
+        for label, pattern in zip(table["label"], table["pattern"]):
+            by_pattern.setdefault(pattern, set()).add(tuple(layer.colormap.map(int(label))))
+        return by_pattern
+
+    widget.colour_by_pattern.value = True
+    assert isinstance(cells.colormap, DirectLabelColormap)
+    by_pattern = colours_by_pattern(cells)
+    assert len(by_pattern) >= 2
+    assert all(len(c) == 1 for c in by_pattern.values())  # one colour per pattern
+    colours = [next(iter(c)) for c in by_pattern.values()]
+    assert len(set(colours)) == len(colours)  # a different one for each
+    assert all(c[3] == 1 for c in colours)
+    assert cells.colormap.map(0)[3] == 0  # the background stays transparent
+    legend = widget.legend.text()
+    assert widget.legend.isVisibleTo(widget)
+    assert all(name in legend for name in by_pattern)
+
+    # a re-labelling is coloured by its own table
+    min_size = int(np.median(cells.features["area"])) + 1
+    widget.min_size.value = min_size
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "min_size", min_size)
+    cells = viewer.layers["slide cells"]
+    by_pattern = colours_by_pattern(cells)
+    assert set(cells.features["label"]) == set(cell_ids(cells.data))
+    assert all(len(c) == 1 for c in by_pattern.values())
+
+    widget.colour_by_pattern.value = False
+    assert isinstance(cells.colormap, CyclicLabelColormap)
+    np.testing.assert_allclose(cells.colormap.colors, plain)
+    assert not widget.legend.isVisibleTo(widget)
+    assert errors() == []
+
+
+def test_no_patterns_no_colouring(make_napari_viewer, qtbot, slide, tiny_checkpoint,
+                                  patternless_checkpoint, errors):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(slide.image, name="slide")
+    widget = attention_on(viewer, image, tiny_checkpoint)
+    widget.colour_by_pattern.value = True
+    widget.checkpoint.value = patternless_checkpoint
+    box = widget.colour_by_pattern
+    assert not box.enabled and not box.value
+    assert "knows no staining patterns" in box.tooltip
+    widget.cell_diameter.value = 30
+    run_and_wait(qtbot, widget)
+    cells = viewer.layers["slide cells"]
+    assert not any(c.startswith("p_") or c == "pattern" for c in cells.features.columns)
+    assert len(cells.features) == len(cell_ids(cells.data))
+    assert "cells" in widget.status.text() and "pattern" not in widget.status.text()
+    widget.checkpoint.value = tiny_checkpoint
+    assert box.enabled
+    assert errors() == []
+
+
+def test_run_on_all_image_layers(make_napari_viewer, qtbot, slide, tiny_checkpoint, errors,
+                                 engine_calls):
+    viewer = make_napari_viewer()
+    viewer.add_image(slide.image[:128, :128], name="a")
+    viewer.add_image(slide.image[128:, 128:], name="b")
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="drawn")
+    widget = attention_on(viewer, None, tiny_checkpoint)
+    widget.cell_diameter.value = 30
+    widget.run_all_button.click()
+    assert not widget.run_button.isEnabled() and widget.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert errors() == [] and engine_calls == ["slide_attention"] * 2
+    for name in ("a", "b"):
+        amap, cells = viewer.layers[f"{name} attention"], viewer.layers[f"{name} cells"]
+        assert amap.data.shape == cells.data.shape == (128, 128)
+        assert cells.metadata["source_layer"] == name
+        assert len(cells.features) == len(cell_ids(cells.data))
+        assert f"'{name}': " in widget.status.text()
+    assert widget.status.text().startswith("2 image layers: ")
+    assert widget.run_button.isEnabled() and widget.run_all_button.isEnabled()
+
+    widget.run_all_button.click()  # again: the attention overlays are not slides to run on
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert engine_calls == ["slide_attention"] * 4
+    labels = sorted(layer.name for layer in viewer.layers if layer._type_string == "labels")
+    assert labels == ["a cells", "b cells", "drawn"]
+    assert len(viewer.layers) == 7
+    assert errors() == []
+
+
+def test_stop_stops_the_whole_batch(make_napari_viewer, qtbot, slide, tiny_checkpoint,
+                                    monkeypatch, errors):
+    from napari_atagan import slide as slide_module
+
+    real, calls = slide_module.slide_attention, []
+
+    def waits_for_stop(*args, stop, **kwargs):
+        calls.append(1)
+        while not stop():
+            time.sleep(0.01)
+        return real(*args, stop=stop, **kwargs)
+
+    monkeypatch.setattr(slide_module, "slide_attention", waits_for_stop)
+    viewer = make_napari_viewer()
+    for name in ("a", "b", "c"):
+        viewer.add_image(slide.image[:64, :64], name=name)
+    widget = attention_on(viewer, None, tiny_checkpoint)
+    widget.run_all_button.click()
+    widget.stop_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert calls == [1] and errors() == []
+    assert [layer.name for layer in viewer.layers] == ["a", "b", "c"]
+    assert widget.status.text() == "stopped (0 of 3 image layers done)"
+    assert widget.run_all_button.isEnabled() and not widget.stop_button.isEnabled()
+
+
 def test_screenshot(make_napari_viewer, qtbot, tmp_path, tiny_checkpoint):
     """``ATAGAN_SCREENSHOT_CHECKPOINT`` picks the model (default: the shipped one)."""
     from napari_atagan._widgets._common import default_checkpoint

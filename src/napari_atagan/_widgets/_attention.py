@@ -10,6 +10,15 @@ is not run again.
 An RGB layer is read through its stained channel
 (:func:`napari_atagan.channels.pick_stain_channel`); the status line and the
 result layers' metadata say which.
+
+Every labelling is measured, in the same background thread, into a cell table
+(:func:`napari_atagan.cells.cell_table`): it becomes the Labels layer's
+``features`` (hovering a cell shows its row; an ``index`` column holds the
+cell's label, which is how napari finds a label's row) and its summary (the
+slide's pattern and confidence) goes on the status line. When the checkpoint
+knows staining patterns the cells can be coloured by their predicted pattern.
+"Run on all image layers" runs the same computation over every image layer of
+the viewer in turn (skipping the attention overlays this widget made).
 """
 
 from __future__ import annotations
@@ -20,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, SpinBox
-from napari.layers import Image
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QWidget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
+from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_atagan import __version__
 from napari_atagan.labels import DEFAULT_MIN_SIZE
@@ -39,6 +49,8 @@ from ._common import (
     error_text,
     file_value,
     layer_choices,
+    layer_named,
+    layers_of,
     notify_error,
     notify_info,
     push_button,
@@ -57,6 +69,13 @@ OUTLINE_IMAGE = "by the image"
 OUTLINE_MAP = "by the map"
 _OUTLINES = {OUTLINE_IMAGE: "image", OUTLINE_MAP: "map"}
 DEFAULT_DIAMETER = 40.0
+PATTERN_COLOURS = ("#e69f00", "#56b4e9", "#009e73", "#f0e442", "#cc79a7", "#d55e00",
+                   "#0072b2", "#ffffff", "#a6761d", "#999999")
+"""One colour per pattern, in the order of the checkpoint's patterns: Okabe-Ito
+(colour-blind safe), its dark blue after the first six since it is dim on a dark
+slide; they repeat after ten patterns."""
+COLOUR_TOOLTIP = ("Colour every cell by its predicted staining pattern (one colour per "
+                  "pattern; the legend below says which). Off: napari's usual colour per cell.")
 
 
 def attention_name(source_name: str) -> str:
@@ -84,15 +103,36 @@ class AttentionResult:
     """Which channel of an RGB source was used (:func:`napari_atagan.channels.grey_view`)."""
     image: Any = None
     """The grey slide the map was computed from (outlines the cells when re-labelling)."""
+    model: Any = None
+    """The loaded checkpoint (names the cells' patterns when re-labelling)."""
+    table: Any = None
+    """The :class:`napari_atagan.cells.CellTable` of the latest labelling."""
+    top: float = 1.0
+    """The map's largest value."""
+
+
+def label_and_measure(amap: np.ndarray, image: Any, checkpoint: Any, *, outline: str,
+                      threshold: str | float, min_size: int, cell_diameter: float,
+                      device: str) -> tuple[np.ndarray, Any]:
+    """Cell labels of a kept map and their cell table (runs in the worker thread)."""
+    from napari_atagan.cells import cell_table
+    from napari_atagan.device import resolve_device
+
+    labels = label_cells(amap, image, outline=outline, threshold=threshold, min_size=min_size,
+                         cell_diameter=cell_diameter)
+    table = cell_table(labels, image, amap, checkpoint=checkpoint, cell_diameter=cell_diameter,
+                       device=str(resolve_device(device)))
+    return labels, table
 
 
 def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device: str,
                       threshold: str | float, min_size: int, stop: threading.Event,
                       progress_cb: Any, outline: str = "image"
-                      ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Map and labels of a slide or a ``(T, Y, X)`` stack (runs in the worker thread).
+                      ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """Map, labels and cell table of a slide or a ``(T, Y, X)`` stack (worker thread).
 
-    Returns the map, the labels and the checkpoint's training step.
+    Returns the map, the labels, their :class:`~napari_atagan.cells.CellTable`
+    and the loaded checkpoint.
     """
     from napari_atagan.checkpoint import load_checkpoint
     from napari_atagan.slide import slide_attention, slide_attention_stack
@@ -101,9 +141,50 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
     run = slide_attention_stack if len(image.shape) == 3 else slide_attention
     amap = run(ckpt, image, cell_diameter=cell_diameter, device=device, stop=stop.is_set,
                progress=progress_cb)
-    labels = label_cells(amap, image, outline=outline, threshold=threshold, min_size=min_size,
-                         cell_diameter=cell_diameter)
-    return amap, labels, ckpt.step
+    labels, table = label_and_measure(amap, image, ckpt, outline=outline, threshold=threshold,
+                                      min_size=min_size, cell_diameter=cell_diameter,
+                                      device=device)
+    return amap, labels, table, ckpt
+
+
+def cell_features(table: Any) -> dict[str, np.ndarray]:
+    """A cell table as a Labels layer's ``features``: row i is the cell ``label[i]``.
+
+    napari finds a label's row through the ``index`` column (without it, label
+    ``k`` would show row ``k``), so it repeats the labels.
+    """
+    columns = table.as_features()
+    return {"index": np.asarray(columns["label"]), **columns}
+
+
+def pattern_colours(patterns: list[str]) -> dict[str, str]:
+    """The colour of each pattern (hex), fixed by its place among the checkpoint's patterns."""
+    return {name: PATTERN_COLOURS[i % len(PATTERN_COLOURS)] for i, name in enumerate(patterns)}
+
+
+def pattern_colormap(table: Any) -> DirectLabelColormap:
+    """Every cell in the colour of its predicted pattern; background and others transparent."""
+    colours = pattern_colours(table.patterns)
+    color_dict: dict[int | None, str] = {None: "transparent", 0: "transparent"}
+    for label, name in zip(table.columns["label"].tolist(), table.columns["pattern"]):
+        color_dict[int(label)] = colours[name]
+    return DirectLabelColormap(color_dict=color_dict)
+
+
+def is_attention_overlay(layer: Any) -> bool:
+    """Whether ``layer`` is an attention map this widget made (not a slide to run on)."""
+    source = layer.metadata.get("source_layer") if isinstance(layer.metadata, dict) else None
+    return source is not None and layer.name == attention_name(source)
+
+
+def summary_text(result: AttentionResult) -> str:
+    """``"'slide': 42 cells · slide pattern Homogeneous (0.71, classifier teacher) ..."``."""
+    summary = result.table.summary()
+    text = f"'{result.source_name}'{channel_text(result.channel)}: {summary['cells']} cells"
+    if summary["pattern"]:
+        text += (f" · slide pattern {summary['pattern']} ({summary['confidence']:.2f}, "
+                 f"{summary['pattern_source']})")
+    return text + f" · attention 0 .. {result.top:.3g}"
 
 
 def check_image_layer(layer: Any) -> None:
@@ -152,6 +233,15 @@ class AttentionWidget(QWidget):
         self.relabel_worker: Any = None
         self._relabel_again = False
         self._pbar: Any = None
+        self._batch: list[Any] = []
+        """Image layers still to run (after the one running now)."""
+        self._batch_size = 0
+        self._batch_done = 0
+        self._batch_ok = 0
+        self._batch_lines: list[str] = []
+        self._batch_args: dict[str, Any] = {}
+        self._plain_colormaps: dict[str, Any] = {}
+        """The per-cell colormap of each Labels layer coloured by pattern (by layer name)."""
         self._live = Liveness()
         self.destroyed.connect(self._live.dead)
         self._relay = Relay()
@@ -165,10 +255,22 @@ class AttentionWidget(QWidget):
         self.run_button = push_button(
             "Compute attention", self.run,
             "Run the discriminator over the image (in the background).")
+        self.run_all_button = push_button(
+            "Run on all image layers", self.run_all,
+            "Compute attention and cells of every image layer of the viewer in turn "
+            "(each gets its own attention and cells layers; Stop stops them all).")
         self.stop_button = push_button("Stop", self.stop, enabled=False)
         self.status = status_label()
-        dock_layout(self, self.form.native, [self.run_button, self.stop_button], self.status)
+        self.legend = QLabel()
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setWordWrap(True)
+        self.legend.setToolTip("The colour of each pattern (and its number of cells).")
+        self.legend.setVisible(False)
+        dock_layout(self, self.form.native,
+                    [self.run_button, self.run_all_button, self.stop_button],
+                    self.status, self.legend)
         self._update_threshold_mode()
+        self._check_checkpoint()
 
     # ------------------------------------------------------------------ form
     def _build_form(self) -> None:
@@ -203,9 +305,12 @@ class AttentionWidget(QWidget):
             tooltip="Objects smaller than this many pixels are dropped (and always those "
                     "under 0.4 of the area of a cell of the given diameter).")
         self.device = device_combo()
+        self.colour_by_pattern = CheckBox(text="colour cells by pattern", value=False,
+                                          tooltip=COLOUR_TOOLTIP)
         self.form = Container(widgets=[
             self.image_layer, self.checkpoint, self.cell_diameter, self.estimate_button,
             self.threshold_mode, self.threshold_value, self.outline, self.min_size, self.device,
+            self.colour_by_pattern,
         ])
         self.estimate_button.changed.connect(self.estimate_diameter)
         self.threshold_mode.changed.connect(self._update_threshold_mode)
@@ -214,6 +319,7 @@ class AttentionWidget(QWidget):
         self.min_size.changed.connect(self._schedule_relabel)
         self.outline.changed.connect(self._schedule_relabel)
         self.checkpoint.changed.connect(self._check_checkpoint)
+        self.colour_by_pattern.changed.connect(self._recolour)
 
     def reset_choices(self, *_: Any) -> None:
         """Refresh the layer drop-down (napari calls this when layers change)."""
@@ -237,6 +343,22 @@ class AttentionWidget(QWidget):
             path, ckpt = loaded
             self.status.setText(
                 f"model: {path.name} ({ckpt.config.image_size} px, step {ckpt.step})")
+            self._allow_patterns(
+                len(ckpt.class_names) >= 2,
+                f"{path.name} knows no staining patterns (it was trained without pattern "
+                "labels), so its cells cannot be coloured by pattern.")
+
+    def _allow_patterns(self, allowed: bool, why: str = "") -> None:
+        """Enable "colour cells by pattern", or switch it off and disable it saying ``why``."""
+        box = self.colour_by_pattern
+        if allowed:
+            box.enabled = True
+            box.tooltip = COLOUR_TOOLTIP
+            return
+        box.tooltip = why
+        if box.value:
+            box.value = False  # back to per-cell colours
+        box.enabled = False
 
     def _chosen_layer(self) -> Any | None:
         """The chosen image layer when it can be used, else None (after saying why)."""
@@ -284,51 +406,98 @@ class AttentionWidget(QWidget):
         layer = self._chosen_layer()
         if layer is None:
             return
+        self._run_layers([layer])
+
+    def run_all(self) -> None:
+        """Compute the attention map of every image layer of the viewer, one after another."""
+        if self.worker is not None:
+            return
+        layers = []
+        for layer in layers_of(self.viewer, Image):
+            if is_attention_overlay(layer):
+                continue
+            try:
+                check_image_layer(layer)
+            except ValueError as exc:
+                notify_info(f"skipped: {error_text(exc)}")
+                continue
+            layers.append(layer)
+        if not layers:
+            notify_error("there is no image layer to run on (a 2-D slide or a (T, Y, X) stack)")
+            return
+        self._run_layers(layers)
+
+    def _run_layers(self, layers: list[Any]) -> None:
+        """Start the computation of ``layers`` in turn, with the form's settings of now."""
         checkpoint = file_value(self.checkpoint.value)
         if checkpoint is None:
             notify_error("choose a checkpoint (.safetensors)")
             return
-        diameter = float(self.cell_diameter.value)
-        try:
-            image, channel = layer_slide(layer)
-        except ValueError as exc:
-            notify_error(error_text(exc))
-            return
-        if channel:
-            from napari_atagan.channels import describe_channel
-
-            notify_info(f"'{layer.name}' is RGB: using its {describe_channel(channel)}")
+        self._batch_args = dict(checkpoint=checkpoint, diameter=float(self.cell_diameter.value),
+                                device=self.device.value, threshold=self.threshold(),
+                                min_size=int(self.min_size.value), outline=self.outline_choice())
+        self._batch = list(layers)
+        self._batch_size, self._batch_done, self._batch_ok = len(layers), 0, 0
+        self._batch_lines = []
         self._live.stop.clear()
-        self._pbar = ProgressBar(0, f"ATA-GAN attention: {layer.name}")
-        worker = run_function(compute_attention, checkpoint, image, diameter,
-                              self.device.value, self.threshold(), int(self.min_size.value),
-                              self._live.stop, self._relay.callback, self.outline_choice())
-        result = AttentionResult(source=layer, source_name=layer.name,
-                                 attention=np.zeros(0, np.float32), checkpoint=checkpoint,
-                                 cell_diameter=diameter, scale=tuple(layer.scale),
-                                 translate=tuple(layer.translate), channel=channel, image=image)
-        worker.returned.connect(lambda out: self._on_result(result, *out))
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._pbar.close)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
+        if len(layers) == 1:  # the bar goes over the tiles of the one layer
+            self._pbar = ProgressBar(0, f"ATA-GAN attention: {layers[0].name}")
+        else:  # over the layers
+            self._pbar = ProgressBar(len(layers), f"ATA-GAN attention: {len(layers)} image layers")
         self.run_button.setEnabled(False)
+        self.run_all_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        self.status.setText(f"computing attention on '{layer.name}'{channel_text(channel)} ...")
-        worker.start()
+        self._start_next()
+
+    def _start_next(self) -> None:
+        """Start the worker of the next layer of the batch (or end the batch)."""
+        args = self._batch_args
+        while self._batch:
+            layer = self._batch.pop(0)
+            try:
+                image, channel = layer_slide(layer)
+            except ValueError as exc:
+                notify_error(f"Attention failed on '{layer.name}': {error_text(exc)}")
+                self._layer_done()
+                continue
+            if channel:
+                from napari_atagan.channels import describe_channel
+
+                notify_info(f"'{layer.name}' is RGB: using its {describe_channel(channel)}")
+            worker = run_function(compute_attention, args["checkpoint"], image, args["diameter"],
+                                  args["device"], args["threshold"], args["min_size"],
+                                  self._live.stop, self._relay.callback, args["outline"])
+            result = AttentionResult(source=layer, source_name=layer.name,
+                                     attention=np.zeros(0, np.float32),
+                                     checkpoint=args["checkpoint"],
+                                     cell_diameter=args["diameter"], scale=tuple(layer.scale),
+                                     translate=tuple(layer.translate), channel=channel,
+                                     image=image)
+            worker.returned.connect(lambda out, result=result: self._on_result(result, *out))
+            worker.errored.connect(lambda exc, name=layer.name: self._on_error(exc, name))
+            worker.finished.connect(self._on_finished)
+            self.worker = worker
+            where = (f" ({self._batch_done + 1} of {self._batch_size})"
+                     if self._batch_size > 1 else "")
+            self.status.setText(f"computing attention on '{layer.name}'{channel_text(channel)}"
+                                f"{where} ...")
+            worker.start()
+            return
+        self._end_batch()
 
     def stop(self) -> None:
-        """Abort the running computation (between tiles)."""
+        """Abort the running computation (between tiles) and the layers still to run."""
         if self.worker is not None:
             self._live.stop.set()
+            self._batch = []
             self.stop_button.setEnabled(False)
             self.status.setText("stopping ...")
 
     def _on_progress(self, done: int, total: int) -> None:
-        if self._pbar is not None:
+        if self._pbar is not None and self._batch_size == 1:
             self._pbar.set(done, total)
 
-    def _on_error(self, exc: BaseException) -> None:
+    def _on_error(self, exc: BaseException, name: str = "") -> None:
         from napari_atagan.slide import Stopped
 
         if isinstance(exc, Stopped):
@@ -336,31 +505,64 @@ class AttentionWidget(QWidget):
             if self._live.alive:
                 self.status.setText("stopped")
         else:
-            notify_error(f"Attention failed: {error_text(exc)}")
+            where = f" on '{name}'" if name else ""
+            notify_error(f"Attention failed{where}: {error_text(exc)}")
+            self._batch_lines.append(f"'{name}': failed")
+
+    def _layer_done(self) -> None:
+        self._batch_done += 1
+        if self._pbar is not None and self._batch_size > 1:
+            self._pbar.set(self._batch_done)
 
     def _on_finished(self) -> None:
         self.worker = None
-        self._pbar = None
-        if self._live.alive:
-            self.run_button.setEnabled(True)
-            self.stop_button.setEnabled(False)
+        self._layer_done()
+        if self._batch and self._live.alive and not self._live.stop.is_set():
+            self._start_next()
+        else:
+            self._end_batch()
 
-    def _on_result(self, result: AttentionResult, amap: np.ndarray, labels: np.ndarray,
-                   step: int) -> None:
+    def _end_batch(self) -> None:
+        self._batch = []
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
         if not self._live.alive:
             return
-        result.attention = amap
+        self.run_button.setEnabled(True)
+        self.run_all_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        if self._batch_size > 1:
+            if self._live.stop.is_set():
+                self.status.setText(f"stopped ({self._batch_ok} of {self._batch_size} "
+                                    "image layers done)")
+            else:
+                self.status.setText(f"{self._batch_size} image layers: "
+                                    + "; ".join(self._batch_lines))
+
+    def _on_result(self, result: AttentionResult, amap: np.ndarray, labels: np.ndarray,
+                   table: Any, ckpt: Any) -> None:
+        if not self._live.alive:
+            return
+        result.attention, result.table, result.model = amap, table, ckpt
+        result.top = float(np.max(amap)) if amap.size else 1.0
         self.results = [r for r in self.results if r.source_name != result.source_name]
         self.results.append(result)
-        top = float(np.max(amap)) if amap.size else 1.0
         put_image(self.viewer, attention_name(result.source_name), amap, colormap="inferno",
-                  blending="additive", opacity=0.5, contrast_limits=(0.0, max(top, 1e-6)),
+                  blending="additive", opacity=0.5, contrast_limits=(0.0, max(result.top, 1e-6)),
                   scale=result.scale, translate=result.translate,
-                  metadata=self._metadata(result, step))
-        self._show_labels(result, labels, self.threshold(), int(self.min_size.value), step)
-        n = int(labels.max()) if labels.size else 0
-        self.status.setText(f"'{result.source_name}'{channel_text(result.channel)}: {n} cells "
-                            f"(attention 0 .. {top:.3g})")
+                  metadata=self._metadata(result, ckpt.step))
+        args = self._batch_args
+        self._show_labels(result, labels, args["threshold"], args["min_size"], args["outline"],
+                          ckpt.step)
+        if len(table) and not table.patterns:
+            self._allow_patterns(False, f"{result.checkpoint.name} names no patterns (it "
+                                        "keeps neither a pattern classifier nor a pattern "
+                                        "head), so its cells cannot be coloured by pattern.")
+        line = summary_text(result)
+        self._batch_ok += 1
+        self._batch_lines.append(line)
+        self.status.setText(line)
 
     def _metadata(self, result: AttentionResult, step: int | None = None) -> dict[str, Any]:
         meta = {
@@ -375,15 +577,59 @@ class AttentionWidget(QWidget):
         return meta
 
     def _show_labels(self, result: AttentionResult, labels: np.ndarray,
-                     threshold: str | float, min_size: int, step: int | None = None) -> None:
+                     threshold: str | float, min_size: int, outline: str,
+                     step: int | None = None) -> None:
         name = cells_name(result.source_name)
         meta = self._metadata(result, step)
         old = self.viewer.layers[name].metadata if name in self.viewer.layers else {}
         if step is None and "checkpoint_step" in old:
             meta["checkpoint_step"] = old["checkpoint_step"]
-        meta.update(threshold=threshold, min_size=int(min_size), outline=self.outline_choice())
-        put_labels(self.viewer, name, labels, scale=result.scale, translate=result.translate,
-                   metadata=meta)
+        meta.update(threshold=threshold, min_size=int(min_size), outline=outline)
+        layer = put_labels(self.viewer, name, labels, scale=result.scale,
+                           translate=result.translate, metadata=meta,
+                           features=cell_features(result.table))
+        self._colour(result, layer)
+        self._show_legend()
+
+    # ------------------------------------------------------------------ colours
+    def _recolour(self, *_: Any) -> None:
+        """Colour the cells layers by pattern, or back to per-cell colours."""
+        for result in self.results:
+            layer = layer_named(self.viewer, cells_name(result.source_name))
+            if isinstance(layer, Labels):
+                self._colour(result, layer)
+        self._show_legend()
+
+    def _colour(self, result: AttentionResult, layer: Any) -> None:
+        name = layer.name
+        table = result.table
+        if (self.colour_by_pattern.value and self.colour_by_pattern.enabled
+                and table is not None and table.patterns):
+            self._plain_colormaps.setdefault(name, layer.colormap)
+            layer.colormap = pattern_colormap(table)
+        elif name in self._plain_colormaps:  # coloured by pattern: back to what it was
+            layer.colormap = self._plain_colormaps.pop(name)
+
+    def _show_legend(self) -> None:
+        """The pattern → colour legend (with cells per pattern) while colouring by pattern."""
+        if not (self.colour_by_pattern.value and self.colour_by_pattern.enabled):
+            self.legend.setVisible(False)
+            return
+        result = self.current_result()
+        table = result.table if result is not None else None
+        if table is None or not table.patterns:
+            text = ("compute attention to colour the cells by pattern" if result is None
+                    else f"'{result.source_name}': no cells to colour")
+        else:
+            names, counts = np.unique(np.asarray(table.columns["pattern"], dtype=str),
+                                      return_counts=True)
+            count = dict(zip(names.tolist(), counts.tolist()))
+            text = " &nbsp; ".join(
+                f'<span style="color:{colour}">&#9632;</span>&nbsp;{name}&nbsp;'
+                f'({count.get(name, 0)})'
+                for name, colour in pattern_colours(table.patterns).items())
+        self.legend.setText(text)
+        self.legend.setVisible(True)
 
     # ------------------------------------------------------------------ re-labelling
     def _schedule_relabel(self, *_: Any) -> None:
@@ -406,17 +652,25 @@ class AttentionWidget(QWidget):
         if self.relabel_worker is not None:
             self._relabel_again = True
             return
-        threshold, min_size = self.threshold(), int(self.min_size.value)
-        worker = run_function(label_cells, result.attention, result.image,
-                              outline=self.outline_choice(), threshold=threshold,
-                              min_size=min_size, cell_diameter=result.cell_diameter)
+        threshold, min_size, outline = self.threshold(), int(self.min_size.value), \
+            self.outline_choice()
+        worker = run_function(label_and_measure, result.attention, result.image, result.model,
+                              outline=outline, threshold=threshold, min_size=min_size,
+                              cell_diameter=result.cell_diameter, device=self.device.value)
         worker.returned.connect(
-            lambda labels: self._live.alive and self._show_labels(result, labels, threshold,
-                                                                  min_size))
+            lambda out: self._on_relabelled(result, *out, threshold, min_size, outline))
         worker.errored.connect(lambda exc: notify_error(f"Labelling failed: {error_text(exc)}"))
         worker.finished.connect(self._on_relabel_finished)
         self.relabel_worker = worker
         worker.start()
+
+    def _on_relabelled(self, result: AttentionResult, labels: np.ndarray, table: Any,
+                       threshold: str | float, min_size: int, outline: str) -> None:
+        if not self._live.alive:
+            return
+        result.table = table
+        self._show_labels(result, labels, threshold, min_size, outline)
+        self.status.setText(summary_text(result))
 
     def _on_relabel_finished(self) -> None:
         self.relabel_worker = None
