@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cells", type=int, default=40, help="cells per mosaic (40)")
     p.add_argument("--size", type=int, nargs=2, default=(1038, 1388), metavar=("H", "W"))
     p.add_argument("--touching", action="store_true", help="pack the cells so most touch")
+    p.add_argument("--context", type=float, default=0.0,
+                   help="cell diameters of each crop pasted around its cell (see mosaic)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             stem = f"{pattern}_{k:02d}"
             if not (mosaics / f"{stem}.tif").exists():
                 m = make_mosaic(args.val / pattern, shape=tuple(args.size), n_cells=args.cells,
-                                seed=k, touching=args.touching)
+                                seed=k, touching=args.touching, context=args.context)
                 write_mosaic(m, mosaics, stem)
                 diameters.append(m.cell_diameter)
             truth[stem] = pattern
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "slides": len(all_slides),
         "cell_diameter": diameter,
         "touching": args.touching,
+        "context": args.context,
         "slide_accuracy": float(np.mean(all_slides)),
         "cell_accuracy": sum(cell_right.values()) / max(1, sum(cell_total.values())),
         "crop_accuracy": float(np.mean([crop_acc[p] for p in patterns])),
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "pattern_study.json").write_text(json.dumps(report, indent=2))
     lines = [f"Pattern named by the {source}; {report['slides']} mosaics of held-out cells, "
-             f"{args.per_pattern} per pattern, {args.cells} cells each.", "",
+             f"{args.per_pattern} per pattern, {args.cells} cells each, context "
+             f"{args.context}.", "",
              "| pattern | slide accuracy | per-cell accuracy on slides | cells | "
              "classifier on crops |", "|---|---|---|---|---|"]
     for pattern, r in per_pattern.items():

@@ -205,3 +205,32 @@ def test_cli_mosaic_touching(crops_dir, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["touching"] is False
     assert np.array_equal(tifffile.imread(tmp_path / "p" / "mosaic_000_labels.tif"),
                           make_mosaic(crops_dir, shape=SHAPE, n_cells=12, seed=3).labels)
+
+
+def test_context_pastes_the_crops_surroundings(crops_dir):
+    from napari_atagan.mosaic import _soft_alpha
+
+    mask = np.zeros((41, 41), bool)
+    mask[14:27, 14:27] = True  # a 13 px square cell: d ~ 14.7 px
+    plain, wide = _soft_alpha(mask), _soft_alpha(mask, context=0.3)
+    assert (plain[mask] == 1).all() and (wide[mask] == 1).all()
+    assert plain[20, 30] == 0 and wide[20, 30] == pytest.approx(1.0)  # 4 px out: kept
+    assert wide[0, 20] == 0 and wide[20, 40] == 0  # fades to nothing at the crop's edge
+    a = make_mosaic(crops_dir, shape=SHAPE, n_cells=8, seed=3)
+    b = make_mosaic(crops_dir, shape=SHAPE, n_cells=8, seed=3, context=0.3)
+    areas = [sorted(np.bincount(m.labels.ravel())[1:]) for m in (a, b)]
+    assert areas[0] == areas[1]  # the truth is still the cells' masks
+
+    def around(m):  # how far the pixels just outside the cells stand from the background
+        ring = ndi.binary_dilation(m.labels > 0, iterations=4) & (m.labels == 0)
+        return np.abs(m.image[ring].astype(float) - np.median(m.image[m.labels == 0])).mean()
+
+    assert around(b) > around(a) + 0.5
+
+
+@pytest.mark.parametrize("kwargs, message", [({"context": -0.1}, "between 0 and 2"),
+                                             ({"context": "x"}, "between 0 and 2"),
+                                             ({"context": 0.3, "touching": True}, "choose one")])
+def test_bad_context(crops_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_mosaic(crops_dir, shape=SHAPE, n_cells=4, **kwargs)

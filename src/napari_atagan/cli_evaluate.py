@@ -184,6 +184,10 @@ def _add_mosaic(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--touching", action="store_true",
                    help="pack the cells densely: most in clusters of 2-6 whose masks touch "
                         "(never overlap), for slides of touching cells")
+    p.add_argument("--context", type=float, default=0.0, metavar="F",
+                   help="also paste F cell diameters of each crop around its cell (e.g. 0.3), "
+                        "so stain outside the nucleus (Golgi, a nuclear rim) stays with it "
+                        "(default: 0, the cell and a thin soft edge)")
     p.add_argument("--stem", default="mosaic",
                    help="file name prefix (default: %(default)s)")
     p.set_defaults(run=run, action=_run_mosaic)
@@ -268,7 +272,8 @@ def _run_mosaic(args: argparse.Namespace) -> int:
     written = []
     for k in range(args.count):
         m = make_mosaic(args.crops, shape=tuple(args.size), n_cells=args.n_cells,
-                        seed=args.seed + k, scale=args.scale, touching=args.touching)
+                        seed=args.seed + k, scale=args.scale, touching=args.touching,
+                        context=args.context)
         image, labels = write_mosaic(m, out, f"{args.stem}_{k:03d}")
         written.append({"image": str(image), "labels": str(labels), "cells": len(m.patterns),
                         "cell_diameter": round(m.cell_diameter, 2), "seed": args.seed + k,

@@ -208,6 +208,7 @@ def make_mosaic(
     seed: int = 0,
     scale: float = 1.0,
     touching: bool = False,
+    context: float = 0.0,
 ) -> Mosaic:
     """Build an evaluation slide of ``n_cells`` real cells at random positions.
 
@@ -229,6 +230,12 @@ def make_mosaic(
         Pack the cells densely: most in clusters of 2-6 whose masks touch their
         neighbours' (never overlapping), for evaluation slides of touching cells.
         ``False`` (the default) keeps every cell apart.
+    context:
+        How much of each crop around its cell is pasted with it, in cell
+        diameters beyond the mask (0, the default: the cell and a thin soft
+        edge). Patterns whose stain lies outside the nucleus (Golgi's
+        perinuclear clumps, a nuclear rim's outer half) keep it with a context
+        of about 0.3; the labels stay the cells' masks. Not with ``touching``.
 
     Raises ``ValueError`` for crops without masks, a bad shape or scale, or more
     cells than fit on the canvas (the message says about how many fit).
@@ -238,9 +245,18 @@ def make_mosaic(
     scale = _check_scale(scale)
     if not isinstance(touching, (bool, np.bool_)):
         raise ValueError(f"touching must be True or False, got {touching!r}")
+    try:
+        context = float(context)
+    except (TypeError, ValueError):
+        context = float("nan")
+    if not (0.0 <= context <= 2.0):
+        raise ValueError(f"context must be between 0 and 2 cell diameters, got {context!r}")
+    if context and touching:
+        raise ValueError("context keeps each cell's surroundings, which touching cells "
+                         "cannot have: choose one")
     rng = np.random.default_rng(_check_seed(seed))
     crops = _choose_crops(folder_or_celldata, n_cells, rng)
-    cells = [_transform(c, rng, scale) for c in crops]
+    cells = [_transform(c, rng, scale, context) for c in crops]
     _check_fits(cells, (h, w), n_cells)
     level, spread = _background_stats(cells)
     dtype = np.result_type(*[c.image.dtype for c in crops])
@@ -322,7 +338,8 @@ class _Cell:
     pattern: str
 
 
-def _transform(crop: RawCrop, rng: np.random.Generator, scale: float) -> _Cell:
+def _transform(crop: RawCrop, rng: np.random.Generator, scale: float,
+               context: float = 0.0) -> _Cell:
     """Random dihedral transform, optional rescale, soft alpha and background statistics."""
     k = int(rng.integers(8))
     image = np.rot90(crop.image.astype(np.float32), k % 4)
@@ -337,7 +354,7 @@ def _transform(crop: RawCrop, rng: np.random.Generator, scale: float) -> _Cell:
         if not mask.any():
             raise ValueError(f"scale {scale} shrinks the cell of {crop.file} to nothing")
     image, mask = np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask)
-    alpha = _soft_alpha(mask)
+    alpha = _soft_alpha(mask, context)
     outside = alpha == 0
     if outside.sum() < 16:  # the cell fills the crop: use its border
         outside = np.zeros_like(mask)
@@ -349,13 +366,21 @@ def _transform(crop: RawCrop, rng: np.random.Generator, scale: float) -> _Cell:
     return _Cell(image, mask, alpha, alpha > 0, med, spread, crop.pattern)
 
 
-def _soft_alpha(mask: np.ndarray) -> np.ndarray:
-    """1 on the cell, fading smoothly to exactly 0 a few pixels outside it."""
+def _soft_alpha(mask: np.ndarray, context: float = 0.0) -> np.ndarray:
+    """1 on the cell (and ``context`` diameters around it), fading smoothly to exactly
+    0 a few pixels further out."""
     d = math.sqrt(4.0 * mask.sum() / math.pi)
     ring = max(2.0, 0.08 * d)
     dist = ndi.distance_transform_edt(~mask)
-    t = np.clip(dist / ring, 0.0, 1.0)
-    return (0.5 * (1.0 + np.cos(np.pi * t))).astype(np.float32)  # 1 at the edge, 0 at `ring`
+    t = np.clip((dist - context * d) / ring, 0.0, 1.0)
+    alpha = 0.5 * (1.0 + np.cos(np.pi * t))  # 1 at the edge, 0 at `ring`
+    if context:  # a context reaching the crop's own edge fades there too: no boxes
+        h, w = mask.shape
+        yy, xx = np.ogrid[:h, :w]
+        edge = np.minimum(np.minimum(yy, h - 1 - yy), np.minimum(xx, w - 1 - xx))
+        fade = 0.5 * (1.0 - np.cos(np.pi * np.clip(edge / ring, 0.0, 1.0)))
+        alpha = np.where(mask, 1.0, alpha * fade)
+    return alpha.astype(np.float32)
 
 
 def _check_fits(cells: list[_Cell], shape: tuple[int, int], n: int) -> None:
