@@ -54,6 +54,8 @@ The result is ``uint16``, or ``uint32`` when there are more than 65,535 cells.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +65,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.feature import peak_local_max
 from skimage.morphology import h_maxima
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
 from ._memmap import release_pages
 
@@ -239,8 +241,9 @@ def _label_plane(m, *, threshold, min_size, smooth, split_touching, split_depth,
                               split_area)
     else:
         level = _otsu(m, gamma) if threshold == "otsu" else float(threshold)
-        labels = _segment(m > level, min_size, split_touching, split_depth, split_area)
-    return relabel_sequential(labels)[0]
+        return _sequential(_segment(m > level, min_size, split_touching, split_depth,
+                                    split_area))
+    return labels
 
 
 def _grid_sample(m: np.ndarray) -> np.ndarray:
@@ -262,30 +265,119 @@ def _noise_floor(sample: np.ndarray) -> float:
 
 def _local_cells(m: np.ndarray, floor: float, peak_distance: int, min_size: int,
                  max_area: float) -> np.ndarray:
-    """Each cell cut at LOCAL_FRACTION of its own peak (ids not sequential)."""
-    peaks = peak_local_max(m, min_distance=peak_distance, threshold_abs=floor,
-                           exclude_border=False)
+    """Each cell cut at LOCAL_FRACTION of its own peak, numbered 1..N in the order of
+    their peaks (highest first), those under ``min_size`` pixels dropped.
+
+    The peaks and the watershed are those of ``peak_local_max(m, min_distance=
+    peak_distance, threshold_abs=floor, exclude_border=False)`` and ``watershed(-m,
+    markers, mask=m > floor)`` over the whole map, found piece by piece of the mask
+    (:func:`_map_peaks`, :func:`_flood`).
+    """
+    mask = m > floor
+    pieces, _ = ndi.label(mask)
+    boxes = ndi.find_objects(pieces)
+    peaks = _map_peaks(m, floor, peak_distance, pieces, boxes)
     if len(peaks) == 0:
         return np.zeros(m.shape, dtype=np.int64)
-    markers = np.zeros(m.shape, dtype=np.int64)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    basins = watershed(-m, markers, mask=m > floor)
+    basins = _flood(m, peaks, mask, pieces, boxes)
     top = np.zeros(len(peaks) + 1, dtype=np.float32)
     top[1:] = m[tuple(peaks.T)]
-    basins = _merge_basins(basins, m, top, max_area)
-    cells = np.where(m >= LOCAL_FRACTION * top[basins], basins, 0)
-    return _remove_small(fill_holes_each(cells), min_size)
+    inner = np.flatnonzero(basins)  # only the flooded pixels can be cells
+    own, level = basins.ravel()[inner], m.ravel()[inner]
+    root = _merged_roots(basins, m, top, max_area, own, level)[own]
+    keep = level >= LOCAL_FRACTION * top[root]
+    cells = np.zeros(m.shape, dtype=np.int32)
+    cells.ravel()[inner[keep]] = root[keep]
+    return _sequential(fill_holes_each(cells), min_size)
 
 
 def fill_holes_each(cells: np.ndarray) -> np.ndarray:
     """Fill the holes of every labelled object, never over another object inside a
-    ring-shaped one (a copy; 0 = background)."""
+    ring-shaped one (a copy; 0 = background).
+
+    A hole of one object is background that cannot reach the image border without
+    crossing that object, so it is background that cannot reach the border at all
+    (a hole of all the objects together), and it lies inside that object's box. Most
+    such holes touch one object only and lie in no other object's box: that object
+    alone encloses them and they are filled with it at once. Only the objects whose
+    box holds another hole are filled one by one, in the order of their ids (where
+    rings nest, the higher id wins).
+    """
     filled = cells.copy()
-    for i, box in enumerate(ndi.find_objects(cells), start=1):
-        if box is not None:
-            region = filled[box]
-            region[ndi.binary_fill_holes(cells[box] == i) & (cells[box] == 0)] = i
+    background, enclosed = _enclosed(cells == 0)
+    if not enclosed.any():
+        return filled
+    boxes = ndi.find_objects(cells)
+    if cells.ndim == 2 and (cells.dtype.kind == "u" or cells.min() >= 0):
+        one_by_one = _fill_plain_holes(filled, background, enclosed, boxes)
+    else:
+        holes = enclosed[background]
+        one_by_one = [i for i, box in enumerate(boxes, start=1)
+                      if box is not None and holes[box].any()]
+    for i in one_by_one:
+        box = boxes[i - 1]
+        region = filled[box]
+        region[_holes(cells[box] == i) & (cells[box] == 0)] = i
     return filled
+
+
+def _fill_plain_holes(filled: np.ndarray, background: np.ndarray, enclosed: np.ndarray,
+                      boxes: list) -> list[int]:
+    """Fill (in ``filled``, still a copy of the objects) each hole of a 2-D image that
+    touches one object only and lies in no other object's box; returns the ids of the
+    objects whose box holds one of the other holes, in increasing order.
+
+    ``background`` labels the background, ``enclosed`` tells its pieces that cannot
+    reach the border (which holes, so none touches the border: all four neighbours of
+    a hole pixel are in the image).
+    """
+    cells = filled.ravel()
+    at = np.flatnonzero(enclosed[background])
+    hole = background.ravel()[at]
+    width = filled.shape[1]
+    near = [cells[at + step] for step in (-width, -1, 1, width)]
+    pairs = np.unique(np.concatenate([hole[v > 0].astype(np.int64) * (len(boxes) + 1)
+                                      + v[v > 0].astype(np.int64) for v in near]))
+    hole_of, obj_of = pairs // (len(boxes) + 1), pairs % (len(boxes) + 1)
+    ids, first, count = np.unique(hole_of, return_index=True, return_counts=True)
+    rows, cols = at // width, at % width
+    lo_r = np.full(len(enclosed), filled.shape[0]); np.minimum.at(lo_r, hole, rows)
+    hi_r = np.full(len(enclosed), -1); np.maximum.at(hi_r, hole, rows)
+    lo_c = np.full(len(enclosed), width); np.minimum.at(lo_c, hole, cols)
+    hi_c = np.full(len(enclosed), -1); np.maximum.at(hi_c, hole, cols)
+    box = np.array([(b[0].start, b[0].stop, b[1].start, b[1].stop) if b is not None
+                    else (0, 0, 0, 0) for b in boxes]).reshape(-1, 4)
+    value = np.zeros(len(enclosed), np.int64)  # the one object filling a plain hole
+    others = set()
+    for h, j, c in zip(ids.tolist(), first.tolist(), count.tolist()):
+        inside = np.flatnonzero((box[:, 0] <= lo_r[h]) & (box[:, 1] > hi_r[h])
+                                & (box[:, 2] <= lo_c[h]) & (box[:, 3] > hi_c[h])) + 1
+        if c == 1 and len(inside) == 1:
+            value[h] = obj_of[j]
+        else:
+            others.update(inside.tolist())
+    plain = value[hole] > 0
+    cells[at[plain]] = value[hole[plain]]
+    return sorted(others)
+
+
+def _holes(obj: np.ndarray) -> np.ndarray:
+    """``binary_fill_holes(obj) & ~obj``, from one labelling rather than
+    ``binary_fill_holes``' repeated dilations."""
+    outside, enclosed = _enclosed(~obj)
+    return enclosed[outside]
+
+
+def _enclosed(free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 4-connected pieces of ``free`` (labels) and, by label, whether each one
+    cannot reach the border of the array."""
+    pieces, count = ndi.label(free)
+    edge = np.concatenate([np.take(pieces, [0, -1], axis=axis).ravel()
+                           for axis in range(pieces.ndim)])
+    enclosed = np.ones(count + 1, dtype=bool)
+    enclosed[0] = False
+    enclosed[edge] = False
+    return pieces, enclosed
 
 
 def label_percentiles(values: np.ndarray, labels: np.ndarray, ids: np.ndarray,
@@ -297,13 +389,20 @@ def label_percentiles(values: np.ndarray, labels: np.ndarray, ids: np.ndarray,
     a noisy 2,000^2 image; this takes a tenth of that). Objects in ``ids``
     without pixels get NaN.
     """
-    ids = np.asarray(ids, dtype=np.int64)
     lab = np.asarray(labels).ravel()
-    val = np.asarray(values, dtype=np.float64).ravel()
-    inside = lab > 0
-    lab, val = lab[inside], val[inside]
-    order = np.lexsort((val, lab))
-    lab, val = lab[order], val[order]
+    inside = np.flatnonzero(lab > 0)
+    val = np.asarray(values).ravel()[inside]
+    if val.dtype != np.float32:
+        val = val.astype(np.float64)
+    return grouped_percentiles(val, lab[inside], ids, pct)
+
+
+def grouped_percentiles(values: np.ndarray, groups: np.ndarray, ids: np.ndarray,
+                        pct: float) -> np.ndarray:
+    """:func:`label_percentiles` of pixels already picked out: 1-D ``values`` and the
+    id (>= 0) of each one's object in ``groups``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    lab, val = _by_group(values, groups)
     starts = np.searchsorted(lab, ids)
     counts = np.searchsorted(lab, ids, side="right") - starts
     out = np.full(len(ids), np.nan)
@@ -316,6 +415,32 @@ def label_percentiles(values: np.ndarray, labels: np.ndarray, ids: np.ndarray,
     return out
 
 
+def _by_group(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``groups`` and ``values`` (as float64) sorted by group, then by value, as
+    ``np.lexsort((values, groups))`` sorts them.
+
+    float32 values (as an image's) are sorted as one 64-bit key per pixel, group over
+    value bits (flipped so that unsigned order is float order), several times faster
+    than ``lexsort``. Two pixels with the same key hold the same value, so the sorted
+    values are those of ``lexsort``, unless the values hold NaN or -0.0 (which
+    ``lexsort`` does not order by their bits): those take ``lexsort`` itself.
+    """
+    groups = np.asarray(groups)
+    values = np.asarray(values)
+    if (values.dtype == np.float32 and groups.size and groups.dtype.kind in "iu"
+            and int(groups.min()) >= 0 and int(groups.max()) < 2**32
+            and not np.isnan(values).any() and not (np.signbit(values) & (values == 0)).any()):
+        bits = values.view(np.uint32)
+        negative = bits >= np.uint32(2**31)
+        bits = np.where(negative, ~bits, bits | np.uint32(2**31))
+        key = np.sort((groups.astype(np.uint64) << np.uint64(32)) | bits)
+        bits = (key & np.uint64(2**32 - 1)).astype(np.uint32)
+        bits = np.where(bits >= np.uint32(2**31), bits & np.uint32(2**31 - 1), ~bits)
+        return (key >> np.uint64(32)).astype(np.int64), bits.view(np.float32).astype(np.float64)
+    order = np.lexsort((values, groups))
+    return groups[order], values[order].astype(np.float64)
+
+
 def drop_border_cells(labels: np.ndarray) -> np.ndarray:
     """The labels without the objects that touch the image border (set to 0)."""
     lab = np.asarray(labels)
@@ -324,20 +449,22 @@ def drop_border_cells(labels: np.ndarray) -> np.ndarray:
     return np.where(np.isin(lab, edge), 0, lab) if edge.size else lab
 
 
-def _merge_basins(basins: np.ndarray, m: np.ndarray, top: np.ndarray,
-                  max_area: float) -> np.ndarray:
-    """Join neighbouring basins of one cell; each keeps the id of its highest peak.
+def _merged_roots(basins: np.ndarray, m: np.ndarray, top: np.ndarray, max_area: float,
+                  own: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Join neighbouring basins of one cell: the id each basin ends up with (that of the
+    highest peak of its group), by basin id.
 
     Pairs are taken from the highest ridge down. Two groups join when their
     ridge is at least MERGE_RIDGE of the lower group's peak and their pixels
     above LOCAL_FRACTION of their own peaks are together at most ``max_area``.
+    ``own`` and ``level`` are the basin and the value of ``m`` of every flooded pixel.
     """
+    root = np.arange(len(top))
     pairs, ridges = _ridges(basins, m)
     if not len(pairs):
-        return basins
-    area = np.bincount(basins[m >= LOCAL_FRACTION * top[basins]],
+        return root
+    area = np.bincount(own[level >= LOCAL_FRACTION * top[own]],
                        minlength=len(top)).astype(np.float64)
-    root = np.arange(len(top))
 
     def find(i: int) -> int:
         while root[i] != i:
@@ -353,7 +480,7 @@ def _merge_basins(basins: np.ndarray, m: np.ndarray, top: np.ndarray,
         keep, drop = (a, b) if top[a] >= top[b] else (b, a)
         root[drop] = keep
         area[keep] += area[drop]
-    return np.array([find(i) for i in range(len(top))])[basins]
+    return np.array([find(i) for i in range(len(top))])
 
 
 def _ridges(basins: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -405,9 +532,9 @@ def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     too_small = sizes < min_size
     too_small[0] = False
-    labels = labels.copy()
-    labels[too_small[labels]] = 0
-    return labels
+    ids = np.arange(len(sizes), dtype=labels.dtype)
+    ids[too_small] = 0
+    return ids[labels]
 
 
 def _split_large(labels: np.ndarray, split_depth: float, split_area: float) -> np.ndarray:
@@ -438,6 +565,194 @@ def _split(mask: np.ndarray, split_depth: float) -> np.ndarray:
     leftover = ndi.label(mask & (labels == 0))[0]
     leftover[leftover > 0] += int(labels.max())
     return np.where(labels > 0, labels, leftover)
+
+
+def _sequential(labels: np.ndarray, min_size: int = 0, narrow: bool = False) -> np.ndarray:
+    """``relabel_sequential(labels)[0]`` (int64; with ``narrow``, as :func:`_narrow`
+    makes it) of non-negative labels, after dropping the objects smaller than
+    ``min_size`` pixels as :func:`_remove_small` does.
+
+    The ids left, in increasing order, become 1, 2, 3, ... (0 stays 0): a lookup table
+    from one ``bincount``, where ``relabel_sequential`` sorts every pixel.
+    """
+    flat = labels.ravel()
+    if flat.size == 0:
+        return np.zeros(labels.shape, dtype=np.uint16 if narrow else np.int64)
+    sizes = np.bincount(flat)
+    keep = sizes > 0
+    if min_size > 1:
+        keep &= sizes >= min_size
+    keep[0] = False
+    ids = np.cumsum(keep)
+    ids[~keep] = 0
+    if narrow:
+        ids = ids.astype(np.uint16 if ids.max() <= np.iinfo(np.uint16).max else np.uint32)
+    return ids[labels]
+
+
+def _grown(box: tuple[slice, ...], margin: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``box`` widened by ``margin`` pixels on every side, clipped to ``shape``."""
+    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin))
+                 for s, n in zip(box, shape))
+
+
+def _within(box: tuple[slice, ...], outer: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``box`` in the coordinates of the crop ``outer`` that holds it."""
+    return tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, outer))
+
+
+def _map_peaks(m: np.ndarray, floor: float, min_distance: int, pieces: np.ndarray,
+               boxes: list) -> np.ndarray:
+    """``peak_local_max(m, min_distance=min_distance, threshold_abs=floor,
+    exclude_border=False)``, looked for only on the pieces of ``m > floor``.
+
+    A peak is a pixel above ``floor`` equal to the largest value of ``m`` in its
+    square of side ``2 * min_distance + 1`` (cut at the map's edge); peaks are then
+    taken from the highest down (ties in raster order), each dropping the others
+    nearer than ``min_distance`` (:func:`_spaced`). The square of a pixel reaches only
+    ``min_distance`` pixels out, so the maximum filter runs on each piece's box
+    widened by that much, not on the background that is most of a slide.
+    ``pieces`` labels the 4-connected pieces of ``m > floor``, ``boxes`` their
+    ``find_objects``.
+    """
+    if m.size <= 1 or float(m.min()) == float(m.max()):  # skimage's special cases
+        return peak_local_max(m, min_distance=min_distance, threshold_abs=floor,
+                              exclude_border=False)
+    footprint = np.ones((2 * min_distance + 1,) * 2, dtype=bool)
+    crops = [(k, box, _grown(box, min_distance, m.shape))
+             for k, box in enumerate(boxes, start=1) if box is not None]
+    if sum(math.prod(s.stop - s.start for s in grown) for _, _, grown in crops) > m.size / 2:
+        # the widened boxes cover much of the map: one filter of the whole map is cheaper
+        flat = np.flatnonzero((m == ndi.maximum_filter(m, footprint=footprint, mode="nearest"))
+                              & (pieces > 0))
+    else:
+        found = [np.zeros(0, dtype=np.intp)]
+        for k, box, grown in crops:
+            crop = m[grown]
+            inner = _within(box, grown)
+            top = ndi.maximum_filter(crop, footprint=footprint, mode="nearest")[inner]
+            ys, xs = np.nonzero((crop[inner] == top) & (pieces[box] == k))
+            found.append((ys + box[0].start) * m.shape[1] + xs + box[1].start)
+        flat = np.concatenate(found)
+    flat = flat[np.lexsort((flat, -m.ravel()[flat]))]
+    return _spaced(np.stack(np.unravel_index(flat, m.shape), axis=1), min_distance)
+
+
+def _spaced(coords: np.ndarray, min_distance: int) -> np.ndarray:
+    """skimage's ``ensure_spacing`` (Chebyshev distance) for ``peak_local_max``: of
+    ``coords`` sorted best first, each is kept unless it lies nearer than
+    ``min_distance`` to one kept before it (none is dropped for ``min_distance`` 1)."""
+    if min_distance <= 1 or len(coords) < 2:
+        return coords
+    reach = min_distance - 1
+    low = coords.min(axis=0)
+    taken = np.zeros(tuple(coords.max(axis=0) - low + 1), dtype=bool)
+    keep = np.zeros(len(coords), dtype=bool)
+    for i, (y, x) in enumerate((coords - low).tolist()):
+        if not taken[y, x]:
+            keep[i] = True
+            taken[max(0, y - reach):y + reach + 1, max(0, x - reach):x + reach + 1] = True
+    return coords[keep]
+
+
+@functools.lru_cache(maxsize=None)
+def _markers_enter_at_their_level() -> bool:
+    """Whether skimage's watershed queues each marker at its own level (0.26; 0.25
+    queued them all at -inf, which left their order to the heap of the whole image)."""
+    flooded = watershed(np.arange(6.0), np.array([1, 0, 0, 0, 0, 2]))
+    return bool(np.array_equal(flooded, [1, 1, 1, 1, 1, 2]))
+
+
+def _apart(piece_of: np.ndarray, level: np.ndarray) -> bool:
+    """Whether the pieces of a mask can all be flooded together in any crop that holds
+    them whole (see :func:`_flood_piece`): no piece holds two markers of the same
+    ``level`` (``piece_of`` and ``level`` by marker; piece 0 is outside the mask), and
+    skimage queues markers at their level."""
+    level = np.asarray(level, dtype=np.float64)
+    order = np.lexsort((level, piece_of))
+    piece_of, level = piece_of[order], level[order]
+    same = (piece_of[1:] == piece_of[:-1]) & (level[1:] == level[:-1]) & (piece_of[1:] > 0)
+    return not same.any() and _markers_enter_at_their_level()
+
+
+def _flood(height: np.ndarray, peaks: np.ndarray, mask: np.ndarray, pieces: np.ndarray,
+           boxes: list) -> np.ndarray:
+    """``watershed(-height, markers, mask=mask)`` with markers 1, 2, ... at ``peaks``
+    (rows of ``(row, col)``), flooded one piece of the mask at a time
+    (:func:`_flood_piece`; the whole mask at once where a piece cannot be).
+
+    ``pieces`` labels the 4-connected pieces of ``mask``, ``boxes`` their
+    ``find_objects``. Small queues and crops make this faster than one flood.
+    """
+    markers = np.zeros(mask.shape, dtype=np.int32)  # int32 ids: half the memory traffic
+    at = tuple(np.asarray(peaks).T)
+    markers[at] = np.arange(1, len(peaks) + 1)
+    piece_of = pieces[at]
+    out = np.zeros(mask.shape, dtype=np.int32)
+    ids, first, count = np.unique(piece_of, return_index=True, return_counts=True)
+    for k, i, c in zip(ids.tolist(), first.tolist(), count.tolist()):
+        if k == 0:
+            continue
+        box = boxes[k - 1]
+        piece = pieces[box] == k
+        if c == 1:  # a piece with one marker is all that marker's basin
+            out[box][piece] = i + 1
+            continue
+        flooded = _flood_piece(-height[box], markers[box], piece)
+        if flooded is None:
+            return watershed(-height, markers, mask=mask)
+        out[box][piece] = flooded[piece]
+    return out
+
+
+_MAX_ORDERS = 6
+"""At most this many orders of a piece's same-level markers are tried by :func:`_flood_piece`."""
+
+
+def _flood_piece(surface: np.ndarray, markers: np.ndarray, piece: np.ndarray) -> np.ndarray | None:
+    """``watershed(surface, markers, mask=piece)`` of one 4-connected piece of a mask,
+    as that piece comes out of the flood of the whole mask; None where that is not
+    known (then flood the whole mask).
+
+    No flood crosses from one piece to another, and skimage's queue serves entries by
+    (level, time of entry), the time being unique except for the markers, which all
+    enter first: a piece's pixels leave the queue in an order set by the piece alone,
+    so it floods alone as in the whole image -- except for the order among markers of
+    the same level, which the heap of the whole image sets. Each such order is forced
+    here by lowering the earlier markers' levels by a few units in the last place (no
+    other pixel of the piece lies at those levels, so no other comparison changes); when
+    every order gives the same piece, that is the piece.
+    """
+    if not _markers_enter_at_their_level():
+        return None
+    surface = np.asarray(surface, dtype=np.float64)
+    at = np.nonzero(piece & (markers != 0))
+    level = surface[at]
+    _, group, count = np.unique(level, return_inverse=True, return_counts=True)
+    tied = [np.flatnonzero(group == g).tolist() for g in np.flatnonzero(count > 1)]
+    if not tied:
+        return watershed(surface, markers, mask=piece)
+    if math.prod(math.factorial(len(g)) for g in tied) > _MAX_ORDERS:
+        return None
+    orders = itertools.product(*(itertools.permutations(g) for g in tied))
+    levels = surface[piece]
+    flooded = None
+    for order in orders:
+        forced = surface.copy()
+        for same in order:
+            for rank, i in enumerate(same):  # the first to leave the queue lowest
+                value = level[i]
+                for _ in range(len(same) - 1 - rank):
+                    value = np.nextafter(value, -np.inf)
+                if rank < len(same) - 1 and np.isin(value, levels):
+                    return None
+                forced[at[0][i], at[1][i]] = value
+        this = watershed(forced, markers, mask=piece)
+        if flooded is None:
+            flooded = this
+        elif not np.array_equal(this, flooded):
+            return None
+    return flooded
 
 
 def _narrow(labels: np.ndarray) -> np.ndarray:

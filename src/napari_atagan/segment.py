@@ -50,15 +50,20 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
 from .labels import (
-    _narrow,
-    _remove_small,
+    _apart,
+    _flood,
+    _flood_piece,
+    _grown,
+    _sequential,
+    _spaced,
+    _within,
     attention_to_labels,
     effective_min_size,
     fill_holes_each,
-    label_percentiles,
+    grouped_percentiles,
     min_cell_size,
     number_planes,
 )
@@ -107,7 +112,7 @@ def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_S
         raise ValueError(f"sigma must be >= 0 pixels, got {sigma}")
     min_size = min_cell_size(d) if min_size is None else int(min_size)
     objects = otsu_baseline(img, sigma=float(sigma), min_size=min_size)  # no cells if constant
-    return _finish(_remove_small(_distance_split(objects > 0, d), min_size))
+    return _finish(_distance_split(objects > 0, d), min_size)
 
 
 def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
@@ -151,22 +156,10 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     if n == 0 or _constant(img):
         return _finish(np.asarray(map_labels, np.int64))
     level = ndi.gaussian_filter(img, sigma)
-    seeds = _seeds(map_labels, att, n)
-    zones = _zones(map_labels, d)
+    zones, regions = _zones(map_labels, d)
     background = float(np.median(level[zones == 0])) if (zones == 0).any() else float(level.min())
-    bright = np.zeros(n + 1)
-    bright[1:] = label_percentiles(level, seeds, np.arange(1, n + 1), BRIGHT_PCT)
-    cut = background + CUT_FRACTION * (bright - background)
-    cut[0] = np.inf
-    inside = level > cut[zones]
-    cells = np.where(inside, zones, 0)
-    # seeds the image does not show keep the map's own outline
-    shown = np.bincount(cells.ravel(), minlength=n + 1) > 0
-    unseen = ~shown
-    unseen[0] = False
-    cells = np.where((cells == 0) & unseen[map_labels], map_labels, cells)
-    labels = _distance_split(fill_holes_each(cells) > 0, d)
-    return _finish(_remove_small(labels, min_size))
+    cells = _cut(level, att, map_labels, zones, n, background)
+    return _finish(_split_cells(cells, regions, d), min_size)
 
 
 def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
@@ -202,42 +195,311 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
 # ---------------------------------------------------------------------------
 
 
+def _cut(level: np.ndarray, att: np.ndarray, map_labels: np.ndarray, zones: np.ndarray,
+         n: int, background: float) -> np.ndarray:
+    """Steps 1 and 2 of the module notes: each zone's pixels above its cell's cut, and
+    the map's own outline for the seeds the image does not show.
+
+    Only the map's cells and the zones can hold cells, so only their pixels are
+    looked at.
+    """
+    inner = np.flatnonzero(map_labels > 0)
+    own = map_labels.ravel()[inner].astype(np.int64)
+    att_own = att.ravel()[inner]
+    peak = np.zeros(n + 1, np.float32)
+    np.maximum.at(peak, own, att_own)
+    seed = att_own >= SEED_FRACTION * peak[own]  # a seed: the core of its map cell
+    bright = np.zeros(n + 1)
+    bright[1:] = grouped_percentiles(level.ravel()[inner[seed]], own[seed], np.arange(1, n + 1),
+                                     BRIGHT_PCT)
+    cut = background + CUT_FRACTION * (bright - background)
+    cut[0] = np.inf
+    reach = np.flatnonzero(zones)
+    zone = zones.ravel()[reach]
+    above = level.ravel()[reach] > cut[zone]
+    cells = np.zeros(zones.shape, np.result_type(zones.dtype, map_labels.dtype))
+    flat = cells.ravel()
+    flat[reach[above]] = zone[above]
+    # seeds the image does not show keep the map's own outline
+    unseen = np.bincount(zone[above], minlength=n + 1) == 0
+    unseen[0] = False
+    if unseen.any():
+        show = inner[unseen[own]]
+        show = show[flat[show] == 0]
+        flat[show] = map_labels.ravel()[show]
+    return cells
+
+
+def _split_cells(cells: np.ndarray, regions: list | None, d: float) -> np.ndarray:
+    """``_distance_split(fill_holes_each(cells) > 0, d)``, region by region of the zones.
+
+    A cell lies in its zone, a hole of it in its box and so in its region: each
+    region's cells are filled and split on their own, over the region's box (and one
+    pixel around it). Only the
+    numbering spans regions: the pieces of the mask are ordered as ``ndi.label``
+    numbers them, by their first pixel in raster order, and their peaks, in that
+    order, number the markers.
+    """
+    if regions is None:
+        return _distance_split(fill_holes_each(cells) > 0, d)
+    min_distance = max(1, int(round(d / 2)))
+    parts = []
+    for box, inside in regions:
+        crop = _grown(box, 1, cells.shape)
+        own = np.zeros(tuple(s.stop - s.start for s in crop), bool)
+        own[_within(box, crop)] = inside
+        mask = fill_holes_each(np.where(own, cells[crop], 0)) > 0
+        if mask.all():  # the region fills the image: no background to measure to
+            return _distance_split(fill_holes_each(cells) > 0, d)
+        part = _Part(crop, mask, min_distance, cells.shape[1])
+        if part.count:
+            parts.append(part)
+    labels = np.zeros(cells.shape, np.int32)
+    if not parts:
+        return labels
+    # number the markers and the unmarked pieces as in the whole image
+    first = np.concatenate([part.first for part in parts])
+    which = np.concatenate([np.full(part.count, i) for i, part in enumerate(parts)])
+    local = np.concatenate([np.arange(1, part.count + 1) for part in parts])
+    order = np.argsort(first)
+    sizes = np.array([len(parts[i].peaks[j - 1]) for i, j in zip(which[order], local[order])])
+    start = np.zeros(len(order), np.int64)
+    start[order] = np.cumsum(sizes) - sizes  # markers before each piece's own
+    total = int(sizes.sum())
+    unmarked = np.zeros(len(order), np.int64)
+    unmarked[order] = total + np.cumsum(sizes == 0)
+    for i, part in enumerate(parts):
+        lo = np.flatnonzero(which == i)
+        part.number(start[lo], unmarked[lo])
+    floods = []
+    for part in parts:
+        floods.append(part.flood())
+        if floods[-1] is None:
+            break
+    if floods[-1] is not None:
+        for part, flooded in zip(parts, floods):
+            labels[part.crop][part.mask] = flooded[part.mask]
+    else:  # markers of one level whose order in the whole image's heap matters
+        mask = np.zeros(cells.shape, bool)
+        distance = np.zeros(cells.shape)
+        markers = np.zeros(cells.shape, np.int32)
+        for part in parts:
+            mask[part.crop] |= part.mask
+            distance[part.crop][part.mask] = part.dist[part.mask]
+            markers[part.crop][part.mask] = part.markers[part.mask]
+        labels = watershed(-distance, markers, mask=mask)
+    for part in parts:
+        part.fill_unmarked(labels)
+    return labels
+
+
+class _Part:
+    """One region's mask for :func:`_split_cells`: its pieces, distance transform and
+    peaks (in the crop's coordinates, which reach a pixel beyond every piece's box),
+    then its markers once they are numbered."""
+
+    def __init__(self, crop: tuple[slice, slice], mask: np.ndarray, min_distance: int,
+                 width: int) -> None:
+        self.crop, self.mask = crop, mask
+        self.pieces, self.count = ndi.label(mask)
+        if not self.count:
+            return
+        self.boxes = ndi.find_objects(self.pieces)
+        self.dist = np.zeros(mask.shape)
+        self.peaks, first = [], []
+        for k, box in enumerate(self.boxes, start=1):
+            # as in _distance_split: a piece's nearest background is within a pixel of its box
+            grown = _grown(box, 1, mask.shape)
+            piece = self.pieces[grown] == k
+            self.dist[grown][piece] = ndi.distance_transform_edt(piece)[piece]
+            inside = self.pieces[box] == k
+            found = _object_peaks(self.dist[box], inside, min_distance)
+            self.peaks.append(found + [box[0].start, box[1].start])
+            col = int(np.argmax(inside[0]))  # the piece's first pixel, in raster order
+            first.append((crop[0].start + box[0].start) * width + crop[1].start
+                         + box[1].start + col)
+        self.first = np.array(first, np.int64)
+
+    def number(self, start: np.ndarray, unmarked: np.ndarray) -> None:
+        """Markers ``start[k] + 1, ...`` at the peaks of piece ``k + 1``; ``unmarked[k]``
+        the id of the piece if it has no peak."""
+        self.markers = np.zeros(self.mask.shape, np.int32)
+        level = []
+        for k, found in enumerate(self.peaks):
+            self.markers[tuple(found.T)] = start[k] + np.arange(1, len(found) + 1)
+            level.append(self.dist[tuple(found.T)])
+        self.unmarked = unmarked
+        at = tuple(np.concatenate(self.peaks).T)
+        self.apart = _apart(self.pieces[at], np.concatenate(level))
+
+    def flood(self) -> np.ndarray | None:
+        """The part flooded as in the whole image (None: not known, see
+        :func:`~napari_atagan.labels._flood_piece`)."""
+        out = np.zeros(self.mask.shape, np.int32)
+        several = []
+        for k, box in enumerate(self.boxes, start=1):
+            if len(self.peaks[k - 1]) == 1:  # one marker: the whole piece is its basin
+                out[box][self.pieces[box] == k] = self.markers[tuple(self.peaks[k - 1][0])]
+            elif len(self.peaks[k - 1]):
+                several.append(k)
+        if not several:
+            return out
+        surface = -self.dist
+        if self.apart:  # all those pieces at once, in the box that holds them
+            box = tuple(slice(min(self.boxes[k - 1][a].start for k in several),
+                              max(self.boxes[k - 1][a].stop for k in several)) for a in (0, 1))
+            chosen = np.zeros(self.count + 1, bool)
+            chosen[several] = True
+            inside = chosen[self.pieces[box]]
+            out[box][inside] = watershed(surface[box], self.markers[box], mask=inside)[inside]
+            return out
+        for k in several:
+            box = self.boxes[k - 1]
+            piece = self.pieces[box] == k
+            flooded = _flood_piece(surface[box], self.markers[box], piece)
+            if flooded is None:
+                return None
+            out[box][piece] = flooded[piece]
+        return out
+
+    def fill_unmarked(self, labels: np.ndarray) -> None:
+        """Give each piece without a peak its own id (in ``labels``, the whole image)."""
+        for k, found in enumerate(self.peaks):
+            if not len(found):
+                box = self.boxes[k]
+                view = labels[self.crop][box]
+                view[self.pieces[box] == k + 1] = self.unmarked[k]
+
+
 def _distance_split(mask: np.ndarray, d: float) -> np.ndarray:
-    """Watershed on the distance to the edge, seeded by its maxima half a diameter apart."""
+    """Watershed on the distance to the edge, seeded by its maxima half a diameter apart.
+
+    As ``watershed(-distance, markers, mask=mask)`` with the markers of
+    ``peak_local_max(distance, min_distance=..., labels=ndi.label(mask)[0],
+    exclude_border=False)`` on the whole image (``distance`` its
+    ``distance_transform_edt``), piece by piece of the mask: a piece's nearest
+    background pixels all lie within one pixel of its box (the open disc up to the
+    nearest one is inside the piece), peaks are found object by object anyway, and
+    :func:`~napari_atagan.labels._flood` floods pieces apart.
+    """
+    min_distance = max(1, int(round(d / 2)))
+    pieces, n = ndi.label(mask)
+    if n == 0:
+        return np.zeros(mask.shape, np.int64)
+    if mask.all():  # no background: the distance transform has nothing to measure to
+        return _distance_split_whole(mask, min_distance)
+    boxes = ndi.find_objects(pieces)
+    distance = np.zeros(mask.shape)
+    found = []
+    for k, box in enumerate(boxes, start=1):
+        grown = _grown(box, 1, mask.shape)
+        piece = pieces[grown] == k
+        dist = ndi.distance_transform_edt(piece)
+        distance[grown][piece] = dist[piece]
+        inner = _within(box, grown)
+        peaks = _object_peaks(dist[inner], piece[inner], min_distance)
+        found.append(peaks + [box[0].start, box[1].start])
+    peaks = np.concatenate(found)
+    labels = _flood(distance, peaks, mask, pieces, boxes)
+    # an object whose distance maxima all fell to a larger neighbour's exclusion zone
+    unmarked = np.ones(n + 1, bool)
+    unmarked[pieces[tuple(peaks.T)]] = False
+    unmarked[0] = False
+    for rank, k in enumerate(np.flatnonzero(unmarked).tolist(), start=1):
+        box = boxes[k - 1]
+        labels[box][pieces[box] == k] = len(peaks) + rank
+    return labels
+
+
+def _object_peaks(dist: np.ndarray, inside: np.ndarray, min_distance: int) -> np.ndarray:
+    """The peaks ``peak_local_max`` finds with ``labels`` in one object: ``dist`` is
+    the distance inside the object's box, ``inside`` the object there.
+
+    Maxima of the distance over the object's part of a square of side
+    ``2 * min_distance + 1`` that are above 0 (the smallest distance in the image),
+    best first (ties in raster order), then spaced as :func:`~napari_atagan.labels._spaced`.
+    """
+    img = np.where(inside, dist, np.finfo(dist.dtype).min)
+    if img.size == 1:
+        found = img > 0
+    else:  # the square footprint of skimage, as a size (the same maxima, fewer checks)
+        found = img == ndi.maximum_filter(img, size=2 * min_distance + 1, mode="nearest")
+        if np.all(found[inside]):  # skimage's flat object: its isolated pixels
+            found[:] = False
+            found[np.logical_xor(inside, ndi.binary_opening(inside))] = True
+        found &= img > 0
+    ys, xs = np.nonzero(found)
+    coords = np.stack([ys, xs], axis=1)[np.argsort(-img[ys, xs], kind="stable")]
+    return _spaced(coords, min_distance)
+
+
+def _distance_split_whole(mask: np.ndarray, min_distance: int) -> np.ndarray:
+    """:func:`_distance_split` the plain way, on the whole image at once."""
     distance = ndi.distance_transform_edt(mask)
-    peaks = peak_local_max(distance, min_distance=max(1, int(round(d / 2))),
-                           labels=ndi.label(mask)[0], exclude_border=False)
+    peaks = peak_local_max(distance, min_distance=min_distance, labels=ndi.label(mask)[0],
+                           exclude_border=False)
     markers = np.zeros(mask.shape, np.int64)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     labels = watershed(-distance, markers, mask=mask)
-    # an object whose distance maxima all fell to a larger neighbour's exclusion zone
     rest = ndi.label(mask & (labels == 0))[0]
     return np.where(labels > 0, labels, np.where(rest > 0, rest + labels.max(), 0))
 
 
-def _seeds(map_labels: np.ndarray, att: np.ndarray, n: int) -> np.ndarray:
-    """Each map cell's core: its pixels above SEED_FRACTION of its own peak."""
-    labels = np.asarray(map_labels, np.int64)
-    peak = np.zeros(n + 1, np.float32)
-    np.maximum.at(peak, labels.ravel(), att.ravel())
-    seeds = np.where((labels > 0) & (att >= SEED_FRACTION * peak[labels]), labels, 0)
-    return seeds
-
-
 def _zones(map_labels: np.ndarray, d: float) -> np.ndarray:
-    """Every pixel within ZONE_GROWTH diameters of a map cell, given to the nearest one.
+    """Every pixel within ZONE_GROWTH diameters of a map cell, given to the nearest one;
+    and the regions (box, pixels in the box) that hold them (None: not worked out).
 
     One distance transform with its nearest-pixel indices; a watershed of the map
     from the seeds drew the same zones (object F1 0.795 against 0.794 on the
     training-part touching mosaics) at 1.5 times the cost of the whole labelling.
+
+    The transform runs on the boxes of *regions*, not on the whole slide: a region
+    joins the cells whose boxes, widened by the zone's reach, overlap or touch. A
+    pixel within reach of a cell lies in that cell's widened box, so every cell within
+    reach of a pixel (every candidate for its nearest) is in the pixel's region; the
+    transform picks the nearest pixel among those alone (of equally near ones, the one
+    of the lowest column, then row), so the crop gives each zone pixel the cell that
+    the whole image gives it.
     """
-    distance, (iy, ix) = ndi.distance_transform_edt(map_labels == 0, return_indices=True)
-    return np.where(distance <= ZONE_GROWTH * d, map_labels[iy, ix], 0)
+    reach = ZONE_GROWTH * d
+    labels = np.asarray(map_labels)
+    if labels.dtype.kind not in "iu":
+        distance, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
+        return np.where(distance <= reach, labels[iy, ix], 0), None
+    margin = int(math.floor(reach))  # a pixel within reach is at most this far along each axis
+    widened = [_grown(box, margin, labels.shape) for box in ndi.find_objects(labels)
+               if box is not None]
+    cover = np.zeros(labels.shape, bool)
+    for box in widened:
+        cover[box] = True
+    regions, count = ndi.label(cover)
+    # a region's box: that of its cells' widened boxes (each holds its own first pixel)
+    corner = np.array([[b[0].start, b[0].stop, b[1].start, b[1].stop] for b in widened])
+    which = regions[corner[:, 0], corner[:, 2]]
+    low = np.full((count + 1, 2), np.iinfo(np.int64).max)
+    high = np.zeros((count + 1, 2), np.int64)
+    np.minimum.at(low, which, corner[:, [0, 2]])
+    np.maximum.at(high, which, corner[:, [1, 3]])
+    zones = np.zeros(labels.shape, labels.dtype)
+    found = []
+    for k in range(1, count + 1):
+        box = (slice(int(low[k, 0]), int(high[k, 0])), slice(int(low[k, 1]), int(high[k, 1])))
+        near = labels[box]
+        inside = regions[box] == k
+        distance, (iy, ix) = ndi.distance_transform_edt(near == 0, return_indices=True)
+        take = (distance <= reach) & inside
+        zones[box][take] = near[iy[take], ix[take]]
+        found.append((box, inside))
+    return zones, found
 
 
-def _finish(labels: np.ndarray) -> np.ndarray:
-    """Cells numbered 1..N, ``uint16`` (``uint32`` beyond 65,535 cells)."""
-    return _narrow(relabel_sequential(np.asarray(labels, np.int64))[0])
+def _finish(labels: np.ndarray, min_size: int = 0) -> np.ndarray:
+    """Cells of at least ``min_size`` pixels numbered 1..N, ``uint16`` (``uint32``
+    beyond 65,535 cells)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.dtype == np.uint64:  # as bincount takes them
+        labels = labels.astype(np.int64)
+    return _sequential(labels, min_size, narrow=True)
 
 
 def _grey(image: Any, what: str = "image") -> np.ndarray:
