@@ -8,10 +8,19 @@ someone shared cannot run code.  Everything lives in one file:
   (optimizer moments), ``rng.`` (random-number-generator states) and anything the
   caller adds;
 * one JSON document in the safetensors header metadata under the key
-  ``"napari_atagan"``: the format version, the :class:`TrainConfig`, class names,
+  ``"napari_atagan"``: the format version, the model ``family``, its config (a
+  :class:`TrainConfig` for ATA-GAN checkpoints), class names,
   the caller's notes (intensity normalisation, data facts, teacher, step, timings,
   training summary), the optimizers' hyper-parameters, the model architectures,
   software versions, the creation time and a checksum of the tensor data.
+
+Model families: the product trains more than one kind of model. The metadata
+key ``family`` says which (:data:`FAMILIES`): ``"atagan"`` (the default, also
+for files written before the key existed) or ``"translate"`` (attention-guided
+image-to-image translation, :mod:`napari_atagan.translate`). Each family has
+its own config class. :func:`load_checkpoint` opens ATA-GAN checkpoints unless
+asked for another family, and refuses a file of another family with a message
+that says what the file is and how to open it.
 
 Writing is atomic: the file is written under a temporary name in the same folder,
 flushed to disk and then renamed over the target, so a crash never leaves a
@@ -21,6 +30,7 @@ half-written checkpoint and never damages the previous one.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -47,6 +57,9 @@ __all__ = [
     "METADATA_KEY",
     "Checkpoint",
     "CheckpointError",
+    "DEFAULT_FAMILY",
+    "FAMILIES",
+    "config_family",
     "load_checkpoint",
     "load_module_state",
     "load_optimizer_state",
@@ -62,6 +75,44 @@ GENERATOR_STATISTICS = "standing"
 """Metadata value ``generator_statistics`` of a checkpoint whose averaged generator
 carries standing BatchNorm statistics (see :func:`napari_atagan.models.standing_statistics`);
 older checkpoints get them when their generator is loaded."""
+
+DEFAULT_FAMILY = "atagan"
+"""The family of a checkpoint whose metadata names none (all files written before
+families existed are ATA-GAN checkpoints)."""
+
+
+@dataclass(frozen=True)
+class _Family:
+    """What a model family's checkpoints are called, hold and are opened with."""
+
+    title: str
+    config_class: str  # "module:Class", imported when a file of the family is opened
+    opener: str
+
+
+FAMILIES: dict[str, _Family] = {
+    "atagan": _Family("an ATA-GAN checkpoint", "napari_atagan.config:TrainConfig",
+                      "napari_atagan.checkpoint.load_checkpoint"),
+    "translate": _Family("an attention-guided translation (UAG-GAN) checkpoint",
+                         "napari_atagan.translate.config:TranslateConfig",
+                         "napari_atagan.translate.load_translator"),
+}
+"""Every model family this version reads, by the name stored as ``family``."""
+
+
+def config_family(config: Any) -> str:
+    """The family of a config object: its class attribute ``FAMILY``, else ATA-GAN."""
+    family = getattr(type(config), "FAMILY", DEFAULT_FAMILY)
+    if family not in FAMILIES:
+        raise ValueError(f"config class {type(config).__name__} names an unknown model "
+                         f"family {family!r}; known: {', '.join(FAMILIES)}")
+    return family
+
+
+def _config_class(family: str) -> type:
+    module, _, name = FAMILIES[family].config_class.partition(":")
+    return getattr(importlib.import_module(module), name)
+
 
 _WRITE_CHUNK = 1 << 20
 _PICKLE_STARTS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # pickle protocols 2-5
@@ -84,7 +135,7 @@ def _error(path: Path | str, problem: str) -> CheckpointError:
 def save_checkpoint(
     path: str | os.PathLike,
     *,
-    config: TrainConfig,
+    config: Any,
     modules: Mapping[str, nn.Module | Mapping[str, torch.Tensor]],
     metadata: Mapping[str, Any] | None = None,
     optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
@@ -99,7 +150,9 @@ def save_checkpoint(
         parent folders are created.  An existing file is replaced only once the new
         one is completely on disk.
     config:
-        The training configuration (stored as JSON).
+        The training configuration (stored as JSON): a :class:`TrainConfig`, or
+        another family's config dataclass with ``to_dict()``; its class attribute
+        ``FAMILY`` is written as the metadata's ``family`` (``"atagan"`` without one).
     modules:
         Networks (or plain state dicts) by prefix, e.g. ``{"G": G, "G_ema": G_ema,
         "D": D}``.  Names must not contain dots.
@@ -108,7 +161,8 @@ def save_checkpoint(
         ``step``, ``timings``, ``summary``, ...  The keys ``format_version``,
         ``config``, ``modules``, ``optimizers``, ``versions``, ``created`` and
         ``checksum`` are written by this function (values passed for them, e.g.
-        when re-saving a loaded checkpoint's metadata, are replaced).
+        when re-saving a loaded checkpoint's metadata, are replaced); so is
+        ``family``, which follows the config.
     optimizers:
         Optimizers by name (e.g. ``{"G": opt_g, "D": opt_d}``); their tensors are
         stored under ``optim.<name>.`` and their hyper-parameters in the JSON.
@@ -119,6 +173,10 @@ def save_checkpoint(
     run can resume exactly where it stopped.
     """
     path = _with_suffix(Path(path))
+    if not callable(getattr(config, "to_dict", None)):
+        raise ValueError(f"config must be a config dataclass with to_dict(), got "
+                         f"{type(config).__name__}")
+    family = config_family(config)
     tensors: dict[str, torch.Tensor] = {}
     module_info: dict[str, Any] = {}
     for name, module in modules.items():
@@ -141,6 +199,7 @@ def save_checkpoint(
     document = dict(metadata or {})
     document.update(
         format_version=FORMAT_VERSION,
+        family=family,
         config=config.to_dict(),
         modules=module_info,
         optimizers=optimizer_info,
@@ -353,14 +412,32 @@ def restore_rng(ckpt: Checkpoint | Mapping[str, torch.Tensor]) -> list[str]:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: config, metadata and all tensors (by full key)."""
+    """A loaded checkpoint: config, metadata and all tensors (by full key).
+
+    ``config`` is a :class:`TrainConfig` for ATA-GAN checkpoints and the family's
+    own config class otherwise (see :attr:`family`).
+    """
 
     path: Path
-    config: TrainConfig
+    config: Any
     metadata: dict
     tensors: dict[str, torch.Tensor]
     _standing: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     """G_ema's standing statistics, once computed for a file saved without them."""
+
+    @property
+    def family(self) -> str:
+        """The model family (``"atagan"`` or ``"translate"``, see :data:`FAMILIES`)."""
+        family = self.metadata.get("family")
+        return family if isinstance(family, str) else DEFAULT_FAMILY
+
+    def _require_atagan(self, what: str) -> None:
+        if self.family != DEFAULT_FAMILY:
+            known = FAMILIES.get(self.family)
+            title = known.title if known else f"a {self.family!r} checkpoint"
+            opener = f"; open it with {known.opener}" if known else ""
+            raise _error(self.path, f"is {title}, not an ATA-GAN checkpoint, so it has no "
+                         f"ATA-GAN {what}{opener}")
 
     @property
     def class_names(self) -> list[str]:
@@ -400,6 +477,7 @@ class Checkpoint:
         """The generator in eval mode: the moving average ``G_ema`` when stored
         (and ``ema`` is true), else the raw ``G``. A ``G_ema`` saved without
         standing statistics gets them here."""
+        self._require_atagan("generator")
         name = "G_ema" if ema and self.has("G_ema") else "G"
         if not self.has(name):
             raise _error(self.path, "contains no generator weights (no 'G.' tensors)")
@@ -425,6 +503,7 @@ class Checkpoint:
 
     def discriminator(self, device: str | torch.device = "cpu") -> Discriminator:
         """The discriminator in eval mode."""
+        self._require_atagan("discriminator")
         if not self.has("D"):
             raise _error(self.path, "contains no discriminator weights (no 'D.' tensors)")
         hparams = self._hparams("D") or {
@@ -447,6 +526,7 @@ class Checkpoint:
         prepared crops ``(B, 1, S, S)`` in [-1, 1] to class logits ``(B, K)``, in
         the order of :attr:`class_names`.
         """
+        self._require_atagan("pattern model")
         names = self.class_names
         if len(names) < 2:
             return None
@@ -490,22 +570,32 @@ class _PatternHead(nn.Module):
 
 
 def load_checkpoint(
-    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    *,
+    map_location: str | torch.device = "cpu",
+    family: str | None = DEFAULT_FAMILY,
 ) -> Checkpoint:
     """Open and fully check a checkpoint; tensors are placed on ``map_location``.
+
+    ``family``: the model family expected (default ATA-GAN, see :data:`FAMILIES`);
+    ``None`` opens a checkpoint of any family this version knows.
 
     Raises :class:`CheckpointError` (naming the file) when the file is missing,
     is a folder, is not a safetensors file (pickles and zip archives from
     ``torch.save`` are refused without being opened as such), is truncated or
-    corrupt, is not a napari-atagan checkpoint, was written by a newer format, or
-    holds an invalid training config.
+    corrupt, is not a napari-atagan checkpoint, was written by a newer format,
+    belongs to another model family than ``family`` (the message says which and
+    how to open it), or holds an invalid training config.
     """
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
     path = Path(path)
     data = _read_file(path)
     tensors = _parse_tensors(path, data)
     document = _parse_metadata(path, data)
     _check_format_version(path, document)
-    config = _parse_config(path, document)
+    found = _check_family(path, document, family)
+    config = _parse_config(path, document, found)
     _check_class_names(path, document)
     _verify_checksum(path, document, tensors)
     if str(map_location) != "cpu":
@@ -565,12 +655,26 @@ def _check_format_version(path: Path, document: dict) -> None:
         )
 
 
-def _parse_config(path: Path, document: dict) -> TrainConfig:
+def _check_family(path: Path, document: dict, expected: str | None) -> str:
+    """The file's model family; refuse one that is unknown or not ``expected``."""
+    found = document.get("family", DEFAULT_FAMILY)
+    if not isinstance(found, str) or found not in FAMILIES:
+        raise _error(path, f"holds a model of family {found!r}, which this napari-atagan "
+                     f"({__version__}) does not know (known: {', '.join(FAMILIES)}); "
+                     "update napari-atagan")
+    if expected is not None and found != expected:
+        raise _error(path, f"is {FAMILIES[found].title}, not {FAMILIES[expected].title}: "
+                     f"open it with {FAMILIES[found].opener}")
+    return found
+
+
+def _parse_config(path: Path, document: dict, family: str = DEFAULT_FAMILY) -> Any:
     raw = document.get("config")
     if not isinstance(raw, dict):
         raise _error(path, "has no training config in its metadata")
+    config_class = TrainConfig if family == DEFAULT_FAMILY else _config_class(family)
     try:
-        return TrainConfig.from_dict(raw)
+        return config_class.from_dict(raw)
     except (TypeError, ValueError) as exc:
         raise _error(path, f"has an invalid training config: {exc}") from exc
 

@@ -1,0 +1,328 @@
+"""Translating a crop or a whole slide, tile by tile, in bounded memory.
+
+What is computed
+----------------
+For a 2-D grey image and a direction (``a2b``: ``F_ab`` and ``A_a``; ``b2a``:
+``F_ba`` and ``A_b``):
+
+1. **Scale.** With ``cell_diameter`` the image is resampled so that its cells
+   have the size the input domain's cells had in the training crops at model
+   scale (``model_cell_diameter / cell_diameter``; anti-aliased when shrinking,
+   bilinear when enlarging); without it the image is used as it is. The model
+   grid is extended to a multiple of 4 by repeating the edge.
+2. **Grey levels.** The checkpoint's fixed levels (the same for both domains)
+   map the image to model units, ``lo -> -1`` and ``hi -> +1``, clipped to
+   [-1.5, 1.5], exactly as the training crops were mapped.
+3. **Translation.** ``x' = A(x) * F(x) + (1 - A(x)) * x`` (``F(x)`` without
+   attention), computed in tiles. The networks normalise with their standing
+   statistics, so they are plain convolutions: every tile is computed with a
+   halo at least as wide as their receptive field, its origin on a multiple
+   of 4 (the networks' stride), and only its centre is kept. The pixels do not
+   depend on the tiling, so there are no seams at all.
+4. **Back.** The translated image and the attention are resampled back to the
+   image's own pixel grid; the translation is mapped back to grey levels with
+   the same levels and returned in the input's dtype (integers rounded and
+   clipped to the dtype's range).
+
+Memory: one tile (plus halo) of the image is read and on the device at a time;
+the results are written tile by tile into ``out`` (preallocated arrays or
+``numpy.memmap``), so a slide larger than memory can be translated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._memmap import release_pages
+from ..device import resolve_device
+from ..slide import Stopped, _AxisTaps, _check_diameter
+from .data import CLIP, Levels
+from .models import MULTIPLE, compose
+from .translator import Translator, check_direction, load_translator
+
+__all__ = ["MIN_SIDE", "Stopped", "default_tile_size", "translate_image"]
+
+MIN_SIDE = 16
+"""Smallest image side (source and model pixels) that is translated."""
+MAX_MODEL_PIXELS = 2**34
+"""Refuse images that would exceed this many pixels at model scale (a typo'd diameter)."""
+_CHECK_BAND_PIXELS = 1 << 22
+
+Progress = Callable[[int, int], Any]
+Stop = Callable[[], bool]
+
+
+def default_tile_size(device: str | torch.device) -> int:
+    """Tile side (model pixels) used when none is given: 1024 on CUDA, 512 elsewhere."""
+    dev = device if isinstance(device, torch.device) else resolve_device(str(device))
+    return 1024 if dev.type == "cuda" else 512
+
+
+def translate_image(
+    checkpoint: Any,
+    image: Any,
+    *,
+    direction: str = "a2b",
+    cell_diameter: float | None = None,
+    tile_size: int | None = None,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+    stop: Stop | None = None,
+    out: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Translate a 2-D grey image (a crop or a whole slide) to the other domain.
+
+    Parameters
+    ----------
+    checkpoint:
+        Path of a translation checkpoint, a loaded one, or a
+        :class:`~napari_atagan.translate.Translator`.
+    image:
+        2-D grey image ``(Y, X)`` of at least 16 x 16 pixels, of any numeric
+        dtype: a numpy array, a ``numpy.memmap`` or any array-like with
+        ``shape``, ``dtype`` and slicing (dask, zarr); it is read tile by tile.
+    direction:
+        ``"a2b"`` (the image is of domain A) or ``"b2a"``.
+    cell_diameter:
+        Typical cell diameter in the image, in pixels: the image is rescaled so
+        its cells match the training crops, and the results resized back.
+        ``None`` translates the image at its own scale (right for crops of the
+        training size).
+    tile_size:
+        Side of a tile at model scale, in pixels (bounds the memory); default
+        :func:`default_tile_size`. The result does not depend on it.
+    device:
+        ``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
+    progress:
+        Called as ``progress(done, total)`` after every tile.
+    stop:
+        Called between tiles; when it returns True, :class:`Stopped` is raised
+        (``out`` then holds the tiles done so far).
+    out:
+        ``(translated, attention)``: preallocated arrays (or memmaps) of the
+        image's shape that receive the results (either may be ``None``); the
+        translation must have the image's dtype, the attention a float dtype.
+
+    Returns
+    -------
+    ``(translated, attention)``: the translation in the image's dtype and grey
+    levels, and the attention as float32 in [0, 1] (all ones for a model trained
+    without attention), both of the image's shape.
+    """
+    translator = load_translator(checkpoint)
+    check_direction(direction)
+    img = _as_image(image)
+    factor = 1.0
+    if cell_diameter is not None:
+        factor = translator.model_cell_diameter(direction[0]) / _check_diameter(cell_diameter)
+    dev = device if isinstance(device, torch.device) else resolve_device(str(device))
+    generator, attention = translator.networks(direction, dev)
+    halo = max(generator.receptive_radius,
+               attention.receptive_radius if attention is not None else 0)
+    plan = _plan(img.shape, factor, _tile_size(tile_size, dev), _round_up(halo))
+    out_t, out_a = _outputs(out, img.shape, np.dtype(img.dtype))
+    _check_finite(img)
+    runner = _Runner(translator, generator, attention, img, plan, dev)
+    tiles = plan.tiles
+    with torch.inference_mode():
+        for done, tile in enumerate(tiles, start=1):
+            if stop is not None and stop():
+                raise Stopped("stopped on request")
+            runner.run(tile, out_t, out_a)
+            release_pages(img)
+            if progress is not None:
+                progress(done, len(tiles))
+    return out_t, out_a
+
+
+# ---------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------
+
+
+def _as_image(image: Any) -> Any:
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) == 3 and shape[-1] in (3, 4):
+        raise ValueError(
+            f"the image looks like colour (RGB/RGBA), shape {shape}: translate one grey "
+            "channel, e.g. the stained one (image[..., 1] for green)")
+    if len(shape) == 3:
+        raise ValueError(f"the image is 3-D, shape {shape}: translate a stack one 2-D plane "
+                         "at a time")
+    if len(shape) != 2:
+        raise ValueError(f"the image must be a 2-D grey image (Y, X), got {len(shape)}-D "
+                         f"shape {shape}")
+    if np.dtype(image.dtype).kind not in "iuf":
+        raise ValueError(f"the image must hold numeric grey levels, got dtype {image.dtype}")
+    if min(shape) < MIN_SIDE:
+        raise ValueError(f"the image is only {shape[0]} x {shape[1]} pixels; translation "
+                         f"needs at least {MIN_SIDE} x {MIN_SIDE}")
+    return image
+
+
+def _tile_size(tile_size: Any, device: torch.device) -> int:
+    if tile_size is None:
+        return default_tile_size(device)
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) \
+            or tile_size < MIN_SIDE:
+        raise ValueError(f"tile_size must be a whole number of pixels >= {MIN_SIDE}, "
+                         f"got {tile_size!r}")
+    return int(tile_size) // MULTIPLE * MULTIPLE
+
+
+def _check_finite(image: Any) -> None:
+    """Refuse NaN or infinite values before anything is computed (floats only)."""
+    if np.dtype(image.dtype).kind != "f":
+        return
+    h, w = image.shape
+    band = max(1, _CHECK_BAND_PIXELS // w)
+    for y0 in range(0, h, band):
+        part = np.asarray(image[y0:y0 + band])
+        if not np.isfinite(part).all():
+            raise ValueError(f"the image contains NaN or infinite values (near rows "
+                             f"{y0}-{min(h, y0 + band)}): replace them first")
+        release_pages(image)
+
+
+def _outputs(out: Any, shape: tuple[int, int], dtype: np.dtype
+             ) -> tuple[np.ndarray, np.ndarray]:
+    given_t = given_a = None
+    if out is not None:
+        try:
+            given_t, given_a = out
+        except (TypeError, ValueError):
+            raise ValueError("out must be a pair (translated, attention) of arrays or None"
+                             ) from None
+    for name, arr in (("translated", given_t), ("attention", given_a)):
+        if arr is not None and tuple(arr.shape) != tuple(shape):
+            raise ValueError(f"out {name} has shape {tuple(arr.shape)} but the image has "
+                             f"{tuple(shape)}")
+    if given_t is not None and np.dtype(given_t.dtype) != dtype:
+        raise ValueError(f"out translated has dtype {given_t.dtype} but the image has {dtype}: "
+                         "the translation keeps the image's dtype")
+    if given_a is not None and np.dtype(given_a.dtype).kind != "f":
+        raise ValueError(f"out attention must be a float array, got dtype {given_a.dtype}")
+    out_t = given_t if given_t is not None else np.empty(shape, dtype)
+    out_a = given_a if given_a is not None else np.empty(shape, np.float32)
+    return out_t, out_a
+
+
+# ---------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------
+
+
+def _round_up(n: float, multiple: int = MULTIPLE) -> int:
+    return int(math.ceil(n / multiple)) * multiple
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How an image maps to model scale and into tiles."""
+
+    shape: tuple[int, int]  # source pixels (Y, X)
+    model: tuple[int, int]  # model pixels of the image
+    padded: tuple[int, int]  # model pixels, a multiple of 4 (edge repeated)
+    halo: int  # model pixels of context each side, a multiple of 4
+    source_tile: tuple[int, int]  # source pixels per output tile (Y, X)
+
+    @property
+    def tiles(self) -> list[tuple[int, int, int, int]]:
+        (h, w), (ty, tx) = self.shape, self.source_tile
+        return [(y, min(y + ty, h), x, min(x + tx, w))
+                for y in range(0, h, ty) for x in range(0, w, tx)]
+
+    def chunk(self, first: int, stop: int, axis: int) -> tuple[int, int]:
+        """Model range to compute so that model pixels ``[first, stop)`` are exact."""
+        n = self.padded[axis]
+        a0 = max(0, first // MULTIPLE * MULTIPLE - self.halo)
+        a1 = min(n, _round_up(stop) + self.halo)
+        while a1 - a0 < MIN_SIDE:
+            a0, a1 = max(0, a0 - MULTIPLE), min(n, a1 + MULTIPLE)
+        return a0, a1
+
+
+def _plan(shape: tuple[int, int], factor: float, tile_size: int, halo: int) -> _Plan:
+    h, w = (int(s) for s in shape)
+    model = (max(1, round(h * factor)), max(1, round(w * factor)))
+    if model[0] * model[1] > MAX_MODEL_PIXELS:
+        raise ValueError(
+            f"at this cell diameter the {h} x {w} image would be enlarged {factor:.1f} times "
+            f"to {model[0]} x {model[1]} pixels: check the cell diameter (it is too small)")
+    if min(model) < MIN_SIDE:
+        raise ValueError(
+            f"at this cell diameter the {h} x {w} image shrinks to {model[0]} x {model[1]} "
+            f"pixels at model scale, smaller than {MIN_SIDE} x {MIN_SIDE}: check the cell "
+            "diameter (it is too large for this image)")
+    padded = (_round_up(model[0]), _round_up(model[1]))
+    source_tile = tuple(max(MULTIPLE, int(tile_size * s / m)) for s, m in zip((h, w), model))
+    return _Plan((h, w), model, padded, halo, source_tile)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# the computation
+# ---------------------------------------------------------------------------
+
+
+class _Runner:
+    """Computes one output tile: read, map, translate, resample back, write."""
+
+    def __init__(self, translator: Translator, generator, attention, image, plan: _Plan,
+                 device: torch.device) -> None:
+        self.generator, self.attention = generator, attention
+        self.image, self.plan, self.device = image, plan, device
+        self.levels: Levels = translator.levels
+        self.lo = float(np.float32(self.levels.lo))
+        self.scale = float(np.float32(self.levels.scale))
+        self.dtype = np.dtype(image.dtype)
+        self._taps: dict[tuple, _AxisTaps] = {}
+
+    def _axis(self, key: tuple, start: int, stop: int, scale: float, n_src: int) -> _AxisTaps:
+        if key not in self._taps:  # tiles of one row (column) share their taps
+            self._taps[key] = _AxisTaps.build(start, stop, scale, n_src, self.device)
+        return self._taps[key]
+
+    def run(self, tile: tuple[int, int, int, int], out_t: np.ndarray, out_a: np.ndarray) -> None:
+        y0, y1, x0, x1 = tile
+        plan = self.plan
+        (h, w), (mh, mw) = plan.shape, plan.model
+        # model pixels the output pixels are resampled from, and the chunk computed for them
+        back_y = self._axis(("back", 0, y0, y1), y0, y1, mh / h, mh)
+        back_x = self._axis(("back", 1, x0, x1), x0, x1, mw / w, mw)
+        cy = plan.chunk(back_y.start, back_y.stop, 0)
+        cx = plan.chunk(back_x.start, back_x.stop, 1)
+        fwd_y = self._axis(("fwd", 0, *cy), cy[0], cy[1], h / mh, h)
+        fwd_x = self._axis(("fwd", 1, *cx), cx[0], cx[1], w / mw, w)
+        region = np.asarray(self.image[fwd_y.start:fwd_y.stop, fwd_x.start:fwd_x.stop])
+        x = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32)).to(self.device)
+        x = x.sub_(self.lo).mul_(self.scale).sub_(1.0)
+        x = fwd_x.apply(fwd_y.apply(x, 0), 1).clamp_(-CLIP, CLIP)[None, None]
+
+        att = None if self.attention is None else self.attention(x)
+        y = compose(x, att, self.generator(x))
+        rows = slice(back_y.start - cy[0], back_y.stop - cy[0])
+        cols = slice(back_x.start - cx[0], back_x.stop - cx[0])
+        y = back_x.apply(back_y.apply(y[0, 0, rows, cols], 0), 1)
+        if att is None:
+            a = np.ones((y1 - y0, x1 - x0), np.float32)
+        else:
+            a = back_x.apply(back_y.apply(att[0, 0, rows, cols], 0), 1).clamp_(0.0, 1.0)
+            a = a.float().cpu().numpy()
+        out_t[y0:y1, x0:x1] = self._to_dtype(self.levels.to_source(y.float().cpu().numpy()))
+        out_a[y0:y1, x0:x1] = a
+        release_pages(out_t)
+        release_pages(out_a)
+
+    def _to_dtype(self, values: np.ndarray) -> np.ndarray:
+        if self.dtype.kind in "iu":
+            info = np.iinfo(self.dtype)
+            return np.clip(np.rint(values), info.min, info.max).astype(self.dtype)
+        return values.astype(self.dtype)

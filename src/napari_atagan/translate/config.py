@@ -1,0 +1,233 @@
+"""The one description of an attention-guided translation run.
+
+A :class:`TranslateConfig` is saved inside every translation checkpoint (as
+JSON, under the model family ``"translate"``) and is what a resumed run and
+:func:`napari_atagan.translate.translate_image` read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+MIN_IMAGE_SIZE = 16
+
+RUNTIME_FIELDS = ("steps", "device", "checkpoint_every", "log_every", "sample_every")
+"""Fields a resumed run takes from its new config: how long and where it runs and
+how often it reports, not what it learns."""
+
+
+@dataclass
+class TranslateConfig:
+    """Hyper-parameters of one translation run between two domains A and B
+    (all plain JSON types).
+
+    The networks (Mejjati et al., NeurIPS 2018): generators ``F_ab``/``F_ba``,
+    attention networks ``A_a``/``A_b`` and PatchGAN discriminators ``D_a``/``D_b``;
+    a cell ``x`` of A becomes ``A_a(x) * F_ab(x) + (1 - A_a(x)) * x``.
+    """
+
+    FAMILY: ClassVar[str] = "translate"
+    """Model family written into checkpoints (see :data:`napari_atagan.checkpoint.FAMILIES`)."""
+
+    # --- data ---------------------------------------------------------------
+    image_size: int = 64
+    """Side of the square training crops (a multiple of 4, at least 16)."""
+
+    # --- models -------------------------------------------------------------
+    widths: tuple[int, ...] = (32, 64, 128)
+    """Generator widths: the 7x7 stem, after the first and after the second
+    stride-2 downsampling (the residual blocks run at the last width)."""
+    n_res_blocks: int = 6
+    generator_skip: bool = True
+    """Generators predict a change of their input (close to the identity when untrained); see
+    :class:`napari_atagan.translate.TranslationGenerator`."""
+    attention_widths: tuple[int, ...] = (32, 64)
+    """Attention network widths: after its first and its second downsampling."""
+    d_widths: tuple[int, ...] = (64, 128, 256)
+    """Discriminator widths, one per stride-2 4x4 convolution (PatchGAN)."""
+
+    # --- the method -----------------------------------------------------------
+    attention: bool = True
+    """Attention-guided translation; ``False`` trains the same generators and
+    discriminators as a plain CycleGAN (``x' = F(x)``), the baseline."""
+    attention_threshold: float = 0.1
+    """tau: once the attention is frozen, the discriminators see only pixels whose
+    attention exceeds it (real and translated images times their thresholded map)."""
+    attention_freeze_after: float = 0.3
+    """Fraction of the steps after which the attention networks are frozen (the
+    paper: 30 of 100 epochs); 1.0 never freezes them."""
+    cycle_weight: float = 10.0
+    """Weight of the L1 cycle-consistency loss (on the composed outputs)."""
+    aug_dihedral: bool = True
+    """Random flips and quarter turns of the real crops (the symmetries of cells)."""
+
+    # --- optimisation ----------------------------------------------------------
+    lr: float = 2e-4
+    betas: tuple[float, ...] = (0.5, 0.999)
+    lr_decay_after: float = 0.5
+    """Fraction of the steps after which the learning rate falls linearly to 0
+    (as in CycleGAN); 1.0 keeps it constant."""
+    batch_size: int = 8
+    steps: int = 10000
+    seed: int = 0
+
+    # --- runtime ---------------------------------------------------------------
+    device: str = "auto"
+    checkpoint_every: int = 500
+    log_every: int = 10
+    sample_every: int = 100
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes (e.g. the command that produced the run)."""
+
+    def __post_init__(self) -> None:
+        self.widths = _ints("widths", self.widths)
+        self.attention_widths = _ints("attention_widths", self.attention_widths)
+        self.d_widths = _ints("d_widths", self.d_widths)
+        try:
+            self.betas = tuple(float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be two numbers, got {self.betas!r}") from None
+        self.validate()
+
+    @classmethod
+    def quick(cls, **changes: Any) -> TranslateConfig:
+        """A small model for a first run on a laptop CPU: 2,000 steps of 64 px crops
+        (batch 2). Measured at about 4.3 steps/s on one core of a shared 2-core CPU
+        (torch with one thread), so a run takes about 8-9 minutes with its
+        checkpoints and previews."""
+        base: dict[str, Any] = dict(
+            image_size=64, widths=(16, 32, 64), n_res_blocks=2, attention_widths=(8, 16),
+            d_widths=(16, 32, 64), batch_size=2, steps=2000, checkpoint_every=500,
+            sample_every=100, log_every=10,
+        )
+        base.update(changes)
+        return cls(**base)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field that is out of range."""
+        for name in ("attention", "aug_dihedral", "generator_skip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("image_size", "n_res_blocks", "batch_size", "steps", "seed",
+                     "checkpoint_every", "log_every", "sample_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+        if self.image_size < MIN_IMAGE_SIZE or self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 and at least "
+                             f"{MIN_IMAGE_SIZE}, got {self.image_size}")
+        if len(self.widths) != 3:
+            raise ValueError(f"widths must be 3 numbers (stem, first and second downsampling), "
+                             f"got {list(self.widths)}")
+        if len(self.attention_widths) != 2:
+            raise ValueError(f"attention_widths must be 2 numbers (first and second "
+                             f"downsampling), got {list(self.attention_widths)}")
+        if not 1 <= len(self.d_widths) <= 5:
+            raise ValueError(f"d_widths must be 1 to 5 numbers, got {list(self.d_widths)}")
+        patches = self.image_size // 2 ** len(self.d_widths)
+        if patches < 3:
+            raise ValueError(
+                f"image_size {self.image_size} is too small for {len(self.d_widths)} "
+                f"discriminator blocks (d_widths): it needs image_size >= "
+                f"{3 * 2 ** len(self.d_widths)}, or fewer d_widths")
+        for name in ("n_res_blocks", "batch_size", "steps", "checkpoint_every", "log_every",
+                     "sample_every"):
+            low = 0 if name == "n_res_blocks" else 1
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.attention_threshold < 1:
+            raise ValueError(f"attention_threshold must be in [0, 1), got "
+                             f"{self.attention_threshold}")
+        if not 0 < self.attention_freeze_after <= 1:
+            raise ValueError(f"attention_freeze_after must be in (0, 1] (a fraction of the "
+                             f"steps), got {self.attention_freeze_after}")
+        if not 0 <= self.lr_decay_after <= 1:
+            raise ValueError(f"lr_decay_after must be in [0, 1] (a fraction of the steps), "
+                             f"got {self.lr_decay_after}")
+        if self.cycle_weight < 0:
+            raise ValueError(f"cycle_weight must be >= 0, got {self.cycle_weight}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a dict, got {type(self.extra).__name__}")
+
+    @property
+    def freeze_step(self) -> int | None:
+        """The step after which the attention networks are frozen (``None``: never)."""
+        if not self.attention or self.attention_freeze_after >= 1:
+            return None
+        return max(1, round(self.attention_freeze_after * self.steps))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TranslateConfig:
+        """Build from a dict, refusing unknown keys so typos are caught."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a translation config must be a dict, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown translation option(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def parse_option(cls, text: str) -> tuple[str, Any]:
+        """Read ``"name=value"`` (value in JSON: ``0.5``, ``false``, ``[16, 32, 64]``).
+
+        The value must have the field's type (an int is accepted for a float
+        field, a list for a tuple field). Raises ``ValueError`` naming the problem.
+        """
+        name, sep, raw = str(text).partition("=")
+        name = name.strip().replace("-", "_")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        if not sep or not name:
+            raise ValueError(f"expected NAME=VALUE, got {text!r}")
+        if name not in fields:
+            raise ValueError(f"unknown translation option {name!r}; options: "
+                             + ", ".join(sorted(fields)))
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw.strip()
+        default = getattr(cls(), name)
+        number = (int, float)
+        ok = {bool: lambda v: isinstance(v, bool),
+              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+              float: lambda v: isinstance(v, number) and not isinstance(v, bool),
+              str: lambda v: isinstance(v, str),
+              tuple: lambda v: isinstance(v, list) and all(
+                  isinstance(x, number) and not isinstance(x, bool) for x in v)}
+        if not ok[type(default)](value):
+            raise ValueError(f"{name} must be {type(default).__name__} like {default!r}, "
+                             f"got {raw!r}")
+        return name, float(value) if isinstance(default, float) else value
+
+    def replace(self, **changes: Any) -> TranslateConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _ints(name: str, values: Any) -> tuple[int, ...]:
+    try:
+        out = tuple(values)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of whole numbers, got {values!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in out):
+        raise ValueError(f"{name} must be whole numbers >= 1, got {list(out)}")
+    return out

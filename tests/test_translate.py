@@ -1,0 +1,387 @@
+"""Attention-guided translation: config, networks, training, checkpoints and tiled apply."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_atagan.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_atagan.simulate import simulate_crops, write_crops_folder
+from napari_atagan.training import (
+    CheckpointSaved,
+    Finished,
+    Message,
+    Progress,
+    Samples,
+    run_to_end,
+)
+from napari_atagan.translate import (
+    SAMPLE_ROWS,
+    AttentionNetwork,
+    PatchDiscriminator,
+    Stopped,
+    TranslateConfig,
+    TranslationGenerator,
+    compose,
+    load_domains,
+    load_translator,
+    standing_statistics,
+    train_translation,
+    translate_image,
+)
+
+PATTERNS = ("Homogeneous", "NuMem")
+
+
+def tiny(**changes) -> TranslateConfig:
+    base = dict(image_size=16, widths=(4, 8, 8), n_res_blocks=1, attention_widths=(4, 4),
+                d_widths=(4, 8), batch_size=4, steps=6, device="cpu", log_every=1,
+                sample_every=3, checkpoint_every=4, attention_freeze_after=0.5)
+    base.update(changes)
+    return TranslateConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    """Two folders of 32 px crops (with masks): dim cells and bright cells."""
+    root = tmp_path_factory.mktemp("domains")
+    dim = simulate_crops(8, size=32, seed=1, intensity=0.3, patterns=PATTERNS)
+    bright = simulate_crops(8, size=32, seed=2, intensity=1.0, patterns=PATTERNS)
+    return (write_crops_folder(dim, root / "dim"), write_crops_folder(bright, root / "bright"),
+            dim, bright)
+
+
+@pytest.fixture(scope="module")
+def trained(domains, tmp_path_factory):
+    """A tiny attention model trained 6 steps (attention frozen after step 3)."""
+    out = tmp_path_factory.mktemp("translate_run")
+    events = list(train_translation(tiny(), domains[0], domains[1], out))
+    return events, out
+
+
+@pytest.fixture(scope="module")
+def slide():
+    """A 300 x 410 float32 image: crops of both domains side by side on a dark field."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(8.0, 1.0, (300, 410)).astype(np.float32)
+    cells = simulate_crops(12, size=32, seed=5, intensity=0.5, patterns=PATTERNS).images
+    for k, cell in enumerate(cells):
+        y, x = 20 + 90 * (k // 4), 15 + 100 * (k % 4)
+        image[y:y + 32, x:x + 32] = np.maximum(image[y:y + 32, x:x + 32], cell)
+    return image
+
+
+# --------------------------------------------------------------------------- config
+@pytest.mark.parametrize("changes, match", [
+    (dict(image_size=18), "multiple of 4"),
+    (dict(image_size=12), "at least 16"),
+    (dict(widths=(8, 16)), "widths must be 3"),
+    (dict(attention_widths=(8, 16, 32)), "attention_widths must be 2"),
+    (dict(d_widths=(8, 16, 32)), "too small for 3 discriminator"),
+    (dict(attention_threshold=1.5), "attention_threshold"),
+    (dict(attention_freeze_after=0.0), "attention_freeze_after"),
+    (dict(cycle_weight=-1.0), "cycle_weight"),
+    (dict(lr=0.0), "lr must be > 0"),
+    (dict(betas=(0.5, 1.5)), "betas"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(steps=0), "steps"),
+    (dict(device="tpu"), "device"),
+    (dict(attention="yes"), "attention must be true or false"),
+    (dict(generator_skip=1), "generator_skip must be true or false"),
+    (dict(widths=(8, 0, 8)), "widths must be whole numbers >= 1"),
+])
+def test_config_refuses_bad_values(changes, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**changes)
+
+
+def test_config_round_trip_quick_and_options():
+    config = tiny(extra={"note": "x"})
+    assert TranslateConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="unknown translation option.*colour"):
+        TranslateConfig.from_dict(dict(config.to_dict(), colour=1))
+    quick = TranslateConfig.quick()
+    assert quick.image_size == 64 and quick.steps == 2000 and quick.attention
+    assert TranslateConfig.quick(steps=10).steps == 10
+    assert TranslateConfig.parse_option("attention=false") == ("attention", False)
+    assert TranslateConfig.parse_option("widths=[8,16,32]") == ("widths", [8, 16, 32])
+    assert TranslateConfig.parse_option("cycle_weight=5") == ("cycle_weight", 5.0)
+    with pytest.raises(ValueError, match="unknown translation option 'colour'"):
+        TranslateConfig.parse_option("colour=1")
+    with pytest.raises(ValueError, match="steps must be int"):
+        TranslateConfig.parse_option("steps=lots")
+    assert tiny().freeze_step == 3 and tiny(attention=False).freeze_step is None
+    assert tiny(attention_freeze_after=1.0).freeze_step is None
+
+
+# --------------------------------------------------------------------------- networks
+def test_networks_are_fully_convolutional_and_attention_is_in_unit_range():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 20, 28)
+    generator, attention = TranslationGenerator((4, 8, 8), 1), AttentionNetwork((4, 4))
+    plain = TranslationGenerator((4, 8, 8), 1, skip=False)
+    with torch.no_grad():
+        y, a, p = generator(x), attention(x), plain(x)
+    assert y.shape == a.shape == p.shape == x.shape
+    assert float(y.abs().max()) <= 1.5 and float(p.abs().max()) <= 1.0
+    # a skip generator starts near the identity, a plain one near flat grey
+    assert float((y - x.clamp(-1.5, 1.5)).abs().mean()) < 0.5 * float((p - x).abs().mean())
+    assert float(p.abs().mean()) < 0.3
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    assert PatchDiscriminator((4, 8))(torch.randn(2, 1, 16, 16)).shape == (2, 1, 2, 2)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        generator(torch.randn(1, 1, 18, 20))
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        attention(torch.randn(1, 3, 16, 16))
+
+
+def test_compose_keeps_the_input_exactly_where_the_attention_is_zero():
+    torch.manual_seed(1)
+    x, f = torch.randn(1, 1, 8, 8) * 3, torch.randn(1, 1, 8, 8)
+    att = torch.rand(1, 1, 8, 8)
+    att[..., :4] = 0.0
+    att[..., -1] = 1.0
+    y = compose(x, att, f)
+    assert torch.equal(y[..., :4], x[..., :4])
+    assert torch.equal(y[..., -1], f[..., -1])
+    assert torch.allclose(y, att * f + (1 - att) * x)
+    assert compose(x, None, f) is f
+
+
+def test_receptive_radius_bounds_the_context_in_eval_mode():
+    torch.manual_seed(2)
+    for net in (TranslationGenerator((4, 8, 8), 2), AttentionNetwork((4, 4))):
+        standing_statistics(net, torch.randn(8, 1, 16, 16))
+        net.eval()
+        x = torch.randn(1, 1, 96, 96, requires_grad=True)
+        net(x)[0, 0, 48, 48].backward()
+        rows, cols = np.nonzero(x.grad[0, 0].numpy())
+        reach = max(np.abs(rows - 48).max(), np.abs(cols - 48).max())
+        assert 0 < reach <= net.receptive_radius < 48
+
+
+# --------------------------------------------------------------------------- data
+def test_both_domains_share_one_fixed_grey_scale(domains):
+    dim_dir, bright_dir, dim, bright = domains
+    dom_a, dom_b, levels = load_domains(dim_dir, bright_dir, image_size=16)
+    pooled = np.concatenate([dim.images.ravel(), bright.images.ravel()]).astype(np.float64)
+    assert levels.lo == pytest.approx(np.percentile(pooled, 0.5))
+    assert levels.hi == pytest.approx(np.percentile(pooled, 99.5))
+    assert dom_a.name == "dim" and dom_b.name == "bright" and dom_a.has_masks
+    assert dom_a.images.shape == (8, 16, 16) and dom_a.images.dtype == np.float32
+    assert -1.5 <= dom_a.images.min() and dom_b.images.max() <= 1.5
+    # no per-crop normalisation: dim cells stay darker than bright ones
+    assert dom_a.images.max(axis=(1, 2)).mean() < dom_b.images.max(axis=(1, 2)).mean() - 0.3
+    assert 0 < dom_a.model_cell_diameter < 16 and dom_a.cell_diameter > dom_a.model_cell_diameter
+    # arrays and crop sets work too, and given levels are used as they are
+    again = load_domains(dim, bright.images, image_size=16, levels=levels)
+    by_pattern = np.argsort(dim.labels, kind="stable")  # the folder's order
+    np.testing.assert_array_equal(again[0].images[by_pattern], dom_a.images)
+    assert again[1].masks is None and again[2] == levels
+
+
+def test_domain_input_errors(domains, tmp_path):
+    from napari_atagan.data import from_arrays
+
+    dim_dir, bright_dir, dim, _ = domains
+    with pytest.raises(ValueError, match="does not exist"):
+        load_domains(tmp_path / "nothing", bright_dir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="is empty"):
+        load_domains(tmp_path / "empty", bright_dir)
+    with pytest.raises(ValueError, match="normalised one by one"):
+        load_domains(from_arrays(dim.images[:2], image_size=16), bright_dir)
+    with pytest.raises(ValueError, match="colour"):
+        load_domains(np.zeros((2, 32, 32, 3), np.uint8), bright_dir)
+    with pytest.raises(ValueError, match="at least 16x16"):
+        load_domains([np.zeros((8, 40), np.uint8)], bright_dir)
+    with pytest.raises(ValueError, match="at least 2 per domain"):
+        list(train_translation(tiny(), dim.images[:1], bright_dir, tmp_path / "run"))
+
+
+# --------------------------------------------------------------------------- training
+def test_training_yields_events_and_a_complete_checkpoint(trained, domains):
+    events, out = trained
+    kinds = {type(e) for e in events}
+    assert {Message, Progress, Samples, CheckpointSaved, Finished} <= kinds
+    assert isinstance(events[-1], Finished) and not events[-1].stopped
+    assert [e.step for e in events if isinstance(e, CheckpointSaved)] == [4, 6]
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [e.step for e in progress] == list(range(1, 7))
+    assert {"d", "g", "cycle", "attention_a", "attention_b"} <= set(progress[-1].losses)
+    assert any("attention frozen at step 3" in e.text for e in events if isinstance(e, Message))
+    samples = [e for e in events if isinstance(e, Samples)][-1]
+    assert samples.images.shape == (36, 16, 16) and samples.images.dtype == np.float32
+    assert list(np.unique(samples.labels)) == list(range(len(SAMPLE_ROWS)))
+    assert np.abs(samples.images).max() <= 1.0
+
+    translator = load_translator(events[-1].checkpoint)
+    assert translator.config == tiny() and translator.step == 6
+    levels = load_domains(domains[0], domains[1], image_size=16)[2]
+    assert translator.levels == levels
+    assert translator.domains["a"]["name"] == "dim"
+    assert translator.domains["b"]["folder"] == str(domains[1])
+    assert translator.checkpoint.family == "translate"
+    assert translator.checkpoint.metadata["attention_frozen_at"] == 3
+    assert set(translator.checkpoint.module_names) == {"F_ab", "F_ba", "A_a", "A_b", "D_a", "D_b"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["finished"]
+
+
+def test_resume_continues_from_the_saved_step(trained, domains, tmp_path):
+    events, _ = trained
+    resumed = list(train_translation(tiny(steps=8), domains[0], domains[1], tmp_path,
+                                     resume=events[-1].checkpoint))
+    assert any("resumed" in e.text and "step 6" in e.text
+               for e in resumed if isinstance(e, Message))
+    assert not any("attention frozen" in e.text for e in resumed if isinstance(e, Message))
+    assert [e.step for e in resumed if isinstance(e, Progress)] == [7, 8]
+    ckpt = load_translator(resumed[-1].checkpoint).checkpoint
+    assert ckpt.step == 8 and ckpt.config.steps == 8
+    assert ckpt.metadata["attention_frozen_at"] == 3  # frozen once, stays frozen
+
+
+def test_a_resumed_run_continues_exactly(domains, tmp_path):
+    config = tiny(steps=4, attention_freeze_after=1.0, lr_decay_after=1.0, sample_every=100)
+    straight = run_to_end(train_translation(config, domains[0], domains[1], tmp_path / "s"))
+    first = run_to_end(train_translation(config.replace(steps=2), domains[0], domains[1],
+                                         tmp_path / "r"))
+    second = run_to_end(train_translation(config, domains[0], domains[1], tmp_path / "r",
+                                          resume=first.checkpoint))
+    a, b = load_checkpoint(straight.checkpoint, family=None), load_checkpoint(second.checkpoint,
+                                                                             family=None)
+    for name in ("F_ab", "A_b", "D_a"):
+        for key, value in a.state_dict(name).items():
+            assert torch.equal(value, b.state_dict(name)[key]), (name, key)
+
+
+def test_stop_ends_early_with_a_loadable_checkpoint(domains, tmp_path):
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    done = run_to_end(train_translation(tiny(steps=50), domains[0], domains[1], tmp_path / "a",
+                                        stop=stop))
+    assert done.stopped and load_translator(done.checkpoint).step == 2
+
+    event = threading.Event()
+    events = train_translation(tiny(steps=50), domains[0], domains[1], tmp_path / "b",
+                               stop=event)
+    for ev in events:
+        if isinstance(ev, Progress):
+            event.set()
+    assert isinstance(ev, Finished) and ev.stopped and ev.summary["steps"] == 1
+
+    closed = train_translation(tiny(steps=50), domains[0], domains[1], tmp_path / "c")
+    for ev in closed:
+        if isinstance(ev, Progress) and ev.step == 2:
+            closed.close()
+    assert load_translator(tmp_path / "c" / "checkpoint.safetensors").step == 2
+
+
+def test_the_cyclegan_baseline_trains_and_has_no_attention(domains, tmp_path, slide):
+    done = run_to_end(train_translation(tiny(attention=False, steps=3), domains[0], domains[1],
+                                        tmp_path))
+    translator = load_translator(done.checkpoint)
+    assert not translator.attention
+    assert set(translator.checkpoint.module_names) == {"F_ab", "F_ba", "D_a", "D_b"}
+    translated, attention = translate_image(translator, slide[:64, :80], device="cpu")
+    assert attention.dtype == np.float32 and np.all(attention == 1.0)
+    assert translated.shape == (64, 80) and np.isfinite(translated).all()
+
+
+# --------------------------------------------------------------------------- apply
+def test_tiles_leave_no_seams(trained, slide):
+    translator = load_translator(trained[0][-1].checkpoint)
+    levels = translator.levels
+    tiled, att_tiled = translate_image(translator, slide, tile_size=64, device="cpu")
+    whole, att_whole = translate_image(translator, slide, tile_size=1024, device="cpu")
+    assert tiled.dtype == np.float32 and tiled.shape == slide.shape == att_tiled.shape
+    # within 1e-4 of the grey range (float rounding of convolutions of other sizes)
+    assert np.abs(tiled - whole).max() <= 1e-4 * (levels.hi - levels.lo)
+    assert np.abs(att_tiled - att_whole).max() <= 1e-4
+    assert 0.0 <= att_tiled.min() and att_tiled.max() <= 1.0
+    # rescaled to the training cells and back: still seamless, at the input's size
+    small, _ = translate_image(translator, slide, cell_diameter=40, tile_size=32, device="cpu")
+    big, _ = translate_image(translator, slide, cell_diameter=40, tile_size=512, device="cpu")
+    assert small.shape == slide.shape
+    assert np.abs(small - big).max() <= 1e-4 * (levels.hi - levels.lo)
+
+
+def test_output_keeps_the_input_dtype_and_grey_levels(trained, slide, tmp_path):
+    translator = load_translator(trained[0][-1].checkpoint)
+    image = np.clip(slide * 200, 0, 65535).astype(np.uint16)
+    done = []
+    out_t = np.lib.format.open_memmap(tmp_path / "t.npy", "w+", np.uint16, image.shape)
+    out_a = np.lib.format.open_memmap(tmp_path / "a.npy", "w+", np.float32, image.shape)
+    translated, attention = translate_image(
+        translator, image, direction="b2a", tile_size=96, device="cpu", out=(out_t, out_a),
+        progress=lambda k, n: done.append((k, n)))
+    assert translated is out_t and attention is out_a
+    assert translated.dtype == np.uint16 and done[-1][0] == done[-1][1] > 1
+    whole, _ = translate_image(translator, image, direction="b2a", tile_size=1024,
+                               device="cpu")
+    assert np.abs(translated.astype(np.int64) - whole).max() <= 1  # a rounding at most
+    # grey levels come back on the input's scale: the model range [-1, 1] is [lo, hi]
+    lo, hi = translator.levels.lo, translator.levels.hi
+    assert lo - 0.5 * (hi - lo) - 1 <= whole.min() and whole.max() <= hi + 0.5 * (hi - lo) + 1
+    crop = translate_image(translator, image[:40, :36].astype(np.uint8), device="cpu")[0]
+    assert crop.dtype == np.uint8 and crop.shape == (40, 36)
+
+
+def test_apply_stops_between_tiles(trained, slide):
+    with pytest.raises(Stopped):
+        translate_image(trained[0][-1].checkpoint, slide, tile_size=64, device="cpu",
+                        stop=lambda: True)
+
+
+@pytest.mark.parametrize("image, kwargs, match", [
+    (np.zeros((40, 40, 3), np.uint8), {}, "colour"),
+    (np.zeros((3, 40, 40), np.uint8), {}, "3-D"),
+    (np.zeros((10, 40), np.uint8), {}, "at least 16 x 16"),
+    (np.full((40, 40), np.nan, np.float32), {}, "NaN"),
+    (np.zeros((40, 40), bool), {}, "numeric"),
+    (np.zeros((40, 40), np.uint8), {"direction": "a2c"}, "direction"),
+    (np.zeros((40, 40), np.uint8), {"cell_diameter": -3}, "cell_diameter"),
+    (np.zeros((40, 40), np.uint8), {"cell_diameter": 400}, "shrinks"),
+    (np.zeros((40, 40), np.uint8), {"tile_size": 8}, "tile_size"),
+    (np.zeros((40, 40), np.uint8), {"out": (np.zeros((4, 4), np.uint8), None)}, "shape"),
+    (np.zeros((40, 40), np.uint8), {"out": (np.zeros((40, 40), np.uint16), None)}, "dtype"),
+])
+def test_apply_refuses_bad_input(trained, image, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        translate_image(trained[0][-1].checkpoint, image, device="cpu", **kwargs)
+
+
+# --------------------------------------------------------------------------- families
+def test_checkpoint_families_are_told_apart(trained, tmp_path):
+    from napari_atagan.config import TrainConfig
+    from napari_atagan.models import build_models
+    from napari_atagan.slide import slide_attention
+
+    config = TrainConfig(image_size=16, z_dim=8, g_channels=(16, 8), d_channels=(8, 16))
+    g, d = build_models(config, 0)
+    atagan = save_checkpoint(tmp_path / "atagan", config=config, modules={"G": g, "D": d})
+    translate = trained[0][-1].checkpoint
+
+    with pytest.raises(CheckpointError, match="is an ATA-GAN checkpoint, not an attention-guided"):
+        load_translator(atagan)
+    with pytest.raises(CheckpointError, match="not an ATA-GAN checkpoint: open it with "
+                                              "napari_atagan.translate.load_translator"):
+        load_checkpoint(translate)
+    with pytest.raises(CheckpointError, match="translation"):
+        slide_attention(translate, np.zeros((64, 64), np.float32), cell_diameter=10)
+    with pytest.raises(CheckpointError, match="ATA-GAN checkpoint"):
+        translate_image(atagan, np.zeros((32, 32), np.uint8), device="cpu")
+    either = load_checkpoint(translate, family=None)
+    assert either.family == "translate" and isinstance(either.config, TranslateConfig)
+    with pytest.raises(CheckpointError, match="has no ATA-GAN discriminator"):
+        either.discriminator()
+    assert load_checkpoint(atagan).family == "atagan"
+    assert load_checkpoint(atagan).metadata["family"] == "atagan"
