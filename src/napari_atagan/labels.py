@@ -280,6 +280,7 @@ def _local_cells(m: np.ndarray, floor: float, peak_distance: int, min_size: int,
     if len(peaks) == 0:
         return np.zeros(m.shape, dtype=np.int64)
     basins = _flood(m, peaks, mask, pieces, boxes)
+    del mask, pieces, boxes  # large tiles: keep the memory down
     top = np.zeros(len(peaks) + 1, dtype=np.float32)
     top[1:] = m[tuple(peaks.T)]
     inner = np.flatnonzero(basins)  # only the flooded pixels can be cells
@@ -288,6 +289,7 @@ def _local_cells(m: np.ndarray, floor: float, peak_distance: int, min_size: int,
     keep = level >= LOCAL_FRACTION * top[root]
     cells = np.zeros(m.shape, dtype=np.int32)
     cells.ravel()[inner[keep]] = root[keep]
+    del basins, inner, own, level, root, keep
     return _sequential(fill_holes_each(cells), min_size)
 
 
@@ -402,6 +404,8 @@ def grouped_percentiles(values: np.ndarray, groups: np.ndarray, ids: np.ndarray,
     """:func:`label_percentiles` of pixels already picked out: 1-D ``values`` and the
     id (>= 0) of each one's object in ``groups``."""
     ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) <= _FEW_GROUPS and _bit_sortable(values, groups):
+        return _few_group_percentiles(values, groups, ids, pct)
     lab, val = _by_group(values, groups)
     starts = np.searchsorted(lab, ids)
     counts = np.searchsorted(lab, ids, side="right") - starts
@@ -413,6 +417,44 @@ def grouped_percentiles(values: np.ndarray, groups: np.ndarray, ids: np.ndarray,
     above = val[starts[has] + np.minimum(k + 1, counts[has] - 1)]
     out[has] = below + (above - below) * (pos - k)
     return out
+
+
+_FEW_GROUPS = 1000
+"""Up to this many objects, :func:`grouped_percentiles` selects each one's two order
+statistics (``np.partition``) instead of sorting all pixels."""
+
+
+def _few_group_percentiles(values: np.ndarray, groups: np.ndarray, ids: np.ndarray,
+                           pct: float) -> np.ndarray:
+    """:func:`grouped_percentiles` from a stable sort by group (a radix sort of small
+    ids) and, per object, a partition at the two ranks the percentile needs: the same
+    values as sorting all of them (:func:`_bit_sortable` values)."""
+    groups = np.asarray(groups)
+    small = groups.astype(np.uint16 if groups.max() < 2**16 else np.uint32)
+    order = np.argsort(small, kind="stable")
+    lab, val = small[order], np.asarray(values)[order]
+    starts = np.searchsorted(lab, ids)
+    counts = np.searchsorted(lab, ids, side="right") - starts
+    out = np.full(len(ids), np.nan)
+    for i, (start, count) in enumerate(zip(starts.tolist(), counts.tolist())):
+        if count:
+            pos = (count - 1) * (float(pct) / 100.0)
+            k = math.floor(pos)
+            k1 = min(k + 1, count - 1)
+            picked = np.partition(val[start:start + count], [k, k1] if k1 != k else k)
+            below, above = float(picked[k]), float(picked[k1])
+            out[i] = below + (above - below) * (pos - k)
+    return out
+
+
+def _bit_sortable(values: np.ndarray, groups: np.ndarray) -> bool:
+    """float32 values without NaN or -0.0 (whose order ``lexsort`` does not take from
+    their bits or value alone) and ids >= 0 below 2**32."""
+    values, groups = np.asarray(values), np.asarray(groups)
+    return bool(values.dtype == np.float32 and groups.size and groups.dtype.kind in "iu"
+                and int(groups.min()) >= 0 and int(groups.max()) < 2**32
+                and not np.isnan(values).any()
+                and not (np.signbit(values) & (values == 0)).any())
 
 
 def _by_group(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -427,9 +469,7 @@ def _by_group(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.nd
     """
     groups = np.asarray(groups)
     values = np.asarray(values)
-    if (values.dtype == np.float32 and groups.size and groups.dtype.kind in "iu"
-            and int(groups.min()) >= 0 and int(groups.max()) < 2**32
-            and not np.isnan(values).any() and not (np.signbit(values) & (values == 0)).any()):
+    if _bit_sortable(values, groups):
         bits = values.view(np.uint32)
         negative = bits >= np.uint32(2**31)
         bits = np.where(negative, ~bits, bits | np.uint32(2**31))
@@ -587,7 +627,7 @@ def _sequential(labels: np.ndarray, min_size: int = 0, narrow: bool = False) -> 
     ids[~keep] = 0
     if narrow:
         ids = ids.astype(np.uint16 if ids.max() <= np.iinfo(np.uint16).max else np.uint32)
-    return ids[labels]
+    return np.take(ids, labels)
 
 
 def _grown(box: tuple[slice, ...], margin: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -725,9 +765,8 @@ def _flood_piece(surface: np.ndarray, markers: np.ndarray, piece: np.ndarray) ->
     """
     if not _markers_enter_at_their_level():
         return None
-    surface = np.asarray(surface, dtype=np.float64)
     at = np.nonzero(piece & (markers != 0))
-    level = surface[at]
+    level = surface[at].astype(np.float64)  # watershed floods in float64
     _, group, count = np.unique(level, return_inverse=True, return_counts=True)
     tied = [np.flatnonzero(group == g).tolist() for g in np.flatnonzero(count > 1)]
     if not tied:
@@ -735,10 +774,10 @@ def _flood_piece(surface: np.ndarray, markers: np.ndarray, piece: np.ndarray) ->
     if math.prod(math.factorial(len(g)) for g in tied) > _MAX_ORDERS:
         return None
     orders = itertools.product(*(itertools.permutations(g) for g in tied))
-    levels = surface[piece]
+    levels = surface[piece].astype(np.float64)
     flooded = None
     for order in orders:
-        forced = surface.copy()
+        forced = surface.astype(np.float64)
         for same in order:
             for rank, i in enumerate(same):  # the first to leave the queue lowest
                 value = level[i]

@@ -235,10 +235,11 @@ def _split_cells(cells: np.ndarray, regions: list | None, d: float) -> np.ndarra
 
     A cell lies in its zone, a hole of it in its box and so in its region: each
     region's cells are filled and split on their own, over the region's box (and one
-    pixel around it). Only the
-    numbering spans regions: the pieces of the mask are ordered as ``ndi.label``
-    numbers them, by their first pixel in raster order, and their peaks, in that
-    order, number the markers.
+    pixel around it). Only the numbering spans regions: the pieces of the mask are
+    ordered as ``ndi.label`` numbers them, by their first pixel in raster order, and
+    their peaks, in that order, number the markers. A piece with one marker is that
+    marker's basin; the others are flooded as in
+    :func:`~napari_atagan.labels._flood_piece`.
     """
     if regions is None:
         return _distance_split(fill_holes_each(cells) > 0, d)
@@ -480,14 +481,23 @@ def _zones(map_labels: np.ndarray, d: float) -> np.ndarray:
     high = np.zeros((count + 1, 2), np.int64)
     np.minimum.at(low, which, corner[:, [0, 2]])
     np.maximum.at(high, which, corner[:, [1, 3]])
+    # distance_transform_edt's distance is sqrt(float(dy**2 + dx**2)): within reach up to
+    # this many squared pixels
+    within = int(math.floor(reach * reach)) + 2
+    while within >= 0 and math.sqrt(float(within)) > reach:
+        within -= 1
+    wide = np.int64 if max(labels.shape) > 30000 else np.int32  # no overflow of dy**2 + dx**2
     zones = np.zeros(labels.shape, labels.dtype)
     found = []
     for k in range(1, count + 1):
         box = (slice(int(low[k, 0]), int(high[k, 0])), slice(int(low[k, 1]), int(high[k, 1])))
         near = labels[box]
         inside = regions[box] == k
-        distance, (iy, ix) = ndi.distance_transform_edt(near == 0, return_indices=True)
-        take = (distance <= reach) & inside
+        iy, ix = ndi.distance_transform_edt(near == 0, return_distances=False,
+                                            return_indices=True).astype(wide, copy=False)
+        dy = iy - np.arange(near.shape[0], dtype=wide)[:, None]
+        dx = ix - np.arange(near.shape[1], dtype=wide)[None, :]
+        take = (dy * dy + dx * dx <= within) & inside
         zones[box][take] = near[iy[take], ix[take]]
         found.append((box, inside))
     return zones, found
