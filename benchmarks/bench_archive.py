@@ -11,7 +11,7 @@ Usage::
 (into ``--slides`` when given, else a temporary folder). The shipped default
 model then processes the whole folder twice, each into its own output folder:
 
-1. **sequential**: one in-process loop of :func:`napari_atagan.archive.process_slide`
+1. **sequential**: one in-process loop of :func:`napari_atagan.slides.archive.process_slide`
    over the slides, torch using every core; the checkpoint opened once, as a
    careful script would;
 2. **archive**: ``napari-atagan attention --image DIR`` as a user runs it, in a
@@ -57,7 +57,7 @@ def make_slides(folder: Path, count: int, cells: int, diameter: float, realistic
 def sequential(paths: list[Path], options) -> float:
     import torch
 
-    from napari_atagan.archive import process_slide
+    from napari_atagan.slides.archive import process_slide
     from napari_atagan.checkpoint import load_checkpoint
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from napari_atagan import default_model_path
-    from napari_atagan.archive import ArchiveOptions
+    from napari_atagan.slides.archive import ArchiveOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

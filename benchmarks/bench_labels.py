@@ -9,7 +9,7 @@ A synthetic attention map is written to a temporary ``.npy`` file: one soft
 blob per cell (diameter ``--diameter``, 40 px) on a jittered grid, peak
 heights spread over a factor of 10 as on slides with bright and dim cells, plus
 faint noise. Each labelling rule of
-:func:`napari_atagan.labels.attention_to_labels_tiled` then runs in a fresh
+:func:`napari_atagan.slides.labels.attention_to_labels_tiled` then runs in a fresh
 process that reads the map as a memory map and writes the labels into a
 memory-mapped file, and reports seconds, megapixels per second, cells found
 (against the cells drawn), the seconds to save the labels as a TIFF (written
@@ -19,7 +19,7 @@ per-cell rule (``local``, the default with a known diameter) is compared with
 the one global Otsu level (``otsu``) measured in the same run.
 
 ``--outlines`` times, in memory, what ``attention`` does to a slide that fits
-in memory (``--outline image``, the default: :func:`napari_atagan.segment.label_cells`)
+in memory (``--outline image``, the default: :func:`napari_atagan.slides.segment.label_cells`)
 beside the map alone (``--outline map``) and the classic pipeline, on a
 simulated slide like the sample slide (``--size`` square, cells of
 ``--diameter`` covering a fifth of it) and the shipped default model's map of
@@ -77,9 +77,9 @@ def _peak_rss_mb() -> float:
 
 
 def measure(path: str, threshold: str, diameter: float) -> dict:
-    from napari_atagan.evaluate import default_min_size
+    from napari_atagan.evaluation.evaluate import default_min_size
     from napari_atagan.export import read_tiff_metadata, save_labels_tiff
-    from napari_atagan.labels import attention_to_labels_tiled
+    from napari_atagan.slides.labels import attention_to_labels_tiled
 
     amap = np.load(path, mmap_mode="r")
     with tempfile.TemporaryDirectory(dir=Path(path).parent) as tmp:
@@ -103,10 +103,10 @@ def measure(path: str, threshold: str, diameter: float) -> dict:
 def outlines(size: int, diameter: float) -> dict:
     """Seconds of the slide labellings on one realistic simulated slide (best of 3)."""
     from napari_atagan import default_model_path
-    from napari_atagan.labels import min_cell_size
-    from napari_atagan.segment import classic_labels, label_cells
+    from napari_atagan.slides.labels import min_cell_size
+    from napari_atagan.slides.segment import classic_labels, label_cells
     from napari_atagan.simulate import simulate_slide
-    from napari_atagan.slide import slide_attention
+    from napari_atagan.slides.attention import slide_attention
 
     n_cells = max(1, int(0.2 * size * size / (np.pi * diameter**2 / 4)))
     # cells like the sample slide's, which the shipped model finds (on the realistic

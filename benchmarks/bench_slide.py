@@ -11,7 +11,7 @@ Usage::
 A default discriminator with random weights runs at model scale (factor 1) on a
 synthetic uint16 slide. Reported:
 
-* the fully convolutional tiled path (:func:`napari_atagan.slide.discriminator_attention`,
+* the fully convolutional tiled path (:func:`napari_atagan.slides.attention.discriminator_attention`,
   default tile: 2048 on CUDA, 1024 elsewhere): megapixels per second at model
   scale (the best of ``--repeat`` runs after a warm-up on a small region;
   ``first_seconds``: the first of them, which also allocates the map and the
@@ -21,7 +21,7 @@ synthetic uint16 slide. Reported:
 * on CUDA, ``pinned_map_allocation``: seconds to allocate the map in page-locked
   memory, in a fresh process (the first run's extra cost) and from torch's cache;
 * the same path with the map at the discriminator's own stride (8) instead of
-  the default :data:`napari_atagan.slide.CAM_STRIDE` (4), and ``cam_stride_cost``:
+  the default :data:`napari_atagan.slides.attention.CAM_STRIDE` (4), and ``cam_stride_cost``:
   how many times longer the default takes;
 * the sliding-window baseline: 64x64 windows every 16 pixels, batched through
   ``D.soft_cam``, overlapping maps averaged; and the speed ratio of the two.
@@ -73,10 +73,10 @@ import torch
 import torch.nn.functional as F
 from _profiling import op_summary  # benchmarks/, beside this script
 
-from napari_atagan import slide as slide_module
+from napari_atagan.slides import attention as slide_module
 from napari_atagan.device import describe, resolve_device, synchronize
-from napari_atagan.models import Discriminator
-from napari_atagan.slide import default_tile_size, discriminator_attention
+from napari_atagan.gan.models import Discriminator
+from napari_atagan.slides.attention import default_tile_size, discriminator_attention
 
 
 def _status_mb(key: str) -> float | None:

@@ -26,7 +26,7 @@ from skimage.filters import threshold_otsu
 
 from napari_atagan import default_model_path
 from napari_atagan.device import describe, resolve_device
-from napari_atagan.synthesis import as_checkpoint, cams_to_masks, cams_to_masks_torch, generate
+from napari_atagan.gan.synthesis import as_checkpoint, cams_to_masks, cams_to_masks_torch, generate
 
 
 def one_at_a_time(cams: np.ndarray) -> np.ndarray:

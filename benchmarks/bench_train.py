@@ -32,12 +32,12 @@ import torch.nn.functional as F
 import torchvision
 from _profiling import op_summary  # benchmarks/, beside this script
 
-from napari_atagan.attention import at_loss
-from napari_atagan.config import TrainConfig
+from napari_atagan.gan.attention import at_loss
+from napari_atagan.gan.config import TrainConfig
 from napari_atagan.data import from_arrays
 from napari_atagan.device import describe, resolve_device, synchronize
 from napari_atagan.simulate import simulate_crops
-from napari_atagan.training import Finished, Progress, train
+from napari_atagan.gan.training import Finished, Progress, train
 
 
 def bench_default(device: str, steps: int, batch: int, n_cells: int, teacher: str,

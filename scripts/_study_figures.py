@@ -10,12 +10,12 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage.segmentation import find_boundaries
 from skimage.transform import resize
 
-from napari_atagan.labels import attention_to_labels
+from napari_atagan.slides.labels import attention_to_labels
 from napari_atagan.metrics import otsu_baseline
-from napari_atagan.mosaic import make_mosaic, read_raw_crops
-from napari_atagan.evaluate import default_min_size
-from napari_atagan.slide import slide_attention
-from napari_atagan.synthesis import as_checkpoint, crop_attention, generate
+from napari_atagan.evaluation.mosaic import make_mosaic, read_raw_crops
+from napari_atagan.evaluation.evaluate import default_min_size
+from napari_atagan.slides.attention import slide_attention
+from napari_atagan.gan.synthesis import as_checkpoint, crop_attention, generate
 
 TILE = 72
 GAP = 6

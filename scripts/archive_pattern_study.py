@@ -9,7 +9,7 @@ For every pattern of the checkpoint, ``--per-pattern`` mosaics (seeds 0..K-1)
 are built from the held-out cells of that pattern only (``--val``: the I3A
 layout, one sub-folder per pattern, cells never trained on), so the truth of
 every slide and of every cell on it is known. The whole set then runs through
-:func:`napari_atagan.archive.run_archive`, as ``napari-atagan attention
+:func:`napari_atagan.slides.archive.run_archive`, as ``napari-atagan attention
 --image DIR`` does, at the cells' own diameter. Reported:
 
 * **slide accuracy**: the slide's pattern (highest mean probability over its
@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import tifffile
 
-    from napari_atagan.archive import ArchiveOptions, ArchiveDone, outputs_for, run_archive
-    from napari_atagan.cells import read_cells_csv
+    from napari_atagan.slides.archive import ArchiveOptions, ArchiveDone, outputs_for, run_archive
+    from napari_atagan.slides.cells import read_cells_csv
     from napari_atagan.checkpoint import load_checkpoint
-    from napari_atagan.mosaic import make_mosaic, write_mosaic
+    from napari_atagan.evaluation.mosaic import make_mosaic, write_mosaic
 
     ckpt = load_checkpoint(args.checkpoint)
     patterns = ckpt.class_names

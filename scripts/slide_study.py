@@ -4,14 +4,14 @@
 For every checkpoint, on three kinds of slides:
 
 * touching-cell mosaics of real crops, one pattern per mosaic
-  (``napari_atagan.mosaic.make_mosaic(..., touching=True)``), built from a
+  (``napari_atagan.evaluation.mosaic.make_mosaic(..., touching=True)``), built from a
   folder of crops in the I3A layout (``--crops``: use the *training* part to
   choose, the *validation* part to report);
 * real slides with instance labels (``--slide IMAGE LABELS DIAMETER``), e.g.
   the shared real fluorescence slide;
 * realistic simulated slides (``--simulated N``).
 
-Every method of :data:`napari_atagan.evaluate.SLIDE_METHODS` is scored with
+Every method of :data:`napari_atagan.evaluation.evaluate.SLIDE_METHODS` is scored with
 cells touching the border left out on both sides; counts are pooled over the
 slides of a group before precision, recall and F1 are formed, and pixel IoU is
 pooled over their pixels. Prints a markdown table and writes every number to
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_atagan.evaluate import SLIDE_METHODS, slide_cells
-from napari_atagan.labels import drop_border_cells
+from napari_atagan.evaluation.evaluate import SLIDE_METHODS, slide_cells
+from napari_atagan.slides.labels import drop_border_cells
 from napari_atagan.metrics import match_objects
 
 
@@ -57,7 +57,7 @@ def pooled(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def mosaics(folder: Path, per_pattern: int, seed: int):
-    from napari_atagan.mosaic import make_mosaic
+    from napari_atagan.evaluation.mosaic import make_mosaic
 
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         m = make_mosaic(sub, shape=(1024, 1024), n_cells=per_pattern, seed=seed, touching=True)

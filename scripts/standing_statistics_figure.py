@@ -3,7 +3,7 @@
 
 One row per pattern: real training cells, then the averaged generator's cells
 with the running statistics copied from the trained generator, then the same
-noise with standing statistics (:func:`napari_atagan.models.standing_statistics`).
+noise with standing statistics (:func:`napari_atagan.gan.models.standing_statistics`).
 Every tile maps -1..1 to black..white (no per-tile stretching), so brightness
 differences show as they are.
 
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _study_figures import GAP, HEAD, TILE, _font  # noqa: E402
 
 from napari_atagan.data import load_folder  # noqa: E402
-from napari_atagan.models import standing_statistics  # noqa: E402
-from napari_atagan.synthesis import as_checkpoint  # noqa: E402
+from napari_atagan.gan.models import standing_statistics  # noqa: E402
+from napari_atagan.gan.synthesis import as_checkpoint  # noqa: E402
 
 LEFT = 110
 

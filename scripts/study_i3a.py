@@ -10,7 +10,7 @@ The study behind ``docs/RESULTS.md``. It works on any folder in the I3A layout
 ``checkpoint.safetensors`` and the ``summary.json`` of ``train``):
 
 * attention on the centred validation crops, per pattern, beside Otsu and a
-  centred ellipse (:func:`napari_atagan.evaluate.evaluate_crops`);
+  centred ellipse (:func:`napari_atagan.evaluation.evaluate.evaluate_crops`);
 * attention on mosaics of validation cells at random positions, one set of
   mosaics per pattern (the same mosaics for every model), beside Otsu;
 * sample quality per pattern: sliced Wasserstein distance, KID on the features
@@ -50,8 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_atagan.cli_evaluate import contrast_bin
-from napari_atagan.evaluate import (
+from napari_atagan.cli.evaluate import contrast_bin
+from napari_atagan.evaluation.evaluate import (
     _pattern_accuracy,
     _swd_levels,
     evaluate_crops,
@@ -59,8 +59,8 @@ from napari_atagan.evaluate import (
     train_on_synthetic,
 )
 from napari_atagan.metrics import classifier_features, kid, sample_diversity, sliced_wasserstein
-from napari_atagan.mosaic import make_mosaic
-from napari_atagan.synthesis import as_checkpoint, generate
+from napari_atagan.evaluation.mosaic import make_mosaic
+from napari_atagan.gan.synthesis import as_checkpoint, generate
 
 MOSAIC_SHAPE = (1024, 1024)
 MOSAIC_CELLS = 40
@@ -217,7 +217,7 @@ def _sample_scores(ref: np.ndarray, other: np.ndarray, f_ref: np.ndarray | None,
 
 
 def _feature_net(path: Path, device: str):
-    from napari_atagan.evaluate import _teacher
+    from napari_atagan.evaluation.evaluate import _teacher
 
     net, note = _teacher(as_checkpoint(path), device)
     if net is None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision  # noqa: F401  (see below)
 
-from napari_atagan.config import TrainConfig
+from napari_atagan.gan.config import TrainConfig
 
 # torchvision pulls in triton, whose bundled LLVM crashes when it is loaded after
 # a software OpenGL driver (Mesa llvmpipe under Xvfb) has loaded its own: load it
@@ -43,7 +43,7 @@ def tiny_data():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_data):
     """A checkpoint of a tiny conditional model trained for 6 steps with the mask teacher."""
-    from napari_atagan.training import run_to_end, train
+    from napari_atagan.gan.training import run_to_end, train
 
     out = tmp_path_factory.mktemp("tiny_run")
     return run_to_end(train(tiny_config(), tiny_data, out)).checkpoint

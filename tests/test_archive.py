@@ -18,7 +18,7 @@ import tifffile
 import torch
 
 from napari_atagan import default_model_path
-from napari_atagan.archive import (
+from napari_atagan.slides.archive import (
     SLIDE_COLUMNS,
     ArchiveDone,
     ArchiveOptions,
@@ -28,7 +28,7 @@ from napari_atagan.archive import (
     process_slide,
     run_archive,
 )
-from napari_atagan.cells import BASE_COLUMNS, CellTable, cell_table, read_cells_csv
+from napari_atagan.slides.cells import BASE_COLUMNS, CellTable, cell_table, read_cells_csv
 from napari_atagan.checkpoint import load_checkpoint, save_checkpoint
 from napari_atagan.simulate import simulate_slide, write_slide
 
@@ -64,7 +64,7 @@ def test_cell_table_measures_known_cells():
 
 
 def test_cell_table_of_a_stack_and_in_bands(monkeypatch):
-    import napari_atagan.cells as cells
+    import napari_atagan.slides.cells as cells
 
     labels, image, attention = _two_cells()
     stack_labels = np.stack([labels, np.where(labels > 0, labels + 3, 0)])
@@ -124,7 +124,7 @@ def test_patterns_from_the_discriminator_and_from_a_teacher(tmp_path):
     with pytest.raises(ValueError, match="cell diameter"):
         cell_table(labels, sim.image, att, checkpoint=ckpt)
     # a run trained with the classifier teacher keeps it: it names the patterns
-    from napari_atagan.attention import PatternClassifier
+    from napari_atagan.gan.attention import PatternClassifier
 
     torch.manual_seed(0)
     disc = ckpt.discriminator()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_atagan.attention import (
+from napari_atagan.gan.attention import (
     PatternClassifier,
     at_loss,
     classifier_maps,
@@ -15,7 +15,7 @@ from napari_atagan.attention import (
     teacher_maps,
     train_classifier,
 )
-from napari_atagan.config import TrainConfig
+from napari_atagan.gan.config import TrainConfig
 from napari_atagan.data import from_arrays
 
 

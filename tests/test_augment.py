@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_atagan.attention import mask_teacher_maps
-from napari_atagan.augment import Augmenter, affine, border_level, dihedral, dihedral_inverse
-from napari_atagan.config import TrainConfig
+from napari_atagan.gan.attention import mask_teacher_maps
+from napari_atagan.gan.augment import Augmenter, affine, border_level, dihedral, dihedral_inverse
+from napari_atagan.gan.config import TrainConfig
 
 
 S = 32

@@ -28,8 +28,8 @@ from napari_atagan.checkpoint import (
     rng_tensors,
     save_checkpoint,
 )
-from napari_atagan.config import TrainConfig
-from napari_atagan.models import Discriminator, Generator, build_models
+from napari_atagan.gan.config import TrainConfig
+from napari_atagan.gan.models import Discriminator, Generator, build_models
 
 CLASSES = ["Centromere", "Golgi", "Homogeneous"]
 
@@ -157,10 +157,10 @@ def test_an_averaged_generator_saved_without_standing_statistics_gets_them(tmp_p
                                                                            monkeypatch):
     import copy
 
-    import napari_atagan.checkpoint as ckmod
+    import napari_atagan.gan.checkpoint as ckmod
 
     from napari_atagan.checkpoint import export_model
-    from napari_atagan.models import standing_statistics
+    from napari_atagan.gan.models import standing_statistics
 
     _, _, g_ema, _, _, _ = run
     path = save_run(tmp_path / "old.safetensors", run, metadata={"generator_statistics": None})
@@ -521,7 +521,7 @@ def test_exported_model_is_small_and_gives_the_same_cells(tmp_path, tiny_checkpo
     import numpy as np
 
     from napari_atagan.checkpoint import export_model
-    from napari_atagan.synthesis import generate
+    from napari_atagan.gan.synthesis import generate
 
     small = export_model(tiny_checkpoint, tmp_path / "model")
     assert small.name == "model.safetensors"

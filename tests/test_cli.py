@@ -141,7 +141,7 @@ def test_demo_headless_writes_every_layer_and_a_summary(tmp_path, capsys):
 
 
 def test_tstr_help_states_the_engine_defaults():
-    from napari_atagan.evaluate import TSTR_CELLS, TSTR_EPOCHS
+    from napari_atagan.evaluation.evaluate import TSTR_CELLS, TSTR_EPOCHS
 
     evaluate = build_parser()._subparsers._group_actions[0].choices["evaluate"]
     samples = evaluate._subparsers._group_actions[0].choices["samples"]

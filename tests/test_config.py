@@ -1,6 +1,6 @@
 import pytest
 
-from napari_atagan.config import TrainConfig, generator_channels
+from napari_atagan.gan.config import TrainConfig, generator_channels
 
 
 def test_defaults_are_valid_and_round_trip():

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_atagan.cli_evaluate import register
-from napari_atagan.evaluate import (
+from napari_atagan.cli.evaluate import register
+from napari_atagan.evaluation.evaluate import (
     CROP_KEYS,
     SLIDE_KEYS,
     evaluate_crops,
@@ -18,7 +18,7 @@ from napari_atagan.evaluate import (
     train_on_synthetic,
 )
 from napari_atagan.metrics import match_objects, pixel_iou
-from napari_atagan.mosaic import make_mosaic, write_mosaic
+from napari_atagan.evaluation.mosaic import make_mosaic, write_mosaic
 from napari_atagan.simulate import simulate_crops, write_crops_folder
 
 PATTERNS = ("Homogeneous", "NuMem", "Centromere")
@@ -99,7 +99,7 @@ def test_evaluate_samples_keys(tiny_checkpoint, tiny_data, tmp_path):
 
 def test_evaluate_samples_with_classifier_gives_kid(tiny_data, tmp_path_factory, tmp_path):
     from tests.conftest import tiny_config
-    from napari_atagan.training import run_to_end, train
+    from napari_atagan.gan.training import run_to_end, train
 
     run = run_to_end(train(tiny_config(teacher="classifier", steps=2), tiny_data,
                            tmp_path_factory.mktemp("clf")))
@@ -166,7 +166,7 @@ def test_train_on_synthetic_same_cells_per_pattern(tiny_checkpoint, tstr_real):
 
 def test_train_on_synthetic_errors(tiny_checkpoint, tiny_data, tstr_real, tmp_path):
     from tests.conftest import tiny_config
-    from napari_atagan.training import run_to_end, train
+    from napari_atagan.gan.training import run_to_end, train
 
     few = write_crops_folder(simulate_crops(6, size=32, patterns=("Homogeneous", "NuMem"),
                                             seed=1), tmp_path / "two")

@@ -13,13 +13,13 @@ from scipy import ndimage as ndi
 
 from napari_atagan import __version__
 from napari_atagan.checkpoint import save_checkpoint
-from napari_atagan.cli_attention import register, run
-from napari_atagan.config import TrainConfig
+from napari_atagan.cli.attention import register, run
+from napari_atagan.gan.config import TrainConfig
 from napari_atagan.export import read_tiff_metadata, save_attention_tiff, save_labels_tiff
-from napari_atagan.labels import attention_to_labels, attention_to_labels_tiled
+from napari_atagan.slides.labels import attention_to_labels, attention_to_labels_tiled
 from napari_atagan.metrics import match_objects
-from napari_atagan.slide import Stopped
-from napari_atagan.models import build_models
+from napari_atagan.slides.attention import Stopped
+from napari_atagan.gan.models import build_models
 
 
 def _disc_map(shape, centres, radius):
@@ -466,7 +466,7 @@ def test_cli_writes_attention_and_labels(tmp_path, ckpt_path, capsys):
 
 
 def test_cli_labels_a_large_map_in_tiles(tmp_path, ckpt_path, monkeypatch):
-    import napari_atagan.archive as cli
+    import napari_atagan.slides.archive as cli
 
     image = _slide_file(tmp_path)
     argv = ["attention", "--checkpoint", str(ckpt_path), "--image", str(image),
@@ -657,7 +657,7 @@ def test_local_threshold_still_splits_touching_cells():
 
 
 def test_objects_under_the_minimum_cell_area_are_dropped_when_the_diameter_is_known():
-    from napari_atagan.labels import MIN_CELL_AREA
+    from napari_atagan.slides.labels import MIN_CELL_AREA
 
     yy, xx = np.mgrid[:200, :200]
     amap = np.zeros((200, 200), np.float32)
@@ -671,7 +671,7 @@ def test_objects_under_the_minimum_cell_area_are_dropped_when_the_diameter_is_kn
 
 
 def test_effective_min_size_is_the_floor_the_labelling_applies():
-    from napari_atagan.labels import effective_min_size, min_cell_size
+    from napari_atagan.slides.labels import effective_min_size, min_cell_size
 
     assert min_cell_size(40) == int(0.4 * np.pi / 4 * 40 ** 2) == 502
     assert effective_min_size(30, None) == 30

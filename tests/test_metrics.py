@@ -274,7 +274,7 @@ def test_kid_zero_for_same_features_and_larger_for_shifted():
 
 
 def test_classifier_features():
-    from napari_atagan.attention import PatternClassifier
+    from napari_atagan.gan.attention import PatternClassifier
 
     torch.manual_seed(0)
     model = PatternClassifier(3).train()

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_atagan.config import TrainConfig
-from napari_atagan.models import (
+from napari_atagan.gan.config import TrainConfig
+from napari_atagan.gan.models import (
     Discriminator,
     Generator,
     build_models,
@@ -338,7 +338,7 @@ def test_init_weights_is_dcgan_style():
 
 @pytest.mark.parametrize("stride", [4, 2])
 def test_dense_discriminator_samples_the_same_features_finer(stride):
-    from napari_atagan.models import dense_discriminator
+    from napari_atagan.gan.models import dense_discriminator
 
     torch.manual_seed(0)
     disc = Discriminator(channels=(8, 16, 16, 32)).eval()
@@ -362,7 +362,7 @@ def test_dense_discriminator_samples_the_same_features_finer(stride):
 
 @pytest.mark.parametrize("stride", [3, 16, 0])
 def test_dense_discriminator_refuses_strides_that_do_not_divide(stride):
-    from napari_atagan.models import dense_discriminator
+    from napari_atagan.gan.models import dense_discriminator
 
     with pytest.raises(ValueError, match="power of two"):
         dense_discriminator(Discriminator(), stride)

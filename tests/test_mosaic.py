@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_atagan.mosaic import make_mosaic, read_raw_crops, write_mosaic
+from napari_atagan.evaluation.mosaic import make_mosaic, read_raw_crops, write_mosaic
 from napari_atagan.simulate import simulate_crops, write_crops_folder
 
 SHAPE = (256, 256)
@@ -145,7 +145,7 @@ def test_touching_mosaic_packs_cells_against_each_other(touching):
 
 def test_touching_masks_never_overlap(crops_dir, touching):
     """Every label is one whole pasted mask: none lost pixels to a neighbour."""
-    from napari_atagan.mosaic import _choose_crops, _transform
+    from napari_atagan.evaluation.mosaic import _choose_crops, _transform
 
     rng = np.random.default_rng(3)  # make_mosaic's own draws: crops first, then their transforms
     crops = _choose_crops(crops_dir, 16, rng)
@@ -208,7 +208,7 @@ def test_cli_mosaic_touching(crops_dir, tmp_path, capsys):
 
 
 def test_context_pastes_the_crops_surroundings(crops_dir):
-    from napari_atagan.mosaic import _soft_alpha
+    from napari_atagan.evaluation.mosaic import _soft_alpha
 
     mask = np.zeros((41, 41), bool)
     mask[14:27, 14:27] = True  # a 13 px square cell: d ~ 14.7 px

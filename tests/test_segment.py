@@ -7,9 +7,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_atagan.data import cell_levels, slide_levels
-from napari_atagan.evaluate import drop_border_cells
+from napari_atagan.evaluation.evaluate import drop_border_cells
 from napari_atagan.metrics import match_objects
-from napari_atagan.segment import classic_labels, guided_labels, label_cells
+from napari_atagan.slides.segment import classic_labels, guided_labels, label_cells
 
 
 def _disc(shape, cy, cx, r):
@@ -90,7 +90,7 @@ def test_guided_outlines_follow_the_image_not_the_coarse_map():
     assert (tp, fp, fn) == (3, 0, 0)
     assert iou > 0.85
     # the map alone outlines them coarsely
-    from napari_atagan.labels import attention_to_labels
+    from napari_atagan.slides.labels import attention_to_labels
 
     map_iou = _ious(attention_to_labels(att, threshold="local", cell_diameter=32), truth)[3]
     assert iou > map_iou
@@ -173,7 +173,7 @@ def test_label_cells_numbers_a_stack_and_matches_each_plane():
 
 
 def test_label_cells_by_the_map_is_the_maps_labelling():
-    from napari_atagan.labels import attention_to_labels
+    from napari_atagan.slides.labels import attention_to_labels
 
     image, truth = _scene([(60, 60, 15, 100)])
     att = _coarse_map(truth)
@@ -193,7 +193,7 @@ def test_label_cells_refuses_bad_options(kwargs, message):
 
 
 def test_guided_keeps_the_cell_area_floor_of_the_maps_labelling():
-    from napari_atagan.labels import min_cell_size
+    from napari_atagan.slides.labels import min_cell_size
 
     image, truth = _scene([(60, 60, 15, 100), (120, 150, 6, 100)])  # a speck of 110 px
     labels = guided_labels(image, _coarse_map(truth), 30, min_size=10)
@@ -202,7 +202,7 @@ def test_guided_keeps_the_cell_area_floor_of_the_maps_labelling():
 
 
 def test_label_percentiles_equal_numpys_per_object():
-    from napari_atagan.labels import label_percentiles
+    from napari_atagan._grouped import label_percentiles
 
     rng = np.random.default_rng(1)
     values = rng.random((120, 130))

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from napari_atagan.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from napari_atagan.config import TrainConfig
-from napari_atagan.models import build_models
-from napari_atagan.slide import (
+from napari_atagan.gan.config import TrainConfig
+from napari_atagan.gan.models import build_models
+from napari_atagan.slides.attention import (
     CELL_FRACTION,
     Stopped,
     default_tile_size,
@@ -158,7 +158,7 @@ def test_rescaled_slide_matches_torch_interpolation(ckpt, diameter):
 ])
 @pytest.mark.parametrize("dense", [False, True])
 def test_other_geometries_tiled_equals_formula(channels, image_size, spectral, dense):
-    from napari_atagan.models import Discriminator
+    from napari_atagan.gan.models import Discriminator
 
     torch.manual_seed(1)
     disc = Discriminator(channels=channels, image_size=image_size, spectral_norm=spectral).eval()
@@ -171,7 +171,7 @@ def test_other_geometries_tiled_equals_formula(channels, image_size, spectral, d
     att = discriminator_attention(disc, img, factor=1.0, tile_size=2 * s, device="cpu",
                                   intensity=(lo, hi), cam_stride=cam_stride)
     if dense:
-        from napari_atagan.slide import _at_stride
+        from napari_atagan.slides.attention import _at_stride
 
         disc = _at_stride(disc, None)
         s = disc.stride
@@ -301,7 +301,7 @@ def test_tiff_memmap_in_and_memmap_out(ckpt, tmp_path):
 
 @pytest.mark.parametrize("kind", ["float32", "float64", "memmap", "reversed"])
 def test_map_written_in_many_bands_into_any_out(ckpt, tmp_path, monkeypatch, kind):
-    import napari_atagan.slide as slide_mod
+    import napari_atagan.slides.attention as slide_mod
 
     img = _slide((150, 96))
     ref = slide_attention(ckpt, img, cell_diameter=10, device="cpu")
@@ -319,7 +319,7 @@ def test_map_written_in_many_bands_into_any_out(ckpt, tmp_path, monkeypatch, kin
 
 
 def test_host_buffers_take_turns_and_grow_when_needed():
-    from napari_atagan.slide import _HostBuffers
+    from napari_atagan.slides.attention import _HostBuffers
 
     buffers = _HostBuffers(torch.device("cpu"))
     (i, a), (j, b) = buffers.take(10), buffers.take(20)
@@ -331,7 +331,7 @@ def test_host_buffers_take_turns_and_grow_when_needed():
 
 
 def test_map_in_ordinary_memory_when_no_page_locked_memory_is_had(monkeypatch):
-    import napari_atagan.slide as slide_mod
+    import napari_atagan.slides.attention as slide_mod
 
     def refuse(*args, **kwargs):
         raise RuntimeError("CUDA error: out of memory")
@@ -346,7 +346,7 @@ def test_map_in_ordinary_memory_when_no_page_locked_memory_is_had(monkeypatch):
 @pytest.mark.parametrize("kind", ["own", "float32", "float64", "memmap", "stack"])
 def test_cuda_map_equals_the_cpu_map_for_every_kind_of_out(ckpt, tmp_path, monkeypatch, kind):
     """Maps allocated here are page-locked; other outs get their bands through buffers."""
-    import napari_atagan.slide as slide_mod
+    import napari_atagan.slides.attention as slide_mod
 
     img = _slide((150, 96))
     ref = slide_attention(ckpt, img, cell_diameter=10, device="cpu")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_atagan.data import load_folder
-from napari_atagan.synthesis import cam_to_mask, crop_attention, generate, write_dataset
+from napari_atagan.gan.synthesis import cam_to_mask, crop_attention, generate, write_dataset
 
 
 def test_generate_shapes_dtypes_and_alignment(tiny_checkpoint):
@@ -66,7 +66,7 @@ def test_stacked_masks_equal_one_map_at_a_time(rng):
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
-    from napari_atagan.synthesis import _otsu_per_map, cams_to_masks
+    from napari_atagan.gan.synthesis import _otsu_per_map, cams_to_masks
 
     yy, xx = np.mgrid[:40, :40]
     r = np.hypot(yy - 20, xx - 20)
@@ -105,7 +105,7 @@ def test_stacked_masks_equal_one_map_at_a_time(rng):
 def _both_masks(cams, threshold="otsu"):
     import torch
 
-    from napari_atagan.synthesis import cams_to_masks, cams_to_masks_torch
+    from napari_atagan.gan.synthesis import cams_to_masks, cams_to_masks_torch
 
     cams = np.ascontiguousarray(cams, np.float32)
     got = cams_to_masks_torch(torch.from_numpy(cams), threshold)
@@ -118,7 +118,7 @@ def test_torch_masks_equal_scipy_masks_on_smooth_random_maps(rng):
     import torch
     from scipy import ndimage as ndi
 
-    from napari_atagan.synthesis import _otsu_per_map, _otsu_per_map_torch
+    from napari_atagan.gan.synthesis import _otsu_per_map, _otsu_per_map_torch
 
     cams = ndi.gaussian_filter(rng.random((300, 40, 48)), (0, 2.5, 2.5)).astype(np.float32)
     cams[:100] -= 0.45          # many objects and holes of every size
@@ -194,7 +194,7 @@ def test_torch_masks_hand_made_cases():
 def test_torch_masks_reject_what_the_scipy_version_rejects():
     import torch
 
-    from napari_atagan.synthesis import cams_to_masks_torch
+    from napari_atagan.gan.synthesis import cams_to_masks_torch
 
     with pytest.raises(ValueError, match="NaN"):
         cams_to_masks_torch(torch.full((1, 8, 8), float("nan")))
@@ -208,7 +208,7 @@ def test_torch_masks_reject_what_the_scipy_version_rejects():
 def test_generate_with_device_masks_and_batched_rendering(tiny_checkpoint, monkeypatch):
     """The torch masks in generate (used on a GPU) equal the CPU's; rendering per batch
     equals rendering the whole set at once."""
-    from napari_atagan import synthesis
+    from napari_atagan.gan import synthesis
     from napari_atagan.data import render
 
     ref = generate(tiny_checkpoint, 23, seed=4, device="cpu", batch_size=5)

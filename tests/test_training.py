@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from napari_atagan.checkpoint import load_checkpoint
-from napari_atagan.config import TrainConfig
+from napari_atagan.gan.config import TrainConfig
 from napari_atagan.data import from_arrays
-from napari_atagan.training import (
+from napari_atagan.gan.training import (
     CheckpointSaved,
     Finished,
     Message,
@@ -98,7 +98,7 @@ def test_closing_during_the_classifier_teacher_ends_its_thread(tmp_path, tiny_da
 
 
 def test_classifier_errors_reach_the_caller(tmp_path, tiny_data, monkeypatch):
-    from napari_atagan import training
+    from napari_atagan.gan import training
 
     def broken(*args, **kwargs):
         raise ValueError("the classifier broke")
@@ -179,7 +179,7 @@ def test_missing_gpu_is_a_clear_error(tmp_path, tiny_data):
 
 
 def test_out_of_memory_halves_the_batch(tmp_path, tiny_data, monkeypatch):
-    import napari_atagan.training as tr
+    import napari_atagan.gan.training as tr
 
     real_make_step = tr._make_step
 
@@ -202,8 +202,8 @@ def test_out_of_memory_halves_the_batch(tmp_path, tiny_data, monkeypatch):
 
 
 def test_batchnorm_statistics_come_from_real_cells(tiny_data):
-    from napari_atagan.models import Discriminator
-    from napari_atagan.training import recalibrate_batchnorm
+    from napari_atagan.gan.models import Discriminator
+    from napari_atagan.gan.training import recalibrate_batchnorm
 
     torch.manual_seed(0)
     D = Discriminator((8, 16, 16), image_size=16)
@@ -221,7 +221,7 @@ def test_batchnorm_statistics_come_from_real_cells(tiny_data):
 def test_checkpoints_hold_the_averaged_generator_s_standing_statistics(tmp_path, tiny_data):
     import copy
 
-    from napari_atagan.models import standing_statistics
+    from napari_atagan.gan.models import standing_statistics
 
     events = list(train(tiny_config(steps=4), tiny_data, tmp_path))
     ckpt = load_checkpoint(events[-1].checkpoint)
@@ -232,7 +232,7 @@ def test_checkpoints_hold_the_averaged_generator_s_standing_statistics(tmp_path,
     assert all(torch.equal(v, fresh[k]) for k, v in stored.items())
     # the previews show what the checkpoint will draw
     samples = [e for e in events if isinstance(e, Samples)][-1]
-    from napari_atagan.training import _fixed_latents
+    from napari_atagan.gan.training import _fixed_latents
 
     z, y = _fixed_latents(tiny_config(), len(tiny_data.class_names), torch.device("cpu"))
     with torch.no_grad():
@@ -310,8 +310,8 @@ def test_generator_step_leaves_the_discriminator_s_gradients_alone(tmp_path, tin
 
 
 def test_a_failing_generator_step_leaves_the_discriminator_trainable(tiny_data):
-    import napari_atagan.training as tr
-    from napari_atagan.augment import Augmenter
+    import napari_atagan.gan.training as tr
+    from napari_atagan.gan.augment import Augmenter
 
     cfg = tiny_config()
     G, D = tr.build_models(cfg, 3)
@@ -342,7 +342,7 @@ def test_a_failing_generator_step_leaves_the_discriminator_trainable(tiny_data):
 
 
 def test_the_average_moves_alike_with_a_number_or_a_device_tensor():
-    from napari_atagan.training import _ema_weight, _move_average
+    from napari_atagan.gan.training import _ema_weight, _move_average
 
     torch.manual_seed(0)
     current = [torch.randn(5, 3), torch.randn(7)]
@@ -484,7 +484,7 @@ class _FakeCuda:
 def _graph_step(monkeypatch, fail_capture=None):
     from types import SimpleNamespace
 
-    from napari_atagan.training import _CudaGraphStep
+    from napari_atagan.gan.training import _CudaGraphStep
 
     fake = _FakeCuda(monkeypatch, fail_capture)
     state = SimpleNamespace(batch_size=8, step=0, gen=torch.Generator())
@@ -506,7 +506,7 @@ def _run(graphed, state, n):
 
 
 def test_cuda_graph_step_warms_up_captures_once_then_replays(monkeypatch):
-    from napari_atagan.training import _ema_weight
+    from napari_atagan.gan.training import _ema_weight
 
     graphed, state, fake = _graph_step(monkeypatch)
     outs = _run(graphed, state, 6)

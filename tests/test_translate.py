@@ -11,7 +11,7 @@ import torch
 
 from napari_atagan.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from napari_atagan.simulate import simulate_crops, write_crops_folder
-from napari_atagan.training import (
+from napari_atagan.events import (
     CheckpointSaved,
     Finished,
     Message,
@@ -361,9 +361,9 @@ def test_apply_refuses_bad_input(trained, image, kwargs, match):
 
 # --------------------------------------------------------------------------- families
 def test_checkpoint_families_are_told_apart(trained, tmp_path):
-    from napari_atagan.config import TrainConfig
-    from napari_atagan.models import build_models
-    from napari_atagan.slide import slide_attention
+    from napari_atagan.gan.config import TrainConfig
+    from napari_atagan.gan.models import build_models
+    from napari_atagan.slides.attention import slide_attention
 
     config = TrainConfig(image_size=16, z_dim=8, g_channels=(16, 8), d_channels=(8, 16))
     g, d = build_models(config, 0)

@@ -28,7 +28,7 @@ def slide():
 @pytest.fixture
 def engine_calls(monkeypatch):
     """Count the discriminator runs over slides (to prove re-labelling does not rerun them)."""
-    from napari_atagan import slide as slide_module
+    from napari_atagan.slides import attention as slide_module
 
     calls = []
     for name in ("slide_attention", "slide_attention_stack"):
@@ -70,7 +70,7 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     widget = attention_on(viewer, image, tiny_checkpoint)
 
     estimate_and_wait(qtbot, widget)
-    from napari_atagan.slide import estimate_cell_diameter
+    from napari_atagan.slides.attention import estimate_cell_diameter
 
     expected = estimate_cell_diameter(slide.image)
     assert widget.cell_diameter.value == pytest.approx(expected, abs=0.05)
@@ -102,7 +102,7 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     assert cells.data.max() >= 1
 
     # the outline by the map alone re-labels the kept map, as the engine labels it
-    from napari_atagan.segment import label_cells
+    from napari_atagan.slides.segment import label_cells
 
     widget.image_layer.value = image
     first = cells.data.copy()
@@ -175,7 +175,7 @@ def test_stack_of_slides(make_napari_viewer, qtbot, slide, tiny_checkpoint, erro
 def test_stop(make_napari_viewer, qtbot, slide, tiny_checkpoint, monkeypatch):
     from napari.utils.notifications import notification_manager
 
-    from napari_atagan import slide as slide_module
+    from napari_atagan.slides import attention as slide_module
 
     real = slide_module.slide_attention
 
@@ -243,7 +243,7 @@ def test_rgb_layer_runs_on_its_stained_channel(make_napari_viewer, qtbot, slide,
     widget = attention_on(viewer, colour, tiny_checkpoint)
 
     estimate_and_wait(qtbot, widget)
-    from napari_atagan.slide import estimate_cell_diameter
+    from napari_atagan.slides.attention import estimate_cell_diameter
 
     assert widget.cell_diameter.value == pytest.approx(estimate_cell_diameter(green), abs=0.05)
     widget.cell_diameter.value = 30
@@ -286,7 +286,7 @@ def cell_ids(labels):
 def patternless_checkpoint(tmp_path_factory, tiny_data):
     """A tiny model trained on unlabelled crops: it knows no patterns."""
     from napari_atagan.data import from_arrays
-    from napari_atagan.training import run_to_end, train
+    from napari_atagan.gan.training import run_to_end, train
 
     from .conftest import tiny_config
 
@@ -298,7 +298,7 @@ def patternless_checkpoint(tmp_path_factory, tiny_data):
 @pytest.fixture
 def fixed_patterns(monkeypatch):
     """Cells get pattern ``label % K`` (the tiny model may call every cell alike)."""
-    from napari_atagan import cells as cells_module
+    from napari_atagan.slides import cells as cells_module
 
     def fake(model, image, labels, columns, cell_diameter, checkpoint, *, device="cpu"):
         k = len(checkpoint.class_names)
@@ -311,7 +311,7 @@ def fixed_patterns(monkeypatch):
 
 def test_cell_table_is_the_labels_features(make_napari_viewer, qtbot, slide, tiny_checkpoint,
                                            errors):
-    from napari_atagan.cells import BASE_COLUMNS, cell_table
+    from napari_atagan.slides.cells import BASE_COLUMNS, cell_table
     from napari_atagan.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(tiny_checkpoint)
@@ -473,7 +473,7 @@ def test_run_on_all_image_layers(make_napari_viewer, qtbot, slide, tiny_checkpoi
 
 def test_stop_stops_the_whole_batch(make_napari_viewer, qtbot, slide, tiny_checkpoint,
                                     monkeypatch, errors):
-    from napari_atagan import slide as slide_module
+    from napari_atagan.slides import attention as slide_module
 
     real, calls = slide_module.slide_attention, []
 

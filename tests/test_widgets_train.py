@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from napari_atagan.checkpoint import load_checkpoint
-from napari_atagan.training import CHECKPOINT_NAME
+from napari_atagan.gan.training import CHECKPOINT_NAME
 
 from ._gui_helpers import PLUGIN, TIMEOUT_MS, check_screenshot, dock
 from .conftest import tiny_config
@@ -134,7 +134,7 @@ def test_train_from_folder_of_pattern_subfolders(make_napari_viewer, qtbot, tmp_
 
 
 def test_small_model_is_the_quick_preset(make_napari_viewer, qtbot, tmp_path, crops, errors):
-    from napari_atagan.cli import quick_config_changes
+    from napari_atagan.gan.config import quick_config_changes
 
     _, widget = train_on_crops(make_napari_viewer, crops, tmp_path / "run", steps=2)
     widget.small_model.value = True

@@ -1,13 +1,44 @@
 """napari-atagan: attention-aware GANs for fluorescence microscopy.
 
-The engine (``data``, ``models``, ``attention``, ``training``, ``synthesis``,
-``slide``, ``checkpoint``, ``simulate``) is pure numpy/torch and never imports
-napari or Qt; ``_widgets`` and ``cli`` are thin front ends over it.
+The package is arranged by capability:
+
+* shared pieces: ``data`` (reading and normalising cells and slides),
+  ``channels`` (the stained channel of colour or multi-channel images),
+  ``checkpoint`` (safe checkpoints of every model family), ``device``,
+  ``events`` (the progress events of every training loop), ``metrics``,
+  ``simulate`` (procedural cells and slides), ``export``/``zarr_export`` (files);
+* ``gan/`` - ATA-GAN training and synthesis;
+* ``slides/`` - attention over whole slides, labels, the cell table, archives;
+* ``translate/`` - attention-guided translation of cells (UAG-GAN);
+* ``evaluation/`` - scores and evaluation mosaics;
+* front ends: ``cli/`` (the command line) and ``_widgets/`` (napari).
+
+The engine is pure numpy/torch and never imports napari or Qt. The names most
+scripts need can be imported from the package itself, e.g.
+``from napari_atagan import TrainConfig, train, slide_attention``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from pathlib import Path as _Path
+
+from . import _moved
+from ._lazy import lazy_exports as _lazy_exports
+
+_moved.install()
+
+_EXPORTS = {
+    "load_checkpoint": "checkpoint", "Checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint", "run_to_end": "events",
+    "TrainConfig": "gan", "train": "gan", "generate": "gan", "write_dataset": "gan",
+    "slide_attention": "slides", "label_cells": "slides", "classic_labels": "slides",
+    "cell_table": "slides", "run_archive": "slides", "ArchiveOptions": "slides",
+    "TranslateConfig": "translate", "train_translation": "translate",
+    "translate_image": "translate", "load_translator": "translate",
+    "evaluate_slide": "evaluation", "make_mosaic": "evaluation",
+    "simulate_slide": "simulate", "simulate_crops": "simulate",
+}
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS, globals())
 
 DEFAULT_MODEL_NAME = "default_model.safetensors"
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "open_image",
     "open_image_file",
     "pick_stain_channel",
+    "read_grey",
 ]
 
 MAX_CHANNELS = 8
@@ -516,3 +518,19 @@ def describe_channel(info: dict[str, Any]) -> str:
     how = "chosen automatically" if info.get("channel_source") == "auto" else "as asked"
     reason = info.get("channel_reason")
     return f"{what} of {info.get('channels')}, {how}" + (f": {reason}" if reason else "")
+
+
+def read_grey(path: str | os.PathLike, channel: int | str | None = None, *,
+              say: Callable[[str], Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The grey slide (or stack) of an image file and which channel it is.
+
+    ``channel``: ``None`` (the stained channel of a colour or multi-channel
+    image, chosen automatically), an index, or ``"grey"`` (the luminance). The
+    dict is empty for a grey file; ``say`` gets one line naming the channel chosen.
+    The pixels stay on disk where the format allows it.
+    """
+    opened = open_image_file(Path(path))
+    image, info = grey_view(opened.data, channel, axes=opened.axes)
+    if info and say is not None:
+        say(f"{Path(path).name}: {describe_channel(info)}")
+    return image, info

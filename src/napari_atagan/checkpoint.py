@@ -49,14 +49,13 @@ from safetensors.torch import save as _safetensors_to_bytes
 from torch import nn
 
 from . import __version__
-from .config import TrainConfig
-from .models import Discriminator, Generator, standing_statistics
 
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_KEY",
     "Checkpoint",
     "CheckpointError",
+    "checkpoint_error",
     "DEFAULT_FAMILY",
     "FAMILIES",
     "config_family",
@@ -73,7 +72,7 @@ METADATA_KEY = "napari_atagan"
 SUFFIX = ".safetensors"
 GENERATOR_STATISTICS = "standing"
 """Metadata value ``generator_statistics`` of a checkpoint whose averaged generator
-carries standing BatchNorm statistics (see :func:`napari_atagan.models.standing_statistics`);
+carries standing BatchNorm statistics (see :func:`napari_atagan.gan.models.standing_statistics`);
 older checkpoints get them when their generator is loaded."""
 
 DEFAULT_FAMILY = "atagan"
@@ -88,11 +87,12 @@ class _Family:
     title: str
     config_class: str  # "module:Class", imported when a file of the family is opened
     opener: str
+    networks: str = ""  # the module that rebuilds the family's networks from a file
 
 
 FAMILIES: dict[str, _Family] = {
-    "atagan": _Family("an ATA-GAN checkpoint", "napari_atagan.config:TrainConfig",
-                      "napari_atagan.checkpoint.load_checkpoint"),
+    "atagan": _Family("an ATA-GAN checkpoint", "napari_atagan.gan.config:TrainConfig",
+                      "napari_atagan.checkpoint.load_checkpoint", "napari_atagan.gan.checkpoint"),
     "translate": _Family("an attention-guided translation (UAG-GAN) checkpoint",
                          "napari_atagan.translate.config:TranslateConfig",
                          "napari_atagan.translate.load_translator"),
@@ -114,6 +114,12 @@ def _config_class(family: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def _family_module(family: str) -> Any:
+    """The module that rebuilds a family's networks (imported by name: this shared
+    module knows the families only through :data:`FAMILIES`)."""
+    return importlib.import_module(FAMILIES[family].networks)
+
+
 _WRITE_CHUNK = 1 << 20
 _PICKLE_STARTS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # pickle protocols 2-5
 _ZIP_START = b"PK\x03\x04"  # torch.save archives are zip files
@@ -123,7 +129,8 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, not ours, or does not fit the models."""
 
 
-def _error(path: Path | str, problem: str) -> CheckpointError:
+def checkpoint_error(path: Path | str, problem: str) -> CheckpointError:
+    """The error for ``problem`` with the file at ``path``, naming the file."""
     return CheckpointError(f"checkpoint {str(path)!r}: {problem}")
 
 
@@ -436,7 +443,7 @@ class Checkpoint:
             known = FAMILIES.get(self.family)
             title = known.title if known else f"a {self.family!r} checkpoint"
             opener = f"; open it with {known.opener}" if known else ""
-            raise _error(self.path, f"is {title}, not an ATA-GAN checkpoint, so it has no "
+            raise checkpoint_error(self.path, f"is {title}, not an ATA-GAN checkpoint, so it has no "
                          f"ATA-GAN {what}{opener}")
 
     @property
@@ -473,101 +480,34 @@ class Checkpoint:
         prefix = prefix.rstrip(".") + "."
         return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
-    def generator(self, device: str | torch.device = "cpu", ema: bool = True) -> Generator:
+    def generator(self, device: str | torch.device = "cpu", ema: bool = True) -> nn.Module:
         """The generator in eval mode: the moving average ``G_ema`` when stored
-        (and ``ema`` is true), else the raw ``G``. A ``G_ema`` saved without
-        standing statistics gets them here."""
+        (and ``ema`` is true), else the raw ``G``
+        (see :func:`napari_atagan.gan.checkpoint.load_generator`)."""
         self._require_atagan("generator")
-        name = "G_ema" if ema and self.has("G_ema") else "G"
-        if not self.has(name):
-            raise _error(self.path, "contains no generator weights (no 'G.' tensors)")
-        hparams = self._hparams(name) or {
-            "z_dim": self.config.z_dim,
-            "channels": self.config.g_channels,
-            "image_size": self.config.image_size,
-            "n_classes": len(self.class_names),
-            "padding": self.config.g_padding,
-        }
-        model = self._build(Generator, hparams, name)
-        load_module_state(model, self.state_dict(name), what=f"generator ({name})", path=self.path)
-        model.to(device).eval()
-        if name == "G_ema" and self.metadata.get("generator_statistics") != GENERATOR_STATISTICS:
-            if self._standing is None:  # computed once per loaded checkpoint
-                standing_statistics(model)
-                self._standing = {k: v.detach().to("cpu", copy=True)
-                                  for k, v in model.named_buffers()}
-            else:
-                for key, value in model.named_buffers():
-                    value.copy_(self._standing[key])
-        return model
+        return _family_module(DEFAULT_FAMILY).load_generator(self, device, ema=ema)
 
-    def discriminator(self, device: str | torch.device = "cpu") -> Discriminator:
-        """The discriminator in eval mode."""
+    def discriminator(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The discriminator in eval mode
+        (see :func:`napari_atagan.gan.checkpoint.load_discriminator`)."""
         self._require_atagan("discriminator")
-        if not self.has("D"):
-            raise _error(self.path, "contains no discriminator weights (no 'D.' tensors)")
-        hparams = self._hparams("D") or {
-            "channels": self.config.d_channels,
-            "image_size": self.config.image_size,
-            "n_classes": len(self.class_names),
-            "spectral_norm": self.config.spectral_norm,
-        }
-        model = self._build(Discriminator, hparams, "D")
-        load_module_state(model, self.state_dict("D"), what="discriminator (D)", path=self.path)
-        return model.to(device).eval()
+        return _family_module(DEFAULT_FAMILY).load_discriminator(self, device)
 
     def pattern_model(self, device: str | torch.device = "cpu") -> tuple[nn.Module, str] | None:
-        """What names a cell's pattern: ``(model, source)``, or ``None`` without patterns.
-
-        The pattern classifier the run trained as its teacher, when the file keeps
-        it (``source = "classifier teacher"``), else the discriminator's pattern
-        head (``"discriminator projection head"``, or ``"discriminator auxiliary
-        head"`` for AC-GAN conditioning). Either maps a batch of
-        prepared crops ``(B, 1, S, S)`` in [-1, 1] to class logits ``(B, K)``, in
-        the order of :attr:`class_names`.
-        """
+        """What names a cell's pattern: ``(model, source)``, or ``None`` without patterns
+        (see :func:`napari_atagan.gan.checkpoint.load_pattern_model`)."""
         self._require_atagan("pattern model")
-        names = self.class_names
-        if len(names) < 2:
-            return None
-        if self.has("teacher"):
-            from .attention import PatternClassifier
+        return _family_module(DEFAULT_FAMILY).load_pattern_model(self, device)
 
-            teacher = PatternClassifier(len(names))
-            load_module_state(teacher, self.state_dict("teacher"), what="teacher",
-                              path=self.path)
-            return teacher.to(device).eval(), "classifier teacher"
-        disc = self.discriminator(device)
-        if disc.classifier is None or disc.n_classes != len(names):
-            return None
-        conditioning = getattr(self.config, "conditioning", "projection")
-        return _PatternHead(disc).eval(), f"discriminator {conditioning} head"
+    def hparams(self, name: str) -> dict | None:
+        """The stored constructor arguments of module ``name`` (``None``: not stored)."""
+        return self._hparams(name)
 
     def _hparams(self, name: str) -> dict | None:
         record = (self.metadata.get("modules") or {}).get(name)
         if isinstance(record, dict) and isinstance(record.get("hparams"), dict):
             return record["hparams"]
         return None
-
-    def _build(self, cls: type, hparams: dict, name: str) -> nn.Module:
-        try:
-            return cls(**hparams)
-        except (TypeError, ValueError) as exc:
-            problem = f"cannot rebuild {name} from its stored architecture: {exc}"
-            raise _error(self.path, problem) from exc
-
-
-class _PatternHead(nn.Module):
-    """A discriminator seen as a pattern classifier: crops in, class logits out."""
-
-    def __init__(self, discriminator: Discriminator) -> None:
-        super().__init__()
-        self.discriminator = discriminator
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, class_logits, _ = self.discriminator(x)
-        return class_logits
-
 
 def load_checkpoint(
     path: str | os.PathLike,
@@ -605,18 +545,18 @@ def load_checkpoint(
 
 def _read_file(path: Path) -> bytes:
     if not path.exists():
-        raise _error(path, "no such file")
+        raise checkpoint_error(path, "no such file")
     if path.is_dir():
-        raise _error(path, f"is a folder, not a {SUFFIX} file")
+        raise checkpoint_error(path, f"is a folder, not a {SUFFIX} file")
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise _error(path, f"cannot be read: {exc}") from exc
+        raise checkpoint_error(path, f"cannot be read: {exc}") from exc
 
 
 def _parse_tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
     if data[:2] in _PICKLE_STARTS or data[:4] == _ZIP_START:
-        raise _error(
+        raise checkpoint_error(
             path,
             "looks like a pickle or torch.save archive; napari-atagan only opens "
             f"{SUFFIX} checkpoints, which cannot run code",
@@ -624,7 +564,7 @@ def _parse_tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
     try:
         return _safetensors_from_bytes(data)
     except Exception as exc:  # SafetensorError is not importable in a stable place
-        raise _error(path, f"is not a valid {SUFFIX} file (truncated or corrupt?): {exc}") from exc
+        raise checkpoint_error(path, f"is not a valid {SUFFIX} file (truncated or corrupt?): {exc}") from exc
 
 
 def _parse_metadata(path: Path, data: bytes) -> dict[str, Any]:
@@ -632,23 +572,23 @@ def _parse_metadata(path: Path, data: bytes) -> dict[str, Any]:
     header = json.loads(data[8 : 8 + header_len])  # already validated by safetensors
     text = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if text is None:
-        raise _error(path, f"is a {SUFFIX} file but not a napari-atagan checkpoint "
+        raise checkpoint_error(path, f"is a {SUFFIX} file but not a napari-atagan checkpoint "
                      f"(no {METADATA_KEY!r} metadata)")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _error(path, f"has corrupt metadata (invalid JSON: {exc})") from exc
+        raise checkpoint_error(path, f"has corrupt metadata (invalid JSON: {exc})") from exc
     if not isinstance(document, dict):
-        raise _error(path, "has corrupt metadata (not a JSON object)")
+        raise checkpoint_error(path, "has corrupt metadata (not a JSON object)")
     return document
 
 
 def _check_format_version(path: Path, document: dict) -> None:
     version = document.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise _error(path, f"has an unknown checkpoint format version {version!r}")
+        raise checkpoint_error(path, f"has an unknown checkpoint format version {version!r}")
     if version > FORMAT_VERSION:
-        raise _error(
+        raise checkpoint_error(
             path,
             f"was written in checkpoint format {version}, newer than this napari-atagan "
             f"({__version__}) reads (up to {FORMAT_VERSION}); update napari-atagan",
@@ -659,11 +599,11 @@ def _check_family(path: Path, document: dict, expected: str | None) -> str:
     """The file's model family; refuse one that is unknown or not ``expected``."""
     found = document.get("family", DEFAULT_FAMILY)
     if not isinstance(found, str) or found not in FAMILIES:
-        raise _error(path, f"holds a model of family {found!r}, which this napari-atagan "
+        raise checkpoint_error(path, f"holds a model of family {found!r}, which this napari-atagan "
                      f"({__version__}) does not know (known: {', '.join(FAMILIES)}); "
                      "update napari-atagan")
     if expected is not None and found != expected:
-        raise _error(path, f"is {FAMILIES[found].title}, not {FAMILIES[expected].title}: "
+        raise checkpoint_error(path, f"is {FAMILIES[found].title}, not {FAMILIES[expected].title}: "
                      f"open it with {FAMILIES[found].opener}")
     return found
 
@@ -671,12 +611,12 @@ def _check_family(path: Path, document: dict, expected: str | None) -> str:
 def _parse_config(path: Path, document: dict, family: str = DEFAULT_FAMILY) -> Any:
     raw = document.get("config")
     if not isinstance(raw, dict):
-        raise _error(path, "has no training config in its metadata")
-    config_class = TrainConfig if family == DEFAULT_FAMILY else _config_class(family)
+        raise checkpoint_error(path, "has no training config in its metadata")
+    config_class = _config_class(family)
     try:
         return config_class.from_dict(raw)
     except (TypeError, ValueError) as exc:
-        raise _error(path, f"has an invalid training config: {exc}") from exc
+        raise checkpoint_error(path, f"has an invalid training config: {exc}") from exc
 
 
 def _check_class_names(path: Path, document: dict) -> None:
@@ -684,7 +624,7 @@ def _check_class_names(path: Path, document: dict) -> None:
     if names is None:
         return
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise _error(path, f"has invalid class_names (expected a list of strings): {names!r}")
+        raise checkpoint_error(path, f"has invalid class_names (expected a list of strings): {names!r}")
 
 
 def _verify_checksum(path: Path, document: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -692,7 +632,7 @@ def _verify_checksum(path: Path, document: dict, tensors: dict[str, torch.Tensor
     if not isinstance(stored, dict) or "sha256" not in stored:
         return  # written without a checksum: nothing to compare
     if _checksum(tensors)["sha256"] != stored["sha256"]:
-        raise _error(path, "is corrupt: the tensor data does not match its checksum")
+        raise checkpoint_error(path, "is corrupt: the tensor data does not match its checksum")
 
 
 # ---------------------------------------------------------------------------
@@ -715,12 +655,12 @@ def load_module_state(
     expected = module.state_dict()
     problems = _state_mismatch(expected, state)
     if problems:
-        raise _error(path, f"the {what} weights do not fit the model: {'; '.join(problems)}")
+        raise checkpoint_error(path, f"the {what} weights do not fit the model: {'; '.join(problems)}")
     try:
         module.load_state_dict(dict(state), strict=True)
     except RuntimeError as exc:
         summary = " ".join(str(exc).split())[:400]
-        raise _error(path, f"the {what} weights could not be loaded: {summary}") from exc
+        raise checkpoint_error(path, f"the {what} weights could not be loaded: {summary}") from exc
 
 
 def _state_mismatch(
@@ -754,10 +694,10 @@ def load_optimizer_state(
     """
     info = (ckpt.metadata.get("optimizers") or {}).get(name)
     if not isinstance(info, dict):
-        raise _error(ckpt.path, f"has no state for optimizer {name!r}")
+        raise checkpoint_error(ckpt.path, f"has no state for optimizer {name!r}")
     saved_class = info.get("class")
     if saved_class and saved_class != type(optimizer).__name__:
-        raise _error(
+        raise checkpoint_error(
             ckpt.path,
             f"optimizer {name!r} was saved as {saved_class}, cannot load into "
             f"{type(optimizer).__name__}",
@@ -772,7 +712,7 @@ def load_optimizer_state(
                   for g, ours in zip(saved_groups, optimizer.param_groups, strict=True)]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise _error(ckpt.path, f"optimizer {name!r} state does not fit: {exc}") from exc
+        raise checkpoint_error(ckpt.path, f"optimizer {name!r} state does not fit: {exc}") from exc
     _match_layout(optimizer)
 
 

@@ -420,7 +420,7 @@ def cell_levels(slide: Any, *, lo_pct: float = SLIDE_LO_PCT, after_band: Any = N
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
-    from .labels import label_percentiles
+    from ._grouped import label_percentiles
 
     sample = _slide_sample(slide, after_band, CELL_SAMPLE_PIXELS)
     lo, hi = _sample_levels(sample, lo_pct, SLIDE_HI_PCT)

@@ -37,11 +37,11 @@ def run_pipeline(model: Path | None = None, *, n_per_pattern: int = 12, device: 
     """Slide attention, labels, scores and synthetic cells with the default model."""
     from . import default_model_path
     from ._sample_data import load_slide
-    from .labels import min_cell_size
+    from .slides.labels import min_cell_size
     from .metrics import match_objects, otsu_baseline, pixel_iou
-    from .segment import classic_labels, label_cells
-    from .slide import estimate_cell_diameter, slide_attention
-    from .synthesis import as_checkpoint
+    from .slides.segment import classic_labels, label_cells
+    from .slides.attention import estimate_cell_diameter, slide_attention
+    from .gan.synthesis import as_checkpoint
 
     model = model or default_model_path()
     if model is None:
@@ -87,7 +87,7 @@ def run_pipeline(model: Path | None = None, *, n_per_pattern: int = 12, device: 
 
 def _cells_per_pattern(ckpt, n: int, device: str):
     """``n`` synthetic cells of every pattern the model knows, one pattern after another."""
-    from .synthesis import Synthesis, generate
+    from .gan.synthesis import Synthesis, generate
 
     names = ckpt.class_names or [None]
     parts = [generate(ckpt, n, pattern=name, seed=i, device=device)

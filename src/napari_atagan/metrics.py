@@ -558,7 +558,7 @@ def _features(feat: Any, name: str) -> np.ndarray:
 def classifier_features(model: torch.nn.Module, images: Any, batch_size: int = 256) -> np.ndarray:
     """Feature vectors of a pattern classifier for a set of crops, for :func:`kid`.
 
-    ``model`` is a :class:`napari_atagan.attention.PatternClassifier` (anything
+    ``model`` is a :class:`napari_atagan.gan.attention.PatternClassifier` (anything
     with a ``features(x)`` method that returns ``(B, K, h, w)`` maps); the maps
     are averaged over space. ``images``: ``(N, H, W)`` or ``(N, 1, H, W)`` crops
     normalised as the classifier was trained (in [-1, 1]). Runs on the model's

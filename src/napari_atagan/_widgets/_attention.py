@@ -1,9 +1,9 @@
 """The *Attention* dock widget: where does a trained discriminator see cells on a slide?
 
-It runs :func:`napari_atagan.slide.slide_attention` (or ``slide_attention_stack``
+It runs :func:`napari_atagan.slides.attention.slide_attention` (or ``slide_attention_stack``
 for a ``(T, Y, X)`` stack) in a background thread, shows the map as a heat-map
 overlay on the slide and turns it into a Labels layer of cells with
-:func:`napari_atagan.segment.label_cells`: the map finds the cells and the
+:func:`napari_atagan.slides.segment.label_cells`: the map finds the cells and the
 image outlines them (or, by choice, the map alone). Changing the threshold,
 the outline or the minimum size only re-labels the kept map; the discriminator
 is not run again.
@@ -12,7 +12,7 @@ An RGB layer is read through its stained channel
 result layers' metadata say which.
 
 Every labelling is measured, in the same background thread, into a cell table
-(:func:`napari_atagan.cells.cell_table`): it becomes the Labels layer's
+(:func:`napari_atagan.slides.cells.cell_table`): it becomes the Labels layer's
 ``features`` (hovering a cell shows its row; an ``index`` column holds the
 cell's label, which is how napari finds a label's row) and its summary (the
 slide's pattern and confidence) goes on the status line. When the checkpoint
@@ -36,8 +36,8 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_atagan import __version__
-from napari_atagan.labels import DEFAULT_MIN_SIZE
-from napari_atagan.segment import label_cells
+from napari_atagan.slides.labels import DEFAULT_MIN_SIZE
+from napari_atagan.slides.segment import label_cells
 
 from ._common import (
     Liveness,
@@ -106,7 +106,7 @@ class AttentionResult:
     model: Any = None
     """The loaded checkpoint (names the cells' patterns when re-labelling)."""
     table: Any = None
-    """The :class:`napari_atagan.cells.CellTable` of the latest labelling."""
+    """The :class:`napari_atagan.slides.cells.CellTable` of the latest labelling."""
     top: float = 1.0
     """The map's largest value."""
 
@@ -115,7 +115,7 @@ def label_and_measure(amap: np.ndarray, image: Any, checkpoint: Any, *, outline:
                       threshold: str | float, min_size: int, cell_diameter: float,
                       device: str) -> tuple[np.ndarray, Any]:
     """Cell labels of a kept map and their cell table (runs in the worker thread)."""
-    from napari_atagan.cells import cell_table
+    from napari_atagan.slides.cells import cell_table
     from napari_atagan.device import resolve_device
 
     labels = label_cells(amap, image, outline=outline, threshold=threshold, min_size=min_size,
@@ -131,11 +131,11 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
                       ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
     """Map, labels and cell table of a slide or a ``(T, Y, X)`` stack (worker thread).
 
-    Returns the map, the labels, their :class:`~napari_atagan.cells.CellTable`
+    Returns the map, the labels, their :class:`~napari_atagan.slides.cells.CellTable`
     and the loaded checkpoint.
     """
     from napari_atagan.checkpoint import load_checkpoint
-    from napari_atagan.slide import slide_attention, slide_attention_stack
+    from napari_atagan.slides.attention import slide_attention, slide_attention_stack
 
     ckpt = load_checkpoint(checkpoint)
     run = slide_attention_stack if len(image.shape) == 3 else slide_attention
@@ -334,7 +334,7 @@ class AttentionWidget(QWidget):
         return mode if mode is not None else float(self.threshold_value.value)
 
     def outline_choice(self) -> str:
-        """``"image"`` or ``"map"``, as :func:`napari_atagan.segment.label_cells` takes it."""
+        """``"image"`` or ``"map"``, as :func:`napari_atagan.slides.segment.label_cells` takes it."""
         return _OUTLINES[self.outline.value]
 
     def _check_checkpoint(self, *_: Any) -> None:
@@ -373,7 +373,7 @@ class AttentionWidget(QWidget):
     # ------------------------------------------------------------------ diameter
     def estimate_diameter(self, *_: Any) -> None:
         """Estimate the cell diameter from the chosen image (in the background)."""
-        from napari_atagan.slide import estimate_cell_diameter
+        from napari_atagan.slides.attention import estimate_cell_diameter
 
         layer = self._chosen_layer()
         if layer is None:
@@ -498,7 +498,7 @@ class AttentionWidget(QWidget):
             self._pbar.set(done, total)
 
     def _on_error(self, exc: BaseException, name: str = "") -> None:
-        from napari_atagan.slide import Stopped
+        from napari_atagan.slides.attention import Stopped
 
         if isinstance(exc, Stopped):
             notify_info("Attention computation stopped.")

@@ -1,6 +1,6 @@
 """The *Synthesize* dock widget: new annotated cells from a trained checkpoint.
 
-It calls :func:`napari_atagan.synthesis.generate` in a background thread and
+It calls :func:`napari_atagan.gan.synthesis.generate` in a background thread and
 shows three aligned layers: the cells (with the training data's intensities),
 the discriminator's attention on each cell (an additive heat-map overlay) and
 the cell masks (a Labels layer, one id per cell, with the pattern of each cell
@@ -50,7 +50,7 @@ class SynthesizeWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.result: Any = None
-        """The last :class:`~napari_atagan.synthesis.Synthesis` (None before the first run)."""
+        """The last :class:`~napari_atagan.gan.synthesis.Synthesis` (None before the first run)."""
         self.worker: Any = None
         self._pbar: Any = None
         self._live = Liveness()
@@ -98,7 +98,7 @@ class SynthesizeWidget(QWidget):
     # ------------------------------------------------------------------ run
     def generate(self) -> None:
         """Generate cells in a background thread; the layers appear when done."""
-        from napari_atagan.synthesis import generate
+        from napari_atagan.gan.synthesis import generate
 
         if self.worker is not None:
             return
@@ -170,7 +170,7 @@ class SynthesizeWidget(QWidget):
 
     def export_dataset(self, folder: str | Path) -> Path | None:
         """Write the last result in the training layout; refuses a non-empty folder."""
-        from napari_atagan.synthesis import write_dataset
+        from napari_atagan.gan.synthesis import write_dataset
 
         if self.result is None:
             notify_error("generate cells first, then export them")

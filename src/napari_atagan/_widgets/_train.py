@@ -2,7 +2,7 @@
 
 The widget gathers the training cells (a crop stack, a slide with a Labels layer
 of its cells, or a folder), turns the form into a :class:`TrainConfig`, and runs
-:func:`napari_atagan.training.train` in a background thread. Its events drive a
+:func:`napari_atagan.gan.training.train` in a background thread. Its events drive a
 progress bar, a loss plot and a live image layer of generated cells.
 """
 
@@ -20,10 +20,10 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QWidget
 
-from napari_atagan.cli import quick_model_changes
-from napari_atagan.config import TrainConfig, generator_channels
+from napari_atagan.gan.config import quick_model_changes
+from napari_atagan.gan.config import TrainConfig, generator_channels
 from napari_atagan.data import CellData
-from napari_atagan.training import (
+from napari_atagan.gan.training import (
     CheckpointSaved,
     Event,
     Finished,
@@ -130,7 +130,7 @@ def run_training(source: TrainingSource, settings: dict[str, Any], base: TrainCo
 
     ``settings`` are the form's values (see :meth:`TrainWidget.settings`); they
     override ``base``. With ``small_model`` the networks are those of the
-    command line's ``--quick`` preset (:func:`napari_atagan.cli.quick_model_changes`).
+    command line's ``--quick`` preset (:func:`napari_atagan.gan.config.quick_model_changes`).
     """
     yield Message(f"reading cells from the {source.describe()} ...")
     settings = dict(settings)

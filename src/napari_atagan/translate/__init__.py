@@ -14,7 +14,7 @@ dtype. Like the rest of the engine this package uses only torch and numpy.
 Typical use::
 
     from napari_atagan.translate import TranslateConfig, train_translation, translate_image
-    from napari_atagan.training import run_to_end
+    from napari_atagan.events import run_to_end
 
     done = run_to_end(train_translation(TranslateConfig.quick(), "dim/", "bright/", "run/"))
     bright, attention = translate_image(done.checkpoint, slide, cell_diameter=40)

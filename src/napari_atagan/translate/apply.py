@@ -41,7 +41,7 @@ import torch
 
 from .._memmap import release_pages
 from ..device import resolve_device
-from ..slide import Stopped, _AxisTaps, _check_diameter
+from ..slides.attention import Stopped, _AxisTaps, _check_diameter
 from .data import CLIP, Levels
 from .models import MULTIPLE, compose
 from .translator import Translator, check_direction, load_translator

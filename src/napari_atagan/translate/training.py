@@ -1,7 +1,7 @@
 """Training attention-guided translation: one generator of progress events.
 
 ``train_translation(config, a, b, out_dir)`` yields the same events as ATA-GAN
-training (:mod:`napari_atagan.training`): :class:`Message`, :class:`Progress`,
+training (:mod:`napari_atagan.events`): :class:`Message`, :class:`Progress`,
 :class:`Samples`, :class:`CheckpointSaved` and, last, :class:`Finished`, so
 the command line and the widget drive it the same way. Asking it to stop
 (``stop`` callable or event, or closing the generator) ends it after the
@@ -50,7 +50,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..device import describe, resolve_device, synchronize
-from ..training import (
+from ..events import (
     CHECKPOINT_NAME,
     CheckpointSaved,
     Event,
@@ -59,7 +59,7 @@ from ..training import (
     Progress,
     Samples,
     StopSignal,
-    _should_stop,
+    should_stop as _should_stop,
 )
 from .config import RUNTIME_FIELDS, TranslateConfig
 from .data import DomainData, Levels, load_domains

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._cli_common import (
+from .common import (
     CHANNEL_HELP,
     DEVICE_CHOICES,
     THRESHOLD_HELP,
@@ -48,7 +48,7 @@ def register(subparsers: Any) -> list[argparse.ArgumentParser]:
 
 def run(args: argparse.Namespace) -> int:
     """Execute a subcommand; 0 on success, 2 for a user mistake, 130 when interrupted."""
-    from .checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
 
     name = getattr(args, "command", None) or "evaluate"
     try:
@@ -205,7 +205,7 @@ def _at_least_two(text: str) -> int:
 
 
 def _run_attention(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_crops, evaluate_slide
+    from ..evaluation.evaluate import evaluate_crops, evaluate_slide
 
     check_file(args.checkpoint, "--checkpoint")
     if args.crops:
@@ -234,9 +234,9 @@ def _run_attention(args: argparse.Namespace) -> int:
 
 
 def _run_samples(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_samples, train_on_synthetic
+    from ..evaluation.evaluate import evaluate_samples, train_on_synthetic
 
-    from .synthesis import as_checkpoint
+    from ..gan.synthesis import as_checkpoint
 
     check_file(args.checkpoint, "--checkpoint")
     for option, value in (("--tstr-per-pattern", args.tstr_per_pattern),
@@ -263,7 +263,7 @@ def _run_samples(args: argparse.Namespace) -> int:
 
 
 def _run_mosaic(args: argparse.Namespace) -> int:
-    from .mosaic import make_mosaic, write_mosaic
+    from ..evaluation.mosaic import make_mosaic, write_mosaic
 
     if not math.isfinite(args.scale) or args.scale <= 0:
         raise ValueError(f"--scale must be a number > 0, got {args.scale}")
@@ -287,7 +287,7 @@ def _run_mosaic(args: argparse.Namespace) -> int:
 def _read_image(path: str, option: str) -> Any:
     import numpy as np
 
-    from .cli_attention import open_image
+    from .attention import open_image
 
     check_file(path, option)
     return np.asarray(open_image(Path(path)))
@@ -361,11 +361,11 @@ SLIDE_METHOD_NAMES = {
     "otsu": "Otsu, touching cells not split",
     "image_local": "map's labelling of the image",
 }
-"""Row names of the slide table, keyed as :data:`napari_atagan.evaluate.SLIDE_METHODS`."""
+"""Row names of the slide table, keyed as :data:`napari_atagan.evaluation.evaluate.SLIDE_METHODS`."""
 
 
 def _slide_table(result: dict) -> str:
-    from .evaluate import SLIDE_METHODS
+    from ..evaluation.evaluate import SLIDE_METHODS
 
     header = ["method", "cells", "TP", "FP", "FN", "precision", "recall", "F1", "pixel IoU"]
     rows = [[SLIDE_METHOD_NAMES[who], s["n_objects"], s["tp"], s["fp"], s["fn"],
@@ -380,7 +380,7 @@ def _slide_table(result: dict) -> str:
 
 def _contrast_table(by_contrast: dict) -> str:
     """True cells found by each method, by how far they stand out from the background."""
-    from .evaluate import SLIDE_METHODS
+    from ..evaluation.evaluate import SLIDE_METHODS
 
     methods = [who for who in SLIDE_METHODS if who in by_contrast]
     header = ["contrast", "cells", *methods]

@@ -68,9 +68,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from ._memmap import release_pages
-from .data import cell_levels, slide_levels
-from .device import resolve_device, synchronize
+from .._memmap import release_pages
+from ..data import cell_levels, slide_levels
+from ..device import resolve_device, synchronize
 
 __all__ = [
     "Stopped",
@@ -164,7 +164,7 @@ def slide_attention(
     cam_stride:
         Model pixels between the map's feature cells: the discriminator's own
         stride (8 for four blocks), or a power of two below it for a finer map
-        of the same soft-CAM (:func:`napari_atagan.models.dense_discriminator`;
+        of the same soft-CAM (:func:`napari_atagan.gan.models.dense_discriminator`;
         stride 4 costs about 3 times the computation). Default: :data:`CAM_STRIDE`.
 
     Returns
@@ -286,7 +286,7 @@ def _at_stride(disc: Any, cam_stride: int | None) -> Any:
         if CAM_STRIDE is None or int(disc.stride) <= CAM_STRIDE:
             return disc
         cam_stride = CAM_STRIDE
-    from .models import dense_discriminator
+    from ..gan.models import dense_discriminator
 
     return dense_discriminator(disc, cam_stride)
 
@@ -335,7 +335,7 @@ def estimate_cell_diameter(image: Any, *, rgb: str | None = None, max_side: int 
        cell's own dimmer nucleoplasm, all end up at similar levels.
     2. **Segment at several scales.** For Gaussian smoothing sigmas of 1, 1.4, 2,
        2.8, ... pixels, objects are found by Otsu's threshold, holes filled and
-       touching cells split (:func:`napari_atagan.labels.attention_to_labels`);
+       touching cells split (:func:`napari_atagan.slides.labels.attention_to_labels`);
        the diameter at that scale is the median equivalent diameter of the
        objects that are not tiny and do not touch the image edge.
     3. **Pick the stable scale.** Too little smoothing leaves textured cells in
@@ -523,7 +523,7 @@ def _check_diameter(cell_diameter: float) -> float:
 
 def _load(checkpoint: Any) -> Any:
     if isinstance(checkpoint, (str, os.PathLike)):
-        from .checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint
 
         return load_checkpoint(checkpoint)
     return checkpoint

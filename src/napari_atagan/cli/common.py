@@ -96,20 +96,10 @@ def channel_option(args: argparse.Namespace) -> int | str | None:
 
 
 def read_slide(path: Any, channel: int | str | None) -> tuple[Any, dict[str, Any]]:
-    """The grey slide (or stack) of an image file and which channel it is.
+    """:func:`napari_atagan.channels.read_grey`, saying the channel chosen on stderr."""
+    from ..channels import read_grey
 
-    ``channel``: ``None`` (the stained channel of a colour or multi-channel
-    image, chosen automatically), an index, or ``"grey"`` (the luminance). The
-    choice is said on stderr; the dict is empty for a grey file. The pixels
-    stay on disk where the format allows it (see :mod:`napari_atagan.channels`).
-    """
-    from .channels import describe_channel, grey_view, open_image_file
-
-    opened = open_image_file(Path(path))
-    image, info = grey_view(opened.data, channel, axes=opened.axes)
-    if info:
-        print(f"{Path(path).name}: {describe_channel(info)}", file=sys.stderr)
-    return image, info
+    return read_grey(path, channel, say=lambda text: print(text, file=sys.stderr))
 
 
 def _whole_number(text: str) -> int:

@@ -7,7 +7,7 @@ can be read in context (see :mod:`napari_atagan.metrics`):
   Otsu's threshold of the crop and a fixed centred ellipse, which on centred
   crops is already a strong guess: crop-level numbers alone prove little.
 * :func:`evaluate_slide`: cells found in a whole slide (or a mosaic of real
-  cells, :mod:`napari_atagan.mosaic`) vs its instance labels: object precision,
+  cells, :mod:`napari_atagan.evaluation.mosaic`) vs its instance labels: object precision,
   recall and F1 at IoU 0.5 and pixel IoU, beside the classic pipeline (Otsu with
   touching cells split by a watershed at the known diameter) and plain Otsu.
   This is the real test: the cells can be anywhere.
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from .labels import drop_border_cells
-from .metrics import (
+from ..slides.labels import drop_border_cells
+from ..metrics import (
     attention_mass_inside,
     cell_contrast,
     classifier_features,
@@ -84,7 +84,7 @@ def evaluate_crops(
 
     ``folder`` holds crops with masks (pattern sub-folders of ``NNNNN.png`` +
     ``NNNNN_Mask.png``); the raw crops are given to
-    :func:`napari_atagan.synthesis.crop_attention` (which normalises them as in
+    :func:`napari_atagan.gan.synthesis.crop_attention` (which normalises them as in
     training). ``limit`` keeps at most that many crops of every pattern (drawn at
     random, always the same ones).
 
@@ -96,7 +96,7 @@ def evaluate_crops(
     one such dict per pattern in ``"per_pattern"``.
     """
     from .mosaic import read_raw_crops
-    from .synthesis import as_checkpoint, crop_attention
+    from ..gan.synthesis import as_checkpoint, crop_attention
 
     ckpt = as_checkpoint(checkpoint)
     crops = read_raw_crops(folder, per_pattern=limit)
@@ -141,7 +141,7 @@ def _mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
 def default_min_size(diameter: float) -> int:
     """Smallest object the Otsu baseline keeps, in pixels: a tenth of the area of a cell
     of ``diameter`` (the model's labels keep at least
-    :func:`napari_atagan.labels.min_cell_size`)."""
+    :func:`napari_atagan.slides.labels.min_cell_size`)."""
     return max(1, int(0.1 * math.pi * float(diameter) ** 2 / 4))
 
 
@@ -161,19 +161,19 @@ def evaluate_slide(
 ) -> dict[str, Any]:
     """Score the cells a model finds on a slide against the true instance labels.
 
-    The discriminator's attention (:func:`napari_atagan.slide.slide_attention`)
+    The discriminator's attention (:func:`napari_atagan.slides.attention.slide_attention`)
     is turned into cells two ways, each matched one-to-one to the true cells
     (:func:`napari_atagan.metrics.match_objects`, IoU >= 0.5):
 
     * ``"model"``: what ``napari-atagan attention`` writes: the map finds and
       seeds the cells, the image delineates them
-      (:func:`napari_atagan.segment.guided_labels`);
-    * ``"map"``: the map alone (:func:`napari_atagan.labels.attention_to_labels`
+      (:func:`napari_atagan.slides.segment.guided_labels`);
+    * ``"map"``: the map alone (:func:`napari_atagan.slides.labels.attention_to_labels`
       with ``threshold``; with the cell diameter known, objects under
-      :data:`napari_atagan.labels.MIN_CELL_AREA` of a cell's area are dropped).
+      :data:`napari_atagan.slides.labels.MIN_CELL_AREA` of a cell's area are dropped).
 
     Three baselines that need no model are scored the same way: ``"classic"``
-    (:func:`napari_atagan.segment.classic_labels`: smoothed Otsu, holes filled,
+    (:func:`napari_atagan.slides.segment.classic_labels`: smoothed Otsu, holes filled,
     small objects dropped, touching cells split by a distance-transform
     watershed at the known diameter: the strongest of the three), ``"otsu"``
     (Otsu's threshold of the smoothed slide, touching cells not split) and
@@ -191,8 +191,8 @@ def evaluate_slide(
     ones that barely stand out?), ``"ellipse": None`` with a ``"note"`` why, and
     the cell diameter used.
     """
-    from .slide import estimate_cell_diameter
-    from .synthesis import as_checkpoint
+    from ..slides.attention import estimate_cell_diameter
+    from ..gan.synthesis import as_checkpoint
 
     img = np.asarray(image)
     truth, relabelled = _instance_labels(labels, img.shape)
@@ -235,13 +235,13 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     """The cells every method of :data:`SLIDE_METHODS` finds on a 2-D slide.
 
     ``"model"`` is exactly what ``napari-atagan attention`` writes
-    (:func:`napari_atagan.segment.label_cells` with ``outline="image"``), ``"map"``
+    (:func:`napari_atagan.slides.segment.label_cells` with ``outline="image"``), ``"map"``
     the same with ``outline="map"``; the baselines need no model. The attention
     map is computed once.
     """
-    from .labels import attention_to_labels
-    from .segment import classic_labels, guided_labels
-    from .slide import slide_attention
+    from ..slides.labels import attention_to_labels
+    from ..slides.segment import classic_labels, guided_labels
+    from ..slides.attention import slide_attention
 
     grey = np.asarray(image).astype(np.float32)
     attention = slide_attention(checkpoint, grey, cell_diameter=diameter, device=device)
@@ -299,7 +299,7 @@ def evaluate_samples(
 
     Real cells are read with :func:`napari_atagan.data.load_folder` at the
     model's image size (normalised as in training, in [-1, 1]); generated cells
-    are drawn with :func:`napari_atagan.synthesis.generate` (patterns at random
+    are drawn with :func:`napari_atagan.gan.synthesis.generate` (patterns at random
     for a model that knows patterns).
 
     * ``"swd"``: sliced Wasserstein distance per Laplacian-pyramid level
@@ -315,8 +315,8 @@ def evaluate_samples(
     ``swd_patches``: neighbourhoods drawn per set and pyramid level (fewer is
     faster and noisier; keep it fixed when comparing models).
     """
-    from .data import load_folder
-    from .synthesis import as_checkpoint
+    from ..data import load_folder
+    from ..gan.synthesis import as_checkpoint
 
     n = int(n)
     if n < 2:
@@ -355,9 +355,9 @@ def evaluate_samples(
 
 def _teacher(ckpt: Any, device: str) -> tuple[torch.nn.Module | None, str | None]:
     """The checkpoint's pattern classifier, or None and why there is none."""
-    from .attention import PatternClassifier
-    from .checkpoint import load_module_state
-    from .device import resolve_device
+    from ..gan.attention import PatternClassifier
+    from ..checkpoint import load_module_state
+    from ..device import resolve_device
 
     if not ckpt.has("teacher"):
         return None, ("the checkpoint holds no pattern classifier (trained with teacher "
@@ -372,7 +372,7 @@ def _teacher(ckpt: Any, device: str) -> tuple[torch.nn.Module | None, str | None
 def _compare(ckpt: Any, real: np.ndarray, pattern: int | None, n: int, seed: int, *,
              device: str, teacher: torch.nn.Module | None, kid_note: str | None,
              patches: int) -> dict[str, Any]:
-    from .synthesis import generate
+    from ..gan.synthesis import generate
 
     fake = generate(ckpt, n, pattern=pattern, seed=seed, device=device).images
     levels = _swd_levels(real.shape[-1])
@@ -420,7 +420,7 @@ def train_on_synthetic(
 ) -> dict[str, Any]:
     """Train-on-synthetic / test-on-real (TSTR): are the generated cells good teachers?
 
-    Two pattern classifiers (:class:`napari_atagan.attention.PatternClassifier`,
+    Two pattern classifiers (:class:`napari_atagan.gan.attention.PatternClassifier`,
     same epochs, seed and number of cells per pattern) are trained: one on cells
     generated by the checkpoint (TSTR), one on real cells (TRTS, the reference).
     Both are scored on the same held-out real cells: the last
@@ -457,9 +457,9 @@ def train_on_synthetic(
     """
     import time
 
-    from .data import CellData, load_folder
-    from .device import resolve_device
-    from .synthesis import as_checkpoint, generate
+    from ..data import CellData, load_folder
+    from ..device import resolve_device
+    from ..gan.synthesis import as_checkpoint, generate
 
     t0 = time.perf_counter()
     _check_tstr_numbers(n_per_pattern, epochs, limit_real, batch_size)
@@ -572,7 +572,7 @@ def _tail_split(labels: np.ndarray, n_classes: int,
 def _train_pattern_classifier(data: Any, *, epochs: int, batch_size: int, device: Any,
                               seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A classifier on all of ``data`` (no internal hold-out: the test set is separate)."""
-    from .attention import train_classifier
+    from ..gan.attention import train_classifier
 
     return train_classifier(data, epochs=int(epochs), batch_size=int(batch_size), device=device,
                             seed=int(seed), val_fraction=0.0)

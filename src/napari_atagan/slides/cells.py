@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import write_text_atomically
+from .._atomic import write_text_atomically
 
 __all__ = ["BASE_COLUMNS", "CellTable", "cell_table", "pattern_probabilities", "read_cells_csv"]
 
@@ -181,8 +181,8 @@ def pattern_probabilities(model: Any, image: Any, labels: Any, columns: dict[str
     """``(n_cells, n_patterns)`` softmax probabilities of each measured cell."""
     import torch
 
-    from .data import prepare_crop
-    from .slide import model_cell_diameter
+    from ..data import prepare_crop
+    from .attention import model_cell_diameter
 
     size = int(checkpoint.config.image_size)
     side = max(16, int(round(float(cell_diameter) * size / model_cell_diameter(checkpoint))))

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from .. import __version__
 from .attention import (
     PatternClassifier,
     at_loss,
@@ -51,7 +51,7 @@ from .attention import (
     train_classifier,
 )
 from .augment import Augmenter
-from .checkpoint import (
+from ..checkpoint import (
     GENERATOR_STATISTICS,
     load_checkpoint,
     load_module_state,
@@ -60,57 +60,21 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig
-from .data import CellData
-from .device import describe, resolve_device, synchronize
+from ..data import CellData
+from ..device import describe, resolve_device, synchronize
 from .models import build_models, recompute_batchnorm, standing_statistics
-
-CHECKPOINT_NAME = "checkpoint.safetensors"
-
-
-# --------------------------------------------------------------------------- events
-@dataclass
-class Message:
-    """Something worth telling the user (teacher accuracy, a smaller batch, ...)."""
-
-    text: str
-
-
-@dataclass
-class Progress:
-    step: int
-    total_steps: int
-    losses: dict[str, float]
-    images_per_s: float
-    eta_s: float
-    elapsed_s: float
-    batch_size: int
-
-
-@dataclass
-class Samples:
-    """A few cells from the averaged generator, in [-1, 1], shape (n, S, S)."""
-
-    step: int
-    images: np.ndarray
-    labels: np.ndarray | None = None
-
-
-@dataclass
-class CheckpointSaved:
-    step: int
-    path: Path
-
-
-@dataclass
-class Finished:
-    checkpoint: Path
-    summary: dict[str, Any]
-    stopped: bool = False
-
-
-Event = Message | Progress | Samples | CheckpointSaved | Finished
-StopSignal = Callable[[], bool] | threading.Event | None
-
+from ..events import (
+    CHECKPOINT_NAME,
+    CheckpointSaved,
+    Event,
+    Finished,
+    Message,
+    Progress,
+    Samples,
+    StopSignal,
+    run_to_end,
+    should_stop as _should_stop,
+)
 
 # --------------------------------------------------------------------------- state
 @dataclass
@@ -129,14 +93,6 @@ class _State:
     teacher: PatternClassifier | None = None
     teacher_info: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def _should_stop(stop: StopSignal) -> bool:
-    if stop is None:
-        return False
-    if isinstance(stop, threading.Event):
-        return stop.is_set()
-    return bool(stop())
 
 
 def train(
@@ -728,19 +684,6 @@ def recalibrate_batchnorm(D: torch.nn.Module, images: torch.Tensor, batch_size: 
 def _release(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def run_to_end(events: Iterator[Event], on_event: Callable[[Event], None] | None = None
-               ) -> Finished:
-    """Drive a ``train`` generator to the end (for scripts and tests)."""
-    last = None
-    for ev in events:
-        if on_event is not None:
-            on_event(ev)
-        last = ev
-    if not isinstance(last, Finished):  # pragma: no cover - defensive
-        raise RuntimeError("training ended without a Finished event")
-    return last
 
 
 __all__ = [

@@ -25,7 +25,7 @@ from torch import nn
 
 from .augment import dihedral
 from .config import TrainConfig
-from .data import CellData
+from ..data import CellData
 from .models import recompute_batchnorm
 
 __all__ = [

@@ -13,7 +13,7 @@ attention and, where the checkpoint knows patterns, each pattern's
 probability), plus ``results/slides.csv`` (one row per slide). ``--image`` may
 also be a folder or a glob pattern: every slide is processed, in parallel
 worker processes (``--workers``) or on a Dask cluster (``--scheduler``), see
-:mod:`napari_atagan.archive`. A rerun skips slides whose outputs are complete
+:mod:`napari_atagan.slides.archive`. A rerun skips slides whose outputs are complete
 (``--overwrite`` redoes them). A JSON summary goes to stdout, progress to
 stderr. A 3-D TIFF is treated as a stack of planes, unless its last axis is
 colour (RGB/RGBA) or the file says that its first axis holds channels: then
@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ._cli_common import (
+from .common import (
     CHANNEL_HELP,
     DEVICE_CHOICES,
     THRESHOLD_HELP,
@@ -110,8 +110,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; 0 on success, 2 for a user mistake, 130 when interrupted."""
-    from .checkpoint import CheckpointError
-    from .slide import Stopped
+    from ..checkpoint import CheckpointError
+    from ..slides.attention import Stopped
 
     try:
         return _run(args)
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .archive import ArchiveOptions, find_slides
+    from ..slides.archive import ArchiveOptions, find_slides
 
     _check_args(args)
     slides = find_slides(args.image)
@@ -141,8 +141,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _one_slide(path: Path, options: Any) -> int:
     """One slide, in this process, with a progress bar over its tiles."""
-    from .archive import SLIDES_CSV, completed_row, is_complete, process_slide, write_slides_csv
-    from .checkpoint import load_checkpoint
+    from ..slides.archive import SLIDES_CSV, completed_row, is_complete, process_slide, write_slides_csv
+    from ..checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(options.checkpoint)  # a bad checkpoint is the run's mistake
     if not options.overwrite and is_complete(path, options):
@@ -179,8 +179,8 @@ def _one_slide(path: Path, options: Any) -> int:
 def _many_slides(slides: list[Path], options: Any, workers: int | None,
                  scheduler: str | None) -> int:
     """Every slide, one progress line over them; failures said and counted, not fatal."""
-    from .archive import ArchiveDone, SlideResult, run_archive
-    from .checkpoint import load_checkpoint
+    from ..slides.archive import ArchiveDone, SlideResult, run_archive
+    from ..checkpoint import load_checkpoint
 
     load_checkpoint(options.checkpoint)  # a bad checkpoint is the run's mistake, not each slide's
     stop = threading.Event()
@@ -235,7 +235,7 @@ def open_image(path: Path) -> Any:
     :func:`napari_atagan.channels.open_image_file`, which also says which axis
     is which.
     """
-    from .channels import open_image_file
+    from ..channels import open_image_file
 
     return open_image_file(path).data
 

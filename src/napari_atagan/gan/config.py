@@ -179,6 +179,20 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+def quick_model_changes() -> dict:
+    """The quick preset's networks (the command line's ``--quick``, the Train widget's small model):
+    narrow widths, and a generator that pads by mirroring (with zero padding its
+    cells carry a frame along the crop's edge; ``docs/experiments.md``,
+    *Generator padding*)."""
+    return dict(g_channels=(128, 64, 32, 16), d_channels=(16, 32, 64, 128), g_padding="reflect")
+
+
+def quick_config_changes() -> dict:
+    """Smaller networks and batches that give cell-like samples in minutes on a CPU."""
+    return dict(quick_model_changes(), batch_size=32, steps=1500, checkpoint_every=250,
+                sample_every=250)
+
+
 def generator_channels(image_size: int, widths: tuple[int, ...] = (256, 128, 64, 32)
                        ) -> tuple[int, ...]:
     """Generator widths for ``image_size``: one block per doubling from 4x4.

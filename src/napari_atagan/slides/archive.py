@@ -2,13 +2,13 @@
 
 For each slide (:func:`process_slide`): read it (the stained channel of a
 colour image), run the discriminator's attention, find and outline the cells
-(:func:`napari_atagan.segment.label_cells`), measure them with their patterns
-(:func:`napari_atagan.cells.cell_table`) and write, in the output folder,
+(:func:`napari_atagan.slides.segment.label_cells`), measure them with their patterns
+(:func:`napari_atagan.slides.cells.cell_table`) and write, in the output folder,
 
 * ``<stem>_attention.tif`` and ``<stem>_labels.tif`` (ImageJ TIFFs carrying how
   they were made), or with ``zarr=True`` one ``<stem>.ome.zarr`` holding both
   (:mod:`napari_atagan.zarr_export`), for slides too big for TIFF tools;
-* ``<stem>_cells.csv``: one row per cell (:class:`napari_atagan.cells.CellTable`).
+* ``<stem>_cells.csv``: one row per cell (:class:`napari_atagan.slides.cells.CellTable`).
 
 :func:`run_archive` does this for many slides and ends with ``slides.csv``:
 one row per slide (cells found, median cell area, the slide's pattern and its
@@ -45,6 +45,7 @@ import io
 import math
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -55,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import remove_stale_temporaries, write_text_atomically
+from .._atomic import remove_stale_temporaries, write_text_atomically
 
 __all__ = [
     "SLIDES_CSV",
@@ -221,10 +222,10 @@ def settings_key(options: ArchiveOptions) -> str:
 
 def _stored_metadata(files: dict[str, Path]) -> dict[str, Any]:
     if "labels" in files:
-        from .export import read_tiff_metadata
+        from ..export import read_tiff_metadata
 
         return read_tiff_metadata(files["labels"])
-    from .zarr_export import read_ome_zarr_metadata
+    from ..zarr_export import read_ome_zarr_metadata
 
     return read_ome_zarr_metadata(files["zarr"])
 
@@ -238,12 +239,12 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
     when ``None``). Raises ValueError / OSError for a slide that cannot be
     processed (unreadable, too small, NaN, ...), with a message naming it.
     """
-    from . import __version__
-    from ._cli_common import read_slide
+    from .. import __version__
+    from ..channels import read_grey
     from .cells import cell_table
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
     from .labels import effective_min_size, min_cell_size
-    from .slide import (
+    from .attention import (
         default_tile_size,
         estimate_cell_diameter,
         model_cell_diameter,
@@ -256,7 +257,8 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
     out_dir = Path(options.out_dir)
     files = outputs_for(image_path, out_dir, zarr=options.zarr)
     ckpt = checkpoint if checkpoint is not None else load_checkpoint(options.checkpoint)
-    image, channel_info = read_slide(image_path, options.channel)
+    image, channel_info = read_grey(image_path, options.channel,
+                                    say=lambda text: print(text, file=sys.stderr))
     stack = np.ndim(image) == 3
     diameter = options.diameter
     if diameter == "auto":
@@ -295,11 +297,11 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
                            checkpoint=ckpt if options.patterns else None,
                            cell_diameter=diameter, device=_table_device(options.device))
         if options.zarr:
-            from .zarr_export import save_ome_zarr
+            from ..zarr_export import save_ome_zarr
 
             save_ome_zarr(files["zarr"], attention, labels, metadata=metadata)
         else:
-            from .export import save_attention_tiff, save_labels_tiff
+            from ..export import save_attention_tiff, save_labels_tiff
 
             save_attention_tiff(files["attention"], attention, metadata=metadata)
             save_labels_tiff(files["labels"], labels, metadata=metadata)
@@ -322,7 +324,7 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
 
 
 def _table_device(device: str) -> str:
-    from .device import resolve_device
+    from ..device import resolve_device
 
     return str(resolve_device(device))
 
@@ -366,7 +368,7 @@ class _scratch:
 def _remove_stale_scratch(out_dir: Path) -> None:
     import shutil
 
-    from ._atomic import _alive
+    from .._atomic import _alive
 
     for d in out_dir.glob(".scratch-*-*"):
         pid = d.name.split("-")[1]
@@ -384,7 +386,7 @@ def _allocate(shape: tuple[int, ...], scratch: Path, name: str, dtype: Any) -> n
 
 def _labels(attention: np.ndarray, image: Any, scratch: Path, outline: str,
             **options: Any) -> tuple[np.ndarray, str]:
-    """Cell labels of the map (:func:`napari_atagan.segment.label_cells`) and what
+    """Cell labels of the map (:func:`napari_atagan.slides.segment.label_cells`) and what
     outlined them. A map too large for memory is labelled from the map alone,
     tile by tile into a file, and the returned outline says so."""
     from .labels import attention_to_labels_tiled
@@ -500,8 +502,8 @@ def _should_stop(stop: Any) -> bool:
 
 def _attempt(path: Path, options: ArchiveOptions, checkpoint: Any) -> dict[str, Any]:
     """One slide, its failure turned into a row (the run goes on)."""
-    from .checkpoint import CheckpointError
-    from .slide import Stopped
+    from ..checkpoint import CheckpointError
+    from .attention import Stopped
 
     try:
         return process_slide(path, options, checkpoint)
@@ -519,8 +521,8 @@ def _attempt(path: Path, options: ArchiveOptions, checkpoint: Any) -> dict[str, 
 
 
 def _run_here(paths, todo, options, stop):
-    from .checkpoint import load_checkpoint
-    from .slide import Stopped
+    from ..checkpoint import load_checkpoint
+    from .attention import Stopped
 
     ckpt = load_checkpoint(options.checkpoint)
     for i in todo:
@@ -541,7 +543,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(options: ArchiveOptions, threads: int) -> None:
     import torch
 
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
     _WORKER["checkpoint"] = load_checkpoint(options.checkpoint)
@@ -612,7 +614,7 @@ _CACHE: dict[tuple[str, float], Any] = {}
 
 def _cluster_task(path: str, options: ArchiveOptions) -> dict[str, Any]:
     """One slide on a Dask worker; the checkpoint is opened once per worker process."""
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     key = (options.checkpoint, os.path.getmtime(options.checkpoint))
     if key not in _CACHE:

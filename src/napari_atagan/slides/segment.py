@@ -15,7 +15,7 @@ Two labellings live here, both pure functions of numpy arrays:
   The steps:
 
   1. **Seeds from the map.** The map is labelled as by
-     :func:`napari_atagan.labels.attention_to_labels` with the ``"local"`` rule
+     :func:`napari_atagan.slides.labels.attention_to_labels` with the ``"local"`` rule
      (one object per cell, neighbouring basins of one cell merged); the core of
      each object (its pixels above half of its own peak) is one seed.
   2. **Each cell cut at its own level**, so a few saturated cells skew no one
@@ -63,11 +63,11 @@ from .labels import (
     attention_to_labels,
     effective_min_size,
     fill_holes_each,
-    grouped_percentiles,
     min_cell_size,
     number_planes,
 )
-from .metrics import otsu_baseline
+from .._grouped import grouped_percentiles
+from ..metrics import otsu_baseline
 
 __all__ = ["CLASSIC_SIGMA", "OUTLINES", "classic_labels", "guided_labels", "label_cells"]
 
@@ -104,7 +104,7 @@ def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_S
     sigma:
         Gaussian smoothing in pixels before Otsu's threshold.
     min_size:
-        Smallest object kept, in pixels; default :func:`~napari_atagan.labels.min_cell_size`.
+        Smallest object kept, in pixels; default :func:`~napari_atagan.slides.labels.min_cell_size`.
     """
     img = _grey(image)
     d = _diameter(cell_diameter)
@@ -126,12 +126,12 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
         2-D grey slide.
     attention_map:
         The discriminator's attention on that slide, same shape
-        (:func:`napari_atagan.slide.slide_attention`).
+        (:func:`napari_atagan.slides.attention.slide_attention`).
     cell_diameter:
         Typical cell diameter in pixels.
     min_size:
         Smallest cell kept, in pixels; never less than
-        :func:`~napari_atagan.labels.min_cell_size`, as in the map's own labelling.
+        :func:`~napari_atagan.slides.labels.min_cell_size`, as in the map's own labelling.
     sigma:
         Smoothing of the image in pixels; default a twentieth of the diameter
         (at least 1): enough to even out a cell's speckles, little against its edge.
@@ -169,7 +169,7 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
 
     ``outline="image"``: :func:`guided_labels` (needs ``cell_diameter``; the map's
     own cells are found with ``threshold`` and ``min_size`` and then outlined by
-    the image); ``"map"``: :func:`napari_atagan.labels.attention_to_labels`
+    the image); ``"map"``: :func:`napari_atagan.slides.labels.attention_to_labels`
     alone. Ids are unique over a stack. The one labelling the CLI and the
     napari widget share.
     """
@@ -239,7 +239,7 @@ def _split_cells(cells: np.ndarray, regions: list | None, d: float) -> np.ndarra
     ordered as ``ndi.label`` numbers them, by their first pixel in raster order, and
     their peaks, in that order, number the markers. A piece with one marker is that
     marker's basin; the others are flooded as in
-    :func:`~napari_atagan.labels._flood_piece`.
+    :func:`~napari_atagan.slides.labels._flood_piece`.
     """
     if regions is None:
         return _distance_split(fill_holes_each(cells) > 0, d)
@@ -335,7 +335,7 @@ class _Part:
 
     def flood(self) -> np.ndarray | None:
         """The part flooded as in the whole image (None: not known, see
-        :func:`~napari_atagan.labels._flood_piece`)."""
+        :func:`~napari_atagan.slides.labels._flood_piece`)."""
         out = np.zeros(self.mask.shape, np.int32)
         several = []
         for k, box in enumerate(self.boxes, start=1):
@@ -381,7 +381,7 @@ def _distance_split(mask: np.ndarray, d: float) -> np.ndarray:
     ``distance_transform_edt``), piece by piece of the mask: a piece's nearest
     background pixels all lie within one pixel of its box (the open disc up to the
     nearest one is inside the piece), peaks are found object by object anyway, and
-    :func:`~napari_atagan.labels._flood` floods pieces apart.
+    :func:`~napari_atagan.slides.labels._flood` floods pieces apart.
     """
     min_distance = max(1, int(round(d / 2)))
     pieces, n = ndi.label(mask)
@@ -418,7 +418,7 @@ def _object_peaks(dist: np.ndarray, inside: np.ndarray, min_distance: int) -> np
 
     Maxima of the distance over the object's part of a square of side
     ``2 * min_distance + 1`` that are above 0 (the smallest distance in the image),
-    best first (ties in raster order), then spaced as :func:`~napari_atagan.labels._spaced`.
+    best first (ties in raster order), then spaced as :func:`~napari_atagan.slides.labels._spaced`.
     """
     img = np.where(inside, dist, np.finfo(dist.dtype).min)
     if img.size == 1:

@@ -17,8 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from ._cli_common import (
+from .. import __version__
+from ..gan.config import quick_config_changes
+from .common import (
     DEVICE_CHOICES,
     EXIT_STOPPED,
     non_negative_float,
@@ -90,30 +91,16 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="options",
                    help="any other training option, value in JSON, e.g. --set aug_p=0.5 "
                         "--set d_channels=[32,64,128,256] (repeatable; applied last; the "
-                        "options are the fields of napari_atagan.config.TrainConfig)")
+                        "options are the fields of napari_atagan.gan.config.TrainConfig)")
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue an earlier run from its checkpoint (same data)")
     p.set_defaults(run=_run_train)
 
 
-def quick_model_changes() -> dict:
-    """The quick preset's networks (``--quick``, the Train widget's small model):
-    narrow widths, and a generator that pads by mirroring (with zero padding its
-    cells carry a frame along the crop's edge; ``docs/experiments.md``,
-    *Generator padding*)."""
-    return dict(g_channels=(128, 64, 32, 16), d_channels=(16, 32, 64, 128), g_padding="reflect")
-
-
-def quick_config_changes() -> dict:
-    """Smaller networks and batches that give cell-like samples in minutes on a CPU."""
-    return dict(quick_model_changes(), batch_size=32, steps=1500, checkpoint_every=250,
-                sample_every=250)
-
-
 def _run_train(args) -> int:
-    from .config import TrainConfig, generator_channels
-    from .data import load_folder
-    from .training import CheckpointSaved, Finished, Message, Progress, train
+    from ..gan.config import TrainConfig, generator_channels
+    from ..data import load_folder
+    from ..gan.training import CheckpointSaved, Finished, Message, Progress, train
 
     t0 = time.perf_counter()
     data = load_folder(args.data, image_size=args.image_size)
@@ -200,7 +187,7 @@ def _add_synth(sub) -> None:
 
 
 def _run_synth(args) -> int:
-    from .synthesis import generate, write_dataset
+    from ..gan.synthesis import generate, write_dataset
 
     t0 = time.perf_counter()
     bar = _progress_bar(args.n, "synth")
@@ -235,7 +222,7 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from .checkpoint import export_model
+    from ..checkpoint import export_model
 
     path = export_model(args.checkpoint, args.out)
     print(json.dumps({"model": str(path), "bytes": path.stat().st_size}, indent=2))
@@ -244,7 +231,7 @@ def _run_export(args) -> int:
 
 # --------------------------------------------------------------------------- simulate
 def _add_simulate(sub) -> None:
-    from .simulate import PATTERNS
+    from ..simulate import PATTERNS
 
     p = sub.add_parser(
         "simulate",
@@ -289,7 +276,7 @@ def _add_simulate(sub) -> None:
 
 
 def _run_simulate(args) -> int:
-    from .simulate import PATTERNS, make_sample_data, simulate_crops, simulate_slide, write_crops_folder, write_slide
+    from ..simulate import PATTERNS, make_sample_data, simulate_crops, simulate_slide, write_crops_folder, write_slide
 
     if args.sample_data:
         given = [name for name, on in (("--realistic", args.realistic), ("--rgb", args.rgb)) if on]
@@ -356,7 +343,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     return run_demo(Path(args.out), headless=args.headless or not has_display(),
                     model=Path(args.model) if args.model else None)
@@ -372,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_synth(sub)
-    from .cli_attention import register as _add_attention
-    from .cli_evaluate import register as _add_evaluate
+    from .attention import register as _add_attention
+    from .evaluate import register as _add_evaluate
 
     _add_attention(sub)
     _add_evaluate(sub)
@@ -386,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
 
     try:
         return int(args.run(args) or 0)

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .data import CellData
+from ..data import CellData
 
 __all__ = ["Mosaic", "RawCrop", "make_mosaic", "read_raw_crops", "write_mosaic"]
 
@@ -65,7 +65,7 @@ class Mosaic:
         patterns: the staining pattern of label ``i + 1`` at position ``i``
             (``""`` for crops without a pattern folder).
         cell_diameter: median equivalent diameter of the pasted cells, in pixels
-            (what :func:`napari_atagan.slide.slide_attention` needs).
+            (what :func:`napari_atagan.slides.attention.slide_attention` needs).
     """
 
     image: np.ndarray
@@ -119,7 +119,7 @@ def read_raw_crops(
 
 def _list_crops(folder: str | os.PathLike) -> list[tuple[Path, Path, str]]:
     """(image file, mask file, pattern) of every crop; errors for a folder without masks."""
-    from .data import _find_images, _find_masks
+    from ..data import _find_images, _find_masks
 
     root = Path(folder)
     if not root.is_dir():
@@ -143,7 +143,7 @@ def _patterns_in_order(files: list[tuple[Any, Any, str]]) -> list[str]:
 
 
 def _read_pair(image_file: Path, mask_file: Path, pattern: str) -> RawCrop:
-    from .data import _read_crop, _read_mask
+    from ..data import _read_crop, _read_mask
 
     image, _ = _read_crop(Path(image_file))
     mask = _read_mask(Path(mask_file)) > 0
@@ -165,7 +165,7 @@ def _crops_from_celldata(data: CellData, n: int, rng: np.random.Generator) -> li
     for i in idx:
         pattern = names[int(data.labels[i])] if data.has_labels else ""
         if data.files is not None:
-            from .data import _mask_for
+            from ..data import _mask_for
 
             mask_file = _mask_for(Path(data.files[i]))
             if mask_file is not None:
@@ -579,8 +579,8 @@ def write_mosaic(mosaic: Mosaic, out_dir: str | os.PathLike, stem: str) -> tuple
     """
     import tifffile
 
-    from . import __version__
-    from .export import save_labels_tiff
+    from .. import __version__
+    from ..export import save_labels_tiff
 
     out = Path(out_dir)
     if not stem or any(c in stem for c in "/\\"):

@@ -19,9 +19,9 @@ import torch
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
-from .checkpoint import Checkpoint, load_checkpoint
-from .data import render_into, render_levels, rendered_dtype
-from .device import resolve_device
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..data import render_into, render_levels, rendered_dtype
+from ..device import resolve_device
 
 
 @dataclass
@@ -433,7 +433,7 @@ def crop_attention(
     percentiles, padded to a square, resized to the model size); the map is
     brought back to the crop's own shape. Returns one float32 map per crop.
     """
-    from .data import prepare_crop
+    from ..data import prepare_crop
 
     ckpt = as_checkpoint(checkpoint)
     dev = resolve_device(device)

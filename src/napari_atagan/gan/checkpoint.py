@@ -1,0 +1,107 @@
+"""ATA-GAN networks rebuilt from a checkpoint: generator, discriminator, pattern model.
+
+:class:`napari_atagan.checkpoint.Checkpoint` reads any family's file; its
+``generator()``, ``discriminator()`` and ``pattern_model()`` call these.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..checkpoint import GENERATOR_STATISTICS, Checkpoint, checkpoint_error, load_module_state
+from .models import Discriminator, Generator, standing_statistics
+
+__all__ = ["load_discriminator", "load_generator", "load_pattern_model"]
+
+
+def load_generator(ckpt: Checkpoint, device: str | torch.device = "cpu", ema: bool = True
+                   ) -> Generator:
+    """The generator in eval mode: the moving average ``G_ema`` when stored
+    (and ``ema`` is true), else the raw ``G``. A ``G_ema`` saved without
+    standing statistics gets them here."""
+    name = "G_ema" if ema and ckpt.has("G_ema") else "G"
+    if not ckpt.has(name):
+        raise checkpoint_error(ckpt.path, "contains no generator weights (no 'G.' tensors)")
+    hparams = ckpt.hparams(name) or {
+        "z_dim": ckpt.config.z_dim,
+        "channels": ckpt.config.g_channels,
+        "image_size": ckpt.config.image_size,
+        "n_classes": len(ckpt.class_names),
+        "padding": ckpt.config.g_padding,
+    }
+    model = _build(ckpt, Generator, hparams, name)
+    load_module_state(model, ckpt.state_dict(name), what=f"generator ({name})", path=ckpt.path)
+    model.to(device).eval()
+    if name == "G_ema" and ckpt.metadata.get("generator_statistics") != GENERATOR_STATISTICS:
+        if ckpt._standing is None:  # computed once per loaded checkpoint
+            standing_statistics(model)
+            ckpt._standing = {k: v.detach().to("cpu", copy=True)
+                              for k, v in model.named_buffers()}
+        else:
+            for key, value in model.named_buffers():
+                value.copy_(ckpt._standing[key])
+    return model
+
+
+def load_discriminator(ckpt: Checkpoint, device: str | torch.device = "cpu") -> Discriminator:
+    """The discriminator in eval mode."""
+    if not ckpt.has("D"):
+        raise checkpoint_error(ckpt.path, "contains no discriminator weights (no 'D.' tensors)")
+    hparams = ckpt.hparams("D") or {
+        "channels": ckpt.config.d_channels,
+        "image_size": ckpt.config.image_size,
+        "n_classes": len(ckpt.class_names),
+        "spectral_norm": ckpt.config.spectral_norm,
+    }
+    model = _build(ckpt, Discriminator, hparams, "D")
+    load_module_state(model, ckpt.state_dict("D"), what="discriminator (D)", path=ckpt.path)
+    return model.to(device).eval()
+
+
+def load_pattern_model(ckpt: Checkpoint, device: str | torch.device = "cpu"
+                       ) -> tuple[nn.Module, str] | None:
+    """What names a cell's pattern: ``(model, source)``, or ``None`` without patterns.
+
+    The pattern classifier the run trained as its teacher, when the file keeps
+    it (``source = "classifier teacher"``), else the discriminator's pattern
+    head (``"discriminator projection head"``, or ``"discriminator auxiliary
+    head"`` for AC-GAN conditioning). Either maps a batch of
+    prepared crops ``(B, 1, S, S)`` in [-1, 1] to class logits ``(B, K)``, in
+    the order of the checkpoint's ``class_names``.
+    """
+    names = ckpt.class_names
+    if len(names) < 2:
+        return None
+    if ckpt.has("teacher"):
+        from .attention import PatternClassifier
+
+        teacher = PatternClassifier(len(names))
+        load_module_state(teacher, ckpt.state_dict("teacher"), what="teacher",
+                          path=ckpt.path)
+        return teacher.to(device).eval(), "classifier teacher"
+    disc = load_discriminator(ckpt, device)
+    if disc.classifier is None or disc.n_classes != len(names):
+        return None
+    conditioning = getattr(ckpt.config, "conditioning", "projection")
+    return _PatternHead(disc).eval(), f"discriminator {conditioning} head"
+
+
+def _build(ckpt: Checkpoint, cls: type, hparams: dict, name: str) -> nn.Module:
+    try:
+        return cls(**hparams)
+    except (TypeError, ValueError) as exc:
+        problem = f"cannot rebuild {name} from its stored architecture: {exc}"
+        raise checkpoint_error(ckpt.path, problem) from exc
+
+
+class _PatternHead(nn.Module):
+    """A discriminator seen as a pattern classifier: crops in, class logits out."""
+
+    def __init__(self, discriminator: Discriminator) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, class_logits, _ = self.discriminator(x)
+        return class_logits
