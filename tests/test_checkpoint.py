@@ -394,6 +394,22 @@ def test_pickle_and_torch_save_files_are_refused(tmp_path, run):
     refused(old_pickle, "not a valid")
 
 
+@pytest.mark.parametrize("header_len", [640, 896, 1152, 1408, 640 + 65536])
+def test_a_safetensors_header_length_that_begins_like_pickle_is_not_refused(tmp_path, header_len):
+    """The 8-byte header length of 640, 896, 1152 or 1408 (mod 65536) starts with
+    pickle's protocol bytes; the JSON header after it says it is safetensors."""
+    path = tmp_path / "model.safetensors"
+    for pad in range(header_len + 8):
+        path.write_bytes(safetensors.torch.save({"w": torch.zeros(2)}, metadata={"pad": "x" * pad}))
+        if struct.unpack("<Q", path.read_bytes()[:8])[0] == header_len:
+            break
+    else:
+        pytest.fail(f"no metadata padding gives a header of {header_len} bytes")
+    assert path.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+    message = refused(path, "not a napari-atagan checkpoint")
+    assert "pickle" not in message
+
+
 def test_random_empty_and_truncated_files_are_refused(tmp_path, saved):
     noise = tmp_path / "noise.safetensors"
     noise.write_bytes(os.urandom(4096))

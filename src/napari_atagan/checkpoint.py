@@ -554,8 +554,18 @@ def _read_file(path: Path) -> bytes:
         raise checkpoint_error(path, f"cannot be read: {exc}") from exc
 
 
+def _looks_like_safetensors(data: bytes) -> bool:
+    """A safetensors file is an 8-byte header length, then a JSON header that opens
+    with ``{``. The length alone can begin with pickle's bytes (a header of 640,
+    896, 1152 or 1408 bytes, modulo 65536, starts ``80 02`` to ``80 05``)."""
+    if len(data) < 9 or data[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(data[:8], "little") <= len(data) - 8
+
+
 def _parse_tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
-    if data[:2] in _PICKLE_STARTS or data[:4] == _ZIP_START:
+    if not _looks_like_safetensors(data) and (
+            data[:2] in _PICKLE_STARTS or data[:4] == _ZIP_START):
         raise checkpoint_error(
             path,
             "looks like a pickle or torch.save archive; napari-atagan only opens "
