@@ -159,6 +159,18 @@ def test_train_classifier_learns_an_easy_task(easy_data) -> None:
     assert torch.all((peak == 0) | ((peak - 1).abs() < 1e-5))
 
 
+def test_train_classifier_takes_exactly_the_steps_asked(easy_data) -> None:
+    events = []
+    _, info = train_classifier(easy_data, epochs=1, batch_size=16, val_fraction=0.0,
+                               steps=5, progress=events.append)
+    # 64 cells in batches of 16: 4 steps a pass, so 5 steps take a second, short pass
+    assert info["steps"] == 5 and info["epochs"] == 2 and [e["epoch"] for e in events] == [1, 2]
+    _, info = train_classifier(easy_data, epochs=1, batch_size=16, val_fraction=0.0)
+    assert info["steps"] == 4 and info["epochs"] == 1
+    with pytest.raises(ValueError, match="steps"):
+        train_classifier(easy_data, steps=0)
+
+
 def test_classifier_needs_two_patterns() -> None:
     images, masks, _ = disc_vs_ring(6)
     one = from_arrays(images, masks, ["disc"] * 6, image_size=16)

@@ -8,6 +8,8 @@
     napari-atagan evaluate samples --checkpoint F --real DIR [-n N] [--per-pattern]
                                    [--tstr [--tstr-per-pattern N] [--tstr-epochs E]
                                            [--tstr-reference DIR]]
+    napari-atagan evaluate augment --checkpoint F --real DIR --test DIR [--counts 25 100 400]
+                                   [--generated N] [--epochs E] [--seeds 0 1] [--image-size S]
     napari-atagan mosaic --crops DIR --out DIR [--n-cells N] [--size H W] [--seed S] [--count K]
                          [--touching]
 
@@ -69,7 +71,8 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Score a trained checkpoint. 'attention' compares the discriminator's attention "
             "with true cell masks (beside baselines that need no model); 'samples' compares "
-            "generated cells with real ones."
+            "generated cells with real ones; 'augment' measures whether generated cells "
+            "added to a few real ones train a better pattern classifier."
         ),
     )
     sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -141,13 +144,52 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "real-cell classifier instead of the first 70%% of --real, e.g. the "
                         "model's own training cells when --real holds other specimens")
     s.set_defaults(run=run, action=_run_samples)
+
+    g = sub.add_parser(
+        "augment",
+        help="do generated cells added to few real ones train a better pattern classifier?",
+        description=(
+            "For every count N, draw N real cells of every pattern from --real and train the "
+            "pattern classifier twice: on those cells alone, and on the same cells plus "
+            "--generated cells of every pattern from the model (both with the same number of "
+            "training steps). Both are scored on every cell of --test (other specimens): "
+            "accuracy overall and per pattern, and the gain from the generated cells. Prints "
+            "one row per count; --json keeps every number, per seed too."
+        ),
+    )
+    _common(g, per_pattern=False)
+    g.add_argument("--real", required=True, metavar="DIR",
+                   help="real cells to draw the training cells from (one sub-folder per "
+                        "pattern, the model's patterns)")
+    g.add_argument("--test", required=True, metavar="DIR",
+                   help="real cells of other specimens to score on (the same patterns)")
+    g.add_argument("--counts", type=positive_int, nargs="+", default=[25, 100, 400],
+                   metavar="N",
+                   help="real training cells per pattern, one row each; a pattern with fewer "
+                        "cells uses all it has (default: 25 100 400)")
+    g.add_argument("--generated", type=positive_int, default=400, metavar="N",
+                   help="generated cells of every pattern added to the real ones "
+                        "(default: %(default)s)")
+    g.add_argument("--epochs", type=positive_int, default=8, metavar="E",
+                   help="training passes over the real + generated cells; the real-only "
+                        "classifier takes as many steps (default: %(default)s)")
+    g.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0], metavar="S",
+                   help="one measurement per seed (real cells drawn, generated cells, "
+                        "training); the table shows the mean (default: 0)")
+    g.add_argument("--image-size", type=positive_int, default=None, metavar="PIXELS",
+                   help="side of the cells the classifiers see, at most the model's "
+                        "(default: the model's; smaller is faster)")
+    g.add_argument("--batch-size", type=_batch_size, default=64, metavar="B",
+                   help="training batch size of both classifiers (default: %(default)s)")
+    g.set_defaults(run=run, action=_run_augment)
     return p
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, per_pattern: bool = True) -> None:
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a trained checkpoint")
-    p.add_argument("--per-pattern", action="store_true",
-                   help="also score every staining pattern on its own")
+    if per_pattern:
+        p.add_argument("--per-pattern", action="store_true",
+                       help="also score every staining pattern on its own")
     p.add_argument("--json", metavar="FILE", default=None,
                    help="also write all results to this JSON file")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
@@ -198,6 +240,13 @@ def _at_least_two(text: str) -> int:
     value = positive_int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"expected at least 2 cells, got {value}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a batch size of at least 2, got {value}")
     return value
 
 
@@ -260,6 +309,35 @@ def _run_samples(args: argparse.Namespace) -> int:
         table += "\n\n" + _tstr_table(tstr)
     _finish(args, result, table)
     return 0
+
+
+def _run_augment(args: argparse.Namespace) -> int:
+    from ..evaluation.augment import evaluate_augment
+
+    check_file(args.checkpoint, "--checkpoint")
+    for option, folder in (("--real", args.real), ("--test", args.test)):
+        if not Path(folder).is_dir():
+            raise ValueError(f"{option} {folder!r} does not exist or is not a folder")
+    result = evaluate_augment(args.checkpoint, args.real, args.test, counts=args.counts,
+                              generated_per_pattern=args.generated, epochs=args.epochs,
+                              image_size=args.image_size, seeds=args.seeds,
+                              batch_size=args.batch_size, device=args.device,
+                              progress=_augment_progress)
+    _finish(args, result, _augment_table(result))
+    return 0
+
+
+def _augment_progress(event: dict) -> None:
+    """One line on stderr per pattern generated and per classifier scored."""
+    if event.get("stage") == "generate":
+        print(f"seed {event['seed']}: {event['cells']} generated cells of {event['pattern']}",
+              file=sys.stderr, flush=True)
+    elif event.get("stage") == "scored":
+        arm = "real + generated" if event["arm"] == "augmented" else "real only"
+        print(f"[{event['run']}/{event['runs']}] {event['count']} real cells per pattern, "
+              f"{arm}, seed {event['seed']}: accuracy {event['accuracy']:.3f} "
+              f"({event['steps']} steps, {event['seconds']:.1f} s)", file=sys.stderr,
+              flush=True)
 
 
 def _run_mosaic(args: argparse.Namespace) -> int:
@@ -436,3 +514,51 @@ def _tstr_table(result: dict) -> str:
         + (f"cells of {result['reference']}" if result.get("reference")
            else "the first 70% of every pattern's real cells"),
     ])
+
+
+def _augment_table(result: dict) -> str:
+    names = result["patterns"]
+    short = short_names(names)
+    several = len(result["seeds"]) > 1
+    header = (["real/pattern", "steps", "real only", "real+gen", "gain"]
+              + (["gain sd"] if several else []) + short)
+    rows = []
+    for row in result["rows"]:
+        gain = row["gain"]
+        rows.append([str(row["count"]), row["steps"], row["real"]["accuracy"],
+                     row["augmented"]["accuracy"],
+                     _signed(gain["accuracy"])] + ([gain["accuracy_sd"]] if several else [])
+                    + [_signed(gain["per_pattern"][p]) for p in names])
+    seeds = ", ".join(str(s) for s in result["seeds"])
+    epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
+    lines = [
+        f"generated cells as extra training data ({result['checkpoint']}, "
+        f"{result['image_size']} px): {result['generated_per_pattern']} generated cells per "
+        f"pattern added to the real ones; {epochs} over real + generated cells, the same "
+        "number of steps for the real-only classifier",
+        f"accuracy on {sum(result['n_test'].values())} test cells of {result['test_folder']} "
+        f"(chance {result['chance']:.3f}); " + (f"mean over seeds {seeds}" if several
+                                                 else f"seed {seeds}"),
+        format_table(header, rows),
+        "gain: real+gen minus real only; per-pattern columns: the gain in that pattern's "
+        "recall",
+    ]
+    if short != names:
+        lines.append("patterns: " + ", ".join(f"{s} = {n}" for s, n in zip(short, names)
+                                              if s != n))
+    if result.get("note"):
+        lines.append(f"note: {result['note']}")
+    return "\n".join(lines)
+
+
+def short_names(names: list[str], width: int = 6) -> list[str]:
+    """Pattern names cut to ``width`` characters for table columns, or whole where
+    cutting would make two of them the same."""
+    cut = [n[:width] for n in names]
+    return cut if len(set(cut)) == len(cut) else list(names)
+
+
+def _signed(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-" if value is None else "nan"
+    return f"{value:+.3f}"

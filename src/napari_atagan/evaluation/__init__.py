@@ -2,6 +2,8 @@
 
 * :mod:`.evaluate` - :func:`evaluate_crops`, :func:`evaluate_slide` (beside the
   model-free baselines), :func:`evaluate_samples` (SWD, KID, diversity, TSTR);
+* :mod:`.augment` - :func:`evaluate_augment`: does adding generated cells to few
+  real ones train a better pattern classifier?
 * :mod:`.mosaic` - :func:`make_mosaic`: evaluation slides of real cell crops with
   their instance ground truth.
 
@@ -13,6 +15,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "evaluate_crops": "evaluate", "evaluate_slide": "evaluate",
     "evaluate_samples": "evaluate", "train_on_synthetic": "evaluate",
+    "evaluate_augment": "augment",
     "Mosaic": "mosaic", "make_mosaic": "mosaic", "write_mosaic": "mosaic",
     "read_raw_crops": "mosaic",
 }

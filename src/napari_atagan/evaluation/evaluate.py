@@ -532,10 +532,14 @@ def _check_tstr_numbers(n_per_pattern: int, epochs: int, limit_real: int | None,
         raise ValueError(f"batch_size must be >= 2, got {batch_size}")
 
 
-def _real_cells_for(real: Any, names: list[str], folder: Any, limit: int | None) -> Any:
-    """The real cells of the model's patterns, relabelled to the model's pattern order."""
+def _real_cells_for(real: Any, names: list[str], folder: Any, limit: int | None, *,
+                    purpose: str = "train-on-synthetic", min_cells: int = 2) -> Any:
+    """The real cells of the model's patterns, relabelled to the model's pattern order.
+
+    Every pattern needs at least ``min_cells`` cells; ``purpose`` names what needs
+    them in the error messages."""
     if not real.has_labels:
-        raise ValueError(f"{str(folder)!r} holds no pattern sub-folders: train-on-synthetic "
+        raise ValueError(f"{str(folder)!r} holds no pattern sub-folders: {purpose} "
                          "needs real cells sorted into one sub-folder per pattern")
     missing = [n for n in names if n not in real.class_names]
     if missing:
@@ -545,9 +549,10 @@ def _real_cells_for(real: Any, names: list[str], folder: Any, limit: int | None)
     keep, new_labels = [], []
     for k, name in enumerate(names):
         idx = np.flatnonzero(real.labels == real.class_names.index(name))
-        if idx.size < 2:
+        if idx.size < min_cells:
+            why = " (to train and to test)" if min_cells == 2 else ""
             raise ValueError(f"pattern {name!r} has {idx.size} real cell(s) in {str(folder)!r}; "
-                             "train-on-synthetic needs at least 2 (to train and to test)")
+                             f"{purpose} needs at least {min_cells}{why}")
         if limit is not None and idx.size > limit:
             idx = idx[np.round(np.linspace(0, idx.size - 1, int(limit))).astype(np.int64)]
         keep.append(idx)
@@ -570,12 +575,16 @@ def _tail_split(labels: np.ndarray, n_classes: int,
 
 
 def _train_pattern_classifier(data: Any, *, epochs: int, batch_size: int, device: Any,
-                              seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A classifier on all of ``data`` (no internal hold-out: the test set is separate)."""
+                              seed: int, steps: int | None = None, progress: Any = None,
+                              stop: Any = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A classifier on all of ``data`` (no internal hold-out: the test set is separate).
+
+    ``steps``: exactly that many optimisation steps instead of ``epochs`` passes."""
     from ..gan.attention import train_classifier
 
     return train_classifier(data, epochs=int(epochs), batch_size=int(batch_size), device=device,
-                            seed=int(seed), val_fraction=0.0)
+                            seed=int(seed), val_fraction=0.0, steps=steps, progress=progress,
+                            stop=stop)
 
 
 @torch.no_grad()

@@ -193,6 +193,7 @@ def train_classifier(
     val_fraction: float = 0.15,
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
+    steps: int | None = None,
 ) -> tuple[PatternClassifier, dict[str, Any]]:
     """Train a :class:`PatternClassifier` on the labelled crops of ``data``.
 
@@ -201,9 +202,14 @@ def train_classifier(
     autocast on CUDA. The last ``val_fraction`` of every
     pattern's cells (consecutive, i.e. mostly other specimens) is held out.
 
+    ``steps``: train exactly this many optimisation steps instead of ``epochs``
+    full passes (the passes it takes, the last one cut short); two data sets of
+    different sizes then get the same training budget.
+
     Returns:
         The model in eval mode and ``{"val_accuracy", "train_accuracy", "epochs",
-        "epochs_completed", "stopped", "n_train", "n_val", "seconds"}``;
+        "epochs_completed", "steps", "stopped", "n_train", "n_val", "seconds"}``
+        (``epochs``: the passes planned, ``steps``: the steps taken);
         ``train_accuracy`` is measured on the augmented batches of the last
         epoch, ``val_accuracy`` is ``None`` without a held-out set. ``progress``
         (optional) receives a dict after every epoch; ``stop`` (optional) is
@@ -224,6 +230,8 @@ def train_classifier(
         )
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if steps is not None and int(steps) < 1:
+        raise ValueError(f"steps must be >= 1 (or None), got {steps}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     device = torch.device(device)
@@ -240,15 +248,21 @@ def train_classifier(
     gen = torch.Generator(device=device).manual_seed(seed)
     bs = max(2, min(batch_size, x_tr.shape[0]))
     steps_per_epoch = max(1, x_tr.shape[0] // bs)
+    if steps is None:
+        total_steps = epochs * steps_per_epoch
+    else:
+        total_steps = int(steps)
+        epochs = math.ceil(total_steps / steps_per_epoch)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
+        opt, max_lr=lr, total_steps=total_steps, pct_start=0.15
     )
     amp = device.type == "cuda"
     train_acc = 0.0
     val_acc: float | None = None
     stopped = False
     completed = 0
+    taken = 0
     for epoch in range(epochs):
         if stopped:
             break
@@ -257,7 +271,7 @@ def train_classifier(
         correct = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for s in range(steps_per_epoch):
+        for s in range(min(steps_per_epoch, total_steps - taken)):
             if stop is not None and stop():
                 stopped = True
                 break
@@ -271,6 +285,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
+            taken += 1
             correct += (logits.argmax(1) == yb).sum()
             loss_sum += loss.detach() * idx.numel()
             seen += idx.numel()
@@ -301,6 +316,7 @@ def train_classifier(
         "train_accuracy": train_acc,
         "epochs": epochs,
         "epochs_completed": completed,
+        "steps": taken,
         "stopped": stopped,
         "n_train": int(train_idx.size),
         "n_val": int(val_idx.size),

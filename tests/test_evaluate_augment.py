@@ -1,0 +1,259 @@
+"""``evaluate_augment`` and ``napari-atagan evaluate augment``: real cells alone vs real +
+generated cells, the same training budget, exact gains, determinism and user errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from napari_atagan.cli.evaluate import register
+from napari_atagan.evaluation import evaluate_augment
+from napari_atagan.evaluation.augment import (
+    AUGMENT_BATCH,
+    AUGMENT_COUNTS,
+    AUGMENT_EPOCHS,
+    AUGMENT_GENERATED,
+    _resized,
+)
+from napari_atagan.simulate import simulate_crops, write_crops_folder
+
+PATTERNS = ("Homogeneous", "NuMem", "Centromere")  # those of conftest's tiny_checkpoint
+SETTINGS = dict(generated_per_pattern=4, epochs=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """5 real training cells and 3 test cells of every pattern."""
+    root = tmp_path_factory.mktemp("augment")
+    real = write_crops_folder(simulate_crops(15, size=32, patterns=PATTERNS, seed=5),
+                              root / "real")
+    test = write_crops_folder(simulate_crops(9, size=32, patterns=PATTERNS, seed=6),
+                              root / "test")
+    return real, test
+
+
+@pytest.fixture(scope="module")
+def result(tiny_checkpoint, folders):
+    events = []
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=(6, 2), seeds=(0, 1),
+                         progress=events.append, **SETTINGS)
+    return r, events
+
+
+def _in_unit(value):
+    return 0.0 <= value <= 1.0
+
+
+def test_rows_hold_both_arms_and_exact_gains(result, folders):
+    r, events = result
+    names = r["patterns"]
+    assert sorted(names) == sorted(PATTERNS) and r["chance"] == pytest.approx(1 / 3)
+    assert r["counts"] == [2, 6] and [row["count"] for row in r["rows"]] == [2, 6]
+    assert r["n_available"] == {p: 5 for p in PATTERNS} and r["n_test"] == {p: 3 for p in PATTERNS}
+    assert r["image_size"] == r["model_image_size"] == 16 and r["seeds"] == [0, 1]
+    small, big = r["rows"]
+    assert small["n_real"] == {p: 2 for p in PATTERNS} and small["capped"] == []
+    # 6 asked, 5 there: all 5 used and said so
+    assert big["n_real"] == {p: 5 for p in PATTERNS} and sorted(big["capped"]) == sorted(PATTERNS)
+    assert "fewer real cells than asked" in r["note"]
+    for row in r["rows"]:
+        n_real = sum(row["n_real"].values())
+        assert row["n_train"] == {"real": n_real, "augmented": n_real + 4 * 3}
+        # the same steps for both arms: one pass over the real + generated cells
+        assert row["batch_size"] == n_real
+        assert row["steps"] == row["n_train"]["augmented"] // row["batch_size"]
+        assert len(row["per_seed"]) == 2
+        for part, cells in [(row, 18), *((s, 9) for s in row["per_seed"])]:
+            for arm in ("real", "augmented"):
+                assert _in_unit(part[arm]["accuracy"])
+                assert set(part[arm]["per_pattern"]) == set(PATTERNS)
+                assert all(_in_unit(v) for v in part[arm]["per_pattern"].values())
+                # 9 test cells: a seed's accuracy is a multiple of 1/9, the mean of two of 1/18
+                share = part[arm]["accuracy"] * cells
+                assert abs(share - round(share)) < 1e-9
+            assert part["gain"]["accuracy"] == part["augmented"]["accuracy"] - part["real"]["accuracy"]
+            for p in PATTERNS:
+                assert part["gain"]["per_pattern"][p] == (part["augmented"]["per_pattern"][p]
+                                                          - part["real"]["per_pattern"][p])
+        seeds = row["per_seed"]
+        assert row["real"]["accuracy"] == pytest.approx(
+            (seeds[0]["real"]["accuracy"] + seeds[1]["real"]["accuracy"]) / 2)
+        assert row["gain"]["accuracy_sd"] is not None
+    scored = [e for e in events if e["stage"] == "scored"]
+    assert [e["run"] for e in scored] == list(range(1, 9)) and scored[0]["runs"] == 8
+    steps = {row["count"]: row["steps"] for row in r["rows"]}
+    assert all(e["steps"] == steps[e["count"]] for e in scored)
+    assert sum(e["stage"] == "generate" for e in events) == 2 * 3
+    json.dumps(r)
+
+
+def test_a_seed_gives_the_same_numbers_alone(result, tiny_checkpoint, folders):
+    """Seed 1 and count 2 on their own: the same cells, the same classifiers."""
+    again = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[1], **SETTINGS)
+    row, before = again["rows"][0], result[0]["rows"][0]["per_seed"][1]
+    assert row["per_seed"][0]["seed"] == before["seed"] == 1
+    for key in ("real", "augmented", "gain"):
+        assert row["per_seed"][0][key] == before[key]
+    assert row["real"]["accuracy_sd"] is None  # one seed: no spread
+
+
+def test_smaller_image_size_resizes_the_generated_cells(tiny_checkpoint, folders):
+    images = torch.rand(3, 16, 16).numpy() * 2 - 1
+    small = _resized(images, 8)
+    assert small.shape == (3, 8, 8) and small.dtype == "float32"
+    assert small.min() >= -1 and small.max() <= 1
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], image_size=8, **SETTINGS)
+    assert r["image_size"] == 8 and r["model_image_size"] == 16
+
+
+def test_stop_raises_without_a_result(tiny_checkpoint, folders):
+    from napari_atagan.slides.attention import Stopped
+
+    with pytest.raises(Stopped):
+        evaluate_augment(tiny_checkpoint, *folders, counts=[2], stop=lambda: True, **SETTINGS)
+
+
+def _translation_checkpoint(path):
+    """A file of the translation family (only its family matters here)."""
+    from napari_atagan.checkpoint import save_checkpoint
+    from napari_atagan.translate import TranslateConfig
+
+    for width in range(1, 10):
+        file = save_checkpoint(path, config=TranslateConfig(),
+                               modules={"attention": torch.nn.Linear(width, 3)})
+        # a safetensors header of 640, 896, 1152 or 1408 bytes begins like a pickle and
+        # is refused as one (napari_atagan.checkpoint._parse_tensors): avoid those here
+        if file.read_bytes()[:1] != b"\x80":
+            return file
+    raise AssertionError("no translation checkpoint with an unambiguous header")
+
+
+def _flat(root):
+    """A folder with the crops directly in it: no patterns."""
+    import shutil
+
+    cells = write_crops_folder(simulate_crops(3, size=32, patterns=PATTERNS[:1], seed=3),
+                               root / "one")
+    (root / "flat").mkdir()
+    for file in (cells / PATTERNS[0]).iterdir():
+        shutil.copy(file, root / "flat" / file.name)
+    return root / "flat"
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, tiny_data):
+    from tests.conftest import tiny_config
+    from napari_atagan.gan.training import run_to_end, train
+
+    root = tmp_path_factory.mktemp("augment_bad")
+    unlabelled = tiny_data.subset(slice(None))
+    unlabelled.labels, unlabelled.class_names = None, []
+    return {
+        "two": write_crops_folder(simulate_crops(6, size=32, patterns=PATTERNS[:2], seed=1),
+                                  root / "two"),
+        "four": write_crops_folder(simulate_crops(8, size=32, patterns=PATTERNS + ("Golgi",),
+                                                  seed=2), root / "four"),
+        "flat": _flat(root),
+        "uncond": run_to_end(train(tiny_config(steps=1), unlabelled, root / "uncond")).checkpoint,
+        "translate": _translation_checkpoint(root / "translate"),
+        "missing": root / "nowhere",
+    }
+
+
+def test_library_errors(tiny_checkpoint, folders, bad):
+    from napari_atagan.checkpoint import CheckpointError
+
+    real, test = folders
+    cases = [
+        (dict(real_folder=bad["two"]), "no cells of Centromere"),
+        (dict(test_folder=bad["four"]), "does not know: Golgi"),
+        (dict(test_folder=bad["missing"]), "does not exist"),
+        (dict(checkpoint=bad["uncond"]), "pattern-conditional"),
+        (dict(counts=[0]), "counts"),
+        (dict(seeds=[]), "seeds"),
+        (dict(epochs=0), "epochs"),
+        (dict(image_size=32), "larger than the model's 16"),
+    ]
+    for change, match in cases:
+        args = dict(checkpoint=tiny_checkpoint, real_folder=real, test_folder=test,
+                    counts=[2], **SETTINGS)
+        args.update(change)
+        with pytest.raises(ValueError, match=match):
+            evaluate_augment(**args)
+    with pytest.raises(CheckpointError, match="translation"):
+        evaluate_augment(bad["translate"], real, test, counts=[2], **SETTINGS)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _main(argv):
+    parser = argparse.ArgumentParser(prog="napari-atagan")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def test_cli_table_and_json(result, tiny_checkpoint, folders, tmp_path, capsys):
+    real, test = folders
+    report = tmp_path / "augment.json"
+    assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
+                  str(real), "--test", str(test), "--counts", "2", "--generated", "4",
+                  "--epochs", "1", "--seeds", "1", "--device", "cpu",
+                  "--json", str(report)]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("real/pattern"))
+    assert "real only" in header and "real+gen" in header and "gain" in header
+    assert "Homoge" in header and "NuMem" in header and "gain sd" not in header
+    assert "Homoge = Homogeneous" in out and "seed 1" in out
+    row = lines[lines.index(header) + 2].split()
+    saved = json.loads(report.read_text())
+    before = result[0]["rows"][0]["per_seed"][1]
+    assert saved["rows"][0]["per_seed"][0]["gain"] == before["gain"]
+    assert row[0] == "2" and int(row[1]) == saved["rows"][0]["steps"]
+    assert float(row[4]) == pytest.approx(saved["rows"][0]["gain"]["accuracy"], abs=5e-4)
+    assert "[2/2] 2 real cells per pattern, real + generated, seed 1: accuracy" in err
+    assert "results written to" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--real", "{missing}", "--test", "{test}"],
+    ["--real", "{real}", "--test", "{four}"],  # a pattern the model does not know
+    ["--real", "{two}", "--test", "{test}"],  # a pattern missing
+    ["--real", "{flat}", "--test", "{test}"],  # no pattern sub-folders
+    ["--real", "{real}", "--test", "{test}", "--checkpoint", "{translate}"],
+    ["--real", "{real}", "--test", "{test}", "--checkpoint", "{uncond}"],
+    ["--real", "{real}", "--test", "{test}", "--image-size", "64"],
+])
+def test_cli_user_errors_exit_2(argv, tiny_checkpoint, folders, bad, capsys):
+    fill = {k: str(v) for k, v in bad.items()}
+    fill.update(real=str(folders[0]), test=str(folders[1]))
+    head = ["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--counts", "2",
+            "--generated", "2", "--epochs", "1", "--device", "cpu"]
+    assert _main(head + [a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_states_the_engine_defaults():
+    parser = argparse.ArgumentParser(prog="napari-atagan")
+    evaluate = register(parser.add_subparsers(dest="command"))[0]
+    augment = evaluate._subparsers._group_actions[0].choices["augment"]
+    defaults = {a.dest: a.default for a in augment._actions}
+    assert defaults["counts"] == list(AUGMENT_COUNTS) and defaults["generated"] == AUGMENT_GENERATED
+    assert defaults["epochs"] == AUGMENT_EPOCHS and defaults["batch_size"] == AUGMENT_BATCH
+    text = augment.format_help()
+    for action in augment._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        if action.option_strings and action.dest != "help":
+            assert action.help
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["evaluate", "augment", "--checkpoint", "x", "--real", "y",
+                           "--test", "z", "--counts", "0"])
+    assert exc.value.code == 2
