@@ -1,9 +1,18 @@
-"""Memory-mapped arrays: handing the pages a process touched back to the system."""
+"""Memory-mapped arrays: scratch files for results too big for memory, and handing
+the pages a process touched back to the system."""
 
 from __future__ import annotations
 
+import math
 import mmap
+import os
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+SCRATCH_PIXELS = 1 << 27
+"""Results above this many pixels go to a scratch file (:func:`scratch_array`)."""
 
 
 def release_pages(array: Any) -> None:
@@ -28,3 +37,41 @@ def release_pages(array: Any) -> None:
         handle.madvise(mmap.MADV_DONTNEED)
     except (OSError, ValueError):
         pass
+
+
+class ScratchFolder:
+    """A private scratch folder in ``out_dir`` for maps too big for memory,
+    named by the process so that a later run can tell a killed run's leftovers."""
+
+    def __init__(self, out_dir: Path) -> None:
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(dir=out_dir, prefix=f".scratch-{os.getpid()}-")
+
+    def __enter__(self) -> Path:
+        return Path(self._dir.name)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._dir.cleanup()
+
+
+def remove_stale_scratch(out_dir: Path) -> None:
+    """Remove the scratch folders that killed processes left in ``out_dir``."""
+    import shutil
+
+    from ._atomic import _alive
+
+    for d in out_dir.glob(".scratch-*-*"):
+        pid = d.name.split("-")[1]
+        if d.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def scratch_array(shape: tuple[int, ...], scratch: Path, name: str, dtype: Any, *,
+                  above: int = SCRATCH_PIXELS) -> np.ndarray | None:
+    """A file-backed memmap in ``scratch`` for a result of more than ``above`` pixels;
+    ``None`` lets the engine allocate a smaller one (in page-locked memory on CUDA,
+    which the GPU fills fastest)."""
+    if math.prod(shape) <= above:
+        return None
+    return np.lib.format.open_memmap(scratch / name, mode="w+", dtype=dtype, shape=shape)

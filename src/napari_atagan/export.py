@@ -5,6 +5,8 @@
   TIFF flavour cannot hold; it is written as a standard TIFF instead (Fiji opens
   it through Bio-Formats).
 * Attention maps: ``float32`` ImageJ TIFF.
+* Images (e.g. a translated slide): their own dtype, ImageJ where the flavour
+  holds it (uint8, uint16, int16, float32), a standard TIFF otherwise.
 
 Both carry a JSON description of how they were made (checkpoint file, its format
 version, cell diameter, threshold, minimum size, software version, ...): in the
@@ -38,6 +40,8 @@ _IMAGEJ_MAX_BYTES = 2**32 - 2**25
 STREAM_BYTES = 2**28
 """Images larger than this (256 MB) are written band by band."""
 _BAND_BYTES = 2**25
+_IMAGEJ_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32))
+"""What the ImageJ TIFF flavour holds; other dtypes are written as standard TIFFs."""
 
 
 def save_labels_tiff(
@@ -69,6 +73,20 @@ def save_attention_tiff(
     return _write(path, attention, {**(metadata or {}), "kind": "attention"}, np.float32)
 
 
+def save_image_tiff(
+    path: str | os.PathLike, image: np.ndarray, *, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write a grey image (2-D, or a ``T, Y, X`` stack) in its own dtype.
+
+    uint8, uint16, int16 and float32 become ImageJ TIFFs; other numeric dtypes
+    (float64, int32, ...) a standard TIFF with the same JSON description.
+    """
+    image = image if isinstance(image, np.memmap) else np.asarray(image)
+    if image.dtype.kind not in "iuf":
+        raise ValueError(f"an image must be numeric, got dtype {image.dtype}")
+    return _write(path, image, {"kind": "image", **(metadata or {})}, image.dtype)
+
+
 def read_tiff_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata written by this module (``{}`` for other TIFF files)."""
     with tifffile.TiffFile(path) as tif:
@@ -93,7 +111,7 @@ def _write(path: str | os.PathLike, data: np.ndarray, metadata: dict[str, Any],
                       default=_json_default, sort_keys=True)
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(data.shape)) * dtype.itemsize
-    imagej = dtype != np.uint32 and nbytes < _IMAGEJ_MAX_BYTES
+    imagej = dtype in _IMAGEJ_DTYPES and nbytes < _IMAGEJ_MAX_BYTES
     options: dict[str, Any] = (
         {"imagej": True, "metadata": {"axes": "YX" if data.ndim == 2 else "TYX", "Info": info}}
         if imagej else

@@ -35,6 +35,7 @@ from .common import (
     CHANNEL_HELP,
     DEVICE_CHOICES,
     THRESHOLD_HELP,
+    TextProgress,
     channel_option,
     check_out_folder,
     diameter_or_auto,
@@ -152,7 +153,7 @@ def _one_slide(path: Path, options: Any) -> int:
         write_slides_csv(Path(options.out_dir) / SLIDES_CSV, [row])
         print(json.dumps({"skipped": str(path), "cells": row["cells"]}, indent=2))
         return 0
-    bar = _TextProgress("attention")
+    bar = TextProgress("attention")
     try:
         row = process_slide(path, options, ckpt, progress=bar)
     finally:
@@ -185,7 +186,7 @@ def _many_slides(slides: list[Path], options: Any, workers: int | None,
     load_checkpoint(options.checkpoint)  # a bad checkpoint is the run's mistake, not each slide's
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a clean stop, like Ctrl-C
-    bar = _TextProgress("slides")
+    bar = TextProgress("slides")
     done = None
     try:
         for event in run_archive(slides, options, workers=workers, scheduler=scheduler,
@@ -238,29 +239,3 @@ def open_image(path: Path) -> Any:
     from ..channels import open_image_file
 
     return open_image_file(path).data
-
-
-class _TextProgress:
-    """``label  37/120 (31%)`` on stderr, rewritten in place; quiet when not a terminal."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.tty = sys.stderr.isatty()
-        self.last = -1.0
-        self.shown = False
-
-    def __call__(self, done: int, total: int) -> None:
-        pct = 100.0 * done / max(total, 1)
-        if not self.tty and done < total:
-            return
-        if done < total and pct - self.last < 1.0:
-            return
-        self.last = pct
-        print(f"\r{self.label} {done}/{total} ({pct:.0f}%)", end="", file=sys.stderr,
-              flush=True)
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            print(file=sys.stderr)
-            self.shown = False

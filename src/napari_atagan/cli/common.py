@@ -145,3 +145,39 @@ def report_interrupted(command: str) -> int:
     """Say on stderr that ``command`` was interrupted and return exit code 130."""
     print(f"napari-atagan {command}: interrupted", file=sys.stderr)
     return EXIT_STOPPED
+
+
+def progress_bar(total: int, desc: str):
+    """A tqdm bar of steps on stderr (a line every 30 s when stderr is a log file)."""
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    # In a log file, a line every half minute instead of a redraw several times a second.
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=tty,
+                mininterval=0.1 if tty else 30.0, ascii=not tty)
+
+
+class TextProgress:
+    """``label  37/120 (31%)`` on stderr, rewritten in place; quiet when not a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.last = -1.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100.0 * done / max(total, 1)
+        if not self.tty and done < total:
+            return
+        if done < total and pct - self.last < 1.0:
+            return
+        self.last = pct
+        print(f"\r{self.label} {done}/{total} ({pct:.0f}%)", end="", file=sys.stderr,
+              flush=True)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
+            self.shown = False

@@ -24,6 +24,7 @@ from .common import (
     EXIT_STOPPED,
     non_negative_float,
     positive_int,
+    progress_bar,
     report_user_error,
 )
 
@@ -33,15 +34,6 @@ class UserError(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
-def _progress_bar(total: int, desc: str):
-    from tqdm import tqdm
-
-    tty = sys.stderr.isatty()
-    # In a log file, a line every half minute instead of a redraw several times a second.
-    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=tty,
-                mininterval=0.1 if tty else 30.0, ascii=not tty)
-
-
 def has_display() -> bool:
     """True where a napari window can open (a desktop, or an X/Wayland display)."""
     if sys.platform in ("darwin", "win32"):
@@ -135,7 +127,7 @@ def _run_train(args) -> int:
     changes["extra"] = {"command": " ".join(["napari-atagan", *sys.argv[1:]])}
     config = base.replace(**changes)
 
-    bar = _progress_bar(config.steps, "train")
+    bar = progress_bar(config.steps, "train")
     result = None
     try:
         for ev in train(config, data, args.out, resume=args.resume):
@@ -190,7 +182,7 @@ def _run_synth(args) -> int:
     from ..gan.synthesis import generate, write_dataset
 
     t0 = time.perf_counter()
-    bar = _progress_bar(args.n, "synth")
+    bar = progress_bar(args.n, "synth")
     try:
         syn = generate(args.checkpoint, args.n, pattern=args.pattern, seed=args.seed,
                        device=args.device, batch_size=args.batch_size,
@@ -361,9 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     from .attention import register as _add_attention
     from .evaluate import register as _add_evaluate
+    from .translate import register as _add_translate
 
     _add_attention(sub)
     _add_evaluate(sub)
+    _add_translate(sub)
     _add_export(sub)
     _add_simulate(sub)
     _add_demo(sub)

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import remove_stale_temporaries, write_text_atomically
+from .._memmap import SCRATCH_PIXELS, ScratchFolder, remove_stale_scratch, scratch_array
 
 __all__ = [
     "SLIDES_CSV",
@@ -78,7 +79,7 @@ SLIDE_COLUMNS = ("slide", "status", "cells", "median_area", "pattern", "confiden
                  "pattern_source", "cell_diameter", "seconds", "error")
 MAX_POOL_RESTARTS = 2
 """Fresh worker pools after a worker died, before the rest of the slides count as failed."""
-_MEMMAP_PIXELS = 1 << 27
+_MEMMAP_PIXELS = SCRATCH_PIXELS
 """Attention maps larger than this (512 MB of float32) are staged in a file, not in RAM."""
 _GLOB_CHARS = set("*?[")
 
@@ -268,8 +269,8 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
     tile_size = options.tile_size or default_tile_size(options.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = tuple(np.shape(image)[:3] if stack else np.shape(image)[:2])
-    with _scratch(out_dir) as scratch:
-        out = _allocate(shape, scratch, "attention.npy", np.float32)
+    with ScratchFolder(out_dir) as scratch:
+        out = scratch_array(shape, scratch, "attention.npy", np.float32, above=_MEMMAP_PIXELS)
         compute = slide_attention_stack if stack else slide_attention
         attention = compute(ckpt, image, cell_diameter=diameter, tile_size=tile_size,
                             device=options.device, progress=progress, out=out, stop=stop)
@@ -349,41 +350,6 @@ def failed_row(path: Path, message: str) -> dict[str, Any]:
             "seconds": "", "error": message}
 
 
-class _scratch:
-    """A private scratch folder in ``out_dir`` for maps too big for memory,
-    named by the process so that a later run can tell a killed run's leftovers."""
-
-    def __init__(self, out_dir: Path) -> None:
-        import tempfile
-
-        self._dir = tempfile.TemporaryDirectory(dir=out_dir, prefix=f".scratch-{os.getpid()}-")
-
-    def __enter__(self) -> Path:
-        return Path(self._dir.name)
-
-    def __exit__(self, *exc: Any) -> None:
-        self._dir.cleanup()
-
-
-def _remove_stale_scratch(out_dir: Path) -> None:
-    import shutil
-
-    from .._atomic import _alive
-
-    for d in out_dir.glob(".scratch-*-*"):
-        pid = d.name.split("-")[1]
-        if d.is_dir() and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _allocate(shape: tuple[int, ...], scratch: Path, name: str, dtype: Any) -> np.ndarray | None:
-    """A file-backed memmap for a large result; ``None`` lets the engine allocate a
-    smaller one (in page-locked memory on CUDA, which the GPU fills fastest)."""
-    if math.prod(shape) <= _MEMMAP_PIXELS:
-        return None
-    return np.lib.format.open_memmap(scratch / name, mode="w+", dtype=dtype, shape=shape)
-
-
 def _labels(attention: np.ndarray, image: Any, scratch: Path, outline: str,
             **options: Any) -> tuple[np.ndarray, str]:
     """Cell labels of the map (:func:`napari_atagan.slides.segment.label_cells`) and what
@@ -393,7 +359,8 @@ def _labels(attention: np.ndarray, image: Any, scratch: Path, outline: str,
     from .segment import label_cells
 
     if math.prod(attention.shape) > _MEMMAP_PIXELS:
-        out = _allocate(tuple(attention.shape), scratch, "labels.npy", np.uint32)
+        out = scratch_array(tuple(attention.shape), scratch, "labels.npy", np.uint32,
+                            above=_MEMMAP_PIXELS)
         used = "map" if outline == "map" else "map (the slide is too large to outline from)"
         return attention_to_labels_tiled(attention, out=out, **options), used
     return label_cells(np.asarray(attention), image, outline=outline, **options), outline
@@ -420,7 +387,7 @@ def run_archive(paths: Sequence[str | os.PathLike], options: ArchiveOptions, *,
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    _remove_stale_scratch(out_dir)
+    remove_stale_scratch(out_dir)
     total = len(paths)
     rows: dict[int, dict[str, Any]] = {}
     todo: list[int] = []
