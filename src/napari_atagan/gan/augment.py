@@ -13,6 +13,12 @@ run is reproducible and no work happens on the host between steps.
 * **Intensity jitter** (images only): a mild random gain and offset.
 
 The *same* geometric transform is applied to a cell and to its attention map.
+
+**Adaptive augmentation** (:class:`AdaptiveAugment`, StyleGAN2-ADA): when
+``ada_target > 0``, :meth:`Augmenter.move` applies the translation and zoom-out
+to every cell the adversarial loss shows the discriminator, real and generated
+alike, with a probability ``p`` that follows how overconfident D is on real cells.
+``p`` lives in a device tensor, so a captured CUDA graph reads its present value.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 
-__all__ = ["Augmenter", "dihedral", "dihedral_inverse", "affine", "border_level"]
+__all__ = ["AdaptiveAugment", "Augmenter", "ada_adjust", "affine", "border_level", "dihedral",
+           "dihedral_inverse"]
 
 
 def dihedral(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
@@ -175,20 +182,119 @@ class Augmenter:
             if maps is not None:
                 maps = dihedral(maps, k)
 
-        if geometric and (self.translate > 0 or self.zoom_min < 1) and self.p > 0:
-            apply = rand(b) < self.p
-            shift = (rand(b, 2) * 2 - 1) * self.translate
-            zoom = self.zoom_min + (1 - self.zoom_min) * rand(b)
-            sel = apply.view(-1, 1, 1, 1)
-            fill = border_level(images)
-            size = images.shape[-1]
-            images = torch.where(sel, affine(images, shift, zoom, fill, image_size=size), images)
-            if maps is not None:
-                moved = affine(maps, shift, zoom, 0.0, image_size=size)
-                maps = torch.where(sel, moved, maps)
+        if geometric and self.moves and self.p > 0:
+            images, maps = self._move(images, maps, self.p, generator)
 
         if self.intensity > 0:
             gain = 1 + (rand(b) * 2 - 1).view(-1, 1, 1, 1) * self.intensity
             offset = (rand(b) * 2 - 1).view(-1, 1, 1, 1) * self.intensity
             images = ((images + 1) * gain - 1 + offset).clamp(-1, 1)
         return images, maps
+
+    @property
+    def moves(self) -> bool:
+        """Whether translation or zoom-out is allowed at all."""
+        return self.translate > 0 or self.zoom_min < 1
+
+    def move(self, images: torch.Tensor, p: float | torch.Tensor, *,
+             generator: torch.Generator) -> torch.Tensor:
+        """Translate and zoom out each image with probability ``p`` (differentiable).
+
+        For adaptive augmentation: ``p`` may be a 0-d tensor on the device (read
+        at run time; a captured CUDA graph sees its present value). Random numbers
+        are drawn whatever ``p`` is, so the sequence does not depend on it.
+        """
+        if not self.moves:
+            return images
+        return self._move(images, None, p, generator)[0]
+
+    def _move(self, images: torch.Tensor, maps: torch.Tensor | None,
+              p: float | torch.Tensor, generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, dev = images.shape[0], images.device
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=generator, device=dev)
+
+        apply = rand(b) < p
+        shift = (rand(b, 2) * 2 - 1) * self.translate
+        zoom = self.zoom_min + (1 - self.zoom_min) * rand(b)
+        sel = apply.view(-1, 1, 1, 1)
+        fill = border_level(images)
+        size = images.shape[-1]
+        images = torch.where(sel, affine(images, shift, zoom, fill, image_size=size), images)
+        if maps is not None:
+            moved = affine(maps, shift, zoom, 0.0, image_size=size)
+            maps = torch.where(sel, moved, maps)
+        return images, maps
+
+
+def ada_adjust(p: float | torch.Tensor, r: float | torch.Tensor, target: float,
+               images: float | torch.Tensor, kimg: float) -> torch.Tensor:
+    """One adjustment of the adaptive probability: ``clip(p + sign(r - target) *
+    images / (kimg * 1000), 0, 1)``.
+
+    ``r`` is ``E[sign(D(real))]`` over the ``images`` real cells seen since the
+    last adjustment: near 1 when D calls almost every real cell real (it is
+    overfitting them), near 0 when it cannot tell. A D that stays overconfident
+    takes ``p`` from 0 to 1 in ``kimg`` thousand images; at ``r == target`` it stays.
+    """
+    p, r = torch.as_tensor(p, dtype=torch.float32), torch.as_tensor(r, dtype=torch.float32)
+    step = torch.sign(r - float(target)) * (torch.as_tensor(images, dtype=torch.float32)
+                                            / (float(kimg) * 1000.0))
+    return (p + step).clamp(0.0, 1.0)
+
+
+class AdaptiveAugment:
+    """The adaptive probability of :meth:`Augmenter.move` and what sets it.
+
+    Inside a training step :meth:`observe` adds up the signs of D's realness
+    logits on real cells (in device tensors, so a captured step can do it);
+    every ``interval`` steps, outside the step, :meth:`update` moves :attr:`p`
+    by :func:`ada_adjust` and starts counting afresh. Both work in place on
+    tensors that never change identity, for a CUDA graph captured once.
+
+    :meth:`state` and :meth:`load_state` carry ``p`` and the partial counts
+    through a checkpoint, so a resumed run continues as if never stopped.
+    """
+
+    def __init__(self, target: float, interval: int, kimg: float,
+                 device: torch.device | str, p: float = 0.0) -> None:
+        if not 0 < target < 1:
+            raise ValueError(f"the adaptive augmentation target must be in (0, 1), got {target}")
+        if interval < 1 or not kimg > 0:
+            raise ValueError(f"interval must be >= 1 and kimg > 0, got {interval} and {kimg}")
+        self.target, self.interval, self.kimg = float(target), int(interval), float(kimg)
+        self.p = torch.full((), float(p), device=device)
+        self.signs = torch.zeros((), device=device)
+        self.count = torch.zeros((), device=device)
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, device: torch.device | str) -> AdaptiveAugment:
+        return cls(config.ada_target, config.ada_interval, config.ada_kimg, device)
+
+    @torch.no_grad()
+    def observe(self, real_logits: torch.Tensor) -> None:
+        """Count D's verdicts on a batch of real cells (no host synchronisation)."""
+        self.signs.add_(torch.sign(real_logits.detach().float()).sum())
+        self.count.add_(real_logits.numel())
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move :attr:`p` once by the verdicts counted since the last update."""
+        r = self.signs / self.count.clamp_min(1.0)  # no cells counted: no move
+        self.p.copy_(ada_adjust(self.p, r, self.target, self.count, self.kimg))
+        self.signs.zero_()
+        self.count.zero_()
+
+    def state(self) -> torch.Tensor:
+        """``[p, sum of signs, count]`` for a checkpoint."""
+        return torch.stack([self.p, self.signs, self.count]).detach().clone()
+
+    def load_state(self, state: torch.Tensor) -> None:
+        state = state.to(self.p.device, torch.float32).reshape(-1)
+        if state.numel() != 3:
+            raise ValueError(f"adaptive augmentation state must hold 3 numbers, got {state.numel()}")
+        self.p.copy_(state[0])
+        self.signs.copy_(state[1])
+        self.count.copy_(state[2])

@@ -6,11 +6,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from ..checkpoint import GENERATOR_STATISTICS, Checkpoint, checkpoint_error, load_module_state
-from .models import Discriminator, Generator, standing_statistics
+from .models import (
+    Discriminator,
+    Generator,
+    discriminator_from_hparams,
+    generator_from_hparams,
+    standing_statistics,
+)
 
 __all__ = ["load_discriminator", "load_generator", "load_pattern_model"]
 
@@ -19,18 +27,20 @@ def load_generator(ckpt: Checkpoint, device: str | torch.device = "cpu", ema: bo
                    ) -> Generator:
     """The generator in eval mode: the moving average ``G_ema`` when stored
     (and ``ema`` is true), else the raw ``G``. A ``G_ema`` saved without
-    standing statistics gets them here."""
+    standing statistics gets them here. The stored ``arch`` picks the class
+    (``dcgan`` for files that name none)."""
     name = "G_ema" if ema and ckpt.has("G_ema") else "G"
     if not ckpt.has(name):
         raise checkpoint_error(ckpt.path, "contains no generator weights (no 'G.' tensors)")
     hparams = ckpt.hparams(name) or {
+        "arch": getattr(ckpt.config, "arch", "dcgan"),
         "z_dim": ckpt.config.z_dim,
         "channels": ckpt.config.g_channels,
         "image_size": ckpt.config.image_size,
         "n_classes": len(ckpt.class_names),
         "padding": ckpt.config.g_padding,
     }
-    model = _build(ckpt, Generator, hparams, name)
+    model = _build(ckpt, generator_from_hparams, hparams, name)
     load_module_state(model, ckpt.state_dict(name), what=f"generator ({name})", path=ckpt.path)
     model.to(device).eval()
     if name == "G_ema" and ckpt.metadata.get("generator_statistics") != GENERATOR_STATISTICS:
@@ -49,12 +59,13 @@ def load_discriminator(ckpt: Checkpoint, device: str | torch.device = "cpu") -> 
     if not ckpt.has("D"):
         raise checkpoint_error(ckpt.path, "contains no discriminator weights (no 'D.' tensors)")
     hparams = ckpt.hparams("D") or {
+        "arch": getattr(ckpt.config, "arch", "dcgan"),
         "channels": ckpt.config.d_channels,
         "image_size": ckpt.config.image_size,
         "n_classes": len(ckpt.class_names),
         "spectral_norm": ckpt.config.spectral_norm,
     }
-    model = _build(ckpt, Discriminator, hparams, "D")
+    model = _build(ckpt, discriminator_from_hparams, hparams, "D")
     load_module_state(model, ckpt.state_dict("D"), what="discriminator (D)", path=ckpt.path)
     return model.to(device).eval()
 
@@ -87,9 +98,12 @@ def load_pattern_model(ckpt: Checkpoint, device: str | torch.device = "cpu"
     return _PatternHead(disc).eval(), f"discriminator {conditioning} head"
 
 
-def _build(ckpt: Checkpoint, cls: type, hparams: dict, name: str) -> nn.Module:
+def _build(ckpt: Checkpoint, build: Callable[[dict], nn.Module], hparams: dict,
+           name: str) -> nn.Module:
+    """``build(hparams)``; a file whose stored architecture this version cannot
+    build (e.g. an ``arch`` it does not know) gets an error naming the file."""
     try:
-        return cls(**hparams)
+        return build(hparams)
     except (TypeError, ValueError) as exc:
         problem = f"cannot rebuild {name} from its stored architecture: {exc}"
         raise checkpoint_error(ckpt.path, problem) from exc

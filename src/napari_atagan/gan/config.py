@@ -15,6 +15,7 @@ TEACHERS = ("classifier", "mask", "none")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 CONDITIONINGS = ("projection", "auxiliary")
 G_PADDINGS = ("zeros", "reflect")
+ARCHS = ("dcgan", "resnet")
 
 
 @dataclass
@@ -26,6 +27,11 @@ class TrainConfig:
     """Side of the square crops the models see (64 default; 128 supported)."""
 
     # --- models -------------------------------------------------------------
+    arch: str = "dcgan"
+    """Network family: ``dcgan`` (the paper's plain conv stacks) or ``resnet``
+    (residual up-blocks in G; residual down-blocks without normalisation in D, which
+    keeps the same global pooling, realness unit and CAM). Widths, padding and
+    spectral normalisation mean the same for both."""
     z_dim: int = 100
     g_channels: tuple[int, ...] = (256, 128, 64, 32)
     """Generator widths after the 4x4 seed, one per nearest-x2 upsampling block."""
@@ -59,6 +65,20 @@ class TrainConfig:
     """Mild multiplicative/additive intensity jitter."""
     aug_p: float = 1.0
     """Probability that a real cell in the transfer batch gets translation/zoom."""
+    ada_target: float = 0.0
+    """Adaptive augmentation (as in StyleGAN2-ADA); 0 turns it off. When on, every
+    cell the adversarial loss shows D, real and generated alike, is also moved and
+    zoomed (``aug_translate``, ``aug_zoom_min``) with a probability ``p`` that starts
+    at 0 and follows D's overconfidence: ``r = E[sign(D(real))]`` over ``ada_interval``
+    steps raises ``p`` when above this target (0.6 is the usual choice) and lowers it
+    otherwise. Augmenting real and generated cells alike is what keeps the moves out
+    of the generator's cells (StyleGAN2-ADA found such transforms leak-free below a
+    probability of about 0.8). The transfer batch keeps ``aug_p``."""
+    ada_interval: int = 4
+    """Steps between two adjustments of the adaptive probability."""
+    ada_kimg: float = 100.0
+    """Thousands of real images after which a steadily overconfident D has taken the
+    adaptive probability from 0 to 1 (sets the speed of the adjustment)."""
 
     # --- optimisation ----------------------------------------------------------
     steps: int = 4000
@@ -66,6 +86,16 @@ class TrainConfig:
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     adam_betas: tuple[float, float] = (0.5, 0.999)
+    r1_gamma: float = 0.0
+    """R1 penalty ``gamma / 2 * |grad_x D(x)|^2`` on real cells (the realness logit as
+    D sees it, computed in float32 outside autocast); 0 turns it off. A penalty on
+    turns ``cuda_graph`` off: its second backward pass, on some steps only, does
+    not fit a captured step."""
+    r2_gamma: float = 0.0
+    """The same penalty on generated cells (R2); 0 turns it off."""
+    penalty_every: int = 1
+    """Apply R1/R2 every this many steps only (lazy regularisation), scaled by it so
+    the average strength is that of ``r1_gamma`` / ``r2_gamma`` every step."""
     ema_decay: float = 0.999
     seed: int = 0
 
@@ -98,6 +128,8 @@ class TrainConfig:
             raise ValueError(
                 f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}"
             )
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.g_padding not in G_PADDINGS:
             raise ValueError(f"g_padding must be one of {G_PADDINGS}, got {self.g_padding!r}")
         if self.device not in DEVICES:
@@ -111,7 +143,7 @@ class TrainConfig:
                 f"image_size {self.image_size} needs {_log2(self.image_size // 4)} generator "
                 f"blocks (g_channels), got {len(self.g_channels)}"
             )
-        for name in ("steps", "batch_size", "z_dim"):
+        for name in ("steps", "batch_size", "z_dim", "penalty_every", "ada_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.beta < 0:
@@ -120,12 +152,35 @@ class TrainConfig:
             raise ValueError(f"aug_zoom_min must be in (0, 1], got {self.aug_zoom_min}")
         if not 0 <= self.aug_p <= 1:
             raise ValueError(f"aug_p must be in [0, 1], got {self.aug_p}")
+        for name in ("r1_gamma", "r2_gamma"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
+        if not 0 <= self.ada_target < 1:
+            raise ValueError(
+                f"ada_target must be in [0, 1) (0 turns adaptive augmentation off, 0.6 is "
+                f"usual), got {self.ada_target}")
+        if not self.ada_kimg > 0:
+            raise ValueError(f"ada_kimg must be > 0, got {self.ada_kimg}")
+        if self.ada_target > 0 and self.aug_translate <= 0 and self.aug_zoom_min >= 1:
+            raise ValueError(
+                "ada_target > 0 adapts how often cells are moved and zoomed, but "
+                "aug_translate is 0 and aug_zoom_min is 1: allow a shift or a zoom-out")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     @property
     def effective_beta(self) -> float:
         return 0.0 if self.teacher == "none" else float(self.beta)
+
+    @property
+    def penalized(self) -> bool:
+        """Whether an R1 or R2 gradient penalty is on."""
+        return self.r1_gamma > 0 or self.r2_gamma > 0
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether adaptive augmentation (ADA) is on."""
+        return self.ada_target > 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

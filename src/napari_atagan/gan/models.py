@@ -18,6 +18,11 @@ Discriminator ``D``
     Everything up to the pooling is convolutional, so :meth:`Discriminator.features`
     runs on a whole slide at once (any size that is a multiple of ``D.stride``).
 
+``arch="resnet"`` (:class:`ResNetGenerator`, :class:`ResNetDiscriminator`) swaps
+both stacks for residual blocks (BigGAN / R3GAN style) and keeps every interface:
+same inputs and outputs, same stride, and D keeps its pooling, realness unit and
+CAM, so the soft-CAM, the attention transfer and slide attention work unchanged.
+
 A pattern-conditional model (``n_classes > 0``) feeds the label to ``G`` through
 class-conditional BatchNorm gains/biases in every block, so the label reaches
 every resolution while ``z`` alone sets the seed.  ``D`` gets an
@@ -38,13 +43,20 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 from .config import G_PADDINGS, TrainConfig
 
 __all__ = [
+    "AvgPool2x2",
     "ClassBatchNorm2d",
+    "DISCRIMINATORS",
     "Discriminator",
+    "GENERATORS",
     "Generator",
+    "ResNetDiscriminator",
+    "ResNetGenerator",
     "build_models",
     "count_parameters",
     "dense_discriminator",
     "describe_models",
+    "discriminator_from_hparams",
+    "generator_from_hparams",
     "init_weights",
     "recompute_batchnorm",
     "standing_statistics",
@@ -189,23 +201,34 @@ class Generator(nn.Module):
         self.n_classes = int(n_classes)
         self.padding = padding
 
-        seed_width = channels[0]
+        self._build_layers()
+        self.apply(init_weights)
+
+    arch = "dcgan"
+    """The network family (:data:`napari_atagan.gan.config.ARCHS`)."""
+
+    def _build_layers(self) -> None:
+        """Create the layers (a subclass builds another stack on the same interface)."""
+        seed_width = self.channels[0]
         # The pattern enters only through class-conditional BatchNorm. A class
         # embedding joined to z made the generator ignore z and draw one cell per
         # pattern (measured: sample diversity fell from 0.6 to 0.15 within 300 steps).
         self.seed = nn.Linear(self.z_dim, 4 * 4 * seed_width, bias=False)
         self.seed_norm = ClassBatchNorm2d(seed_width, self.n_classes)
-        widths = (seed_width, *channels)
+        widths = (seed_width, *self.channels)
         self.blocks = nn.ModuleList(
-            _UpBlock(c_in, c_out, self.n_classes, padding)
+            _UpBlock(c_in, c_out, self.n_classes, self.padding)
             for c_in, c_out in zip(widths[:-1], widths[1:])
         )
-        self.to_image = _conv3x3(channels[-1], 1, padding=padding)
-        self.apply(init_weights)
+        self.to_image = _conv3x3(self.channels[-1], 1, padding=self.padding)
 
     @property
     def hparams(self) -> dict:
-        """The constructor arguments, as plain JSON types (saved in checkpoints)."""
+        """The constructor arguments, as plain JSON types (saved in checkpoints).
+
+        The DCGAN generator stores no ``arch`` key, as in files written before
+        other families existed; :func:`generator_from_hparams` reads both.
+        """
         return {
             "z_dim": self.z_dim,
             "channels": list(self.channels),
@@ -226,6 +249,10 @@ class Generator(nn.Module):
                 f"got {tuple(z.shape)}"
             )
         labels = self._check_labels(labels, z.shape[0])
+        return self._decode(z, labels)
+
+    def _decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The image from checked noise and labels."""
         x = self.seed(z).view(z.shape[0], self.channels[0], 4, 4)
         x = F.relu(self.seed_norm(x, labels))
         for block in self.blocks:
@@ -414,9 +441,31 @@ class Discriminator(nn.Module):
         self.n_classes = int(n_classes)
         self.spectral_norm = bool(spectral_norm)
 
-        last = len(channels) - 1
-        widths = (1, *channels)
-        self.blocks = nn.ModuleList(
+        self.blocks = self._build_trunk()
+        self.feature_channels = channels[-1]
+        self.realness = nn.Linear(self.feature_channels, 1)
+        self.classifier = (
+            nn.Linear(self.feature_channels, self.n_classes) if self.n_classes else None
+        )
+        self.stride, self.receptive_field = _conv_geometry(self)
+        self._check_image_size()
+        self.apply(init_weights)
+        self._init_trunk()
+        if self.spectral_norm:
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    _spectral_norm(module)
+
+    arch = "dcgan"
+    """The network family (:data:`napari_atagan.gan.config.ARCHS`)."""
+
+    def _build_trunk(self) -> nn.ModuleList:
+        """The convolutional blocks from the image to the features ``A``, run in order
+        by :meth:`features`. A subclass builds another trunk; everything after it
+        (pooling, realness unit, pattern head, CAM) is shared."""
+        last = len(self.channels) - 1
+        widths = (1, *self.channels)
+        return nn.ModuleList(
             _DownBlock(
                 c_in,
                 c_out,
@@ -426,18 +475,9 @@ class Discriminator(nn.Module):
             )
             for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]))
         )
-        self.feature_channels = channels[-1]
-        self.realness = nn.Linear(self.feature_channels, 1)
-        self.classifier = (
-            nn.Linear(self.feature_channels, self.n_classes) if self.n_classes else None
-        )
-        self.stride, self.receptive_field = _conv_geometry(self)
-        self._check_image_size()
-        self.apply(init_weights)
-        if self.spectral_norm:
-            for module in self.modules():
-                if isinstance(module, (nn.Conv2d, nn.Linear)):
-                    _spectral_norm(module)
+
+    def _init_trunk(self) -> None:
+        """Initialise the trunk after the DCGAN initialisation of every layer (here: keep it)."""
 
     def _check_image_size(self) -> None:
         size = self.image_size
@@ -449,7 +489,8 @@ class Discriminator(nn.Module):
 
     @property
     def hparams(self) -> dict:
-        """The constructor arguments, as plain JSON types (saved in checkpoints)."""
+        """The constructor arguments, as plain JSON types (saved in checkpoints;
+        the DCGAN discriminator stores no ``arch`` key, as in older files)."""
         return {
             "channels": list(self.channels),
             "image_size": self.image_size,
@@ -558,11 +599,12 @@ def dense_discriminator(discriminator: Discriminator, stride: int) -> Discrimina
     dense = copy.deepcopy(discriminator)
     kept, dilation = 1, 1
     for module in dense.modules():
-        if not isinstance(module, nn.Conv2d):
+        if not isinstance(module, nn.Conv2d | AvgPool2x2):
             continue
         if dilation > 1:
             module.dilation = (module.dilation[0] * dilation, module.dilation[1] * dilation)
-            module.padding = (module.padding[0] * dilation, module.padding[1] * dilation)
+            if isinstance(module, nn.Conv2d):  # the pool pads by its dilation itself
+                module.padding = (module.padding[0] * dilation, module.padding[1] * dilation)
         step = module.stride[0]
         if step > 1 and kept * step > stride:
             module.stride = (1, 1)
@@ -574,14 +616,203 @@ def dense_discriminator(discriminator: Discriminator, stride: int) -> Discrimina
 
 
 def _conv_geometry(model: nn.Module) -> tuple[int, int]:
-    """Total stride and receptive field (pixels) of the model's conv stack, in order."""
+    """Total stride and receptive field (pixels) of the model's conv stack, in order.
+
+    Convolutions and :class:`AvgPool2x2` count, in the order they were registered
+    (for a residual block: the main path's convolutions, the 1x1 shortcut, then the
+    pool that follows their sum), so the field is that of the longest path.
+    """
     stride, field = 1, 1
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.Conv2d | AvgPool2x2):
             k, s = module.kernel_size[0], module.stride[0]
             field += (k - 1) * module.dilation[0] * stride
             stride *= s
     return stride, field
+
+
+# ---------------------------------------------------------------------------
+# residual networks (``arch="resnet"``)
+# ---------------------------------------------------------------------------
+
+
+class AvgPool2x2(nn.Module):
+    """2x2 average pooling that, like a convolution, has a stride and a dilation.
+
+    With the default stride 2 and dilation 1 it is ``F.avg_pool2d(x, 2)``. It
+    exists so that :func:`dense_discriminator` can turn it *a trous* as it turns
+    strided convolutions: stride 1 and dilation ``d`` average ``x[i]``,
+    ``x[i + d]`` (in both axes), zero beyond the bottom and right edge, so the
+    output keeps the input's size and holds the pooled cells of the strided
+    original at every ``d``-th position.
+    """
+
+    kernel_size = (2, 2)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stride = (2, 2)
+        self.dilation = (1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (2, 2) and self.dilation == (1, 1):
+            return F.avg_pool2d(x, 2)
+        dy, dx = self.dilation
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (0, dx, 0, dy))
+        out = (padded[..., :h, :w] + padded[..., dy:dy + h, :w]
+               + padded[..., :h, dx:dx + w] + padded[..., dy:dy + h, dx:dx + w]) * 0.25
+        return out[..., :: self.stride[0], :: self.stride[1]]
+
+
+class _ResUpBlock(nn.Module):
+    """Residual x2 up-block: (class-)BN, ReLU, nearest x2, 3x3 conv, (class-)BN,
+    ReLU, 3x3 conv; plus a 1x1-conv shortcut upsampled alike (BigGAN-style)."""
+
+    def __init__(self, c_in: int, c_out: int, n_classes: int, padding: str = "zeros") -> None:
+        super().__init__()
+        self.norm1 = ClassBatchNorm2d(c_in, n_classes)
+        self.conv1 = _conv3x3(c_in, c_out, bias=False, padding=padding)
+        self.norm2 = ClassBatchNorm2d(c_out, n_classes)
+        self.conv2 = _conv3x3(c_out, c_out, padding=padding)
+        self.shortcut = nn.Conv2d(c_in, c_out, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        h = F.interpolate(F.relu(self.norm1(x, labels)), scale_factor=2.0, mode="nearest")
+        h = self.conv2(F.relu(self.norm2(self.conv1(h), labels)))
+        # a 1x1 conv and nearest upsampling commute: convolve the smaller map
+        return h + F.interpolate(self.shortcut(x), scale_factor=2.0, mode="nearest")
+
+
+class ResNetGenerator(Generator):
+    """The generator built from residual up-blocks (``arch="resnet"``).
+
+    Same interface as :class:`Generator` (noise and labels in, one-channel images
+    in [-1, 1] out, ``len(channels) == log2(image_size / 4)``, padding honoured),
+    so synthesis and checkpoints treat both alike. The pattern still enters only
+    through class-conditional BatchNorm, now twice per block: the seed is a plain
+    linear map of ``z`` to 4x4, then each block doubles the size, and a last
+    (class-)BN, ReLU and 3x3 conv make the image.
+    """
+
+    arch = "resnet"
+
+    def _build_layers(self) -> None:
+        seed_width = self.channels[0]
+        self.seed = nn.Linear(self.z_dim, 4 * 4 * seed_width)
+        widths = (seed_width, *self.channels)
+        self.blocks = nn.ModuleList(
+            _ResUpBlock(c_in, c_out, self.n_classes, self.padding)
+            for c_in, c_out in zip(widths[:-1], widths[1:])
+        )
+        self.out_norm = ClassBatchNorm2d(self.channels[-1], self.n_classes)
+        self.to_image = _conv3x3(self.channels[-1], 1, padding=self.padding)
+
+    @property
+    def hparams(self) -> dict:
+        return {**super().hparams, "arch": self.arch}
+
+    def _decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        x = self.seed(z).view(z.shape[0], self.channels[0], 4, 4)
+        for block in self.blocks:
+            x = block(x, labels)
+        return torch.tanh(self.to_image(F.relu(self.out_norm(x, labels))))
+
+
+class _ResDownBlock(nn.Module):
+    """Residual down-block: [LeakyReLU], 3x3 conv, LeakyReLU, 3x3 conv, plus a
+    shortcut (1x1 conv where the width or size changes), then 2x2 average pooling
+    of the sum (pooling each path alike; no pooling in the last block). No
+    normalisation: D's output for one cell never depends on the rest of the batch.
+
+    The first block skips the leading activation (it sees the raw image); the
+    last block's sum is not activated, like the DCGAN discriminator's last conv,
+    because it is the CAM's feature map ``A``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, *, first: bool, down: bool) -> None:
+        super().__init__()
+        self.first = first
+        self.conv1 = _conv3x3(c_in, c_out)
+        self.conv2 = _conv3x3(c_out, c_out)
+        self.shortcut = (nn.Conv2d(c_in, c_out, kernel_size=1)
+                         if c_in != c_out or down else None)
+        self.pool = AvgPool2x2() if down else None  # registered last: see _conv_geometry
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.first else F.leaky_relu(x, LEAKY_SLOPE)
+        h = self.conv2(F.leaky_relu(self.conv1(h), LEAKY_SLOPE))
+        h = h + (x if self.shortcut is None else self.shortcut(x))
+        return h if self.pool is None else self.pool(h)
+
+
+class ResNetDiscriminator(Discriminator):
+    """The discriminator with a residual trunk (``arch="resnet"``).
+
+    Only the trunk differs from :class:`Discriminator`: one residual down-block
+    per width, every block but the last halving the resolution by average
+    pooling, LeakyReLU(0.2), no BatchNorm. Global average pooling, the one
+    realness unit, the pattern head, the (soft-)CAM and :func:`dense_discriminator`
+    are the same, and so are :attr:`stride` (``2 ** (len(channels) - 1)``, 8 for
+    4 widths) and the feature grid the training loop compares maps on.
+    ``spectral_norm`` normalises every conv and linear layer, as for DCGAN.
+
+    The trunk's convolutions start from He initialisation for LeakyReLU: without
+    normalisation, the DCGAN initialisation (N(0, 0.02)) would shrink the signal
+    about threefold per convolution.
+    """
+
+    arch = "resnet"
+
+    def _build_trunk(self) -> nn.ModuleList:
+        last = len(self.channels) - 1
+        widths = (1, *self.channels)
+        return nn.ModuleList(
+            _ResDownBlock(c_in, c_out, first=i == 0, down=i != last)
+            for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]))
+        )
+
+    def _init_trunk(self) -> None:
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Conv2d):
+                if module.kernel_size[0] == 1:
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
+                else:
+                    nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE,
+                                            nonlinearity="leaky_relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def hparams(self) -> dict:
+        return {**super().hparams, "arch": self.arch}
+
+
+GENERATORS: dict[str, type[Generator]] = {"dcgan": Generator, "resnet": ResNetGenerator}
+DISCRIMINATORS: dict[str, type[Discriminator]] = {
+    "dcgan": Discriminator, "resnet": ResNetDiscriminator}
+
+
+def _family(table: dict, arch: str, what: str) -> type:
+    if arch not in table:
+        raise ValueError(f"unknown {what} arch {arch!r}; choose one of {tuple(table)}")
+    return table[arch]
+
+
+def generator_from_hparams(hparams: dict) -> Generator:
+    """A generator built from stored constructor arguments; their ``arch``
+    (``dcgan`` when absent, as in older files) picks the class."""
+    hparams = dict(hparams)
+    cls = _family(GENERATORS, hparams.pop("arch", "dcgan"), "generator")
+    return cls(**hparams)
+
+
+def discriminator_from_hparams(hparams: dict) -> Discriminator:
+    """A discriminator built from stored constructor arguments (see
+    :func:`generator_from_hparams`)."""
+    hparams = dict(hparams)
+    cls = _family(DISCRIMINATORS, hparams.pop("arch", "dcgan"), "discriminator")
+    return cls(**hparams)
 
 
 # ---------------------------------------------------------------------------
@@ -593,16 +824,17 @@ def build_models(config: TrainConfig, n_classes: int) -> tuple[Generator, Discri
     """A freshly initialised (DCGAN init) generator and discriminator for ``config``.
 
     ``n_classes`` > 0 makes both pattern-conditional (G takes labels, D gets an
-    auxiliary classifier); 0 makes an unconditional pair.
+    auxiliary classifier); 0 makes an unconditional pair. ``config.arch`` picks
+    the family (the residual discriminator's trunk starts from He initialisation).
     """
-    generator = Generator(
+    generator = _family(GENERATORS, config.arch, "generator")(
         z_dim=config.z_dim,
         channels=config.g_channels,
         image_size=config.image_size,
         n_classes=n_classes,
         padding=config.g_padding,
     )
-    discriminator = Discriminator(
+    discriminator = _family(DISCRIMINATORS, config.arch, "discriminator")(
         channels=config.d_channels,
         image_size=config.image_size,
         n_classes=n_classes,

@@ -18,7 +18,10 @@ design notes ask for:
   and zoomed out (with the teacher map moved identically), so D learns where a
   cell is anywhere in a window, not only at the centre;
 * generator: non-saturating loss plus the pattern head on its cells;
-* an exponential moving average of the generator is kept for sampling.
+* an exponential moving average of the generator is kept for sampling;
+* optional: R1 / R2 gradient penalties on D (:func:`gradient_penalty`), and
+  adaptive augmentation of everything the adversarial loss shows D
+  (:class:`~napari_atagan.gan.augment.AdaptiveAugment`).
 
 All data lives on the training device and all randomness comes from one
 seeded ``torch.Generator``, so a run resumed from a checkpoint continues bit
@@ -50,7 +53,7 @@ from .attention import (
     teacher_maps,
     train_classifier,
 )
-from .augment import Augmenter
+from .augment import AdaptiveAugment, Augmenter
 from ..checkpoint import (
     GENERATOR_STATISTICS,
     load_checkpoint,
@@ -93,6 +96,7 @@ class _State:
     teacher: PatternClassifier | None = None
     teacher_info: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    ada: AdaptiveAugment | None = None
 
 
 def train(
@@ -145,8 +149,11 @@ def train(
         opt_D=torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=config.adam_betas, **fused),
         gen=torch.Generator(device=device),
         batch_size=config.batch_size,
+        ada=AdaptiveAugment.from_config(config, device) if config.adaptive else None,
     )
     state.gen.manual_seed(config.seed)
+    if config.penalized and config.cuda_graph and not config.compile and device.type == "cuda":
+        yield Message("R1/R2 penalty on: the training step runs without a CUDA graph")
 
     # The teacher's maps: computed once per cell, then moved with every augmentation.
     if resumed is not None:
@@ -198,6 +205,8 @@ def train(
             modules["teacher"] = state.teacher
         extra = {"rng.data": state.gen.get_state(),
                  "train.batch_size": torch.tensor([state.batch_size])}
+        if state.ada is not None:
+            extra["train.ada"] = state.ada.state()
         return save_checkpoint(
             ckpt_path, config=config, modules=modules, metadata=meta,
             optimizers={"G": state.opt_G, "D": state.opt_D}, extra_tensors=extra,
@@ -228,6 +237,8 @@ def train(
                     yield Message(f"out of GPU memory: batch size halved to {state.batch_size}")
                 continue
             state.step += 1
+            if state.ada is not None and state.step % config.ada_interval == 0:
+                state.ada.update()  # outside the step (and its graph), on the device
             if getattr(step_fn, "notice", None):
                 with clock.paused():
                     yield Message(step_fn.notice)
@@ -266,8 +277,28 @@ def train(
 
 # --------------------------------------------------------------------------- one step
 def _captured(config: TrainConfig, device: torch.device) -> bool:
-    """Whether the step is captured as a CUDA graph: on CUDA, unless it is compiled."""
-    return config.cuda_graph and not config.compile and device.type == "cuda"
+    """Whether the step is captured as a CUDA graph: on CUDA, unless it is compiled
+    or a gradient penalty is on (its double backward runs on some steps only, and
+    one captured graph replays the same work every step)."""
+    return (config.cuda_graph and not config.compile and device.type == "cuda"
+            and not config.penalized)
+
+
+def gradient_penalty(realness: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                     gamma: float) -> torch.Tensor:
+    """``gamma / 2 * E_x |grad_x realness(x)|^2``: R1 on real cells, R2 on generated ones.
+
+    ``realness`` maps a batch to its logits ``(B,)`` (as D sees them, pattern
+    term included). It runs in float32 with autocast off: under bf16 the
+    gradient would keep about three significant digits, and its square fewer.
+    The result keeps its graph (``create_graph``), so ``backward`` reaches D's
+    weights through the gradient (a double backward). ``x`` itself is not changed.
+    """
+    x = x.detach().float().requires_grad_(True)
+    with torch.autocast(x.device.type, enabled=False):
+        logits = realness(x).float()
+        (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        return 0.5 * float(gamma) * grad.square().flatten(1).sum(1).mean()
 
 
 def _make_step(config, state: _State, augment, images, labels, maps, n_classes, device):
@@ -289,6 +320,19 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
     ema_params, g_params = list(G_ema.parameters()), list(G.parameters())
     ema_buffers, g_buffers = list(G_ema.buffers()), list(G.buffers())
     assert len(ema_params) == len(g_params) and len(ema_buffers) == len(g_buffers)
+    ada = state.ada
+    penalties = {name: float(gamma) for name, gamma in
+                 (("r1", config.r1_gamma), ("r2", config.r2_gamma)) if gamma > 0}
+    every = int(config.penalty_every)
+    # the latest value of each penalty, reported on the steps between lazy ones
+    last_penalty = {name: torch.zeros((), device=device) for name in penalties}
+
+    def realness(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """D's realness logit as the adversarial loss sees it (eager D: a compiled
+        module cannot run a double backward)."""
+        logit, cls, _ = D(x)
+        logit = logit.float()
+        return logit + _own_pattern(cls, y) if projection else logit
 
     def step(ema_weight: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One step; ``ema_weight`` (default: from the step count) moves the average."""
@@ -309,6 +353,13 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
         # generated by what else is in the batch.
         with amp:
             fake = g_step(z, y_fake)
+        if ada is not None:
+            # the same moves, at the same adaptive rate, for real and generated cells
+            # (and the generator's step sees its cells moved as D saw them here)
+            # (in float32: bf16 sampling positions would be off by a tenth of a pixel)
+            real_adv = augment.move(real_adv, ada.p, generator=gen)
+            fake = augment.move(fake.float(), ada.p, generator=gen)
+        with amp:
             l_real, cls, _ = d_step(real_adv)
             l_fake, cls_fake, _ = d_step(fake.detach())
             if beta > 0:
@@ -319,6 +370,18 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
             l_fake = l_fake + _own_pattern(cls_fake, y_fake)
         loss_d = F.softplus(-l_real).mean() + F.softplus(l_fake).mean()
         out = {"d": loss_d.detach()}
+        if ada is not None:
+            ada.observe(l_real)
+            out["ada_p"] = ada.p.detach().clone()
+        if penalties and state.step % every == 0:
+            # lazy: every `every` steps, `every` times as strong
+            inputs = {"r1": (real_adv, y_real), "r2": (fake.detach(), y_fake)}
+            for name, gamma in penalties.items():
+                x, y = inputs[name]
+                penalty = gradient_penalty(lambda v, y=y: realness(v, y), x, gamma)
+                loss_d = loss_d + every * penalty
+                last_penalty[name] = penalty.detach()
+        out.update(last_penalty)
         if auxiliary:
             loss_cls = F.cross_entropy(cls.float(), y_real)
             loss_d = loss_d + loss_cls
@@ -577,6 +640,11 @@ def _restore(state: _State, ckpt, device) -> None:
     state.step = int(ckpt.step)
     if "train.batch_size" in ckpt.tensors:
         state.batch_size = int(ckpt.tensors["train.batch_size"][0])
+    if state.ada is not None:
+        if "train.ada" in ckpt.tensors:
+            state.ada.load_state(ckpt.tensors["train.ada"])
+        elif "ada_p" in ckpt.metadata.get("summary", {}):
+            state.ada.p.fill_(float(ckpt.metadata["summary"]["ada_p"]))
     timings = ckpt.metadata.get("timings", {})
     state.seconds = float(timings.get("seconds", 0.0))
     state.history = list(ckpt.metadata.get("summary", {}).get("history", []))
@@ -664,6 +732,7 @@ def _summary(state: _State, config: TrainConfig, final: bool) -> dict[str, Any]:
         "history": state.history[-200:],
         "teacher": {k: v for k, v in state.teacher_info.items()
                     if isinstance(v, int | float | str | bool | type(None))},
+        **({"ada_p": float(state.ada.p)} if state.ada is not None else {}),
     }
 
 
