@@ -112,6 +112,19 @@ def test_resume_continues_to_the_new_total(checkpoint, domains, tmp_path):
     assert resumed.config.extra == load_translator(checkpoint).config.extra
 
 
+def test_mask_weight_teaches_the_attention_with_the_masks(domains, tmp_path):
+    code, out, err = run_cli(train_args(domains, tmp_path / "run", "--steps", "2",
+                                        "--mask-weight", "1.5"))
+    assert code == 0, err
+    assert "learns from the cell masks" in err
+    translator = load_translator(out.strip())
+    assert translator.config.mask_weight == 1.5
+    assert "--mask-weight 1.5" in translator.config.extra["command"]
+    with pytest.raises(SystemExit) as exc:
+        run_cli(train_args(domains, tmp_path / "bad", "--mask-weight=-1"))
+    assert exc.value.code == 2
+
+
 def test_no_attention_trains_the_cyclegan_baseline(domains, tmp_path, slide_file):
     code, out, err = run_cli(train_args(domains, tmp_path / "run", "--steps", "2",
                                         "--no-attention"))

@@ -85,6 +85,7 @@ def slide():
     (dict(attention_threshold=1.5), "attention_threshold"),
     (dict(attention_freeze_after=0.0), "attention_freeze_after"),
     (dict(cycle_weight=-1.0), "cycle_weight"),
+    (dict(mask_weight=-0.5), "mask_weight"),
     (dict(lr=0.0), "lr must be > 0"),
     (dict(betas=(0.5, 1.5)), "betas"),
     (dict(batch_size=0), "batch_size"),
@@ -294,6 +295,23 @@ def test_the_cyclegan_baseline_trains_and_has_no_attention(domains, tmp_path, sl
     translated, attention = translate_image(translator, slide[:64, :80], device="cpu")
     assert attention.dtype == np.float32 and np.all(attention == 1.0)
     assert translated.shape == (64, 80) and np.isfinite(translated).all()
+
+
+def test_the_mask_teacher_pulls_the_attention_toward_the_cells(domains, tmp_path):
+    events = list(train_translation(tiny(mask_weight=5.0, steps=40, attention_freeze_after=1.0, lr=1e-3),
+                                    domains[0], domains[1], tmp_path))
+    texts = [e.text for e in events if isinstance(e, Message)]
+    assert any("learns from the cell masks of 'dim' and 'bright'" in t for t in texts), texts
+    mask_loss = [e.losses["mask"] for e in events if isinstance(e, Progress)]
+    assert len(mask_loss) == 40
+    assert np.mean(mask_loss[-8:]) < 0.8 * np.mean(mask_loss[:8])
+
+
+def test_the_mask_teacher_says_when_there_are_no_masks(domains, tmp_path):
+    images = [domains[2].images, domains[3].images]  # arrays: no masks
+    events = list(train_translation(tiny(mask_weight=1.0, steps=2), *images, tmp_path))
+    assert any("neither domain" in e.text for e in events if isinstance(e, Message))
+    assert all("mask" not in e.losses for e in events if isinstance(e, Progress))
 
 
 # --------------------------------------------------------------------------- apply

@@ -4,7 +4,7 @@
 
     napari-atagan translate train --a dim/ --b bright/ --out runs/dim2bright \\
         [--steps N] [--quick] [--set NAME=VALUE ...] [--no-attention] \\
-        [--resume CHECKPOINT] [--device auto] [--seed N]
+        [--mask-weight W] [--resume CHECKPOINT] [--device auto] [--seed N]
     napari-atagan translate apply --checkpoint runs/dim2bright/checkpoint.safetensors \\
         --image slide.tif --out results/ [--direction a2b|b2a] [--diameter PX|auto] \\
         [--channel N | --grey] [--tile-size N] [--device auto]
@@ -46,6 +46,7 @@ from .common import (
     check_file,
     check_out_folder,
     diameter_or_auto,
+    non_negative_float,
     non_negative_int,
     positive_int,
     read_slide,
@@ -105,6 +106,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
                    help="attention-guided translation (default); --no-attention trains the "
                         "plain CycleGAN baseline, which translates the whole image")
+    p.add_argument("--mask-weight", type=non_negative_float, default=None, metavar="W",
+                   help="teach the attention with the crops' cell masks, at this weight "
+                        "(e.g. 1; default 0: the attention learns without them)")
     p.add_argument("--seed", type=non_negative_int, default=None, metavar="N",
                    help="random seed (default: 0)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
@@ -195,6 +199,8 @@ def train_config(args: argparse.Namespace) -> tuple[Any, int]:
         changes["steps"] = args.steps
     if args.attention is not None:
         changes["attention"] = args.attention
+    if args.mask_weight is not None:
+        changes["mask_weight"] = args.mask_weight
     if args.seed is not None:
         changes["seed"] = args.seed
     for text in args.options:
@@ -231,6 +237,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--quick")
     if args.attention is not None:
         parts.append("--attention" if args.attention else "--no-attention")
+    if args.mask_weight is not None:
+        parts += ["--mask-weight", f"{args.mask_weight:g}"]
     if args.seed is not None:
         parts += ["--seed", str(args.seed)]
     if args.device != "auto":

@@ -62,6 +62,11 @@ class TranslateConfig:
     paper: 30 of 100 epochs); 1.0 never freezes them."""
     cycle_weight: float = 10.0
     """Weight of the L1 cycle-consistency loss (on the composed outputs)."""
+    mask_weight: float = 0.0
+    """Weight of a mask teacher for the attention networks: where a domain's crops
+    have cell masks, its attention is also pulled toward them (binary cross-entropy),
+    as ATA-GAN's mask teacher guides its discriminator's attention. 0 (the paper's
+    method): the attention learns from the adversarial and cycle losses alone."""
     aug_dihedral: bool = True
     """Random flips and quarter turns of the real crops (the symmetries of cells)."""
 
@@ -153,6 +158,8 @@ class TranslateConfig:
                              f"got {self.lr_decay_after}")
         if self.cycle_weight < 0:
             raise ValueError(f"cycle_weight must be >= 0, got {self.cycle_weight}")
+        if not self.mask_weight >= 0:
+            raise ValueError(f"mask_weight must be >= 0, got {self.mask_weight}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -168,7 +168,16 @@ def train_translation(
 
     images_a = torch.from_numpy(dom_a.images).to(device).unsqueeze(1)
     images_b = torch.from_numpy(dom_b.images).to(device).unsqueeze(1)
-    step_fn = _make_step(config, state, images_a, images_b, device)
+    masks = {}
+    if config.attention and config.mask_weight > 0:
+        for key, dom in (("a", dom_a), ("b", dom_b)):
+            if dom.has_masks:
+                masks[key] = torch.from_numpy(dom.masks).to(device, torch.float32).unsqueeze(1)
+        taught = [dom.name for key, dom in (("a", dom_a), ("b", dom_b)) if key in masks]
+        yield Message("the attention learns from the cell masks of "
+                      + (" and ".join(repr(n) for n in taught) if taught else
+                         "neither domain (no masks given): mask_weight has no effect"))
+    step_fn = _make_step(config, state, images_a, images_b, device, masks)
     fixed_a = images_a[_spread(dom_a.n, SAMPLES_PER_ROW)]
     fixed_b = images_b[_spread(dom_b.n, SAMPLES_PER_ROW)]
     metadata = _metadata_base(dom_a, dom_b, levels, device)
@@ -270,7 +279,11 @@ def train_translation(
 
 # --------------------------------------------------------------------------- one step
 def _make_step(config: TranslateConfig, state: _State, images_a: torch.Tensor,
-               images_b: torch.Tensor, device: torch.device):
+               images_b: torch.Tensor, device: torch.device,
+               masks: dict[str, torch.Tensor] | None = None):
+    """One training step. ``masks``: the cell masks of domain ``"a"`` and/or ``"b"``
+    (aligned with the images) that teach the attention (``config.mask_weight``)."""
+    masks = masks or {}
     nets = state.nets
     F_ab, F_ba, D_a, D_b = nets["F_ab"], nets["F_ba"], nets["D_a"], nets["D_b"]
     A_a, A_b = nets.get("A_a"), nets.get("A_b")
@@ -286,11 +299,19 @@ def _make_step(config: TranslateConfig, state: _State, images_a: torch.Tensor,
     def step() -> dict[str, torch.Tensor]:
         gen, bs = state.gen, state.batch_size
         _set_lr(state, config)
-        real_a = images_a[torch.randint(n_a, (bs,), device=device, generator=gen)]
-        real_b = images_b[torch.randint(n_b, (bs,), device=device, generator=gen)]
+        idx_a = torch.randint(n_a, (bs,), device=device, generator=gen)
+        idx_b = torch.randint(n_b, (bs,), device=device, generator=gen)
+        real_a, real_b = images_a[idx_a], images_b[idx_b]
+        # A domain's masks ride along as a second channel, so they turn with the crops.
+        if "a" in masks:
+            real_a = torch.cat([real_a, masks["a"][idx_a]], 1)
+        if "b" in masks:
+            real_b = torch.cat([real_b, masks["b"][idx_b]], 1)
         if config.aug_dihedral:
             real_a = _dihedral(real_a, gen)
             real_b = _dihedral(real_b, gen)
+        real_a, mask_true_a = real_a[:, :1], (real_a[:, 1:] if "a" in masks else None)
+        real_b, mask_true_b = real_b[:, :1], (real_b[:, 1:] if "b" in masks else None)
         frozen = state.frozen_at is not None
 
         # --- generators and attention networks (D is not trained here)
@@ -311,6 +332,13 @@ def _make_step(config: TranslateConfig, state: _State, images_a: torch.Tensor,
         loss_adv = _lsgan(D_b(seen_fake_b), 1.0) + _lsgan(D_a(seen_fake_a), 1.0)
         loss_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
         loss_g = loss_adv + config.cycle_weight * loss_cycle
+        loss_mask = None
+        for att, truth in ((att_a, mask_true_a), (att_b, mask_true_b)):
+            if att is not None and truth is not None:
+                term = F.binary_cross_entropy(att.float().clamp(1e-6, 1 - 1e-6), truth)
+                loss_mask = term if loss_mask is None else loss_mask + term
+        if loss_mask is not None and not frozen:
+            loss_g = loss_g + config.mask_weight * loss_mask
         opt_G.zero_grad(set_to_none=True)
         if opt_A is not None:
             opt_A.zero_grad(set_to_none=True)
@@ -331,6 +359,8 @@ def _make_step(config: TranslateConfig, state: _State, images_a: torch.Tensor,
         out = {"d": (loss_d_a + loss_d_b).detach(), "g": loss_adv.detach(),
                "cycle": loss_cycle.detach(), "d_a": loss_d_a.detach(),
                "d_b": loss_d_b.detach()}
+        if loss_mask is not None:
+            out["mask"] = loss_mask.detach()
         if att_a is not None:
             out["attention_a"] = att_a.detach().mean()
             out["attention_b"] = att_b.detach().mean()
