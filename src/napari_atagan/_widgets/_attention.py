@@ -43,6 +43,7 @@ from ._common import (
     Liveness,
     ProgressBar,
     Relay,
+    channel_text,
     checkpoint_edit,
     device_combo,
     dock_layout,
@@ -50,6 +51,7 @@ from ._common import (
     file_value,
     layer_choices,
     layer_named,
+    layer_slide,
     layers_of,
     notify_error,
     notify_info,
@@ -198,28 +200,6 @@ def check_image_layer(layer: Any) -> None:
         raise ValueError(f"layer '{layer.name}' is {layer.ndim}-D, shape "
                          f"{tuple(layer.data.shape)}: use a 2-D slide or a (T, Y, X) stack "
                          "(pick one channel / z plane first)")
-
-
-def layer_slide(layer: Any) -> tuple[Any, dict[str, Any]]:
-    """The grey data of an image layer and, for an RGB layer, which channel it is.
-
-    An RGB(A) layer is read through its stained channel, chosen on a sub-sample
-    (:func:`napari_atagan.channels.grey_view`); a grey layer is returned as it is.
-    """
-    if not layer.rgb:
-        return layer.data, {}
-    from napari_atagan.channels import grey_view
-
-    axes = "YXS" if len(layer.data.shape) == 3 else "TYXS"
-    return grey_view(layer.data, axes=axes)
-
-
-def channel_text(info: dict[str, Any]) -> str:
-    """``" (green channel)"`` for an RGB source, ``""`` for a grey one."""
-    if not info:
-        return ""
-    name = info.get("channel_name", "")
-    return f" ({name})" if name == "luminance" else f" ({name} channel)"
 
 
 class AttentionWidget(QWidget):

@@ -265,6 +265,38 @@ def crops_from_labels(image: np.ndarray, labels: np.ndarray, margin: float = 0.2
     return crops, masks
 
 
+def layer_slide(layer: Any) -> tuple[Any, dict[str, Any]]:
+    """The grey data of an image layer and, for an RGB layer, which channel it is.
+
+    An RGB(A) layer is read through its stained channel, chosen on a sub-sample
+    (:func:`napari_atagan.channels.grey_view`); a grey layer is returned as it is.
+    """
+    if not layer.rgb:
+        return layer.data, {}
+    from napari_atagan.channels import grey_view
+
+    axes = "YXS" if len(layer.data.shape) == 3 else "TYXS"
+    return grey_view(layer.data, axes=axes)
+
+
+def channel_text(info: dict[str, Any]) -> str:
+    """``" (green channel)"`` for an RGB source, ``""`` for a grey one."""
+    if not info:
+        return ""
+    name = info.get("channel_name", "")
+    return f" ({name})" if name == "luminance" else f" ({name} channel)"
+
+
+def duration_text(seconds: float) -> str:
+    """A time left for a status line: ``"40 s"``, ``"12 min"``, ``"1.5 h"``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 # --------------------------------------------------------------------------- threads
 class Relay(QObject):
     """Carries ``progress(done, total)`` calls from a worker thread to the GUI thread."""

@@ -41,6 +41,7 @@ from ._common import (
     device_combo,
     device_description,
     dock_layout,
+    duration_text,
     error_text,
     file_value,
     layer_choices,
@@ -377,7 +378,7 @@ class TrainWidget(QWidget):
         self.loss_plot.add(ev.step, shown)
         losses = ", ".join(f"{LossPlot.LABELS.get(k, k)} {v:.3f}" for k, v in shown.items())
         self.status.setText(f"step {ev.step}/{ev.total_steps}: {losses}\n"
-                            f"{ev.images_per_s:.0f} cells/s, about {_duration(ev.eta_s)} left")
+                            f"{ev.images_per_s:.0f} cells/s, about {duration_text(ev.eta_s)} left")
         if self._pbar is not None:  # last: it may handle further events while it redraws
             self._pbar.set(ev.step)
 
@@ -398,12 +399,3 @@ class TrainWidget(QWidget):
             self._set_running(False)
             if self.last_checkpoint is None:
                 self.status.setText("Idle (no checkpoint was written).")
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
