@@ -46,10 +46,11 @@ def grey(a: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def heat(a: np.ndarray) -> np.ndarray:
-    """A map in [0, max] as RGB with a perceptual dark-to-bright ramp."""
+def heat(a: np.ndarray, top: float | None = None) -> np.ndarray:
+    """A map in [0, top] (default: its max) as RGB with a perceptual dark-to-bright ramp."""
     a = np.asarray(a, np.float64)
-    a = a / a.max() if a.max() > 0 else a
+    top = a.max() if top is None else top
+    a = a / top if top > 0 else a
     pos = np.clip(a, 0, 1) * (len(_HEAT) - 1)
     i = np.minimum(pos.astype(int), len(_HEAT) - 2)
     f = (pos - i)[..., None]

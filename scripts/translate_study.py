@@ -1,0 +1,351 @@
+#!/usr/bin/env python
+"""Attention-guided translation of real I3A cells, beside the CycleGAN baseline.
+
+Two experiments on the cells of a split made by ``scripts/split_by_id.py``
+(training part to learn, validation part - other specimens - to score):
+
+* ``pattern``: Homogeneous <-> Speckled. Both stain the whole nucleus, so the
+  cell's outline and its background are the same in both domains and only the
+  texture inside must change; they are also the pair most often confused.
+* ``dim``: dim -> bright. A cell's contrast is the median grey level inside its
+  mask minus the median outside; the lowest quarter of the training cells (all
+  patterns) is domain A, the highest quarter domain B, and the validation cells
+  are cut at the same two levels.
+
+For each experiment the same networks train twice, with the attention (UAG-GAN)
+and without it (CycleGAN), with the same seed, and are scored on the validation
+cells of domain A (and of B for the pattern pair) at model scale:
+
+* background change: mean |x' - x| outside the true cell mask, as a fraction of
+  the grey range the two domains were mapped with (``lo``..``hi``);
+* success: for the pattern pair, the share of translated cells that a pattern
+  classifier (trained on the training part, 6 patterns, seed 0) calls the target
+  pattern; for dim -> bright, the median contrast of the translated cells against
+  the bright validation cells' median;
+* SWD (grey levels, Laplacian pyramid patches) and KID (classifier features) of
+  the translated cells against real validation cells of the target domain;
+* the learned attention against the true masks (pixel IoU of attention > 0.5),
+  beside the ATA-GAN discriminator's soft-CAM on the same crops (``--atagan``).
+
+Usage::
+
+    scripts/translate_study.py --split /path/split --out RUNS [--steps 2000] [--seed 0]
+        [--experiments pattern dim] [--atagan CKPT] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_atagan.data import load_folder, prepare_crop
+from napari_atagan.events import Finished, Progress, run_to_end
+from napari_atagan.metrics import classifier_features, kid, pixel_iou, sliced_wasserstein
+from napari_atagan.translate import TranslateConfig, load_domains, load_translator, train_translation
+from napari_atagan.translate.models import compose
+
+PAIR = ("Homogeneous", "Speckled")
+QUARTER = 0.25
+JUDGE_SIZE = 32
+"""The judging classifier sees cells at 32 px (ResNet-18 at 64 px is hours per epoch
+on a laptop CPU)."""
+JUDGE_EPOCHS = 4
+
+
+# --------------------------------------------------------------------------- data
+def _cells(folder: Path, patterns: list[str] | None = None):
+    """Raw crops, masks and pattern names of a split part (8-bit, as stored)."""
+    from skimage.io import imread
+
+    images, masks, names = [], [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if patterns and sub.name not in patterns:
+            continue
+        for f in sorted(sub.glob("[0-9]*.png")):
+            if f.stem.endswith(("_Mask", "_mask")):
+                continue
+            m = f.with_name(f"{f.stem}_Mask.png")
+            images.append(np.asarray(imread(f)))
+            masks.append(np.asarray(imread(m)) > 0)
+            names.append(sub.name)
+    return images, masks, names
+
+
+def contrast(image: np.ndarray, mask: np.ndarray) -> float:
+    """Median grey level inside the cell minus the median outside it."""
+    inside, outside = image[mask], image[~mask]
+    if not inside.size or not outside.size:
+        return float("nan")
+    return float(np.median(inside) - np.median(outside))
+
+
+def domains(split: Path, experiment: str) -> dict:
+    """Training and validation crops of domains A and B."""
+    if experiment == "pattern":
+        out = {}
+        for part in ("train", "val"):
+            for key, pattern in zip("ab", PAIR):
+                im, ma, _ = _cells(split / part, [pattern])
+                out[f"{part}_{key}"] = (im, ma)
+        out["names"] = PAIR
+        return out
+    if experiment != "dim":
+        raise SystemExit(f"unknown experiment {experiment!r}")
+    tr_im, tr_ma, _ = _cells(split / "train")
+    va_im, va_ma, _ = _cells(split / "val")
+    tr_c = np.array([contrast(i, m) for i, m in zip(tr_im, tr_ma)])
+    va_c = np.array([contrast(i, m) for i, m in zip(va_im, va_ma)])
+    lo, hi = np.nanquantile(tr_c, QUARTER), np.nanquantile(tr_c, 1 - QUARTER)
+
+    def pick(ims, mas, c, keep):
+        idx = np.flatnonzero(keep)
+        return [ims[i] for i in idx], [mas[i] for i in idx]
+
+    return {"train_a": pick(tr_im, tr_ma, tr_c, tr_c <= lo),
+            "train_b": pick(tr_im, tr_ma, tr_c, tr_c >= hi),
+            "val_a": pick(va_im, va_ma, va_c, va_c <= lo),
+            "val_b": pick(va_im, va_ma, va_c, va_c >= hi),
+            "names": ("dim", "bright"), "cut": [float(lo), float(hi)]}
+
+
+class _Set:
+    def __init__(self, images, masks):
+        self.images, self.masks = images, masks
+
+
+# --------------------------------------------------------------------------- models
+def classifier(split: Path, out: Path, device: str):
+    """The 6-pattern classifier that judges translated cells (trained once, seed 0)."""
+    from napari_atagan.gan.attention import PatternClassifier, train_classifier
+
+    path = out / "classifier.pt"
+    train = load_folder(split / "train", image_size=JUDGE_SIZE)
+    if path.is_file():
+        model = PatternClassifier(len(train.class_names))
+        model.load_state_dict(torch.load(path, weights_only=True))
+        info = json.loads((out / "classifier.json").read_text())
+        return model.eval(), train.class_names, info
+    t0 = time.time()
+    model, info = train_classifier(train, epochs=JUDGE_EPOCHS, device=device, seed=0)
+    info["seconds"] = time.time() - t0
+    val = load_folder(split / "val", image_size=JUDGE_SIZE)
+    info["val_part_accuracy"] = float(np.mean(_predict(model.cpu(), val.images) == val.labels))
+    torch.save(model.state_dict(), path)
+    (out / "classifier.json").write_text(json.dumps(info, indent=1, default=float))
+    return model.cpu().eval(), train.class_names, info
+
+
+@torch.no_grad()
+def _predict(model, images: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(np.asarray(images, np.float32))[:, None]
+    return np.concatenate([model(x[i:i + 256]).argmax(1).numpy() for i in range(0, len(x), 256)])
+
+
+VARIANTS = {"uag": dict(attention=True), "cyclegan": dict(attention=False),
+            "uagmask": dict(attention=True, mask_weight=1.0)}
+"""UAG-GAN as in the paper, the same networks without attention, and UAG-GAN whose
+attention is also taught by the training cells' masks."""
+
+
+def train_run(data: dict, run: Path, variant: str, steps: int, seed: int) -> Path:
+    ckpt = run / "checkpoint.safetensors"
+    resume = None
+    if ckpt.is_file():
+        if load_translator(ckpt).step >= steps:
+            return ckpt
+        resume = ckpt  # an interrupted run goes on (to the new total of steps)
+    config = TranslateConfig.quick(steps=steps, seed=seed, device="cpu", **VARIANTS[variant])
+
+    def show(ev):
+        if isinstance(ev, Progress) and ev.step % 200 == 0:
+            print(f"  {run.name} step {ev.step}/{ev.total_steps} "
+                  f"{ev.images_per_s:.1f} img/s", file=sys.stderr, flush=True)
+
+    done: Finished = run_to_end(train_translation(
+        config, _Set(*data["train_a"]), _Set(*data["train_b"]), run, resume=resume), show)
+    return done.checkpoint
+
+
+# --------------------------------------------------------------------------- scoring
+@torch.no_grad()
+def translate_crops(translator, x: np.ndarray, direction: str):
+    g, a = translator.networks(direction)
+    t = torch.from_numpy(x)[:, None]
+    outs, atts = [], []
+    for i in range(0, len(t), 128):
+        xb = t[i:i + 128]
+        att = a(xb) if a is not None else None
+        outs.append(compose(xb, att, g(xb))[:, 0].numpy())
+        atts.append(att[:, 0].numpy() if att is not None else np.ones_like(xb[:, 0].numpy()))
+    return np.concatenate(outs), np.concatenate(atts)
+
+
+def to_classifier(levels, crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Model-scale translated crops, back in grey levels, prepared as training crops."""
+    return np.stack([prepare_crop(levels.to_source(c), m, JUDGE_SIZE)[0]
+                     for c, m in zip(crops, masks)])
+
+
+def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str) -> dict:
+    tr = load_translator(ckpt)
+    levels = tr.levels
+    summary = tr.checkpoint.metadata.get("summary") or {}
+    res: dict = {"attention": tr.attention, "steps": tr.step,
+                 "train_seconds": summary.get("seconds"), "steps_per_s": summary.get("steps_per_s")}
+    directions = [("a2b", "val_a", "val_b", 1)] + ([("b2a", "val_b", "val_a", 0)]
+                                                    if exp == "pattern" else [])
+    for direction, src, dst, target_i in directions:
+        dom_s, dom_t, _ = load_domains(_Set(*data[src]), _Set(*data[dst]), image_size=64,
+                                       levels=levels)
+        x, m = dom_s.images, dom_s.masks.astype(bool)
+        y, att = translate_crops(tr, x, direction)
+        bg = ~m
+        change = np.abs(y - x)
+        r: dict = {
+            "n": int(len(x)),
+            "background_change": float(change[bg].mean() / 2),
+            "cell_change": float(change[m].mean() / 2),
+            "attention_iou": float(np.mean([pixel_iou(a > 0.5, mm) for a, mm in zip(att, m)])),
+            "attention_inside": float(att[m].mean()), "attention_outside": float(att[bg].mean()),
+        }
+        real_t = dom_t.images
+        r["swd"] = float(sliced_wasserstein(y, real_t, seed=0)[-1])
+        r["swd_identity"] = float(sliced_wasserstein(x, real_t, seed=0)[-1])
+        prep_y = to_classifier(levels, y, dom_s.masks)
+        prep_x = to_classifier(levels, x, dom_s.masks)
+        prep_t = to_classifier(levels, real_t, dom_t.masks)
+        f_y, f_x, f_t = (classifier_features(clf, p) for p in (prep_y, prep_x, prep_t))
+        size = min(len(f_y), len(f_t), 1000)
+        r["kid"] = float(kid(f_y, f_t, subset_size=size)[0])
+        r["kid_identity"] = float(kid(f_x, f_t, subset_size=size)[0])
+        if exp == "pattern":
+            target = class_names.index(PAIR[target_i])
+            r["target"] = PAIR[target_i]
+            r["success"] = float(np.mean(_predict(clf, prep_y) == target))
+            r["success_identity"] = float(np.mean(_predict(clf, prep_x) == target))
+            r["classifier_on_real_target"] = float(np.mean(_predict(clf, prep_t) == target))
+        else:
+            raw_x = [levels.to_source(c) for c in x]
+            raw_y = [levels.to_source(c) for c in y]
+            raw_t = [levels.to_source(c) for c in real_t]
+            c_y = np.array([contrast(c, mm) for c, mm in zip(raw_y, m)])
+            c_x = np.array([contrast(c, mm) for c, mm in zip(raw_x, m)])
+            c_t = np.array([contrast(c, mm.astype(bool)) for c, mm in zip(raw_t, dom_t.masks)])
+            r["contrast_input_median"] = float(np.median(c_x))
+            r["contrast_translated_median"] = float(np.median(c_y))
+            r["contrast_bright_median"] = float(np.median(c_t))
+            r["reaches_bright_median"] = float(np.mean(c_y >= np.median(c_t)))
+        res[direction] = r
+        np.savez_compressed(ckpt.parent / f"val_{direction}.npz", x=x[:16], y=y[:16],
+                            att=att[:16], m=m[:16])
+    return res
+
+
+def atagan_iou(ckpt_path: str, data: dict) -> float:
+    """Pixel IoU of an ATA-GAN discriminator's soft-CAM (cut at each map's Otsu
+    level, as ``evaluate attention`` does) against the true masks of the same
+    validation crops of domain A."""
+    from napari_atagan.gan.synthesis import crop_attention
+    from napari_atagan.metrics import threshold_map
+
+    images, masks = data["val_a"]
+    maps = crop_attention(ckpt_path, images, device="cpu")
+    return float(np.mean([pixel_iou(threshold_map(a), m) for a, m in zip(maps, masks)]))
+
+
+def figure(out: Path, exp: str, seed: int, direction: str = "a2b", n: int = 6) -> Path | None:
+    """Rows of validation cells: the input, then for each attention model its map
+    ("att") and output (UAG: UAG-GAN, UAG+m: with the mask teacher), the CycleGAN
+    output, and the |change| of each ("chg"), all on the run's one grey
+    scale (no per-panel stretch)."""
+    from _study_figures import _sheet, fit, heat
+
+    names = {"uag": "UAG", "uagmask": "UAG+m", "cyclegan": "Cycle"}
+    runs = {v: out / f"{exp}_{v}_s{seed}" / f"val_{direction}.npz" for v in names}
+    runs = {v: np.load(f) for v, f in runs.items() if f.is_file()}
+    if "cyclegan" not in runs or len(runs) < 2:
+        return None
+
+    def g(a):  # model units [-1, 1.5] -> grey, the same for every panel
+        u = np.clip((np.asarray(a) + 1.0) / 2.5, 0, 1)
+        return fit(np.repeat((u * 255).astype(np.uint8)[..., None], 3, axis=2))
+
+    def d(a, b):  # |change|, 0 .. half the grey range
+        return fit(heat(np.abs(a - b) / 2, top=0.5))
+
+    attended = [v for v in ("uag", "uagmask") if v in runs]
+    columns = ["input"]
+    for v in attended:
+        columns += [f"att {names[v]}", names[v]]
+    columns += ["Cycle"] + [f"chg {names[v]}" for v in (*attended, "cyclegan")]
+    first = runs["cyclegan"]
+    rows = []
+    for i in range(min(n, len(first["x"]))):
+        x = first["x"][i]
+        row = [g(x)]
+        for v in attended:
+            row += [fit(heat(runs[v]["att"][i], top=1.0)), g(runs[v]["y"][i])]
+        row += [g(first["y"][i])] + [d(runs[v]["y"][i], x) for v in (*attended, "cyclegan")]
+        rows.append(row)
+    labels = {"pattern": PAIR, "dim": ("dim", "bright")}[exp]
+    src, dst = (labels if direction == "a2b" else labels[::-1])
+    sheet = _sheet(rows, columns, [f"{src} {i + 1}" for i in range(len(rows))], left=118)
+    dest = out / f"translate_{exp}_{direction}.png"
+    sheet.save(dest)
+    print(f"figure: {dest} ({src} -> {dst})", file=sys.stderr)
+    return dest
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--experiments", nargs="+", default=["pattern", "dim"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--atagan", default=None, help="an ATA-GAN checkpoint for the CAM IoU")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--score-only", action="store_true")
+    p.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.train_only:
+        clf, names, clf_info = classifier(args.split, args.out, "cpu")
+        print(f"classifier: validation-part accuracy {clf_info.get('val_part_accuracy'):.3f}",
+              file=sys.stderr)
+    for exp in args.experiments:
+        data = domains(args.split, exp)
+        print(f"{exp}: train {len(data['train_a'][0])} / {len(data['train_b'][0])}, "
+              f"val {len(data['val_a'][0])} / {len(data['val_b'][0])}", file=sys.stderr)
+        for variant in args.variants:
+            run = args.out / f"{exp}_{variant}_s{args.seed}"
+            ckpt = run / "checkpoint.safetensors"
+            if not args.score_only:
+                ckpt = train_run(data, run, variant, args.steps, args.seed)
+            if not ckpt.is_file() or args.train_only:
+                continue
+            res = score(ckpt, data, clf, names, exp)
+            res.update(experiment=exp, variant=variant, seed=args.seed,
+                       domains=list(data["names"]), cut=data.get("cut"),
+                       classifier=clf_info, n_train=[len(data["train_a"][0]),
+                                                     len(data["train_b"][0])])
+            if args.atagan and variant != "cyclegan":
+                res["atagan_cam_iou"] = atagan_iou(args.atagan, data)
+            (run / "scores.json").write_text(json.dumps(res, indent=1, default=float))
+            print(json.dumps({k: v for k, v in res.items() if k != "classifier"},
+                             default=float), flush=True)
+        for direction in ("a2b", "b2a") if exp == "pattern" else ("a2b",):
+            figure(args.out, exp, args.seed, direction)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
