@@ -7,10 +7,10 @@ Two experiments on the cells of a split made by ``scripts/split_by_id.py``
 * ``pattern``: Homogeneous <-> Speckled. Both stain the whole nucleus, so the
   cell's outline and its background are the same in both domains and only the
   texture inside must change; they are also the pair most often confused.
-* ``dim``: dim -> bright. A cell's contrast is the median grey level inside its
+* ``dim`` / ``dimh``: dim -> bright. A cell's contrast is the median grey level inside its
   mask minus the median outside; the lowest quarter of the training cells (all
-  patterns) is domain A, the highest quarter domain B, and the validation cells
-  are cut at the same two levels.
+  patterns; ``dimh``: Homogeneous cells only) is domain A, the highest quarter
+  domain B, and the validation cells are cut at the same two levels.
 
 For each experiment the same networks train twice, with the attention (UAG-GAN)
 and without it (CycleGAN), with the same seed, and are scored on the validation
@@ -51,6 +51,9 @@ from napari_atagan.translate import TranslateConfig, load_domains, load_translat
 from napari_atagan.translate.models import compose
 
 PAIR = ("Homogeneous", "Speckled")
+DIM_PATTERN = "Homogeneous"
+"""``dimh`` cuts dim and bright within this pattern: its stain fills the nucleus, so a
+low contrast of the mask is a dim cell, not stain that lies outside the mask."""
 QUARTER = 0.25
 JUDGE_SIZE = 32
 """The judging classifier sees cells at 32 px (ResNet-18 at 64 px is hours per epoch
@@ -95,10 +98,11 @@ def domains(split: Path, experiment: str) -> dict:
                 out[f"{part}_{key}"] = (im, ma)
         out["names"] = PAIR
         return out
-    if experiment != "dim":
+    if experiment not in ("dim", "dimh"):
         raise SystemExit(f"unknown experiment {experiment!r}")
-    tr_im, tr_ma, _ = _cells(split / "train")
-    va_im, va_ma, _ = _cells(split / "val")
+    only = [DIM_PATTERN] if experiment == "dimh" else None
+    tr_im, tr_ma, _ = _cells(split / "train", only)
+    va_im, va_ma, _ = _cells(split / "val", only)
     tr_c = np.array([contrast(i, m) for i, m in zip(tr_im, tr_ma)])
     va_c = np.array([contrast(i, m) for i, m in zip(va_im, va_ma)])
     lo, hi = np.nanquantile(tr_c, QUARTER), np.nanquantile(tr_c, 1 - QUARTER)
@@ -293,7 +297,7 @@ def figure(out: Path, exp: str, seed: int, direction: str = "a2b", n: int = 6) -
             row += [fit(heat(runs[v]["att"][i], top=1.0)), g(runs[v]["y"][i])]
         row += [g(first["y"][i])] + [d(runs[v]["y"][i], x) for v in (*attended, "cyclegan")]
         rows.append(row)
-    labels = {"pattern": PAIR, "dim": ("dim", "bright")}[exp]
+    labels = {"pattern": PAIR, "dim": ("dim", "bright"), "dimh": ("dim", "bright")}[exp]
     src, dst = (labels if direction == "a2b" else labels[::-1])
     sheet = _sheet(rows, columns, [f"{src} {i + 1}" for i in range(len(rows))], left=118)
     dest = out / f"translate_{exp}_{direction}.png"
