@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +185,70 @@ class TextProgress:
         if self.shown:
             print(file=sys.stderr)
             self.shown = False
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event, what: str) -> Iterator[None]:
+    """Ctrl-C and SIGTERM set ``stop`` (a second Ctrl-C interrupts at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\n{what} (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    handlers: dict[int, Callable[..., Any] | int | None] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers[sig] = signal.signal(sig, ask)
+    try:
+        yield
+    finally:
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+
+
+def follow_training(events: Iterable[Any], total: int, desc: str, *, start: int = 0,
+                    losses: Mapping[str, str] | None = None) -> Any:
+    """Show a training run's events on stderr and return its ``Finished`` event.
+
+    The bar appears with the first event (a run refused while reading its data
+    shows only its error); ``start`` is the step a resumed run begins at, so the
+    rate and time left count this run's steps. ``losses`` maps the losses to show
+    to their short names (default: all, by their own names). The events are
+    closed at the end, also on an interruption: the engines then save a
+    complete checkpoint.
+    """
+    from ..events import CheckpointSaved, Finished, Message, Progress
+
+    bar = result = None
+    try:
+        for ev in events:
+            if bar is None:
+                bar = progress_bar(total, desc)
+                if start:
+                    bar.n = bar.initial = min(start, total)
+                    bar.refresh()
+            if isinstance(ev, Progress):
+                if ev.step < bar.n:  # resumed from an earlier step than shown: jump back
+                    bar.reset()
+                bar.update(ev.step - bar.n)
+                names = losses or {k: k for k in ev.losses}
+                shown = {short: f"{ev.losses[k]:.3f}" for k, short in names.items()
+                         if k in ev.losses}
+                bar.set_postfix(shown | {"img/s": f"{ev.images_per_s:.0f}"}, refresh=False)
+            elif isinstance(ev, Message):
+                bar.write(ev.text, file=sys.stderr)
+            elif isinstance(ev, CheckpointSaved):
+                bar.write(f"checkpoint: {ev.path} (step {ev.step})", file=sys.stderr)
+            elif isinstance(ev, Finished):
+                result = ev
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+        if bar is not None:
+            bar.close()
+    return result

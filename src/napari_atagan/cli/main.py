@@ -24,6 +24,7 @@ from .common import (
     EXIT_STOPPED,
     non_negative_float,
     positive_int,
+    follow_training,
     progress_bar,
     report_user_error,
 )
@@ -92,7 +93,7 @@ def _add_train(sub) -> None:
 def _run_train(args) -> int:
     from ..gan.config import TrainConfig, generator_channels
     from ..data import load_folder
-    from ..gan.training import CheckpointSaved, Finished, Message, Progress, train
+    from ..gan.training import train
 
     t0 = time.perf_counter()
     data = load_folder(args.data, image_size=args.image_size)
@@ -127,24 +128,8 @@ def _run_train(args) -> int:
     changes["extra"] = {"command": " ".join(["napari-atagan", *sys.argv[1:]])}
     config = base.replace(**changes)
 
-    bar = progress_bar(config.steps, "train")
-    result = None
-    try:
-        for ev in train(config, data, args.out, resume=args.resume):
-            if isinstance(ev, Progress):
-                if ev.step < bar.n:  # resumed: jump the bar
-                    bar.reset()
-                bar.update(ev.step - bar.n)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in ev.losses.items()}
-                                | {"img/s": f"{ev.images_per_s:.0f}"}, refresh=False)
-            elif isinstance(ev, Message):
-                bar.write(ev.text, file=sys.stderr)
-            elif isinstance(ev, CheckpointSaved):
-                bar.write(f"checkpoint: {ev.path} (step {ev.step})", file=sys.stderr)
-            elif isinstance(ev, Finished):
-                result = ev
-    finally:
-        bar.close()
+    result = follow_training(train(config, data, args.out, resume=args.resume), config.steps,
+                             "train")
     summary = dict(result.summary)
     summary.pop("history", None)
     summary["checkpoint"] = str(result.checkpoint)

@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +43,14 @@ from .common import (
     check_file,
     check_out_folder,
     diameter_or_auto,
+    follow_training,
     non_negative_float,
     non_negative_int,
     positive_int,
     read_slide,
     report_interrupted,
     report_user_error,
+    stop_on_signals,
 )
 
 TRANSLATED_SUFFIX = "_translated.tif"
@@ -136,38 +135,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..events import CheckpointSaved, Finished, Message, Progress
     from ..translate import train_translation
-    from .common import progress_bar
 
     check_out_folder(args.out)
     config, start = train_config(args)
     stop = threading.Event()
-    bar = result = None
     events = train_translation(config, args.a, args.b, args.out, resume=args.resume, stop=stop)
-    try:
-        with _stop_on_signals(stop, "stopping after the current step"):
-            for ev in events:
-                if bar is None:  # once the data is read: a bad folder gets only its error
-                    bar = progress_bar(config.steps, "translate")
-                    if start:  # the rate and ETA count this run's steps
-                        bar.n = bar.initial = min(start, config.steps)
-                        bar.refresh()
-                if isinstance(ev, Progress):
-                    bar.update(ev.step - bar.n)
-                    shown = {short: f"{ev.losses[k]:.3f}" for k, short in _LOSSES.items()
-                             if k in ev.losses}
-                    bar.set_postfix(shown | {"img/s": f"{ev.images_per_s:.0f}"}, refresh=False)
-                elif isinstance(ev, Message):
-                    bar.write(ev.text, file=sys.stderr)
-                elif isinstance(ev, CheckpointSaved):
-                    bar.write(f"checkpoint: {ev.path} (step {ev.step})", file=sys.stderr)
-                elif isinstance(ev, Finished):
-                    result = ev
-    finally:
-        events.close()  # closed early (a second Ctrl-C): it still saves a checkpoint
-        if bar is not None:
-            bar.close()
+    with stop_on_signals(stop, "stopping after the current step"):
+        result = follow_training(events, config.steps, "translate", start=start,
+                                 losses=_LOSSES)
     summary = result.summary
     if result.stopped:
         print(f"stopped at step {summary['steps']} of {summary['target_steps']}: the "
@@ -336,7 +312,7 @@ def _apply(args: argparse.Namespace) -> int:
     stop = threading.Event()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with _stop_on_signals(stop, "stopping"):
+        with stop_on_signals(stop, "stopping"):
             translated, attention, seconds = _translate(translator, image, channel_info, args,
                                                         diameter, stop, files, notes)
     except BaseException:
@@ -442,24 +418,3 @@ def save_translated_tiff(path: str | Path, translated: Any, *,
 
 
 # --------------------------------------------------------------------------- stopping
-@contextmanager
-def _stop_on_signals(stop: threading.Event, what: str) -> Iterator[None]:
-    """Ctrl-C and SIGTERM set ``stop`` (a second Ctrl-C interrupts at once)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def ask(signum: int, frame: Any) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.set()
-        print(f"\n{what} (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
-
-    handlers: dict[int, Callable[..., Any] | int | None] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        handlers[sig] = signal.signal(sig, ask)
-    try:
-        yield
-    finally:
-        for sig, previous in handlers.items():
-            signal.signal(sig, previous)
