@@ -351,6 +351,95 @@ class Liveness:
         self.stop.set()
 
 
+class TrainingRun:
+    """A dock widget's background training run: the worker, Stop, the napari
+    progress bar, and the events every training widget shows the same way
+    (messages and checkpoints on the status line, errors as notifications).
+
+    What differs between widgets comes as callbacks: ``on_progress(Progress)``
+    (which should call :meth:`set_step` last), ``on_samples(Samples)``,
+    ``on_done(Finished)``, ``set_running(bool)`` and ``on_idle()`` (the run
+    ended without a checkpoint).
+    """
+
+    def __init__(self, live: Liveness, status: QLabel, stop_button: QPushButton, title: str,
+                 stop: threading.Event, *, on_progress: Callable[[Any], None],
+                 on_samples: Callable[[Any], None], on_done: Callable[[Any], None],
+                 set_running: Callable[[bool], None],
+                 on_idle: Callable[[], None] | None = None) -> None:
+        self.live, self.status, self.stop_button, self.title = live, status, stop_button, title
+        self.stop_event = stop
+        self.on_progress, self.on_samples, self.on_done = on_progress, on_samples, on_done
+        self.set_running, self.on_idle = set_running, on_idle
+        self.worker: Any = None
+        self.last_checkpoint: Path | None = None
+        self._pbar: ProgressBar | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, function: Callable[..., Any], *args: Any, total: int, out_dir: Path) -> None:
+        """Run ``function(*args, stop_event)`` (a generator of events) in the background."""
+        self.stop_event.clear()
+        self.last_checkpoint = None
+        self._pbar = ProgressBar(total, self.title)
+        worker = run_generator(function, *args, self.stop_event)
+        worker.yielded.connect(self._on_event)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._pbar.close)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.set_running(True)
+        self.status.setText(f"Starting; writing to {out_dir}")
+        worker.start()
+
+    def stop(self) -> None:
+        """Ask the run to stop after the current step (pressing again does nothing more)."""
+        if not self.running:
+            return
+        self.stop_event.set()
+        self.stop_button.setEnabled(False)
+        self.status.setText("Stopping after the current step ...")
+
+    def set_step(self, step: int) -> None:
+        """Move the napari progress bar; last in ``on_progress``, as it may handle
+        further events while it redraws."""
+        if self._pbar is not None:
+            self._pbar.set(step)
+
+    def _on_event(self, event: Any) -> None:
+        from napari_atagan.events import CheckpointSaved, Finished, Message, Progress, Samples
+
+        if not self.live.alive:
+            return
+        if isinstance(event, Progress):
+            self.on_progress(event)
+        elif isinstance(event, Samples):
+            self.on_samples(event)
+        elif isinstance(event, Message):
+            self.status.setText(event.text)
+        elif isinstance(event, CheckpointSaved):
+            self.last_checkpoint = Path(event.path)
+            self.status.setText(f"checkpoint saved at step {event.step}: {event.path}")
+        elif isinstance(event, Finished):
+            self.last_checkpoint = Path(event.checkpoint)
+            self.on_done(event)
+
+    def _on_error(self, exc: BaseException) -> None:
+        notify_error(f"Training failed: {error_text(exc)}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._pbar = None
+        if self.live.alive:
+            self.set_running(False)
+            if self.last_checkpoint is None:
+                if self.on_idle is not None:
+                    self.on_idle()
+                self.status.setText("Idle (no checkpoint was written).")
+
+
 class ProgressBar:
     """A napari progress bar (activity dock) moved to absolute positions.
 

@@ -24,7 +24,6 @@ from napari_atagan.gan.config import quick_model_changes
 from napari_atagan.gan.config import TrainConfig, generator_channels
 from napari_atagan.data import CellData
 from napari_atagan.gan.training import (
-    CheckpointSaved,
     Event,
     Finished,
     Message,
@@ -36,7 +35,7 @@ from napari_atagan.gan.training import (
 from ._common import (
     Liveness,
     LossPlot,
-    ProgressBar,
+    TrainingRun,
     crops_from_labels,
     device_combo,
     device_description,
@@ -49,7 +48,6 @@ from ._common import (
     notify_info,
     push_button,
     put_image,
-    run_generator,
     status_label,
     tile_grid,
 )
@@ -171,10 +169,7 @@ class TrainWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.base_config = TrainConfig()
-        self.worker: Any = None
-        self.last_checkpoint: Path | None = None
         self.out_dir: Path | None = None
-        self._pbar: Any = None
         self._live = Liveness()
         self.destroyed.connect(self._live.dead)
 
@@ -186,6 +181,10 @@ class TrainWidget(QWidget):
             "Stop", self.stop, "Stop after the current step; a checkpoint is always saved.",
             enabled=False)
         self.status = status_label("Idle.")
+        self.run = TrainingRun(self._live, self.status, self.stop_button, "ATA-GAN training",
+                               self._live.stop, on_progress=self._on_progress,
+                               on_samples=self._show_samples, on_done=self._on_done,
+                               set_running=self._set_running)
         dock_layout(self, self.form.native, [self.start_button, self.stop_button],
                     self.loss_plot, self.status)
         self._update_source()
@@ -311,7 +310,17 @@ class TrainWidget(QWidget):
     # ------------------------------------------------------------------ run
     @property
     def is_running(self) -> bool:
-        return self.worker is not None
+        return self.run.running
+
+    @property
+    def worker(self) -> Any:
+        """The background worker of the run in progress (``None`` when idle)."""
+        return self.run.worker
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The newest checkpoint of the last run (``None`` before one is written)."""
+        return self.run.last_checkpoint
 
     def start(self) -> None:
         """Start training in a background thread (errors become notifications)."""
@@ -325,28 +334,13 @@ class TrainWidget(QWidget):
             return
         self.out_dir = file_value(self.out_folder.value) or default_run_folder()
         resume = file_value(self.resume.value)
-        self._live.stop.clear()
         self.loss_plot.clear()
-        self.last_checkpoint = None
-        self._pbar = ProgressBar(settings["steps"], "ATA-GAN training")
-        worker = run_generator(run_training, source, settings, self.base_config, self.out_dir,
-                               resume, self._live.stop)
-        worker.yielded.connect(self._on_event)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._pbar.close)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self._set_running(True)
-        self.status.setText(f"Starting; writing to {self.out_dir}")
-        worker.start()
+        self.run.start(run_training, source, settings, self.base_config, self.out_dir, resume,
+                       total=settings["steps"], out_dir=self.out_dir)
 
     def stop(self) -> None:
         """Ask training to stop after the current step (pressing again does nothing more)."""
-        if not self.is_running:
-            return
-        self._live.stop.set()
-        self.stop_button.setEnabled(False)
-        self.status.setText("Stopping after the current step ...")
+        self.run.stop()
 
     def _set_running(self, running: bool) -> None:
         self.form.enabled = not running
@@ -354,24 +348,11 @@ class TrainWidget(QWidget):
         self.stop_button.setEnabled(running)
 
     # ------------------------------------------------------------------ events
-    def _on_event(self, event: Any) -> None:
-        if not self._live.alive:
-            return
-        if isinstance(event, Progress):
-            self._on_progress(event)
-        elif isinstance(event, Samples):
-            self._show_samples(event)
-        elif isinstance(event, Message):
-            self.status.setText(event.text)
-        elif isinstance(event, CheckpointSaved):
-            self.last_checkpoint = Path(event.path)
-            self.status.setText(f"checkpoint saved at step {event.step}: {event.path}")
-        elif isinstance(event, Finished):
-            self.last_checkpoint = Path(event.checkpoint)
-            what = "stopped" if event.stopped else "finished"
-            steps = event.summary.get("steps")
-            self.status.setText(f"Training {what} at step {steps}.\nCheckpoint: {event.checkpoint}")
-            notify_info(f"ATA-GAN training {what} at step {steps}; checkpoint: {event.checkpoint}")
+    def _on_done(self, event: Finished) -> None:
+        what = "stopped" if event.stopped else "finished"
+        steps = event.summary.get("steps")
+        self.status.setText(f"Training {what} at step {steps}.\nCheckpoint: {event.checkpoint}")
+        notify_info(f"ATA-GAN training {what} at step {steps}; checkpoint: {event.checkpoint}")
 
     def _on_progress(self, ev: Progress) -> None:
         shown = {k: v for k, v in ev.losses.items() if k in ("d", "g", "at")}
@@ -379,8 +360,7 @@ class TrainWidget(QWidget):
         losses = ", ".join(f"{LossPlot.LABELS.get(k, k)} {v:.3f}" for k, v in shown.items())
         self.status.setText(f"step {ev.step}/{ev.total_steps}: {losses}\n"
                             f"{ev.images_per_s:.0f} cells/s, about {duration_text(ev.eta_s)} left")
-        if self._pbar is not None:  # last: it may handle further events while it redraws
-            self._pbar.set(ev.step)
+        self.run.set_step(ev.step)  # last: it may handle further events while it redraws
 
     def _show_samples(self, ev: Samples) -> None:
         columns = 6 if ev.labels is not None and len(ev.images) % 6 == 0 else None
@@ -388,14 +368,3 @@ class TrainWidget(QWidget):
         put_image(self.viewer, SAMPLES_LAYER, grid, colormap="gray",
                   contrast_limits=(-1.0, 1.0),
                   metadata={"step": int(ev.step), "n_cells": int(len(ev.images))})
-
-    def _on_error(self, exc: BaseException) -> None:
-        notify_error(f"Training failed: {error_text(exc)}")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._pbar = None
-        if self._live.alive:
-            self._set_running(False)
-            if self.last_checkpoint is None:
-                self.status.setText("Idle (no checkpoint was written).")

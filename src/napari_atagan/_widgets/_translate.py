@@ -32,7 +32,7 @@ from qtpy.QtGui import QColor, QImage, QPainter
 from qtpy.QtWidgets import QProgressBar, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from napari_atagan import __version__
-from napari_atagan.events import CheckpointSaved, Event, Finished, Message, Progress, Samples
+from napari_atagan.events import Event, Finished, Message, Progress, Samples
 from napari_atagan.slides.labels import DEFAULT_MIN_SIZE
 from napari_atagan.translate import SAMPLE_ROWS, TranslateConfig
 
@@ -41,6 +41,7 @@ from ._common import (
     LossPlot,
     ProgressBar,
     Relay,
+    TrainingRun,
     channel_text,
     device_combo,
     display_range,
@@ -58,7 +59,6 @@ from ._common import (
     put_image,
     put_labels,
     run_function,
-    run_generator,
     status_label,
 )
 
@@ -429,11 +429,8 @@ class TranslateWidget(QWidget):
         self.base_config = TranslateConfig()
         self.translator: Any = None
         self.apply_worker: Any = None
-        self.train_worker: Any = None
-        self.last_checkpoint: Path | None = None
         self.out_dir: Path | None = None
         self._apply_pbar: Any = None
-        self._train_pbar: Any = None
         self._live = Liveness()
         self._train_stop = threading.Event()
         self.destroyed.connect(self._live.dead)
@@ -675,6 +672,11 @@ class TranslateWidget(QWidget):
             "adversarial loss) and cycle (how well A → B → A gives A back); each curve is "
             "scaled to its own range.")
         self.train_status = status_label("Idle.")
+        self.run = TrainingRun(self._live, self.train_status, self.train_stop_button,
+                               "translation training", self._train_stop,
+                               on_progress=self._on_progress, on_samples=self._show_samples,
+                               on_done=self._on_done, set_running=self._set_running,
+                               on_idle=lambda: self.progress_bar.setFormat("idle"))
         page = QWidget()
         dock_layout(page, self.train_form.native, [self.start_button, self.train_stop_button],
                     self.progress_bar, self.preview, self.loss_plot, self.train_status)
@@ -745,7 +747,17 @@ class TranslateWidget(QWidget):
     @property
     def is_running(self) -> bool:
         """Whether a training run is in progress."""
-        return self.train_worker is not None
+        return self.run.running
+
+    @property
+    def train_worker(self) -> Any:
+        """The background worker of the training run in progress (``None`` when idle)."""
+        return self.run.worker
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The newest checkpoint of the last training run (``None`` before one is written)."""
+        return self.run.last_checkpoint
 
     def start(self) -> None:
         """Start training in a background thread (errors become notifications)."""
@@ -758,52 +770,22 @@ class TranslateWidget(QWidget):
             notify_error(error_text(exc))
             return
         self.out_dir = file_value(self.out_folder.value) or default_run_folder()
-        self._train_stop.clear()
         self.loss_plot.clear()
         self.preview.clear()
-        self.last_checkpoint = None
-        self._train_pbar = ProgressBar(config.steps, "translation training")
         self.progress_bar.setRange(0, config.steps)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("starting ...")
-        worker = run_generator(run_translation_training, a, b, config, self.out_dir,
-                               self._train_stop)
-        worker.yielded.connect(self._on_event)
-        worker.errored.connect(self._on_train_error)
-        worker.finished.connect(self._train_pbar.close)
-        worker.finished.connect(self._on_train_finished)
-        self.train_worker = worker
-        self._set_running(True)
-        self.train_status.setText(f"Starting; writing to {self.out_dir}")
-        worker.start()
+        self.run.start(run_translation_training, a, b, config, self.out_dir,
+                       total=config.steps, out_dir=self.out_dir)
 
     def stop(self) -> None:
         """Ask training to stop after the current step (pressing again does nothing more)."""
-        if not self.is_running:
-            return
-        self._train_stop.set()
-        self.train_stop_button.setEnabled(False)
-        self.train_status.setText("Stopping after the current step ...")
+        self.run.stop()
 
     def _set_running(self, running: bool) -> None:
         self.train_form.enabled = not running
         self.start_button.setEnabled(not running)
         self.train_stop_button.setEnabled(running)
-
-    def _on_event(self, event: Any) -> None:
-        if not self._live.alive:
-            return
-        if isinstance(event, Progress):
-            self._on_progress(event)
-        elif isinstance(event, Samples):
-            self._show_samples(event)
-        elif isinstance(event, Message):
-            self.train_status.setText(event.text)
-        elif isinstance(event, CheckpointSaved):
-            self.last_checkpoint = Path(event.path)
-            self.train_status.setText(f"checkpoint saved at step {event.step}: {event.path}")
-        elif isinstance(event, Finished):
-            self._on_done(event)
 
     def _on_progress(self, ev: Progress) -> None:
         shown = {k: v for k, v in ev.losses.items() if k in TRANSLATE_LOSSES}
@@ -815,8 +797,7 @@ class TranslateWidget(QWidget):
         self.progress_bar.setRange(0, ev.total_steps)
         self.progress_bar.setValue(ev.step)
         self.progress_bar.setFormat(f"step %v of %m · about {left} left")
-        if self._train_pbar is not None:  # last: it may handle further events while it redraws
-            self._train_pbar.set(ev.step)
+        self.run.set_step(ev.step)  # last: it may handle further events while it redraws
 
     def _show_samples(self, ev: Samples) -> None:
         grid = sample_grid(ev.images, ev.labels)
@@ -826,7 +807,6 @@ class TranslateWidget(QWidget):
         self.preview.show_samples(grid, side, ev.step)
 
     def _on_done(self, event: Finished) -> None:
-        self.last_checkpoint = Path(event.checkpoint)
         what = "stopped" if event.stopped else "finished"
         steps = event.summary.get("steps")
         self.progress_bar.setFormat(f"{what} at step {steps}")
@@ -838,18 +818,6 @@ class TranslateWidget(QWidget):
             self.checkpoint.value = self.last_checkpoint
         notify_info(f"Translation training {what} at step {steps}; checkpoint: "
                     f"{event.checkpoint}")
-
-    def _on_train_error(self, exc: BaseException) -> None:
-        notify_error(f"Training failed: {error_text(exc)}")
-
-    def _on_train_finished(self) -> None:
-        self.train_worker = None
-        self._train_pbar = None
-        if self._live.alive:
-            self._set_running(False)
-            if self.last_checkpoint is None:
-                self.progress_bar.setFormat("idle")
-                self.train_status.setText("Idle (no checkpoint was written).")
 
 
 def _label_of(choices: list[tuple[str, str]], value: str) -> str:
