@@ -219,6 +219,7 @@ def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str) -> dict
             "attention_inside": float(att[m].mean()), "attention_outside": float(att[bg].mean()),
         }
         real_t = dom_t.images
+        r["classic_iou"] = classic_iou(x, m)
         r["swd"] = float(sliced_wasserstein(y, real_t, seed=0)[-1])
         r["swd_identity"] = float(sliced_wasserstein(x, real_t, seed=0)[-1])
         prep_y = to_classifier(levels, y, dom_s.masks)
@@ -249,6 +250,43 @@ def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str) -> dict
         np.savez_compressed(ckpt.parent / f"val_{direction}.npz", x=x[:16], y=y[:16],
                             att=att[:16], m=m[:16])
     return res
+
+
+def _diameter(mask: np.ndarray) -> float:
+    return float(2.0 * np.sqrt(mask.sum() / np.pi))
+
+
+def classic_iou(crops: np.ndarray, masks: np.ndarray) -> float:
+    """Pixel IoU of the model-free pipeline (smoothed Otsu, holes filled, small objects
+    dropped, touching cells split at the known diameter) against the true masks: what
+    an attention map must beat to be worth learning."""
+    from napari_atagan.slides.segment import classic_labels
+
+    d = float(np.median([_diameter(mm) for mm in masks if mm.any()]))
+    return float(np.mean([pixel_iou(classic_labels(c, d) > 0, mm) for c, mm in zip(crops, masks)]))
+
+
+def real_slide(ckpt: Path, folder: Path, direction: str = "a2b") -> dict:
+    """The translator on a real fluorescence slide with labelled nuclei (other
+    laboratory, other microscope): background and cell change at the slide's own
+    median nucleus diameter, and the attention against the labels beside the
+    model-free pipeline's cells."""
+    import tifffile
+    from napari_atagan.slides.segment import classic_labels
+    from napari_atagan.translate import translate_image
+
+    image = tifffile.imread(folder / "nuclei.tif")
+    cells = tifffile.imread(folder / "nuclei_labels.tif") > 0
+    from skimage.measure import label, regionprops
+
+    d = float(np.median([r.equivalent_diameter_area for r in regionprops(label(cells))]))
+    tr = load_translator(ckpt)
+    y, att = translate_image(tr, image, direction=direction, cell_diameter=d, device="cpu")
+    change = np.abs(y.astype(np.float64) - image) / (tr.levels.hi - tr.levels.lo)
+    return {"diameter": d, "background_change": float(change[~cells].mean()),
+            "cell_change": float(change[cells].mean()),
+            "attention_iou": float(pixel_iou(att > 0.5, cells)),
+            "classic_iou": float(pixel_iou(classic_labels(image, d) > 0, cells))}
 
 
 def atagan_iou(ckpt_path: str, data: dict) -> float:
@@ -316,6 +354,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--atagan", default=None, help="an ATA-GAN checkpoint for the CAM IoU")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--real-slide", type=Path, default=None,
+                   help="a folder with nuclei.tif and nuclei_labels.tif: the pattern models "
+                        "are also applied to that real slide")
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
     args = p.parse_args(argv)
@@ -341,6 +382,8 @@ def main(argv=None) -> int:
                        domains=list(data["names"]), cut=data.get("cut"),
                        classifier=clf_info, n_train=[len(data["train_a"][0]),
                                                      len(data["train_b"][0])])
+            if args.real_slide and exp == "pattern":
+                res["real_slide"] = real_slide(ckpt, args.real_slide)
             if args.atagan and variant != "cyclegan":
                 res["atagan_cam_iou"] = atagan_iou(args.atagan, data)
             (run / "scores.json").write_text(json.dumps(res, indent=1, default=float))
