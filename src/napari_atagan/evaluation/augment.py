@@ -21,7 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import _pattern_accuracy, _real_cells_for, _train_pattern_classifier
+from .evaluate import (
+    _pattern_accuracy,
+    _pattern_names,
+    _real_cells_for,
+    _train_pattern_classifier,
+)
 
 __all__ = ["AUGMENT_BATCH", "AUGMENT_COUNTS", "AUGMENT_EPOCHS", "AUGMENT_GENERATED",
            "evaluate_augment"]
@@ -139,12 +144,7 @@ def evaluate_augment(
         if _whole(value) is None or int(value) < low:
             raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
     ckpt = as_checkpoint(checkpoint)
-    names = list(ckpt.class_names)
-    if len(names) < 2:
-        raise ValueError(
-            f"{ckpt.path.name} knows {len(names)} staining pattern(s): measuring the benefit of "
-            "generated cells needs a pattern-conditional model (trained on cells sorted into at "
-            "least 2 pattern sub-folders)")
+    names = _pattern_names(ckpt, "measuring the benefit of generated cells needs")
     model_size = int(ckpt.config.image_size)
     size = model_size if image_size is None else _image_size(image_size, model_size)
     for folder in (real_folder, test_folder):  # both, before reading a large one

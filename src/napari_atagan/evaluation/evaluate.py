@@ -464,12 +464,7 @@ def train_on_synthetic(
     t0 = time.perf_counter()
     _check_tstr_numbers(n_per_pattern, epochs, limit_real, batch_size)
     ckpt = as_checkpoint(checkpoint)
-    names = list(ckpt.class_names)
-    if len(names) < 2:
-        raise ValueError(
-            f"{ckpt.path.name} knows {len(names)} staining pattern(s): train-on-synthetic "
-            "needs a pattern-conditional model (trained on cells sorted into at least 2 "
-            "pattern sub-folders)")
+    names = _pattern_names(ckpt, "train-on-synthetic needs")
     size = int(ckpt.config.image_size)
     real = _real_cells_for(load_folder(real_folder, image_size=size), names, real_folder,
                            limit_real)
@@ -518,6 +513,18 @@ def train_on_synthetic(
         "chance": 1.0 / len(names),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _pattern_names(ckpt: Any, purpose: str) -> list[str]:
+    """The staining patterns a checkpoint generates; ``ValueError`` (saying that
+    ``purpose`` needs a pattern-conditional model) when it knows fewer than 2."""
+    names = list(ckpt.class_names)
+    if len(names) < 2:
+        raise ValueError(
+            f"{ckpt.path.name} knows {len(names)} staining pattern(s): {purpose} a "
+            "pattern-conditional model (trained on cells sorted into at least 2 pattern "
+            "sub-folders)")
+    return names
 
 
 def _check_tstr_numbers(n_per_pattern: int, epochs: int, limit_real: int | None,
