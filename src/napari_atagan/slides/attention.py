@@ -225,7 +225,7 @@ def slide_attention_stack(
     ckpt = _load(checkpoint)
     factor = model_cell_diameter(ckpt) / _check_diameter(cell_diameter)
     dev = resolve_device(str(device))
-    disc = _at_stride(ckpt.discriminator(dev), cam_stride)
+    disc = _cpu_layout(_at_stride(ckpt.discriminator(dev), cam_stride), dev)
     shape = (n, *planes[0].shape)
     out = _output(out, shape, dev)
     plans = [_plan(disc, p.shape, factor, _tile(tile_size, dev)) for p in planes]
@@ -268,7 +268,7 @@ def discriminator_attention(
         dev = next(discriminator.parameters()).device
     else:
         dev = device if isinstance(device, torch.device) else resolve_device(str(device))
-    discriminator = _at_stride(discriminator.to(dev).eval(), cam_stride)
+    discriminator = _cpu_layout(_at_stride(discriminator.to(dev).eval(), cam_stride), dev)
     plan = _plan(discriminator, slide.shape, factor, _tile(tile_size, dev))
     return _run(discriminator, slide, plan, _output(out, slide.shape, dev), dev, stop, progress,
                 intensity)
@@ -289,6 +289,22 @@ def _at_stride(disc: Any, cam_stride: int | None) -> Any:
     from ..gan.models import dense_discriminator
 
     return dense_discriminator(disc, cam_stride)
+
+
+def _cpu_layout(disc: Any, dev: torch.device) -> Any:
+    """On a CPU, a copy of ``disc`` whose weights are channels-last.
+
+    oneDNN's convolutions run on channels-last tensors without reordering them:
+    the default model's discriminator at stride 4 computed a 1388 x 1038 slide
+    20 % faster on one core (0.101 s against 0.127 s), the features equal to
+    1e-5. The copy leaves the caller's module as it was. Elsewhere ``disc``
+    itself (on a GPU the layout has not been measured).
+    """
+    if dev.type != "cpu":
+        return disc
+    import copy
+
+    return copy.deepcopy(disc).to(memory_format=torch.channels_last)
 
 
 def default_tile_size(device: str | torch.device) -> int:
