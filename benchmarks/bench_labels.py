@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from _profiling import peak_rss_mb  # benchmarks/, beside this script
+
 
 def write_map(path: Path, size: int, diameter: float, seed: int = 0) -> int:
     """Write the synthetic map band by band; returns the number of cells drawn."""
@@ -68,14 +70,6 @@ def write_map(path: Path, size: int, diameter: float, seed: int = 0) -> int:
     return int(cy.size)
 
 
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure(path: str, threshold: str, diameter: float) -> dict:
     from napari_atagan.evaluation.evaluate import default_min_size
     from napari_atagan.export import read_tiff_metadata, save_labels_tiff
@@ -97,7 +91,7 @@ def measure(path: str, threshold: str, diameter: float) -> dict:
     return {"threshold": threshold, "seconds": round(seconds, 1),
             "tiff_write_seconds": round(write_seconds, 1),
             "mpx_per_s": round(amap.size / seconds / 1e6, 2), "cells": cells,
-            "peak_host_mb": round(_peak_rss_mb(), 1)}
+            "peak_host_mb": round(peak_rss_mb(), 1)}
 
 
 def outlines(size: int, diameter: float) -> dict:

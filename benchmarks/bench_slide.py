@@ -61,7 +61,6 @@ import copy
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -71,46 +70,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _profiling import op_summary  # benchmarks/, beside this script
+from _profiling import op_summary, peak_rss_mb, reset_peak_rss, rss_mb  # benchmarks/, beside this script
 
 from napari_atagan.slides import attention as slide_module
 from napari_atagan.device import describe, resolve_device, synchronize
 from napari_atagan.gan.models import Discriminator
 from napari_atagan.slides.attention import default_tile_size, discriminator_attention
-
-
-def _status_mb(key: str) -> float | None:
-    """A memory figure of this process from /proc/self/status (Linux), in MiB."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> None:
-    """Restart the peak-RSS count from the current RSS (Linux; elsewhere a no-op)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def _rss_mb() -> float:
-    current = _status_mb("VmRSS")
-    return current if current is not None else _peak_rss_mb()
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory since the last :func:`_reset_peak_rss` (whole life elsewhere)."""
-    peak = _status_mb("VmHWM")
-    if peak is not None:
-        return peak
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _gpu_peak_mb(device: torch.device) -> float | None:
@@ -146,8 +111,8 @@ def time_tiled(disc, image, device, tile_size: int, caller_out: bool = False,
                             cam_stride=cam_stride)
     synchronize(device)
     _reset_gpu_peak(device)
-    host_before = _rss_mb()
-    _reset_peak_rss()
+    host_before = rss_mb()
+    reset_peak_rss()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -161,7 +126,7 @@ def time_tiled(disc, image, device, tile_size: int, caller_out: bool = False,
     return {"seconds": round(seconds, 3), "mpx_per_s": round(pixels / seconds / 1e6, 2),
             "first_seconds": round(times[0], 3),
             "host_rss_before_mb": round(host_before, 1),
-            "peak_host_mb": round(_peak_rss_mb(), 1), "peak_gpu_mb": _round(_gpu_peak_mb(device))}
+            "peak_host_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": _round(_gpu_peak_mb(device))}
 
 
 _PINNING = """
@@ -379,8 +344,8 @@ def _measure_big(path: str, device: torch.device, tile_size: int) -> dict:
         out = np.lib.format.open_memmap(Path(tmp) / "att.npy", mode="w+", dtype=np.float32,
                                         shape=image.shape)
         _reset_gpu_peak(device)
-        host_before = _rss_mb()
-        _reset_peak_rss()
+        host_before = rss_mb()
+        reset_peak_rss()
         t0 = time.perf_counter()
         discriminator_attention(disc, image, device=device, tile_size=tile_size, out=out)
         synchronize(device)
@@ -393,7 +358,7 @@ def _measure_big(path: str, device: torch.device, tile_size: int) -> dict:
         "tile_size": tile_size, "seconds": round(seconds, 1),
         "mpx_per_s": round(pixels / seconds / 1e6, 2),
         "host_rss_before_mb": round(host_before, 1),
-        "peak_host_mb": round(_peak_rss_mb(), 1), "peak_gpu_mb": _round(_gpu_peak_mb(device)),
+        "peak_host_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": _round(_gpu_peak_mb(device)),
         "finite": finite,
     }
 
