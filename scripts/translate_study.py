@@ -283,10 +283,32 @@ def real_slide(ckpt: Path, folder: Path, direction: str = "a2b") -> dict:
     tr = load_translator(ckpt)
     y, att = translate_image(tr, image, direction=direction, cell_diameter=d, device="cpu")
     change = np.abs(y.astype(np.float64) - image) / (tr.levels.hi - tr.levels.lo)
-    return {"diameter": d, "background_change": float(change[~cells].mean()),
-            "cell_change": float(change[cells].mean()),
-            "attention_iou": float(pixel_iou(att > 0.5, cells)),
-            "classic_iou": float(pixel_iou(classic_labels(image, d) > 0, cells))}
+    truth = tifffile.imread(folder / "nuclei_labels.tif")
+    classic = classic_labels(image, d)
+    res = {"diameter": d, "background_change": float(change[~cells].mean()),
+           "cell_change": float(change[cells].mean()),
+           "attention_iou": float(pixel_iou(att > 0.5, cells)),
+           "classic_iou": float(pixel_iou(classic > 0, cells)),
+           "classic_objects": _objects(classic, truth)}
+    if tr.attention:  # the attended cells the Translate widget shows
+        from napari_atagan.slides.labels import DEFAULT_MIN_SIZE, attention_to_labels
+
+        attended = attention_to_labels(att, threshold=float(tr.config.attention_threshold),
+                                       min_size=DEFAULT_MIN_SIZE, cell_diameter=d)
+        res["attended_objects"] = _objects(attended, truth)
+    return res
+
+
+def _objects(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Object F1 at IoU 0.5 and pixel IoU, cells on the image border left out on both
+    sides (as the slide study scores them)."""
+    from napari_atagan.metrics import match_objects
+    from napari_atagan.slides.labels import drop_border_cells
+
+    p, t = drop_border_cells(pred), drop_border_cells(truth)
+    m = match_objects(p, t, 0.5)
+    return {"f1": float(m["f1"]), "tp": int(m["tp"]), "fp": int(m["fp"]), "fn": int(m["fn"]),
+            "pixel_iou": float(pixel_iou(p > 0, t > 0))}
 
 
 def atagan_iou(ckpt_path: str, data: dict) -> float:
