@@ -440,6 +440,27 @@ class TrainingRun:
                 self.status.setText("Idle (no checkpoint was written).")
 
 
+class RunsTraining:
+    """What a dock widget with a :class:`TrainingRun` (``self.run``) offers its users
+    and tests: whether it is running, the last checkpoint, and Stop."""
+
+    run: TrainingRun
+
+    @property
+    def is_running(self) -> bool:
+        """Whether a training run is in progress."""
+        return self.run.running
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The newest checkpoint of the last training run (``None`` before one is written)."""
+        return self.run.last_checkpoint
+
+    def stop(self) -> None:
+        """Ask training to stop after the current step (pressing again does nothing more)."""
+        self.run.stop()
+
+
 class ProgressBar:
     """A napari progress bar (activity dock) moved to absolute positions.
 

@@ -35,6 +35,7 @@ from napari_atagan.gan.training import (
 from ._common import (
     Liveness,
     LossPlot,
+    RunsTraining,
     TrainingRun,
     crops_from_labels,
     device_combo,
@@ -158,7 +159,7 @@ def default_run_folder() -> Path:
     return Path.home() / "napari-atagan" / "runs" / time.strftime("run-%Y%m%d-%H%M%S")
 
 
-class TrainWidget(QWidget):
+class TrainWidget(RunsTraining, QWidget):
     """Train an ATA-GAN from the viewer: data, options, Start/Stop, live samples and losses.
 
     ``base_config`` holds the settings that the form does not show (network
@@ -309,18 +310,9 @@ class TrainWidget(QWidget):
 
     # ------------------------------------------------------------------ run
     @property
-    def is_running(self) -> bool:
-        return self.run.running
-
-    @property
     def worker(self) -> Any:
         """The background worker of the run in progress (``None`` when idle)."""
         return self.run.worker
-
-    @property
-    def last_checkpoint(self) -> Path | None:
-        """The newest checkpoint of the last run (``None`` before one is written)."""
-        return self.run.last_checkpoint
 
     def start(self) -> None:
         """Start training in a background thread (errors become notifications)."""
@@ -337,10 +329,6 @@ class TrainWidget(QWidget):
         self.loss_plot.clear()
         self.run.start(run_training, source, settings, self.base_config, self.out_dir, resume,
                        total=settings["steps"], out_dir=self.out_dir)
-
-    def stop(self) -> None:
-        """Ask training to stop after the current step (pressing again does nothing more)."""
-        self.run.stop()
 
     def _set_running(self, running: bool) -> None:
         self.form.enabled = not running

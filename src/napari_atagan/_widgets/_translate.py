@@ -41,6 +41,7 @@ from ._common import (
     LossPlot,
     ProgressBar,
     Relay,
+    RunsTraining,
     TrainingRun,
     channel_text,
     device_combo,
@@ -415,7 +416,7 @@ class SamplePreview(QWidget):
 
 
 # --------------------------------------------------------------------------- the widget
-class TranslateWidget(QWidget):
+class TranslateWidget(RunsTraining, QWidget):
     """Translate images between two stainings with a trained model, or train one.
 
     ``base_config`` holds the training settings that the form does not show
@@ -745,19 +746,9 @@ class TranslateWidget(QWidget):
 
     # ------------------------------------------------------------------ train: run
     @property
-    def is_running(self) -> bool:
-        """Whether a training run is in progress."""
-        return self.run.running
-
-    @property
     def train_worker(self) -> Any:
         """The background worker of the training run in progress (``None`` when idle)."""
         return self.run.worker
-
-    @property
-    def last_checkpoint(self) -> Path | None:
-        """The newest checkpoint of the last training run (``None`` before one is written)."""
-        return self.run.last_checkpoint
 
     def start(self) -> None:
         """Start training in a background thread (errors become notifications)."""
@@ -777,10 +768,6 @@ class TranslateWidget(QWidget):
         self.progress_bar.setFormat("starting ...")
         self.run.start(run_translation_training, a, b, config, self.out_dir,
                        total=config.steps, out_dir=self.out_dir)
-
-    def stop(self) -> None:
-        """Ask training to stop after the current step (pressing again does nothing more)."""
-        self.run.stop()
 
     def _set_running(self, running: bool) -> None:
         self.train_form.enabled = not running
