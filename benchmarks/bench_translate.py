@@ -93,10 +93,8 @@ def _gpu_peak_mb(device: torch.device) -> float | None:
         else None
 
 
-def tiled(translator, image: np.ndarray, device: torch.device, repeat: int) -> tuple[dict, np.ndarray]:
-    from napari_atagan.translate import translate_image
-
-    translate_image(translator, image[:256, :256], device=device)  # warm-up
+def timed(run, image: np.ndarray, device: torch.device, repeat: int) -> tuple[dict, np.ndarray]:
+    """``run()`` ``repeat`` times: the best speed, the first run's seconds, peak memory."""
     before = rss_mb()
     reset_peak_rss()
     _gpu_reset(device)
@@ -104,13 +102,21 @@ def tiled(translator, image: np.ndarray, device: torch.device, repeat: int) -> t
     for _ in range(repeat):
         _sync(device)
         t0 = time.perf_counter()
-        result, _attention = translate_image(translator, image, device=device)
+        result = run()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    mpx = image.size / 1e6
-    return {"mpx_per_s": round(mpx / min(times), 2), "seconds": round(min(times), 3),
-            "first_seconds": round(times[0], 3), "host_before_mb": round(before, 1),
-            "peak_host_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": _gpu_peak_mb(device)}, result
+    return {"mpx_per_s": round(image.size / 1e6 / min(times), 2),
+            "seconds": round(min(times), 3), "first_seconds": round(times[0], 3),
+            "host_before_mb": round(before, 1), "peak_host_mb": round(peak_rss_mb(), 1),
+            "peak_gpu_mb": _gpu_peak_mb(device)}, result
+
+
+def tiled(translator, image: np.ndarray, device: torch.device, repeat: int) -> tuple[dict, np.ndarray]:
+    from napari_atagan.translate import translate_image
+
+    translate_image(translator, image[:256, :256], device=device)  # warm-up
+    return timed(lambda: translate_image(translator, image, device=device)[0], image, device,
+                 repeat)
 
 
 def whole(translator, image: np.ndarray, device: torch.device, repeat: int) -> tuple[dict, np.ndarray]:
@@ -132,20 +138,9 @@ def whole(translator, image: np.ndarray, device: torch.device, repeat: int) -> t
             y = compose(x, att, generator(x))[0, 0, :h, :w].float().cpu().numpy()
         return np.clip(np.rint(levels.to_source(y)), 0, 65535).astype(np.uint16)
 
-    once() if image.size <= 1 << 20 else None  # warm-up where it is cheap
-    before = rss_mb()
-    reset_peak_rss()
-    _gpu_reset(device)
-    times = []
-    for _ in range(repeat):
-        _sync(device)
-        t0 = time.perf_counter()
-        result = once()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"mpx_per_s": round(image.size / 1e6 / min(times), 2), "seconds": round(min(times), 3),
-            "host_before_mb": round(before, 1), "peak_host_mb": round(peak_rss_mb(), 1),
-            "peak_gpu_mb": _gpu_peak_mb(device)}, result
+    if image.size <= 1 << 20:  # a warm-up where it is cheap
+        once()
+    return timed(once, image, device, repeat)
 
 
 def measure_big(slide: str, checkpoint: str, device: str) -> dict:
