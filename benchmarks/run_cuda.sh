@@ -2,7 +2,8 @@
 # Every benchmark on a CUDA GPU, one after another; each one's output is also kept
 # in OUT/NAME.log (default OUT: runs/bench_cuda). NAMEs pick some of them (e.g. to
 # split the list over several shorter sessions): cuda_tests train train_eager
-# train_reflect train_batch512 train_compile synth slide slide_tile2048 slide_big.
+# train_reflect train_batch512 train_compile synth slide slide_tile2048 slide_big
+# archive translate translate_big.
 #   benchmarks/run_cuda.sh [OUT [NAME ...]]
 # PY (default .venv/bin/python) is the Python that runs the package.
 set -uo pipefail
@@ -44,3 +45,6 @@ run synth 120 benchmarks/bench_synth.py --device cuda -n 100000
 run slide 240 benchmarks/bench_slide.py --device cuda --profile --kernels --variants
 run slide_tile2048 180 benchmarks/bench_slide.py --device cuda --tile-size 2048 --profile
 run slide_big 360 benchmarks/bench_slide.py --device cuda --big --profile
+run archive 300 benchmarks/bench_archive.py --device cuda --skip-sequential --count 200
+run translate 240 benchmarks/bench_translate.py --device cuda
+run translate_big 300 benchmarks/bench_translate.py --device cuda --size 1024 --big 16384
