@@ -712,3 +712,25 @@ def test_default_levels_are_a_typical_cells_and_a_few_saturated_cells_do_not_mov
     assert _rel(robust[rest], default[rest]) < 0.05 < _rel(plain[rest], default[rest])
     with pytest.raises(ValueError, match="intensity must be"):
         slide_attention(ckpt, img, cell_diameter=12.0, device="cpu", intensity="brightest")
+
+
+def test_cpu_layout_gives_the_same_map_and_leaves_the_callers_module(monkeypatch):
+    """On a CPU the map comes from a channels-last copy of the discriminator: the same
+    map as the plain layout, and the module the caller passed is not changed."""
+    from napari_atagan.gan.models import Discriminator
+    from napari_atagan.slides import attention as slide_module
+
+    torch.manual_seed(2)
+    disc = Discriminator(channels=(8, 16, 16), image_size=16).eval()
+    img = _slide((96, 120)).astype(np.float32)
+    levels = tuple(np.percentile(img, [0.5, 99.8]))
+    fast = discriminator_attention(disc, img, device="cpu", intensity=levels)
+    convs = [m for m in disc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.weight.is_contiguous() for m in convs)  # the caller's layout, untouched
+    copy = slide_module._cpu_layout(disc, torch.device("cpu"))
+    assert copy is not disc
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in copy.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1)
+    monkeypatch.setattr(slide_module, "_cpu_layout", lambda d, dev: d)
+    plain = discriminator_attention(disc, img, device="cpu", intensity=levels)
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
