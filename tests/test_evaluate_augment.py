@@ -20,6 +20,8 @@ from napari_atagan.evaluation.augment import (
 )
 from napari_atagan.simulate import simulate_crops, write_crops_folder
 
+from .test_evaluate import _main  # the evaluate commands as the CLI parses them
+
 PATTERNS = ("Homogeneous", "NuMem", "Centromere")  # those of conftest's tiny_checkpoint
 SETTINGS = dict(generated_per_pattern=4, epochs=1, device="cpu")
 
@@ -188,14 +190,6 @@ def test_library_errors(tiny_checkpoint, folders, bad):
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def _main(argv):
-    parser = argparse.ArgumentParser(prog="napari-atagan")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    return args.run(args)
 
 
 def test_cli_table_and_json(result, tiny_checkpoint, folders, tmp_path, capsys):
