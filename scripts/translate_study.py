@@ -366,6 +366,31 @@ def figure(out: Path, exp: str, seed: int, direction: str = "a2b", n: int = 6) -
     return dest
 
 
+def runs_figure(runs: dict[str, Path], direction: str, dest: Path, n: int = 6) -> Path:
+    """Rows of validation cells: the input, then each run's attention, output and
+    |change|, on one grey scale; ``runs`` maps a column label to a run folder (its
+    ``val_<direction>.npz``), e.g. the same variant at two lengths."""
+    from _study_figures import _sheet, fit, heat
+
+    data = {label: np.load(Path(folder) / f"val_{direction}.npz") for label, folder in runs.items()}
+    g = lambda a: fit(np.repeat((np.clip((np.asarray(a) + 1.0) / 2.5, 0, 1) * 255)  # noqa: E731
+                                .astype(np.uint8)[..., None], 3, axis=2))
+    first = next(iter(data.values()))
+    columns = ["input"] + [f"{c} {label}" for label in data for c in ("att", "out", "chg")]
+    rows = []
+    for i in range(min(n, len(first["x"]))):
+        x = first["x"][i]
+        row = [g(x)]
+        for run in data.values():
+            row += [fit(heat(run["att"][i], top=1.0)), g(run["y"][i]),
+                    fit(heat(np.abs(run["y"][i] - x) / 2, top=0.5))]
+        rows.append(row)
+    src = PAIR[0] if direction == "a2b" else PAIR[1]
+    _sheet(rows, columns, [f"{src} {i + 1}" for i in range(len(rows))], left=118).save(dest)
+    print(f"figure: {dest}", file=sys.stderr)
+    return dest
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", type=Path, required=True)
@@ -380,8 +405,16 @@ def main(argv=None) -> int:
                    help="a folder with nuclei.tif and nuclei_labels.tif: the pattern models "
                         "are also applied to that real slide")
     p.add_argument("--score-only", action="store_true")
+    p.add_argument("--figure-runs", nargs="+", metavar="LABEL=RUN", default=None,
+                   help="only draw RUNs side by side (e.g. 1k=OUT/pattern_uagmask_s0 "
+                        "4k=OUT4K/pattern_uagmask_s0) into --out, both directions")
     p.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
     args = p.parse_args(argv)
+    if args.figure_runs:
+        runs = dict(item.split("=", 1) for item in args.figure_runs)
+        for direction in ("a2b", "b2a"):
+            runs_figure(runs, direction, args.out / f"translate_runs_{direction}.png")
+        return 0
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.train_only:
