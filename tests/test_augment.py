@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from napari_atagan.gan.attention import mask_teacher_maps
-from napari_atagan.gan.augment import Augmenter, affine, border_level, dihedral, dihedral_inverse
+from napari_atagan.gan.augment import (
+    Augmenter,
+    acquisition_jitter,
+    affine,
+    border_level,
+    dihedral,
+    dihedral_inverse,
+)
 from napari_atagan.gan.config import TrainConfig
 
 
@@ -206,3 +213,37 @@ def test_mask_teacher_contract_augmenter(zoom_min: float) -> None:
     inter = ((moved_map > 0.5) & (expected > 0.5)).sum()
     union = ((moved_map > 0.5) | (expected > 0.5)).sum()
     assert inter / union > 0.95
+
+
+def test_acquisition_jitter_off_is_identity_and_on_keeps_the_order() -> None:
+    x = disc_masks(4) * 1.6 - 0.8  # cells at 0.8, background at -0.8
+    assert torch.allclose(acquisition_jitter(x, gamma=1.0, blur=0.0, noise=0.0), x, atol=1e-6)
+    # a gamma alone: same shape and range, every pixel's rank within its cell kept
+    ramp = torch.linspace(-1, 1, S * S).view(1, 1, S, S).repeat(3, 1, 1, 1)
+    g = torch.Generator().manual_seed(1)
+    y = acquisition_jitter(ramp, g, gamma=2.0, blur=0.0, noise=0.0)
+    assert y.shape == ramp.shape and y.dtype == ramp.dtype
+    assert y.min() >= -1 and y.max() <= 1
+    assert (y.flatten(1).diff(dim=1) >= 0).all()
+    assert not torch.allclose(y, ramp)
+
+
+def test_acquisition_jitter_blur_and_noise_are_per_cell_and_seeded() -> None:
+    x = disc_masks(8) * 2 - 1
+    a = acquisition_jitter(x, torch.Generator().manual_seed(3), gamma=1.0, blur=2.0, noise=0.0)
+    b = acquisition_jitter(x, torch.Generator().manual_seed(3), gamma=1.0, blur=2.0, noise=0.0)
+    assert torch.equal(a, b)
+    # blur keeps the mean level (replicate padding, normalised kernel) and softens the edge
+    assert torch.allclose(a.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=0.05)
+    edge = (x - a).abs().flatten(1).amax(dim=1)
+    # sigma is drawn per cell in [0, 1] px here: some edges stay sharp, some soften
+    assert (edge > 0.3).sum() >= 2 and (edge < 0.05).sum() >= 2
+    n = acquisition_jitter(torch.zeros(6, 1, S, S), torch.Generator().manual_seed(0),
+                           gamma=1.0, blur=0.0, noise=0.1)
+    std = n.flatten(1).std(dim=1)
+    assert (std <= 0.21).all() and std.max() > 0.05 and std.std() > 0
+
+
+def test_acquisition_jitter_needs_one_channel_batches() -> None:
+    with pytest.raises(ValueError, match=r"\(B, 1, S, S\)"):
+        acquisition_jitter(torch.zeros(2, 3, S, S))

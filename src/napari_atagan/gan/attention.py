@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import dihedral
+from .augment import acquisition_jitter, dihedral
 from .config import TrainConfig
 from ..data import CellData
 from .models import recompute_batchnorm
@@ -194,6 +194,7 @@ def train_classifier(
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
     steps: int | None = None,
+    jitter: bool = False,
 ) -> tuple[PatternClassifier, dict[str, Any]]:
     """Train a :class:`PatternClassifier` on the labelled crops of ``data``.
 
@@ -205,6 +206,10 @@ def train_classifier(
     ``steps``: train exactly this many optimisation steps instead of ``epochs``
     full passes (the passes it takes, the last one cut short); two data sets of
     different sizes then get the same training budget.
+
+    ``jitter``: each training crop is also recorded anew
+    (:func:`~napari_atagan.gan.augment.acquisition_jitter`: gamma, defocus, camera
+    noise), so the classifier cannot tell a pattern by one specimen's exposure.
 
     Returns:
         The model in eval mode and ``{"val_accuracy", "train_accuracy", "epochs",
@@ -278,6 +283,8 @@ def train_classifier(
             idx = perm[s * bs : (s + 1) * bs]
             k = torch.randint(0, 8, (idx.numel(),), generator=gen, device=device)
             xb, yb = dihedral(x_tr[idx], k), y_tr[idx]
+            if jitter:
+                xb = acquisition_jitter(xb, gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb)
@@ -413,6 +420,7 @@ def teacher_maps(
             epochs=config.classifier_epochs,
             device=device,
             seed=config.seed,
+            jitter=config.classifier_jitter,
             progress=progress,
         )
         t0 = time.perf_counter()

@@ -11,6 +11,10 @@ run is reproducible and no work happens on the host between steps.
   image area is filled with the image's own border (background) level, uncovered
   map area with 0.
 * **Intensity jitter** (images only): a mild random gain and offset.
+* **Acquisition jitter** (:func:`acquisition_jitter`, the classifier teacher): a
+  random gamma, focus blur and camera noise per cell, so that a pattern is told by
+  its shapes and not by how one specimen happened to be exposed, focused and
+  recorded.
 
 The *same* geometric transform is applied to a cell and to its attention map.
 
@@ -23,13 +27,15 @@ alike, with a probability ``p`` that follows how overconfident D is on real cell
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
 
-__all__ = ["AdaptiveAugment", "Augmenter", "ada_adjust", "affine", "border_level", "dihedral",
-           "dihedral_inverse"]
+__all__ = ["AdaptiveAugment", "Augmenter", "acquisition_jitter", "ada_adjust", "affine",
+           "border_level", "dihedral", "dihedral_inverse"]
 
 
 def dihedral(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
@@ -120,6 +126,44 @@ def affine(
         x - fill_t, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
     )
     return out + fill_t
+
+
+def acquisition_jitter(x: torch.Tensor, generator: torch.Generator | None = None, *,
+                       gamma: float = 1.6, blur: float = 1.0, noise: float = 0.04) -> torch.Tensor:
+    """Each cell of ``(B, 1, S, S)`` in [-1, 1] as another microscope might have recorded it.
+
+    Per cell, drawn independently: a gamma in ``[1/gamma, gamma]`` (log-uniform) on
+    the [0, 1] intensities, a Gaussian blur of sigma in ``[0, blur]`` pixels per 64
+    pixels of crop (defocus), and Gaussian noise of standard deviation in ``[0,
+    noise]`` of the intensity range (camera noise). The result is clipped to [-1, 1].
+    The order of the intensities is kept, so bright speckles stay bright and a dark
+    nucleolus stays dark; only the look of one acquisition changes.
+    """
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected a (B, 1, S, S) batch, got shape {tuple(x.shape)}")
+    b, _, h, w = x.shape
+    dev = x.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=dev)
+
+    u = ((x.float() + 1) / 2).clamp_(0, 1)
+    if gamma > 1:
+        g = torch.exp((2 * rand(b) - 1) * math.log(gamma))
+        u = u.pow(g.view(b, 1, 1, 1))
+    if blur > 0:
+        sigma = rand(b) * (blur * max(h, w) / 64)
+        r = max(1, math.ceil(3 * blur * max(h, w) / 64))
+        t = torch.arange(-r, r + 1, device=dev, dtype=torch.float32)
+        k = torch.exp(-0.5 * (t.view(1, -1) / sigma.clamp_min(1e-3).view(-1, 1)) ** 2)
+        k = (k / k.sum(dim=1, keepdim=True)).view(b, 1, 1, -1)  # sigma ~0: a unit kernel
+        v = F.pad(u.view(1, b, h, w), (r, r, r, r), mode="replicate")
+        v = F.conv2d(v, k, groups=b)
+        u = F.conv2d(v, k.transpose(2, 3), groups=b).view(b, 1, h, w)
+    if noise > 0:
+        std = rand(b).mul_(noise).view(b, 1, 1, 1)
+        u = u + std * torch.randn(u.shape, generator=generator, device=dev)
+    return (u * 2 - 1).clamp_(-1, 1).to(x.dtype)
 
 
 def border_level(x: torch.Tensor) -> torch.Tensor:

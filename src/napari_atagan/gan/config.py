@@ -49,6 +49,9 @@ class TrainConfig:
     mask_sigma: float = 2.0
     """Gaussian smoothing (pixels at model scale) of masks used as attention targets."""
     classifier_epochs: int = 8
+    classifier_jitter: bool = False
+    """Train the classifier teacher on crops recorded anew (random gamma, defocus,
+    camera noise: :func:`~napari_atagan.gan.augment.acquisition_jitter`)."""
     conditioning: str = "projection"
     """How D learns the patterns: ``projection`` (its pattern head is added to the
     realness of a cell's own pattern) or ``auxiliary`` (AC-GAN: a pattern loss)."""

@@ -598,7 +598,7 @@ def _train_classifier_with_messages(config, data, device, stop: StopSignal = Non
         try:
             outcome["result"] = train_classifier(
                 data, epochs=config.classifier_epochs, device=device, seed=config.seed,
-                progress=reports.put, stop=lambda: closed.is_set() or _should_stop(stop))
+                jitter=config.classifier_jitter, progress=reports.put, stop=lambda: closed.is_set() or _should_stop(stop))
         except BaseException as exc:  # re-raised in the training thread below
             outcome["error"] = exc
         finally:
