@@ -82,3 +82,11 @@ def test_parse_option_refuses(text, message):
 def test_cuda_graph_is_on_by_default_and_compile_may_be_asked_for_beside_it():
     assert TrainConfig().cuda_graph
     assert TrainConfig(compile=True).compile  # compile then replaces the captured step
+
+
+def test_classifier_jitter_is_on_for_new_runs_and_off_for_runs_saved_before_it() -> None:
+    assert TrainConfig().classifier_jitter is True
+    saved = TrainConfig().to_dict()
+    del saved["classifier_jitter"]
+    assert TrainConfig.from_dict(saved).classifier_jitter is False
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).classifier_jitter is True
