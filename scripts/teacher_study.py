@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", choices=("plain", "jitter"), default="plain")
     args = p.parse_args(argv)
 
-    import torch
-
+    from napari_atagan._atomic import write_text_atomically
     from napari_atagan.data import load_folder
+    from napari_atagan.evaluation.evaluate import _pattern_accuracy
     from napari_atagan.gan.attention import train_classifier
 
     train = load_folder(args.split / "train", image_size=args.image_size)
@@ -53,25 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model, info = train_classifier(train, epochs=args.epochs, seed=args.seed, val_fraction=0.0,
                                    jitter=args.variant == "jitter", progress=progress)
-    with torch.no_grad():
-        x = torch.from_numpy(val.images).unsqueeze(1)
-        pred = np.concatenate([model(x[s:s + 256]).argmax(1).numpy()
-                               for s in range(0, x.shape[0], 256)])
-    truth = np.asarray(val.labels)
-    confusion = np.zeros((len(names), len(names)), np.int64)
-    np.add.at(confusion, (truth, pred), 1)
-    per = {n: float(confusion[k, k] / max(1, confusion[k].sum())) for k, n in enumerate(names)}
+    scores = _pattern_accuracy(model, val, names)
     result = {
         "variant": args.variant, "seed": args.seed, "image_size": args.image_size,
         "epochs": args.epochs, "n_train": int(train.n), "n_val": int(val.n),
-        "accuracy": float((pred == truth).mean()),
-        "mean_of_patterns": float(np.mean(list(per.values()))),
-        "per_pattern": per, "patterns": names, "confusion": confusion.tolist(),
-        "seconds": time.perf_counter() - t0,
+        **scores, "mean_of_patterns": float(np.mean(list(scores["per_pattern"].values()))),
+        "patterns": names, "seconds": time.perf_counter() - t0,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"teacher_{args.variant}_s{args.seed}_{args.image_size}px.json"
-    out.write_text(json.dumps(result, indent=1))
+    write_text_atomically(out, json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("accuracy", "mean_of_patterns", "per_pattern")},
                      indent=1))
     return 0

@@ -208,6 +208,23 @@ def test_mask_teacher_without_masks() -> None:
         teacher_maps(cfg(teacher="mask"), data, "cpu")
 
 
+@pytest.mark.parametrize("jitter", [True, False])
+def test_the_teacher_records_crops_anew_as_its_config_says(easy_data, monkeypatch,
+                                                         jitter: bool) -> None:
+    """Both places that train the teacher (here and the training thread) read the
+    configuration through one helper; the jitter runs once per step when on."""
+    import napari_atagan.gan.attention as attention
+
+    calls = []
+    real = attention.acquisition_jitter
+    monkeypatch.setattr(attention, "acquisition_jitter",
+                        lambda x, g: calls.append(x.shape) or real(x, g))
+    config = cfg(teacher="classifier", classifier_epochs=2, classifier_jitter=jitter, seed=3)
+    assert attention.classifier_options(config) == dict(epochs=2, seed=3, jitter=jitter)
+    _, info = teacher_maps(config, easy_data.subset(range(24)), "cpu")
+    assert len(calls) == (info["steps"] if jitter else 0) and info["steps"] >= 2
+
+
 def test_teacher_maps_classifier(easy_data) -> None:
     maps, info = teacher_maps(
         cfg(teacher="classifier", classifier_epochs=1), easy_data.subset(range(24)), "cpu"

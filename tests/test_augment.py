@@ -247,3 +247,16 @@ def test_acquisition_jitter_blur_and_noise_are_per_cell_and_seeded() -> None:
 def test_acquisition_jitter_needs_one_channel_batches() -> None:
     with pytest.raises(ValueError, match=r"\(B, 1, S, S\)"):
         acquisition_jitter(torch.zeros(2, 3, S, S))
+
+
+def test_gaussian_kernels_match_the_mask_teachers_and_sigma_zero_is_an_impulse() -> None:
+    from napari_atagan.gan.attention import gaussian_kernel
+    from napari_atagan.gan.augment import gaussian_kernels
+
+    k = gaussian_kernels(torch.tensor([0.0, 1.0, 2.0]), 6)
+    assert k.shape == (3, 13) and torch.allclose(k.sum(dim=1), torch.ones(3))
+    assert k[0, 6] == 1 and k[0].sum() == 1
+    t = torch.arange(-6, 7).float()
+    assert torch.allclose(k[2], torch.exp(-t ** 2 / 8) / torch.exp(-t ** 2 / 8).sum())
+    assert torch.allclose(gaussian_kernel(2.0), k[2])
+    assert gaussian_kernel(0.5).shape == (5,)  # radius ceil(3 sigma) = 2

@@ -282,3 +282,30 @@ def test_help_documents_every_option():
                 assert flag in text
             if action.option_strings and action.dest != "help":
                 assert action.help
+
+
+def test_pattern_accuracy_counts_every_call_in_a_confusion_matrix() -> None:
+    import torch
+
+    from napari_atagan.data import CellData
+    from napari_atagan.evaluation.evaluate import _pattern_accuracy
+
+    class FirstPixel(torch.nn.Module):
+        """Calls a cell by the value of its first pixel (0, 1 or 2)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 3).float() + self.w
+
+    called = np.array([0, 0, 1, 2, 2, 2, 1])
+    truth = np.array([0, 1, 1, 2, 2, 0, 1])
+    images = np.zeros((7, 4, 4), np.float32)
+    images[:, 0, 0] = called
+    test = CellData(images=images, labels=truth, class_names=["A", "B", "C"])
+    r = _pattern_accuracy(FirstPixel(), test, ["A", "B", "C"], batch_size=3)
+    assert r["confusion"] == [[1, 0, 1], [1, 2, 0], [0, 0, 2]]
+    assert r["accuracy"] == pytest.approx(5 / 7)
+    assert r["per_pattern"] == pytest.approx({"A": 0.5, "B": 2 / 3, "C": 1.0})

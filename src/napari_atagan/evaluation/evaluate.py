@@ -597,16 +597,21 @@ def _train_pattern_classifier(data: Any, *, epochs: int, batch_size: int, device
 @torch.no_grad()
 def _pattern_accuracy(model: torch.nn.Module, test: Any, names: list[str],
                       batch_size: int = 256) -> dict[str, Any]:
-    """Overall and per-pattern accuracy of ``model`` on the labelled cells ``test``."""
+    """Overall and per-pattern accuracy of ``model`` on the labelled cells ``test``, and the
+    confusion matrix (row: true pattern, column: called pattern, in ``names`` order)."""
     device = next(model.parameters()).device
     model.eval()
     predicted = []
     for s in range(0, test.n, batch_size):
         x = torch.from_numpy(test.images[s:s + batch_size]).unsqueeze(1).to(device)
         predicted.append(model(x).float().argmax(1).cpu().numpy())
-    right = np.concatenate(predicted) == test.labels
+    called = np.concatenate(predicted)
+    right = called == test.labels
+    confusion = np.zeros((len(names), len(names)), np.int64)
+    np.add.at(confusion, (np.asarray(test.labels), called), 1)
     return {
         "accuracy": float(right.mean()),
         "per_pattern": {name: float(right[test.labels == k].mean())
                         for k, name in enumerate(names)},
+        "confusion": confusion.tolist(),
     }

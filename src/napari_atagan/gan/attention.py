@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import acquisition_jitter, dihedral
+from .augment import acquisition_jitter, dihedral, gaussian_kernels
 from .config import TrainConfig
 from ..data import CellData
 from .models import recompute_batchnorm
@@ -33,6 +33,7 @@ __all__ = [
     "mask_teacher_maps",
     "PatternClassifier",
     "train_classifier",
+    "classifier_options",
     "classifier_maps",
     "teacher_maps",
 ]
@@ -76,9 +77,7 @@ def _as_b1hw(q: torch.Tensor, name: str) -> torch.Tensor:
 def gaussian_kernel(sigma: float, device: torch.device | str | None = None) -> torch.Tensor:
     """A normalised 1-D Gaussian of radius ``ceil(3 sigma)``."""
     radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
+    return gaussian_kernels(torch.tensor([float(sigma)], device=device), radius)[0]
 
 
 def mask_teacher_maps(masks: torch.Tensor | np.ndarray, sigma: float) -> torch.Tensor:
@@ -180,6 +179,11 @@ def _block_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, n
         train.append(idx[: idx.size - n_val])
         val.append(idx[idx.size - n_val :])
     return np.concatenate(train), np.concatenate(val)
+
+
+def classifier_options(config: TrainConfig) -> dict[str, Any]:
+    """The :func:`train_classifier` arguments a run's configuration sets (its teacher)."""
+    return dict(epochs=config.classifier_epochs, seed=config.seed, jitter=config.classifier_jitter)
 
 
 def train_classifier(
@@ -415,14 +419,8 @@ def teacher_maps(
             "seconds": time.perf_counter() - t0,
         }
     if config.teacher == "classifier":
-        model, info = train_classifier(
-            data,
-            epochs=config.classifier_epochs,
-            device=device,
-            seed=config.seed,
-            jitter=config.classifier_jitter,
-            progress=progress,
-        )
+        model, info = train_classifier(data, device=device, progress=progress,
+                                       **classifier_options(config))
         t0 = time.perf_counter()
         maps = classifier_maps(model, torch.from_numpy(data.images))
         info = {"teacher": "classifier", **info, "map_seconds": time.perf_counter() - t0}

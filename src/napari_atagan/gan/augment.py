@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from .config import TrainConfig
 
 __all__ = ["AdaptiveAugment", "Augmenter", "acquisition_jitter", "ada_adjust", "affine",
-           "border_level", "dihedral", "dihedral_inverse"]
+           "border_level", "dihedral", "dihedral_inverse", "gaussian_kernels"]
 
 
 def dihedral(x: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
@@ -128,6 +128,17 @@ def affine(
     return out + fill_t
 
 
+def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Normalised 1-D Gaussians of radius ``radius``, one per sigma: ``(B, 2 radius + 1)``.
+
+    ``sigma`` is a 1-D tensor (pixels; on the kernels' device). A sigma near 0 gives a
+    unit impulse, so "no blur" is one of the kernels and needs no special case.
+    """
+    t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.float().clamp_min(1e-3).view(-1, 1)) ** 2)
+    return k / k.sum(dim=1, keepdim=True)
+
+
 def acquisition_jitter(x: torch.Tensor, generator: torch.Generator | None = None, *,
                        gamma: float = 1.6, blur: float = 1.0, noise: float = 0.04) -> torch.Tensor:
     """Each cell of ``(B, 1, S, S)`` in [-1, 1] as another microscope might have recorded it.
@@ -154,9 +165,7 @@ def acquisition_jitter(x: torch.Tensor, generator: torch.Generator | None = None
     if blur > 0:
         sigma = rand(b) * (blur * max(h, w) / 64)
         r = max(1, math.ceil(3 * blur * max(h, w) / 64))
-        t = torch.arange(-r, r + 1, device=dev, dtype=torch.float32)
-        k = torch.exp(-0.5 * (t.view(1, -1) / sigma.clamp_min(1e-3).view(-1, 1)) ** 2)
-        k = (k / k.sum(dim=1, keepdim=True)).view(b, 1, 1, -1)  # sigma ~0: a unit kernel
+        k = gaussian_kernels(sigma, r).view(b, 1, 1, -1)
         v = F.pad(u.view(1, b, h, w), (r, r, r, r), mode="replicate")
         v = F.conv2d(v, k, groups=b)
         u = F.conv2d(v, k.transpose(2, 3), groups=b).view(b, 1, h, w)

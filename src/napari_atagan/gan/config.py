@@ -51,9 +51,9 @@ class TrainConfig:
     classifier_epochs: int = 8
     classifier_jitter: bool = True
     """Train the classifier teacher on crops recorded anew (random gamma, defocus,
-    camera noise: :func:`~napari_atagan.gan.augment.acquisition_jitter`): on cells of
-    other specimens it names 4.4 points more of them right (``docs/experiments.md``).
-    Runs saved before the option read ``False``, as they were trained."""
+    camera noise: :func:`~napari_atagan.gan.augment.acquisition_jitter`); it names more
+    cells of other specimens right (``docs/experiments.md``, *The teacher on other
+    specimens*). Runs saved before the option read ``False``, as they were trained."""
     conditioning: str = "projection"
     """How D learns the patterns: ``projection`` (its pattern head is added to the
     realness of a cell's own pattern) or ``auxiliary`` (AC-GAN: a pattern loss)."""
@@ -196,14 +196,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict (a saved run's), refusing unknown keys so typos are caught."""
+        """Build from a saved run's dict, refusing unknown keys so typos are caught.
+
+        An option the dict lacks takes its default, or for the options in
+        :data:`SAVED_BEFORE_OPTION` the value runs were trained with before it existed."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        d = dict(d)
-        d.setdefault("classifier_jitter", False)  # saved before the option: trained without it
-        return cls(**d)
+        return cls(**{**SAVED_BEFORE_OPTION, **d})
 
     @classmethod
     def parse_option(cls, text: str) -> tuple[str, Any]:
@@ -239,6 +240,12 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+SAVED_BEFORE_OPTION: dict[str, Any] = {"classifier_jitter": False}
+"""Options whose default changed when they were added, with the value a run saved
+before them was trained with: :meth:`TrainConfig.from_dict` reads a saved config that
+lacks one as that value, not as today's default."""
 
 
 def quick_model_changes() -> dict:

@@ -50,6 +50,7 @@ from .attention import (
     PatternClassifier,
     at_loss,
     classifier_maps,
+    classifier_options,
     teacher_maps,
     train_classifier,
 )
@@ -597,8 +598,8 @@ def _train_classifier_with_messages(config, data, device, stop: StopSignal = Non
     def work() -> None:
         try:
             outcome["result"] = train_classifier(
-                data, epochs=config.classifier_epochs, device=device, seed=config.seed,
-                jitter=config.classifier_jitter, progress=reports.put, stop=lambda: closed.is_set() or _should_stop(stop))
+                data, device=device, progress=reports.put,
+                stop=lambda: closed.is_set() or _should_stop(stop), **classifier_options(config))
         except BaseException as exc:  # re-raised in the training thread below
             outcome["error"] = exc
         finally:
