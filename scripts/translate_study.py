@@ -30,7 +30,7 @@ cells of domain A (and of B for the pattern pair) at model scale:
 Usage::
 
     scripts/translate_study.py --split /path/split --out RUNS [--steps 2000] [--seed 0]
-        [--experiments pattern dim] [--atagan CKPT] [--threads 1]
+        [--experiments pattern dim] [--atagan CKPT] [--threads 1] [--judge jitter|plain]
 """
 
 from __future__ import annotations
@@ -124,25 +124,37 @@ class _Set:
 
 
 # --------------------------------------------------------------------------- models
-def classifier(split: Path, out: Path, device: str):
+JUDGES = {"jitter": True, "plain": False}
+"""The judge's training crops: recorded anew (the product's teacher since
+``classifier_jitter``) or as stored (the judge of the first figures)."""
+
+
+def classifier(split: Path, out: Path, device: str, judge: str = "jitter"):
     """The 6-pattern classifier that judges translated cells (trained once, seed 0)."""
     from napari_atagan.gan.attention import PatternClassifier, train_classifier
 
-    path = out / "classifier.pt"
+    stem = "classifier" if judge == "plain" else f"classifier_{judge}"
+    path = out / f"{stem}.pt"
     train = load_folder(split / "train", image_size=JUDGE_SIZE)
+    val = load_folder(split / "val", image_size=JUDGE_SIZE)
     if path.is_file():
         model = PatternClassifier(len(train.class_names))
         model.load_state_dict(torch.load(path, weights_only=True))
-        info = json.loads((out / "classifier.json").read_text())
-        return model.eval(), train.class_names, info
-    t0 = time.time()
-    model, info = train_classifier(train, epochs=JUDGE_EPOCHS, device=device, seed=0)
-    info["seconds"] = time.time() - t0
-    val = load_folder(split / "val", image_size=JUDGE_SIZE)
-    info["val_part_accuracy"] = float(np.mean(_predict(model.cpu(), val.images) == val.labels))
-    torch.save(model.state_dict(), path)
-    (out / "classifier.json").write_text(json.dumps(info, indent=1, default=float))
-    return model.cpu().eval(), train.class_names, info
+        info = json.loads((out / f"{stem}.json").read_text())
+    else:
+        t0 = time.time()
+        model, info = train_classifier(train, epochs=JUDGE_EPOCHS, device=device, seed=0,
+                                       jitter=JUDGES[judge])
+        info["seconds"] = time.time() - t0
+        model = model.cpu()
+        pred = _predict(model, val.images)
+        info["val_part_accuracy"] = float(np.mean(pred == val.labels))
+        info["val_part_per_pattern"] = {
+            n: float(np.mean(pred[val.labels == k] == k)) for k, n in enumerate(val.class_names)}
+        torch.save(model.state_dict(), path)
+        (out / f"{stem}.json").write_text(json.dumps(info, indent=1, default=float))
+    info["judge"] = judge
+    return model.eval(), train.class_names, info
 
 
 @torch.no_grad()
@@ -401,6 +413,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--atagan", default=None, help="an ATA-GAN checkpoint for the CAM IoU")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--judge", choices=list(JUDGES), default="jitter",
+                   help="the judging classifier: trained with the acquisition jitter (as the "
+                        "product's teacher) or on the crops as stored")
     p.add_argument("--real-slide", type=Path, default=None,
                    help="a folder with nuclei.tif and nuclei_labels.tif: the pattern models "
                         "are also applied to that real slide")
@@ -418,7 +433,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.train_only:
-        clf, names, clf_info = classifier(args.split, args.out, "cpu")
+        clf, names, clf_info = classifier(args.split, args.out, "cpu", args.judge)
         print(f"classifier: validation-part accuracy {clf_info.get('val_part_accuracy'):.3f}",
               file=sys.stderr)
     for exp in args.experiments:
@@ -441,7 +456,7 @@ def main(argv=None) -> int:
                 res["real_slide"] = real_slide(ckpt, args.real_slide)
             if args.atagan and variant != "cyclegan":
                 res["atagan_cam_iou"] = atagan_iou(args.atagan, data)
-            (run / "scores.json").write_text(json.dumps(res, indent=1, default=float))
+            (run / f"scores_{args.judge}.json").write_text(json.dumps(res, indent=1, default=float))
             print(json.dumps({k: v for k, v in res.items() if k != "classifier"},
                              default=float), flush=True)
         for direction in ("a2b", "b2a") if exp == "pattern" else ("a2b",):
