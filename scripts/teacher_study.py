@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", choices=("plain", "jitter"), default="plain")
+    p.add_argument("--stem-pool", type=int, choices=(1, 2), default=1,
+                   help="max-pool after the stem (2: the blocks at half resolution)")
     args = p.parse_args(argv)
 
     from napari_atagan._atomic import write_text_atomically
@@ -52,16 +54,19 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     model, info = train_classifier(train, epochs=args.epochs, seed=args.seed, val_fraction=0.0,
-                                   jitter=args.variant == "jitter", progress=progress)
+                                   jitter=args.variant == "jitter", stem_pool=args.stem_pool,
+                                   progress=progress)
     scores = _pattern_accuracy(model, val, names)
     result = {
         "variant": args.variant, "seed": args.seed, "image_size": args.image_size,
+        "stem_pool": args.stem_pool,
         "epochs": args.epochs, "n_train": int(train.n), "n_val": int(val.n),
         **scores, "mean_of_patterns": float(np.mean(list(scores["per_pattern"].values()))),
         "patterns": names, "seconds": time.perf_counter() - t0,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"teacher_{args.variant}_s{args.seed}_{args.image_size}px.json"
+    out = args.out / (f"teacher_{args.variant}_s{args.seed}_{args.image_size}px"
+                      + (f"_pool{args.stem_pool}" if args.stem_pool > 1 else "") + ".json")
     write_text_atomically(out, json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("accuracy", "mean_of_patterns", "per_pattern")},
                      indent=1))

@@ -254,6 +254,36 @@ def test_teacher_and_extra_tensors(tmp_path, run):
     assert torch.equal(torch.rand(4, generator=resumed), torch.rand(4, generator=gen))
 
 
+@pytest.mark.parametrize("stem_pool", [1, 2])
+def test_classifier_teacher_is_rebuilt_from_its_stored_network(tmp_path, run, stem_pool):
+    """The pattern classifier keeps its network description beside its weights, so a
+    pooled stem comes back pooled and names cells as it did when saved; a file saved
+    before the description existed rebuilds the unpooled network it held."""
+    from napari_atagan.gan.attention import PatternClassifier
+    from napari_atagan.gan.checkpoint import load_teacher
+
+    config, g, _, d, _, _ = run
+    torch.manual_seed(1)
+    teacher = PatternClassifier(3, stem_pool=stem_pool).eval()
+    path = save_checkpoint(tmp_path / "t.safetensors", config=config,
+                           modules={"G": g, "D": d, "teacher": teacher},
+                           metadata={"class_names": CLASSES})
+    ckpt = load_checkpoint(path)
+    assert ckpt.hparams("teacher") == {"n_classes": 3, "stem_pool": stem_pool}
+    back = load_teacher(ckpt)
+    x = torch.randn(2, 1, 16, 16)
+    assert back.stem_pool == stem_pool and not back.training
+    assert back.features(x).shape[-1] == 2 // stem_pool
+    assert torch.allclose(back(x), teacher(x), atol=1e-6)
+    model, source = ckpt.pattern_model()
+    assert source == "classifier teacher" and torch.allclose(model(x), teacher(x), atol=1e-6)
+    del ckpt.metadata["modules"]["teacher"]["hparams"]  # as files were written before
+    assert load_teacher(ckpt).stem_pool == 1
+    with pytest.raises(ValueError, match="stem_pool"):
+        PatternClassifier(3, stem_pool=3)
+    assert load_teacher(load_checkpoint(save_run(tmp_path / "mask.safetensors", run))) is None
+
+
 def test_reserved_metadata_is_rewritten_on_resave(tmp_path, saved):
     ckpt = load_checkpoint(saved)
     document = dict(ckpt.metadata, step=7, config={"bogus": 1}, format_version=99)

@@ -355,18 +355,14 @@ def evaluate_samples(
 
 def _teacher(ckpt: Any, device: str) -> tuple[torch.nn.Module | None, str | None]:
     """The checkpoint's pattern classifier, or None and why there is none."""
-    from ..gan.attention import PatternClassifier
-    from ..checkpoint import load_module_state
     from ..device import resolve_device
+    from ..gan.checkpoint import load_teacher
 
-    if not ckpt.has("teacher"):
+    model = load_teacher(ckpt, resolve_device(device))
+    if model is None:
         return None, ("the checkpoint holds no pattern classifier (trained with teacher "
                       f"'{ckpt.config.teacher}'), so there are no features for KID")
-    state = ckpt.state_dict("teacher")
-    n_classes = int(state["net.fc.weight"].shape[0])
-    model = PatternClassifier(n_classes)
-    load_module_state(model, state, what="teacher", path=ckpt.path)
-    return model.to(resolve_device(device)).eval(), None
+    return model, None
 
 
 def _compare(ckpt: Any, real: np.ndarray, pattern: int | None, n: int, seed: int, *,

@@ -20,7 +20,7 @@ from .models import (
     standing_statistics,
 )
 
-__all__ = ["load_discriminator", "load_generator", "load_pattern_model"]
+__all__ = ["load_discriminator", "load_generator", "load_pattern_model", "load_teacher"]
 
 
 def load_generator(ckpt: Checkpoint, device: str | torch.device = "cpu", ema: bool = True
@@ -84,18 +84,34 @@ def load_pattern_model(ckpt: Checkpoint, device: str | torch.device = "cpu"
     names = ckpt.class_names
     if len(names) < 2:
         return None
-    if ckpt.has("teacher"):
-        from .attention import PatternClassifier
-
-        teacher = PatternClassifier(len(names))
-        load_module_state(teacher, ckpt.state_dict("teacher"), what="teacher",
-                          path=ckpt.path)
-        return teacher.to(device).eval(), "classifier teacher"
+    teacher = load_teacher(ckpt, device)
+    if teacher is not None:
+        return teacher, "classifier teacher"
     disc = load_discriminator(ckpt, device)
     if disc.classifier is None or disc.n_classes != len(names):
         return None
     conditioning = getattr(ckpt.config, "conditioning", "projection")
     return _PatternHead(disc).eval(), f"discriminator {conditioning} head"
+
+
+def load_teacher(ckpt: Checkpoint, device: str | torch.device = "cpu") -> nn.Module | None:
+    """The pattern classifier the run trained as its teacher, in eval mode, or ``None``
+    when the file keeps none (a mask teacher, or no teacher). Its stored
+    hyper-parameters rebuild it; a file saved before it had any holds the network
+    with an unpooled stem, its patterns counted by its last layer."""
+    if not ckpt.has("teacher"):
+        return None
+    from .attention import classifier_from_hparams
+
+    state = ckpt.state_dict("teacher")
+    hparams = ckpt.hparams("teacher")
+    if hparams is None:
+        fc = state.get("net.fc.weight")
+        n_classes = int(fc.shape[0]) if fc is not None else len(ckpt.class_names)
+        hparams = {"n_classes": n_classes, "stem_pool": 1}
+    model = _build(ckpt, classifier_from_hparams, hparams, "teacher")
+    load_module_state(model, state, what="teacher", path=ckpt.path)
+    return model.to(device).eval()
 
 
 def _build(ckpt: Checkpoint, build: Callable[[dict], nn.Module], hparams: dict,

@@ -63,6 +63,7 @@ from ..checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from .checkpoint import load_teacher
 from .config import TrainConfig
 from ..data import CellData
 from ..device import describe, resolve_device, synchronize
@@ -569,9 +570,7 @@ def _teacher(config, data, device, resumed, stop: StopSignal = None):
         maps, info = teacher_maps(config, data, device)
         return maps, None, {"kind": config.teacher, **info}
     if resumed is not None and resumed.has("teacher."):
-        model = PatternClassifier(len(data.class_names))
-        load_module_state(model, resumed.state_dict("teacher."), what="teacher",
-                          path=resumed.path)
+        model = load_teacher(resumed, device)
         info = dict(resumed.metadata.get("teacher", {}))
     else:
         model, info = yield from _train_classifier_with_messages(config, data, device, stop)
