@@ -92,6 +92,7 @@ def test_evaluate_samples_keys(tiny_checkpoint, tiny_data, tmp_path):
     assert r["n_real"] == 6 and r["n_fake"] == 6 and r["image_size"] == 16
     assert len(r["swd"]["levels"]) >= 1 and r["swd"]["mean"] >= 0
     assert r["swd_reference"] is not None
+    assert r["lattice"] > 0
     assert r["kid"] is None and "no pattern classifier" in r["kid_note"]
     assert set(r["per_pattern"]) == set(PATTERNS)
     json.dumps(r)

@@ -13,10 +13,12 @@ from napari_atagan.metrics import (
     classifier_features,
     ellipse_baseline,
     kid,
+    lattice_ratio,
     match_objects,
     otsu_baseline,
     pixel_iou,
     pointing_game,
+    power_spectrum,
     recall_by_contrast,
     sample_diversity,
     sliced_wasserstein,
@@ -286,6 +288,36 @@ def test_classifier_features():
     with torch.no_grad():
         ref = model.features(torch.from_numpy(imgs)[:, None]).mean(dim=(2, 3)).numpy()
     assert np.allclose(f, ref, atol=1e-5)
+
+
+def test_lattice_ratio_known_answers():
+    """A set against itself scores 1; lines of one frequency on top score their power
+    over the cells' there; coarser lines than the period are not looked at; smoother
+    cells score below 1."""
+    rng = np.random.default_rng(0)
+    cells = ndi.gaussian_filter(rng.standard_normal((200, 32, 32)), (0, 1.5, 1.5))
+    x = np.arange(32)
+    lines = np.broadcast_to(np.cos(2 * np.pi * 12 / 32 * x), (32, 32))  # period 2.7 px
+    coarse = np.broadcast_to(np.cos(2 * np.pi * 2 / 32 * x), (32, 32))  # period 16 px
+    assert lattice_ratio(cells, cells) == pytest.approx(1.0)
+    assert lattice_ratio(cells, cells + 0.2 * lines) > 10
+    assert lattice_ratio(cells, cells + 0.2 * coarse) == pytest.approx(1.0, abs=0.05)
+    assert lattice_ratio(cells, ndi.gaussian_filter(cells, (0, 1, 1))) < 1
+    # the power of the lines at their frequency, exactly: spectrum of the sum = sum
+    # of the spectra plus a cross term that the mean over the set nearly cancels
+    spectrum = power_spectrum(np.broadcast_to(lines, (1, 32, 32)))
+    assert spectrum.argmax() in (12, 32 - 12)  # row 0, the line's own column
+    assert power_spectrum(cells[:, None]) == pytest.approx(power_spectrum(cells))
+    with pytest.raises(ValueError, match="N, H, W"):
+        power_spectrum(cells[0])
+    with pytest.raises(ValueError, match="NaN"):
+        lattice_ratio(cells, cells * np.nan)
+    with pytest.raises(ValueError, match="same image size"):
+        lattice_ratio(cells, cells[:, :16, :16])
+    with pytest.raises(ValueError, match="period"):
+        lattice_ratio(cells, cells, period=2)
+    with pytest.raises(ValueError, match="no power"):
+        lattice_ratio(np.ones((2, 8, 8)), cells[:, :8, :8])  # flat images: nothing to compare
 
 
 def test_sample_diversity_known_answers():

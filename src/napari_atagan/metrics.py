@@ -20,7 +20,9 @@ makes the work fast):
 * **Sample quality.** :func:`sliced_wasserstein` compares the local texture of
   two image sets at several scales (needs no trained network);
   :func:`kid` is the kernel inception distance on feature vectors, for instance
-  those of the product's own pattern classifier (:func:`classifier_features`).
+  those of the product's own pattern classifier (:func:`classifier_features`);
+  :func:`lattice_ratio` finds a periodic artifact (a lattice of lines) in
+  generated cells as an excess of power at one fine frequency.
 
 Conventions: masks are boolean (any non-zero value counts as inside); label
 images hold 0 for background and a positive integer per object.
@@ -50,6 +52,8 @@ __all__ = [
     "pixel_iou",
     "pointing_game",
     "recall_by_contrast",
+    "lattice_ratio",
+    "power_spectrum",
     "sample_diversity",
     "sliced_wasserstein",
     "threshold_map",
@@ -377,6 +381,60 @@ def sample_diversity(images: Any) -> float:
     spread = flat.std(axis=1, keepdims=True)
     flat = np.divide(flat, spread, out=np.zeros_like(flat), where=spread > 0)
     return float(flat.std(axis=0).mean())
+
+
+LATTICE_PERIOD = 8.0
+""":func:`lattice_ratio` looks at structure finer than this many pixels (coarser
+frequencies hold the cells' shapes, which rightly differ from set to set)."""
+
+
+def power_spectrum(images: Any) -> np.ndarray:
+    """The mean power spectrum ``(H, W)`` of a set of images (``numpy.fft`` order).
+
+    Every image has its mean removed and is tapered by a 2-D periodic Hann window, so
+    its edges add no false detail and a pure wave keeps its power within one
+    frequency step of its own.
+    """
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 3 or x.shape[0] < 1 or min(x.shape[1:]) < 4:
+        raise ValueError(f"a power spectrum needs a stack of images (N, H, W) of at least "
+                         f"4 x 4 pixels, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("the images contain NaN or infinite values")
+    h, w = x.shape[1:]
+    taper = np.hanning(h + 1)[:-1, None] * np.hanning(w + 1)[None, :-1]  # periodic
+    power = np.zeros((h, w))
+    for start in range(0, len(x), 256):  # bounded memory for large sets
+        part = x[start:start + 256]
+        part = (part - part.mean(axis=(1, 2), keepdims=True)) * taper
+        power += (np.abs(np.fft.fft2(part)) ** 2).sum(axis=0)
+    return power / len(x)
+
+
+def lattice_ratio(real: Any, fake: Any, period: float = LATTICE_PERIOD) -> float:
+    """The strongest excess of ``fake``'s power over ``real``'s at one spatial frequency.
+
+    Over every frequency finer than ``period`` pixels, the ratio of the two sets'
+    mean power spectra (:func:`power_spectrum`); the result is its maximum. A
+    periodic artifact (a lattice of lines, a checkerboard) puts its power at a few
+    frequencies and scores far above 1; generated cells whose fine texture matches
+    the real cells' score near the value of two sets of real cells (about 1.4 for
+    600 simulated cells against 600 others). Both sets must have the same image size.
+    """
+    pa, pb = power_spectrum(real), power_spectrum(fake)
+    if pa.shape != pb.shape:
+        raise ValueError(f"the two sets must have the same image size, got {pa.shape} "
+                         f"and {pb.shape}")
+    if not period > 2:
+        raise ValueError(f"period must be above 2 pixels (the finest there is), got {period}")
+    h, w = pa.shape
+    fine = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]) >= 1.0 / period
+    if not (pa[fine] > 0).all():
+        raise ValueError("the real images have no power at some fine frequency: nothing to "
+                         "compare to")
+    return float((pb[fine] / pa[fine]).max())
 
 
 def sliced_wasserstein(
