@@ -225,7 +225,10 @@ def test_cli_samples_with_tstr(tiny_checkpoint, tstr_real, tmp_path, capsys):
                   "--tstr-per-pattern", "4", "--tstr-epochs", "1", "--json", str(report)]) == 0
     text = capsys.readouterr().out
     assert "TSTR/TRTS" in text and "Centromere" in text
-    tstr = json.loads(report.read_text())["train_on_synthetic"]
+    saved = json.loads(report.read_text())
+    header = next(line for line in text.splitlines() if line.startswith("cells"))
+    assert header.split()[-2:] == ["lattice", "KID"] and saved["lattice"] > 0
+    tstr = saved["train_on_synthetic"]
     assert tstr["n_per_pattern"] == 4 and tstr["epochs"] == 1
     assert "trained on the first 70% of every pattern's real cells" in text
     assert _main(["evaluate", "samples", "--checkpoint", str(tiny_checkpoint), "--real",

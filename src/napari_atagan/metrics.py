@@ -359,6 +359,23 @@ def ellipse_baseline(shape: tuple[int, int], fraction: float = ELLIPSE_FRACTION)
 # ---------------------------------------------------------------------------
 
 
+def _grey_stack(images: Any, what: str, *, min_count: int = 1, min_side: int = 1) -> np.ndarray:
+    """``images`` as a numpy stack ``(N, H, W)`` (a ``(N, 1, H, W)`` stack loses its
+    channel axis), unconverted; ValueError naming ``what`` for another shape, too few or
+    too small images, or NaN and infinite values."""
+    x = np.asarray(images)
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 3 or x.shape[0] < min_count or min(x.shape[1:]) < min_side:
+        raise ValueError(f"{what} needs a stack of grey images (N, H, W) with N >= {min_count}"
+                         f" of at least {min_side} x {min_side} pixels, got shape {x.shape}")
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{what}: the images must be numeric, got dtype {x.dtype}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ValueError(f"{what}: the images contain NaN or infinite values")
+    return x
+
+
 def sample_diversity(images: Any) -> float:
     """How different the images of a set are from one another, in [0, ~1].
 
@@ -369,13 +386,7 @@ def sample_diversity(images: Any) -> float:
     independent noise about 1. Compare generated cells with real cells of the
     same kind: the ratio shows partial mode collapse, which SWD can miss.
     """
-    x = np.asarray(images, dtype=np.float64)
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3 or x.shape[0] < 2:
-        raise ValueError(f"sample_diversity needs a stack (N >= 2, H, W), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("sample_diversity: the images contain NaN or infinite values")
+    x = _grey_stack(images, "sample_diversity", min_count=2).astype(np.float64)
     flat = x.reshape(len(x), -1)
     flat = flat - flat.mean(axis=1, keepdims=True)
     spread = flat.std(axis=1, keepdims=True)
@@ -395,19 +406,12 @@ def power_spectrum(images: Any) -> np.ndarray:
     its edges add no false detail and a pure wave keeps its power within one
     frequency step of its own.
     """
-    x = np.asarray(images, dtype=np.float64)
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3 or x.shape[0] < 1 or min(x.shape[1:]) < 4:
-        raise ValueError(f"a power spectrum needs a stack of images (N, H, W) of at least "
-                         f"4 x 4 pixels, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("the images contain NaN or infinite values")
+    x = _grey_stack(images, "a power spectrum", min_side=4)
     h, w = x.shape[1:]
     taper = np.hanning(h + 1)[:-1, None] * np.hanning(w + 1)[None, :-1]  # periodic
     power = np.zeros((h, w))
-    for start in range(0, len(x), 256):  # bounded memory for large sets
-        part = x[start:start + 256]
+    for start in range(0, len(x), 256):  # float64 a slice at a time: bounded memory
+        part = x[start:start + 256].astype(np.float64)
         part = (part - part.mean(axis=(1, 2), keepdims=True)) * taper
         power += (np.abs(np.fft.fft2(part)) ** 2).sum(axis=0)
     return power / len(x)
@@ -420,7 +424,7 @@ def lattice_ratio(real: Any, fake: Any, period: float = LATTICE_PERIOD) -> float
     mean power spectra (:func:`power_spectrum`); the result is its maximum. A
     periodic artifact (a lattice of lines, a checkerboard) puts its power at a few
     frequencies and scores far above 1; generated cells whose fine texture matches
-    the real cells' score near the value of two sets of real cells (about 1.4 for
+    the real cells' score near the value of two sets of real cells (1.2-1.5 for
     600 simulated cells against 600 others). Both sets must have the same image size.
     """
     pa, pb = power_spectrum(real), power_spectrum(fake)

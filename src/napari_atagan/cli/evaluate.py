@@ -490,7 +490,7 @@ def _samples_table(result: dict) -> str:
     lines = [f"generated vs real cells ({result['checkpoint']}, "
              f"{result['image_size']} px; SWD level 0 = finest detail; lattice = the largest "
              "excess of generated over real power at one frequency finer than 8 px: real "
-             "cells against real cells give about 1.4, a lattice of lines far more)",
+             "cells against real cells give 1.2-1.5, a lattice of lines far more)",
              format_table(header, rows)]
     if result.get("kid_note"):
         lines.append(f"KID: {result['kid_note']}")

@@ -310,7 +310,7 @@ def evaluate_samples(
     * ``"lattice"``: the strongest excess of the generated cells' power over the
       real cells' at one frequency finer than 8 px
       (:func:`napari_atagan.metrics.lattice_ratio`): near that of two sets of real
-      cells (about 1.4 with 600 each) is right; far above, a lattice of lines.
+      cells (1.2-1.5 with 600 each) is right; far above, a lattice of lines.
     * ``"kid"``: ``{"mean", "std"}`` of the kernel inception distance on the
       features of the checkpoint's pattern classifier (its ``teacher.``
       weights), or ``None`` with the reason in ``"kid_note"``.
