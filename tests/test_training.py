@@ -251,6 +251,21 @@ def test_periodic_checkpoints_and_their_steps(tmp_path, tiny_data):
     assert load_checkpoint(tmp_path / "checkpoint.safetensors").step == 5
 
 
+def test_resumed_classifier_run_keeps_its_classifier(tmp_path, tiny_data):
+    """A resumed run with the classifier teacher trains no new classifier: it loads the
+    saved one, network description and weights, and saves it again unchanged."""
+    cfg = tiny_config(teacher="classifier", steps=4)
+    part = run_to_end(train(cfg.replace(steps=2), tiny_data, tmp_path / "part")).checkpoint
+    seen = []
+    done = run_to_end(train(cfg, tiny_data, tmp_path / "resumed", resume=part), seen.append)
+    assert not [e for e in seen if getattr(e, "text", "").startswith("classifier epoch ")]
+    before, after = load_checkpoint(part), load_checkpoint(done.checkpoint)
+    assert after.step == 4 and after.hparams("teacher") == before.hparams("teacher")
+    assert before.hparams("teacher") == {"n_classes": 3, "stem_pool": 1}
+    for key, value in before.state_dict("teacher").items():
+        assert torch.equal(value, after.state_dict("teacher")[key]), key
+
+
 def test_resume_refuses_data_of_other_patterns(tmp_path, tiny_data):
     ck = run_to_end(train(tiny_config(steps=1), tiny_data, tmp_path / "a")).checkpoint
     other = from_arrays(tiny_data.images, tiny_data.masks,

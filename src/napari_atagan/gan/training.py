@@ -569,8 +569,8 @@ def _teacher(config, data, device, resumed, stop: StopSignal = None):
     if config.teacher != "classifier":
         maps, info = teacher_maps(config, data, device)
         return maps, None, {"kind": config.teacher, **info}
-    if resumed is not None and resumed.has("teacher."):
-        model = load_teacher(resumed, device)
+    model = load_teacher(resumed, device) if resumed is not None else None
+    if model is not None:  # a resumed classifier run keeps its classifier
         info = dict(resumed.metadata.get("teacher", {}))
     else:
         model, info = yield from _train_classifier_with_messages(config, data, device, stop)
