@@ -39,6 +39,11 @@ class TrainConfig:
     """Discriminator widths, one per stride-2 block; the last block feeds the CAM."""
     g_padding: str = "zeros"
     """How the generator's 3x3 convolutions pad the edge: ``zeros`` or ``reflect``."""
+    g_noise: bool = False
+    """Per-pixel noise inputs in every generator block, one learned strength per
+    channel (StyleGAN), and white noise of one learned strength on the image
+    itself (a camera's noise): fine random texture can then come from noise
+    rather than from a fixed pattern of the weights."""
     spectral_norm: bool = False
 
     # --- attention transfer ---------------------------------------------------

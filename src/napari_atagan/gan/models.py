@@ -32,7 +32,7 @@ unit, and therefore the CAM, stays class-free.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -151,17 +151,45 @@ def _log2_exact(n: int) -> int | None:
 # ---------------------------------------------------------------------------
 
 
-class _UpBlock(nn.Module):
-    """Nearest x2 upsample, 3x3 conv, (class-)BatchNorm, ReLU."""
+def _pixel_noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise of shape ``(B, 1, H, W)`` for features ``x``, drawn
+    from ``generator`` (on its own device, then moved) or the global state."""
+    shape = (x.shape[0], 1, *x.shape[-2:])
+    if generator is None:
+        return torch.randn(shape, device=x.device, dtype=x.dtype)
+    noise = torch.randn(shape, device=generator.device, generator=generator)
+    return noise.to(device=x.device, dtype=x.dtype)
 
-    def __init__(self, c_in: int, c_out: int, n_classes: int, padding: str = "zeros") -> None:
+
+class _NoiseInput(nn.Module):
+    """Adds per-pixel noise, one learned strength per channel (StyleGAN's noise
+    inputs). The strengths start at 0, so a new model begins without noise."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.strength = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return x + self.strength.to(x.dtype) * _pixel_noise(x, generator)
+
+
+class _UpBlock(nn.Module):
+    """Nearest x2 upsample, 3x3 conv, (class-)BatchNorm, [per-pixel noise], ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, n_classes: int, padding: str = "zeros",
+                 noise: bool = False) -> None:
         super().__init__()
         self.conv = _conv3x3(c_in, c_out, bias=False, padding=padding)
         self.norm = ClassBatchNorm2d(c_out, n_classes)
+        self.noise = _NoiseInput(c_out) if noise else None
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return F.relu(self.norm(self.conv(x), labels))
+        x = self.norm(self.conv(x), labels)
+        if self.noise is not None:
+            x = self.noise(x, generator)
+        return F.relu(x)
 
 
 class Generator(nn.Module):
@@ -182,6 +210,12 @@ class Generator(nn.Module):
         How the 3x3 convolutions pad the image's edge: ``"zeros"`` or
         ``"reflect"`` (mirrored pixels, so the edge of a crop looks like its
         inside and no frame is drawn along it).
+    noise:
+        Per-pixel noise inputs in every block (StyleGAN) and on the image itself
+        (as a camera adds it), each with learned strengths: fine random detail
+        comes from noise instead of from a fixed pattern of the weights.
+        Each call draws new noise, from the ``generator`` passed to
+        :meth:`forward` (reproducible) or else from the global random state.
     """
 
     def __init__(
@@ -191,6 +225,7 @@ class Generator(nn.Module):
         image_size: int = 64,
         n_classes: int = 0,
         padding: str = "zeros",
+        noise: bool = False,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -200,6 +235,7 @@ class Generator(nn.Module):
         self.image_size = int(image_size)
         self.n_classes = int(n_classes)
         self.padding = padding
+        self.noise = bool(noise)
 
         self._build_layers()
         self.apply(init_weights)
@@ -217,31 +253,38 @@ class Generator(nn.Module):
         self.seed_norm = ClassBatchNorm2d(seed_width, self.n_classes)
         widths = (seed_width, *self.channels)
         self.blocks = nn.ModuleList(
-            _UpBlock(c_in, c_out, self.n_classes, self.padding)
+            _UpBlock(c_in, c_out, self.n_classes, self.padding, self.noise)
             for c_in, c_out in zip(widths[:-1], widths[1:])
         )
         self.to_image = _conv3x3(self.channels[-1], 1, padding=self.padding)
+        self.out_noise = _NoiseInput(1) if self.noise else None
 
     @property
     def hparams(self) -> dict:
         """The constructor arguments, as plain JSON types (saved in checkpoints).
 
         The DCGAN generator stores no ``arch`` key, as in files written before
-        other families existed; :func:`generator_from_hparams` reads both.
+        other families existed, and ``noise`` only when on;
+        :func:`generator_from_hparams` reads both.
         """
-        return {
+        hparams = {
             "z_dim": self.z_dim,
             "channels": list(self.channels),
             "image_size": self.image_size,
             "n_classes": self.n_classes,
             "padding": self.padding,
         }
+        if self.noise:
+            hparams["noise"] = True
+        return hparams
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, *,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         """Images ``(B, 1, S, S)`` in [-1, 1] from noise ``z`` of shape ``(B, z_dim)``.
 
         ``labels`` (integer pattern ids, shape ``(B,)``) are required when the model
-        is conditional (``n_classes > 0``) and refused when it is not.
+        is conditional (``n_classes > 0``) and refused when it is not. ``generator``
+        draws the per-pixel noise of a model with ``noise=True`` (else unused).
         """
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(
@@ -249,15 +292,20 @@ class Generator(nn.Module):
                 f"got {tuple(z.shape)}"
             )
         labels = self._check_labels(labels, z.shape[0])
-        return self._decode(z, labels)
+        return self._decode(z, labels, generator)
 
-    def _decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def _decode(self, z: torch.Tensor, labels: torch.Tensor | None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         """The image from checked noise and labels."""
         x = self.seed(z).view(z.shape[0], self.channels[0], 4, 4)
         x = F.relu(self.seed_norm(x, labels))
         for block in self.blocks:
-            x = block(x, labels)
-        return torch.tanh(self.to_image(x))
+            x = block(x, labels, generator)
+        return torch.tanh(self._camera_noise(self.to_image(x), generator))
+
+    def _camera_noise(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """White noise on the image itself, of one learned strength (before ``tanh``)."""
+        return x if self.out_noise is None else self.out_noise(x, generator)
 
     def _check_labels(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if self.n_classes == 0:
@@ -291,9 +339,11 @@ class Generator(nn.Module):
 
 
 @torch.no_grad()
-def recompute_batchnorm(module: nn.Module, batches: Iterable[tuple]) -> None:
+def recompute_batchnorm(module: nn.Module, batches: Iterable[tuple],
+                        forward: Callable[..., object] | None = None) -> None:
     """Set every BatchNorm running statistic of ``module`` to its exact average
-    over ``batches`` (each a tuple of ``module``'s positional arguments).
+    over ``batches`` (each a tuple of ``module``'s positional arguments, passed to
+    ``forward`` when given, e.g. to add keyword arguments, else to ``module``).
 
     Running statistics kept during training are a moving average of past batches
     of past weights; in eval mode a network should see the statistics of its
@@ -312,7 +362,7 @@ def recompute_batchnorm(module: nn.Module, batches: Iterable[tuple]) -> None:
     try:
         for args in batches:
             if args[0].shape[0] > 1:
-                module(*args)
+                (module if forward is None else forward)(*args)
     finally:
         for bn, momentum in zip(bns, momenta, strict=True):
             bn.momentum = momentum
@@ -330,8 +380,8 @@ def standing_statistics(G: Generator, n: int = STANDING_SAMPLES, batch_size: int
     pixels of a full-scale model's cells averaged +0.74, +0.84 with standing
     statistics, +0.93 in the real training cells (``docs/RESULTS.md``).
     ``n`` images from a fixed seed, every pattern equally often, set the
-    statistics (deterministic; no global random state is used). Returns ``G``,
-    in its previous train/eval mode.
+    statistics (deterministic; no global random state is used, per-pixel noise
+    included). Returns ``G``, in its previous train/eval mode.
     """
     device = next(G.parameters()).device
     gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -344,7 +394,7 @@ def standing_statistics(G: Generator, n: int = STANDING_SAMPLES, batch_size: int
                  if G.n_classes else None)
             yield (z, y)
 
-    recompute_batchnorm(G, batches())
+    recompute_batchnorm(G, batches(), lambda z, y: G(z, y, generator=gen))
     return G
 
 
@@ -669,17 +719,23 @@ class _ResUpBlock(nn.Module):
     """Residual x2 up-block: (class-)BN, ReLU, nearest x2, 3x3 conv, (class-)BN,
     ReLU, 3x3 conv; plus a 1x1-conv shortcut upsampled alike (BigGAN-style)."""
 
-    def __init__(self, c_in: int, c_out: int, n_classes: int, padding: str = "zeros") -> None:
+    def __init__(self, c_in: int, c_out: int, n_classes: int, padding: str = "zeros",
+                 noise: bool = False) -> None:
         super().__init__()
         self.norm1 = ClassBatchNorm2d(c_in, n_classes)
         self.conv1 = _conv3x3(c_in, c_out, bias=False, padding=padding)
         self.norm2 = ClassBatchNorm2d(c_out, n_classes)
+        self.noise = _NoiseInput(c_out) if noise else None
         self.conv2 = _conv3x3(c_out, c_out, padding=padding)
         self.shortcut = nn.Conv2d(c_in, c_out, kernel_size=1)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         h = F.interpolate(F.relu(self.norm1(x, labels)), scale_factor=2.0, mode="nearest")
-        h = self.conv2(F.relu(self.norm2(self.conv1(h), labels)))
+        h = self.norm2(self.conv1(h), labels)
+        if self.noise is not None:
+            h = self.noise(h, generator)
+        h = self.conv2(F.relu(h))
         # a 1x1 conv and nearest upsampling commute: convolve the smaller map
         return h + F.interpolate(self.shortcut(x), scale_factor=2.0, mode="nearest")
 
@@ -702,21 +758,24 @@ class ResNetGenerator(Generator):
         self.seed = nn.Linear(self.z_dim, 4 * 4 * seed_width)
         widths = (seed_width, *self.channels)
         self.blocks = nn.ModuleList(
-            _ResUpBlock(c_in, c_out, self.n_classes, self.padding)
+            _ResUpBlock(c_in, c_out, self.n_classes, self.padding, self.noise)
             for c_in, c_out in zip(widths[:-1], widths[1:])
         )
         self.out_norm = ClassBatchNorm2d(self.channels[-1], self.n_classes)
         self.to_image = _conv3x3(self.channels[-1], 1, padding=self.padding)
+        self.out_noise = _NoiseInput(1) if self.noise else None
 
     @property
     def hparams(self) -> dict:
         return {**super().hparams, "arch": self.arch}
 
-    def _decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def _decode(self, z: torch.Tensor, labels: torch.Tensor | None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         x = self.seed(z).view(z.shape[0], self.channels[0], 4, 4)
         for block in self.blocks:
-            x = block(x, labels)
-        return torch.tanh(self.to_image(F.relu(self.out_norm(x, labels))))
+            x = block(x, labels, generator)
+        x = self.to_image(F.relu(self.out_norm(x, labels)))
+        return torch.tanh(self._camera_noise(x, generator))
 
 
 class _ResDownBlock(nn.Module):
@@ -833,6 +892,7 @@ def build_models(config: TrainConfig, n_classes: int) -> tuple[Generator, Discri
         image_size=config.image_size,
         n_classes=n_classes,
         padding=config.g_padding,
+        noise=config.g_noise,
     )
     discriminator = _family(DISCRIMINATORS, config.arch, "discriminator")(
         channels=config.d_channels,

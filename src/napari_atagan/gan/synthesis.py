@@ -23,6 +23,9 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import render_into, render_levels, rendered_dtype
 from ..device import resolve_device
 
+NOISE_SEED_OFFSET = 7919
+"""A model with per-pixel noise inputs draws that noise from ``seed + NOISE_SEED_OFFSET``."""
+
 
 @dataclass
 class Synthesis:
@@ -98,6 +101,10 @@ def generate(
     the GPU (:func:`cams_to_masks_torch`), elsewhere by :func:`cams_to_masks`
     (the same masks; scipy is faster than torch on a CPU); the host renders one
     batch while the device computes the next.
+
+    The same ``seed`` gives the same cells. A model with per-pixel noise inputs
+    (``g_noise``) draws that noise batch by batch, so its cells also depend on
+    ``batch_size``; every other model's do not.
     """
     if int(n) < 1:
         raise ValueError(f"n (number of cells) must be >= 1, got {n}")
@@ -109,6 +116,9 @@ def generate(
     G = ckpt.generator(dev, ema=True)
     D = ckpt.discriminator(dev)
     gen = torch.Generator().manual_seed(int(seed))
+    # a model with noise inputs draws its per-pixel noise from a stream of its own,
+    # so the cells' z (and every model without noise) do not depend on batch_size
+    pixel_gen = torch.Generator().manual_seed(int(seed) + NOISE_SEED_OFFSET)
     labels = _pattern_labels(ckpt, n, pattern, gen)
     z_dim = ckpt.config.z_dim
     s = ckpt.config.image_size
@@ -127,7 +137,7 @@ def generate(
         j = min(n, i + batch_size)
         z = torch.randn(j - i, z_dim, generator=gen).to(dev)
         y = labels[i:j].to(dev) if labels is not None else None
-        x = G(z, y)
+        x = G(z, y, generator=pixel_gen)
         cam = D.soft_cam(x).clamp_min(0)
         # a GPU works through the queue on its own: render the previous batch meanwhile
         render_into(rendered[done:i], images[done:i], lo[done:i], hi[done:i])
