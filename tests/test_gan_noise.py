@@ -111,3 +111,32 @@ def test_a_noise_run_resumes_bit_for_bit(tmp_path, tiny_data):
     for key in a.tensors:
         if key.split(".")[0] in ("G", "G_ema", "D"):
             assert torch.equal(a.tensors[key], b.tensors[key]), key
+
+
+# --------------------------------------------------------------------------- upsampling
+@pytest.mark.parametrize("cls", [Generator, ResNetGenerator])
+def test_bilinear_upsampling_is_stored_and_damps_the_mirror_frequencies(cls):
+    G = cls(z_dim=8, channels=(16, 8), image_size=16, n_classes=0, upsample="bilinear")
+    assert G.hparams["upsample"] == "bilinear"
+    assert generator_from_hparams(G.hparams).upsample == "bilinear"
+    assert "upsample" not in cls(z_dim=8, channels=(16, 8), image_size=16).hparams
+    with torch.no_grad():
+        assert G.eval()(torch.randn(3, 8)).shape == (3, 1, 16, 16)
+    # a cosine at 0.1 cycles per pixel, doubled: nearest copies put a mirror image
+    # at 0.5 - 0.1 / 2 = 0.45 of the new grid, bilinear interpolation damps it
+    from napari_atagan.gan.models import _upsample2
+
+    x = torch.cos(2 * torch.pi * 0.1 * torch.arange(32.0)).expand(1, 1, 32, 32)
+    power = {mode: torch.fft.rfft(_upsample2(x, mode)[0, 0, 0]).abs() for mode in
+             ("nearest", "bilinear")}
+    mirror = round(0.45 * 64)
+    assert power["bilinear"][mirror] < 0.5 * power["nearest"][mirror]
+
+
+def test_config_checks_the_upsampling():
+    with pytest.raises(ValueError, match="g_upsample"):
+        tiny_config(g_upsample="cubic")
+    with pytest.raises(ValueError, match="upsample"):
+        Generator(upsample="cubic")
+    G, _ = build_models(tiny_config(g_upsample="bilinear"), n_classes=3)
+    assert all(block.upsample == "bilinear" for block in G.blocks)

@@ -15,6 +15,7 @@ TEACHERS = ("classifier", "mask", "none")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 CONDITIONINGS = ("projection", "auxiliary")
 G_PADDINGS = ("zeros", "reflect")
+G_UPSAMPLES = ("nearest", "bilinear")
 ARCHS = ("dcgan", "resnet")
 
 
@@ -39,6 +40,12 @@ class TrainConfig:
     """Discriminator widths, one per stride-2 block; the last block feeds the CAM."""
     g_padding: str = "zeros"
     """How the generator's 3x3 convolutions pad the edge: ``zeros`` or ``reflect``."""
+    g_upsample: str = "nearest"
+    """How each generator block doubles its size before the 3x3 conv: ``nearest``
+    (the paper's) or ``bilinear``. Nearest copies leave mirror images of the
+    features' spectrum near the finest frequencies (a feature at 0.1 cycles per
+    pixel also appears at 0.4), which the conv must learn to cancel; bilinear
+    interpolation damps them (the anti-aliasing of StyleGAN2/3)."""
     g_noise: bool = False
     """Per-pixel noise inputs in every generator block, one learned strength per
     channel (StyleGAN), and white noise of one learned strength on the image
@@ -142,6 +149,9 @@ class TrainConfig:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.g_padding not in G_PADDINGS:
             raise ValueError(f"g_padding must be one of {G_PADDINGS}, got {self.g_padding!r}")
+        if self.g_upsample not in G_UPSAMPLES:
+            raise ValueError(
+                f"g_upsample must be one of {G_UPSAMPLES}, got {self.g_upsample!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.image_size < 16 or self.image_size % 16:

@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from .config import G_PADDINGS, TrainConfig
+from .config import G_PADDINGS, G_UPSAMPLES, TrainConfig
 
 __all__ = [
     "AvgPool2x2",
@@ -173,20 +173,27 @@ class _NoiseInput(nn.Module):
         return x + self.strength.to(x.dtype) * _pixel_noise(x, generator)
 
 
+def _upsample2(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """``x`` at twice its size, by nearest copies or bilinear interpolation."""
+    if mode == "nearest":
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
 class _UpBlock(nn.Module):
-    """Nearest x2 upsample, 3x3 conv, (class-)BatchNorm, [per-pixel noise], ReLU."""
+    """x2 upsample, 3x3 conv, (class-)BatchNorm, [per-pixel noise], ReLU."""
 
     def __init__(self, c_in: int, c_out: int, n_classes: int, padding: str = "zeros",
-                 noise: bool = False) -> None:
+                 noise: bool = False, upsample: str = "nearest") -> None:
         super().__init__()
+        self.upsample = upsample
         self.conv = _conv3x3(c_in, c_out, bias=False, padding=padding)
         self.norm = ClassBatchNorm2d(c_out, n_classes)
         self.noise = _NoiseInput(c_out) if noise else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        x = self.norm(self.conv(x), labels)
+        x = self.norm(self.conv(_upsample2(x, self.upsample)), labels)
         if self.noise is not None:
             x = self.noise(x, generator)
         return F.relu(x)
@@ -216,6 +223,8 @@ class Generator(nn.Module):
         comes from noise instead of from a fixed pattern of the weights.
         Each call draws new noise, from the ``generator`` passed to
         :meth:`forward` (reproducible) or else from the global random state.
+    upsample:
+        How each block doubles the size: ``"nearest"`` or ``"bilinear"``.
     """
 
     def __init__(
@@ -226,6 +235,7 @@ class Generator(nn.Module):
         n_classes: int = 0,
         padding: str = "zeros",
         noise: bool = False,
+        upsample: str = "nearest",
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -236,6 +246,9 @@ class Generator(nn.Module):
         self.n_classes = int(n_classes)
         self.padding = padding
         self.noise = bool(noise)
+        if upsample not in G_UPSAMPLES:
+            raise ValueError(f"generator upsample must be one of {G_UPSAMPLES}, got {upsample!r}")
+        self.upsample = upsample
 
         self._build_layers()
         self.apply(init_weights)
@@ -253,7 +266,7 @@ class Generator(nn.Module):
         self.seed_norm = ClassBatchNorm2d(seed_width, self.n_classes)
         widths = (seed_width, *self.channels)
         self.blocks = nn.ModuleList(
-            _UpBlock(c_in, c_out, self.n_classes, self.padding, self.noise)
+            _UpBlock(c_in, c_out, self.n_classes, self.padding, self.noise, self.upsample)
             for c_in, c_out in zip(widths[:-1], widths[1:])
         )
         self.to_image = _conv3x3(self.channels[-1], 1, padding=self.padding)
@@ -264,7 +277,8 @@ class Generator(nn.Module):
         """The constructor arguments, as plain JSON types (saved in checkpoints).
 
         The DCGAN generator stores no ``arch`` key, as in files written before
-        other families existed, and ``noise`` only when on;
+        other families existed, and ``noise`` and ``upsample`` only when not the
+        default;
         :func:`generator_from_hparams` reads both.
         """
         hparams = {
@@ -276,6 +290,8 @@ class Generator(nn.Module):
         }
         if self.noise:
             hparams["noise"] = True
+        if self.upsample != "nearest":
+            hparams["upsample"] = self.upsample
         return hparams
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -716,12 +732,13 @@ class AvgPool2x2(nn.Module):
 
 
 class _ResUpBlock(nn.Module):
-    """Residual x2 up-block: (class-)BN, ReLU, nearest x2, 3x3 conv, (class-)BN,
+    """Residual x2 up-block: (class-)BN, ReLU, x2 upsample, 3x3 conv, (class-)BN,
     ReLU, 3x3 conv; plus a 1x1-conv shortcut upsampled alike (BigGAN-style)."""
 
     def __init__(self, c_in: int, c_out: int, n_classes: int, padding: str = "zeros",
-                 noise: bool = False) -> None:
+                 noise: bool = False, upsample: str = "nearest") -> None:
         super().__init__()
+        self.upsample = upsample
         self.norm1 = ClassBatchNorm2d(c_in, n_classes)
         self.conv1 = _conv3x3(c_in, c_out, bias=False, padding=padding)
         self.norm2 = ClassBatchNorm2d(c_out, n_classes)
@@ -731,13 +748,13 @@ class _ResUpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.norm1(x, labels)), scale_factor=2.0, mode="nearest")
+        h = _upsample2(F.relu(self.norm1(x, labels)), self.upsample)
         h = self.norm2(self.conv1(h), labels)
         if self.noise is not None:
             h = self.noise(h, generator)
         h = self.conv2(F.relu(h))
-        # a 1x1 conv and nearest upsampling commute: convolve the smaller map
-        return h + F.interpolate(self.shortcut(x), scale_factor=2.0, mode="nearest")
+        # a 1x1 conv and upsampling commute (both linear): convolve the smaller map
+        return h + _upsample2(self.shortcut(x), self.upsample)
 
 
 class ResNetGenerator(Generator):
@@ -758,7 +775,7 @@ class ResNetGenerator(Generator):
         self.seed = nn.Linear(self.z_dim, 4 * 4 * seed_width)
         widths = (seed_width, *self.channels)
         self.blocks = nn.ModuleList(
-            _ResUpBlock(c_in, c_out, self.n_classes, self.padding, self.noise)
+            _ResUpBlock(c_in, c_out, self.n_classes, self.padding, self.noise, self.upsample)
             for c_in, c_out in zip(widths[:-1], widths[1:])
         )
         self.out_norm = ClassBatchNorm2d(self.channels[-1], self.n_classes)
@@ -893,6 +910,7 @@ def build_models(config: TrainConfig, n_classes: int) -> tuple[Generator, Discri
         n_classes=n_classes,
         padding=config.g_padding,
         noise=config.g_noise,
+        upsample=config.g_upsample,
     )
     discriminator = _family(DISCRIMINATORS, config.arch, "discriminator")(
         channels=config.d_channels,
