@@ -103,8 +103,8 @@ def generate(
     batch while the device computes the next.
 
     The same ``seed`` gives the same cells. A model with per-pixel noise inputs
-    (``g_noise``) draws that noise batch by batch, so its cells also depend on
-    ``batch_size``; every other model's do not.
+    (``g_noise``) draws that noise batch by batch on the device, so its cells also
+    depend on ``batch_size`` and on the kind of device; every other model's do not.
     """
     if int(n) < 1:
         raise ValueError(f"n (number of cells) must be >= 1, got {n}")
@@ -116,9 +116,11 @@ def generate(
     G = ckpt.generator(dev, ema=True)
     D = ckpt.discriminator(dev)
     gen = torch.Generator().manual_seed(int(seed))
-    # a model with noise inputs draws its per-pixel noise from a stream of its own,
-    # so the cells' z (and every model without noise) do not depend on batch_size
-    pixel_gen = torch.Generator().manual_seed(int(seed) + NOISE_SEED_OFFSET)
+    # A model with noise inputs draws its per-pixel noise from a stream of its own,
+    # so the cells' z (and every model without noise) do not depend on batch_size;
+    # on the model's device, so no batch's noise is copied there from the host.
+    pixel_gen = (torch.Generator(device=dev).manual_seed(int(seed) + NOISE_SEED_OFFSET)
+                 if getattr(G, "noise", False) else None)
     labels = _pattern_labels(ckpt, n, pattern, gen)
     z_dim = ckpt.config.z_dim
     s = ckpt.config.image_size

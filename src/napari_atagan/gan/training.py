@@ -662,7 +662,7 @@ def _fixed_latents(config, n_classes, device, per_class: int = 6):
 @torch.no_grad()
 def _sample(G_ema, z, y, seed: int = 0) -> np.ndarray:
     """The preview cells; a model with noise inputs draws the same noise each time."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device=z.device).manual_seed(seed)
     return G_ema(z, y, generator=gen)[:, 0].float().cpu().numpy()
 
 
