@@ -140,3 +140,19 @@ def test_config_checks_the_upsampling():
         Generator(upsample="cubic")
     G, _ = build_models(tiny_config(g_upsample="bilinear"), n_classes=3)
     assert all(block.upsample == "bilinear" for block in G.blocks)
+
+
+def test_the_shipped_model_draws_no_lattice():
+    """The shipped model (bilinear upsampling, noise inputs) against simulated cells of its
+    training kind: 2.3, near the 1.2-1.5 of real cells against real ones; the nearest-
+    upsampling model it replaced scored 22.6 here."""
+    from napari_atagan import default_model_path
+    from napari_atagan.data import from_arrays
+    from napari_atagan.metrics import lattice_ratio
+    from napari_atagan.simulate import simulate_crops
+
+    ck = load_checkpoint(default_model_path())
+    assert ck.config.g_noise and ck.config.g_upsample == "bilinear"
+    crops = simulate_crops(600, size=64, seed=1)
+    real = from_arrays(crops.images, crops.masks, image_size=64).images
+    assert lattice_ratio(real, generate(ck, 600, seed=0, device="cpu").images) < 4
