@@ -20,6 +20,7 @@ pooled over their pixels. Prints a markdown table and writes every number to
 Usage:
   scripts/slide_study.py CKPT [CKPT ...] [--crops DIR] [--per-pattern 60] [--seed 0]
                          [--slide IMG LAB D ...] [--simulated N] [--json FILE] [--device D]
+                         [--background flatten|none]
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--simulated", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    ap.add_argument("--background", default="flatten", choices=("flatten", "none"),
+                    help="what the model's labelling does with the slide's background")
     args = ap.parse_args(argv)
 
     slides = []
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         rows: dict[str, dict[str, list]] = {}
         t0 = time.perf_counter()
         for group, image, truth, d in slides:
-            found = slide_cells(ckpt, image, d, device=args.device)
+            found = slide_cells(ckpt, image, d, device=args.device,
+                                background=args.background)
             for who in SLIDE_METHODS:
                 rows.setdefault(group, {}).setdefault(who, []).append(counts(found[who], truth))
         groups = {g: {who: pooled(r) for who, r in by.items()} for g, by in rows.items()}

@@ -98,7 +98,8 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     assert meta["checkpoint"] == str(tiny_checkpoint) and meta["threshold"] == "local"
     assert meta["min_size"] == widget.min_size.value and meta["source_layer"] == "slide"
     assert meta["cell_diameter"] == pytest.approx(widget.cell_diameter.value)
-    assert meta["outline"] == "image"
+    assert meta["outline"] == "image" and meta["background"] == "flatten"
+    assert widget.flatten.value is True
     assert cells.data.max() >= 1
 
     # the outline by the map alone re-labels the kept map, as the engine labels it

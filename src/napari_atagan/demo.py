@@ -39,6 +39,7 @@ def run_pipeline(model: Path | None = None, *, n_per_pattern: int = 12, device: 
     from ._sample_data import load_slide
     from .slides.labels import min_cell_size
     from .metrics import match_objects, otsu_baseline, pixel_iou
+    from .slides.background import flatten_background
     from .slides.segment import classic_labels, label_cells
     from .slides.attention import estimate_cell_diameter, slide_attention
     from .gan.synthesis import as_checkpoint
@@ -53,9 +54,10 @@ def run_pipeline(model: Path | None = None, *, n_per_pattern: int = 12, device: 
     slide, truth = load_slide()
     diameter = estimate_cell_diameter(slide)
     t0 = time.perf_counter()
-    attention = slide_attention(ckpt, slide, cell_diameter=diameter, device=device)
+    flat = np.asarray(flatten_background(slide, diameter))
+    attention = slide_attention(ckpt, flat, cell_diameter=diameter, device=device)
     t_map = time.perf_counter() - t0
-    labels = label_cells(attention, slide, outline="image", threshold="local",
+    labels = label_cells(attention, flat, outline="image", threshold="local",
                          min_size=min_cell_size(diameter), cell_diameter=diameter)
     otsu = otsu_baseline(slide)
     classic = classic_labels(slide, diameter)

@@ -111,16 +111,24 @@ class AttentionResult:
     """The :class:`napari_atagan.slides.cells.CellTable` of the latest labelling."""
     top: float = 1.0
     """The map's largest value."""
+    background: str = "flatten"
+    """What was done with the slide's background (:mod:`napari_atagan.slides.background`)."""
 
 
 def label_and_measure(amap: np.ndarray, image: Any, checkpoint: Any, *, outline: str,
                       threshold: str | float, min_size: int, cell_diameter: float,
-                      device: str) -> tuple[np.ndarray, Any]:
-    """Cell labels of a kept map and their cell table (runs in the worker thread)."""
+                      device: str, background: str = "flatten") -> tuple[np.ndarray, Any]:
+    """Cell labels of a kept map and their cell table (runs in the worker thread).
+
+    The cells are outlined on the slide with its background taken away as the map's
+    was (``background``); the table measures the slide as it is.
+    """
+    from napari_atagan.slides.background import flatten_background
     from napari_atagan.slides.cells import cell_table
     from napari_atagan.device import resolve_device
 
-    labels = label_cells(amap, image, outline=outline, threshold=threshold, min_size=min_size,
+    flat = flatten_background(image, cell_diameter, background) if outline == "image" else image
+    labels = label_cells(amap, flat, outline=outline, threshold=threshold, min_size=min_size,
                          cell_diameter=cell_diameter)
     table = cell_table(labels, image, amap, checkpoint=checkpoint, cell_diameter=cell_diameter,
                        device=str(resolve_device(device)))
@@ -129,7 +137,7 @@ def label_and_measure(amap: np.ndarray, image: Any, checkpoint: Any, *, outline:
 
 def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device: str,
                       threshold: str | float, min_size: int, stop: threading.Event,
-                      progress_cb: Any, outline: str = "image"
+                      progress_cb: Any, outline: str = "image", background: str = "flatten"
                       ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
     """Map, labels and cell table of a slide or a ``(T, Y, X)`` stack (worker thread).
 
@@ -138,14 +146,16 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
     """
     from napari_atagan.checkpoint import load_checkpoint
     from napari_atagan.slides.attention import slide_attention, slide_attention_stack
+    from napari_atagan.slides.background import flatten_background
 
     ckpt = load_checkpoint(checkpoint)
     run = slide_attention_stack if len(image.shape) == 3 else slide_attention
-    amap = run(ckpt, image, cell_diameter=cell_diameter, device=device, stop=stop.is_set,
+    amap = run(ckpt, flatten_background(image, cell_diameter, background),
+               cell_diameter=cell_diameter, device=device, stop=stop.is_set,
                progress=progress_cb)
     labels, table = label_and_measure(amap, image, ckpt, outline=outline, threshold=threshold,
                                       min_size=min_size, cell_diameter=cell_diameter,
-                                      device=device)
+                                      device=device, background=background)
     return amap, labels, table, ckpt
 
 
@@ -287,10 +297,14 @@ class AttentionWidget(QWidget):
         self.device = device_combo()
         self.colour_by_pattern = CheckBox(text="colour cells by pattern", value=False,
                                           tooltip=COLOUR_TOOLTIP)
+        self.flatten = CheckBox(
+            text="flatten background", value=True,
+            tooltip="Take away the slide's slowly varying background (uneven illumination, "
+                    "vignetting, haze) before looking for cells. Takes effect on the next run.")
         self.form = Container(widgets=[
             self.image_layer, self.checkpoint, self.cell_diameter, self.estimate_button,
             self.threshold_mode, self.threshold_value, self.outline, self.min_size, self.device,
-            self.colour_by_pattern,
+            self.flatten, self.colour_by_pattern,
         ])
         self.estimate_button.changed.connect(self.estimate_diameter)
         self.threshold_mode.changed.connect(self._update_threshold_mode)
@@ -415,7 +429,8 @@ class AttentionWidget(QWidget):
             return
         self._batch_args = dict(checkpoint=checkpoint, diameter=float(self.cell_diameter.value),
                                 device=self.device.value, threshold=self.threshold(),
-                                min_size=int(self.min_size.value), outline=self.outline_choice())
+                                min_size=int(self.min_size.value), outline=self.outline_choice(),
+                                background="flatten" if self.flatten.value else "none")
         self._batch = list(layers)
         self._batch_size, self._batch_done, self._batch_ok = len(layers), 0, 0
         self._batch_lines = []
@@ -446,13 +461,14 @@ class AttentionWidget(QWidget):
                 notify_info(f"'{layer.name}' is RGB: using its {describe_channel(channel)}")
             worker = run_function(compute_attention, args["checkpoint"], image, args["diameter"],
                                   args["device"], args["threshold"], args["min_size"],
-                                  self._live.stop, self._relay.callback, args["outline"])
+                                  self._live.stop, self._relay.callback, args["outline"],
+                                  args["background"])
             result = AttentionResult(source=layer, source_name=layer.name,
                                      attention=np.zeros(0, np.float32),
                                      checkpoint=args["checkpoint"],
                                      cell_diameter=args["diameter"], scale=tuple(layer.scale),
                                      translate=tuple(layer.translate), channel=channel,
-                                     image=image)
+                                     image=image, background=args["background"])
             worker.returned.connect(lambda out, result=result: self._on_result(result, *out))
             worker.errored.connect(lambda exc, name=layer.name: self._on_error(exc, name))
             worker.finished.connect(self._on_finished)
@@ -549,6 +565,7 @@ class AttentionWidget(QWidget):
             "source_layer": result.source_name,
             "checkpoint": str(result.checkpoint),
             "cell_diameter": result.cell_diameter,
+            "background": result.background,
             "software": f"napari-atagan {__version__}",
         }
         if step is not None:
@@ -636,7 +653,8 @@ class AttentionWidget(QWidget):
             self.outline_choice()
         worker = run_function(label_and_measure, result.attention, result.image, result.model,
                               outline=outline, threshold=threshold, min_size=min_size,
-                              cell_diameter=result.cell_diameter, device=self.device.value)
+                              cell_diameter=result.cell_diameter, device=self.device.value,
+                              background=result.background)
         worker.returned.connect(
             lambda out: self._on_relabelled(result, *out, threshold, min_size, outline))
         worker.errored.connect(lambda exc: notify_error(f"Labelling failed: {error_text(exc)}"))

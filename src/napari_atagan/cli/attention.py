@@ -77,6 +77,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="'image' (default): the map finds and seeds the cells, the slide's own "
                         "edges outline them and split touching ones; 'map': cells cut from the "
                         "attention map alone")
+    p.add_argument("--background", choices=("flatten", "none"), default="flatten",
+                   help="'flatten' (default): take away the slide's slowly varying background "
+                        "(uneven illumination, vignetting, haze), found as a low percentile "
+                        "over windows four cell diameters wide, before looking for cells; "
+                        "'none': use the slide as it is")
     p.add_argument("--min-size", type=int, default=None, metavar="N",
                    help="smallest cell kept, in pixels (never less than 0.4 of the area of a cell "
                         "of the given diameter, which is the default)")
@@ -134,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, out_dir=args.out, diameter=args.diameter,
         threshold=args.threshold, outline=args.outline, min_size=args.min_size,
         device=args.device, tile_size=args.tile_size, channel=channel_option(args),
-        zarr=args.zarr, overwrite=args.overwrite, patterns=args.patterns)
+        zarr=args.zarr, overwrite=args.overwrite, patterns=args.patterns,
+        background=args.background)
     if Path(args.image).is_file():
         return _one_slide(slides[0], options)
     return _many_slides(slides, options, args.workers, args.scheduler)

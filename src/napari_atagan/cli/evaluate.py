@@ -106,6 +106,10 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
     a.add_argument("--grey", action="store_true",
                    help="with --image: use the luminance of a colour (RGB) image instead of "
                         "its stained channel")
+    a.add_argument("--background", choices=("flatten", "none"), default="flatten",
+                   help="slide: what the model's labelling does with the slide's slowly "
+                        "varying background, as `attention --background` (default: "
+                        "%(default)s; the classic and Otsu baselines see the slide as it is)")
     a.add_argument("--exclude-border", action="store_true",
                    help="slide: leave out the cells that touch the image border, found and true")
     a.add_argument("--limit", type=positive_int, default=None, metavar="N",
@@ -275,7 +279,8 @@ def _run_attention(args: argparse.Namespace) -> int:
     diameter = None if args.diameter == "auto" else float(args.diameter)
     result = evaluate_slide(args.checkpoint, image, labels, diameter=diameter,
                             threshold=args.threshold, device=args.device,
-                            exclude_border=args.exclude_border)
+                            exclude_border=args.exclude_border,
+                            background=args.background)
     result["image"], result["labels"] = str(args.image), str(args.labels)
     result.update(channel_info)
     _finish(args, result, _slide_table(result))

@@ -159,6 +159,7 @@ def evaluate_slide(
     threshold: str | float = "local",
     device: str = "auto",
     exclude_border: bool = False,
+    background: str = "flatten",
 ) -> dict[str, Any]:
     """Score the cells a model finds on a slide against the true instance labels.
 
@@ -184,6 +185,8 @@ def evaluate_slide(
     truth with a single value (a binary mask) is split into its connected
     objects first. ``exclude_border``: leave out cells touching the image
     border, both found and true (a cell cut by the border has no true outline).
+    ``background``: what the model's labelling and ``"image_local"`` do with the
+    slide's slowly varying background (:mod:`napari_atagan.slides.background`).
 
     Returns a score dict per method (keys :data:`SLIDE_KEYS`; ``pixel_iou``
     compares the union of all cells), ``"by_contrast"``: for each, the true cells
@@ -205,7 +208,8 @@ def evaluate_slide(
         raise ValueError(f"the cell diameter must be > 0 pixels, got {diameter}")
     ckpt = as_checkpoint(checkpoint)
     min_size = default_min_size(diameter)
-    found = slide_cells(ckpt, img, diameter, threshold=threshold, device=device)
+    found = slide_cells(ckpt, img, diameter, threshold=threshold, device=device,
+                        background=background)
     if exclude_border:
         truth = drop_border_cells(truth)
         found = {k: drop_border_cells(v) for k, v in found.items()}
@@ -218,6 +222,7 @@ def evaluate_slide(
         "cell_diameter": round(diameter, 3),
         "diameter_source": source,
         "threshold": threshold,
+        "background": background,
         "min_size": min_size,
         "exclude_border": bool(exclude_border),
         "truth_relabelled": relabelled,
@@ -232,29 +237,35 @@ def evaluate_slide(
 
 
 def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
-                threshold: str | float = "local", device: str = "auto") -> dict[str, np.ndarray]:
+                threshold: str | float = "local", device: str = "auto",
+                background: str = "flatten") -> dict[str, np.ndarray]:
     """The cells every method of :data:`SLIDE_METHODS` finds on a 2-D slide.
 
     ``"model"`` is exactly what ``napari-atagan attention`` writes
-    (:func:`napari_atagan.slides.segment.label_cells` with ``outline="image"``), ``"map"``
-    the same with ``outline="map"``; the baselines need no model. The attention
-    map is computed once.
+    (:func:`napari_atagan.slides.segment.label_cells` with ``outline="image"``, on the
+    slide with its background taken away as ``background`` says), ``"map"`` the
+    same with ``outline="map"``; the baselines need no model. The attention map is
+    computed once. ``"classic"`` and ``"otsu"`` see the slide as it is (they are
+    the pipelines a reader would write without this product); ``"image_local"``
+    sees it as the model does.
     """
+    from ..slides.background import flatten_background
     from ..slides.labels import attention_to_labels
     from ..slides.segment import classic_labels, guided_labels
     from ..slides.attention import slide_attention
 
     grey = np.asarray(image).astype(np.float32)
-    attention = slide_attention(checkpoint, grey, cell_diameter=diameter, device=device)
+    flat = np.asarray(flatten_background(grey, diameter, background), np.float32)
+    attention = slide_attention(checkpoint, flat, cell_diameter=diameter, device=device)
     min_size = default_min_size(diameter)
     options = dict(threshold=threshold, min_size=min_size, cell_diameter=diameter)
     found = {"map": attention_to_labels(attention, **options)}
     # label_cells(outline="image") without labelling the map a second time
-    found["model"] = guided_labels(grey, attention, diameter, min_size=min_size,
+    found["model"] = guided_labels(flat, attention, diameter, min_size=min_size,
                                    map_labels=found["map"])
     found["classic"] = classic_labels(grey, diameter)
     found["otsu"] = otsu_baseline(grey, min_size=min_size)
-    found["image_local"] = attention_to_labels(grey, **options)
+    found["image_local"] = attention_to_labels(flat, **options)
     return found
 
 

@@ -103,6 +103,9 @@ class ArchiveOptions:
     overwrite: bool = False
     patterns: bool = True
     """Name each cell's pattern when the checkpoint knows patterns."""
+    background: str = "flatten"
+    """``"flatten"``: the slide's slowly varying background is taken away before its
+    cells are looked for (:mod:`napari_atagan.slides.background`); ``"none"``."""
 
 
 @dataclass
@@ -217,7 +220,8 @@ def settings_key(options: ArchiveOptions) -> str:
     decisive = {"checkpoint": [ckpt.name, size], "diameter": options.diameter,
                 "threshold": options.threshold, "outline": options.outline,
                 "min_size": options.min_size, "channel": options.channel,
-                "zarr": options.zarr, "patterns": options.patterns}
+                "zarr": options.zarr, "patterns": options.patterns,
+                "background": options.background}
     return hashlib.sha1(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -244,6 +248,7 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
     from ..channels import read_grey
     from .cells import cell_table
     from ..checkpoint import load_checkpoint
+    from .background import flatten_background
     from .labels import effective_min_size, min_cell_size
     from .attention import (
         default_tile_size,
@@ -271,11 +276,12 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
     shape = tuple(np.shape(image)[:3] if stack else np.shape(image)[:2])
     with ScratchFolder(out_dir) as scratch:
         out = scratch_array(shape, scratch, "attention.npy", np.float32, above=_MEMMAP_PIXELS)
+        flat = flatten_background(image, diameter, options.background)
         compute = slide_attention_stack if stack else slide_attention
-        attention = compute(ckpt, image, cell_diameter=diameter, tile_size=tile_size,
+        attention = compute(ckpt, flat, cell_diameter=diameter, tile_size=tile_size,
                             device=options.device, progress=progress, out=out, stop=stop)
         seconds_map = time.perf_counter() - t0
-        labels, outline = _labels(attention, image, scratch, options.outline,
+        labels, outline = _labels(attention, flat, scratch, options.outline,
                                   threshold=options.threshold, min_size=min_size,
                                   cell_diameter=diameter)
         metadata = {
@@ -286,6 +292,7 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
             "model_cell_diameter": model_cell_diameter(ckpt),
             "threshold": options.threshold,
             "outline": outline,
+            "background": options.background,
             "min_size": int(min_size),
             # the labelling never keeps objects under the cell-area floor
             "min_size_in_effect": effective_min_size(min_size, diameter),

@@ -1,0 +1,238 @@
+"""A slide's slowly varying background, found and taken away.
+
+Real fluorescence slides are not evenly lit: the corners of a wide field are
+darker than its centre (vignetting), the excitation light is patchy, and an
+out-of-focus haze sits under the cells. None of this is a cell, and all of it
+varies over many cell diameters, while a cell is one diameter across. Left in,
+it moves every level that the labelling takes from the slide as a whole: the
+slide's levels that map a typical cell to the training crops' range (a bright
+centre makes the dark corners' cells look like background, a dim slide's haze
+makes the whole field look like one cell), and the background level that each
+cell is cut against.
+
+:func:`estimate_background` finds it the way a microscopist's flat-field
+correction without a reference image would: the slide's mean in blocks of a
+quarter of a cell diameter, the :data:`BACKGROUND_PCT` th percentile of those
+blocks in windows :data:`BACKGROUND_WINDOW` cell diameters wide (a window that
+wide always holds the gaps between cells, unless the slide is confluent), one
+window a diameter, then smoothed by a Gaussian of :data:`BACKGROUND_SMOOTH`
+cell diameters.
+:func:`flatten_background` subtracts it, bilinearly interpolated to every
+pixel, and adds back its median, so the flattened slide keeps the raw slide's
+grey levels where the background is typical. The result is a lazy view: a
+region is flattened when it is read, so a slide on disk larger than memory
+stays on disk.
+
+The choices and their figures are in ``docs/experiments.md`` (*Flattening the
+background*).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["BACKGROUNDS", "BACKGROUND_PCT", "BACKGROUND_SMOOTH", "BACKGROUND_WINDOW",
+           "Background", "FlatSlide", "estimate_background", "flatten_background"]
+
+BACKGROUNDS = ("flatten", "none")
+"""What is done with a slide's background before its cells are looked for."""
+BACKGROUND_PCT = 10.0
+"""The background of a window is this percentile of its blocks' means."""
+BACKGROUND_WINDOW = 4.0
+"""Width of the windows, in cell diameters."""
+BACKGROUND_SMOOTH = 1.0
+"""Sigma of the Gaussian that smooths the background, in cell diameters."""
+BLOCKS_PER_DIAMETER = 4
+"""Blocks across one cell diameter (a block is at least one pixel)."""
+_BAND_PIXELS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Background:
+    """The background of a 2-D slide on a coarse grid of nodes.
+
+    ``grid[i, j]`` is the background at the centre of the square of pixels
+    ``[i * step, (i + 1) * step) x [j * step, (j + 1) * step)``.
+    ``level``: the grid's median, added back by :meth:`region`.
+    """
+
+    grid: np.ndarray
+    step: int
+    shape: tuple[int, int]
+    level: float
+
+    def region(self, rows: slice, cols: slice) -> np.ndarray:
+        """``background - level`` at pixels ``[rows, cols]`` (slices with any step), float32."""
+        ys = np.arange(*rows.indices(self.shape[0]))
+        xs = np.arange(*cols.indices(self.shape[1]))
+        wy = _taps(ys, self.step, self.grid.shape[0])
+        wx = _taps(xs, self.step, self.grid.shape[1])
+        g = self.grid - np.float32(self.level)
+        by_row = g[wy[0]] * wy[2][:, None] + g[wy[1]] * (1 - wy[2])[:, None]  # (ny, W)
+        return (by_row[:, wx[0]] * wx[2][None, :]
+                + by_row[:, wx[1]] * (1 - wx[2])[None, :]).astype(np.float32)
+
+
+def _taps(coords: np.ndarray, step: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear taps on a grid of block centres: (lower index, upper index, lower weight)."""
+    pos = np.clip((coords + 0.5) / step - 0.5, 0, n - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    return lo, hi, (1.0 - (pos - lo)).astype(np.float32)
+
+
+def estimate_background(slide: Any, cell_diameter: float) -> Background:
+    """The slowly varying background of a 2-D slide (see the module notes).
+
+    ``slide``: a 2-D array or any array-like that can be sliced (a memmap, a lazy
+    view); it is read in bands of rows. Raises ValueError for NaN or infinite
+    pixels and for a cell diameter that is not a positive number.
+    """
+    d = float(cell_diameter)
+    if not np.isfinite(d) or d <= 0:
+        raise ValueError(f"cell_diameter must be a positive number of pixels, got {cell_diameter!r}")
+    if len(slide.shape) != 2:
+        raise ValueError(f"a slide must be 2-D, got shape {tuple(slide.shape)}")
+    h, w = (int(s) for s in slide.shape)
+    step = max(1, int(round(d / BLOCKS_PER_DIAMETER)))
+    blocks = _block_means(slide, h, w, step)
+    if not np.isfinite(blocks).all():
+        raise ValueError("the slide contains NaN or infinite values: replace them first")
+    grid = _window_percentiles(blocks)
+    node = BLOCKS_PER_DIAMETER * step  # about one diameter between the grid's nodes
+    grid = ndi.gaussian_filter(grid, BACKGROUND_SMOOTH * d / node, mode="reflect")
+    return Background(grid.astype(np.float32), node, (h, w), float(np.median(grid)))
+
+
+def _window_percentiles(blocks: np.ndarray) -> np.ndarray:
+    """:data:`BACKGROUND_PCT` th percentile of the blocks in a window
+    :data:`BACKGROUND_WINDOW` diameters wide around every group of ``k x k`` blocks
+    (``k`` = :data:`BLOCKS_PER_DIAMETER`, one diameter), the slide's edges mirrored.
+
+    One value per diameter, not per block: the background changes over many
+    diameters, and it costs ``k**2`` times less than a percentile filter."""
+    k = BLOCKS_PER_DIAMETER
+    size = int(round(BACKGROUND_WINDOW * k))
+    before = (size - k) // 2
+    groups = [-(-n // k) for n in blocks.shape]
+    pad = [(before, k * g + size - k - before - n) for g, n in zip(groups, blocks.shape)]
+    padded = np.pad(blocks, pad, mode="symmetric")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size))[::k, ::k]
+    windows = windows[: groups[0], : groups[1]].reshape(groups[0], groups[1], -1)
+    return np.percentile(windows, BACKGROUND_PCT, axis=-1).astype(np.float32)
+
+
+def _block_means(slide: Any, h: int, w: int, step: int) -> np.ndarray:
+    """Mean of every ``step x step`` block (the last row and column of blocks may be
+    smaller), read in bands of whole block rows."""
+    H, W = -(-h // step), -(-w // step)
+    out = np.empty((H, W), np.float64)
+    rows = max(1, _BAND_PIXELS // max(w * step, 1)) * step
+    edges = np.arange(0, w, step)
+    widths = np.diff(np.append(edges, w))
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        band = np.asarray(slide[y0:y1, :], dtype=np.float64)
+        starts = np.arange(0, y1 - y0, step)
+        heights = np.diff(np.append(starts, y1 - y0))
+        sums = np.add.reduceat(np.add.reduceat(band, starts, axis=0), edges, axis=1)
+        out[y0 // step: y0 // step + len(starts)] = sums / np.outer(heights, widths)
+    return out.astype(np.float32)
+
+
+class FlatSlide:
+    """A 2-D slide with its background taken away, flattened region by region as it is read.
+
+    Behaves like a read-only float32 array for slicing (``view[y0:y1, x0:x1]``,
+    steps included) and ``np.asarray(view)``; ``raw`` is the slide as given and
+    ``background`` what is taken away.
+    """
+
+    def __init__(self, slide: Any, background: Background) -> None:
+        self.raw, self.background = slide, background
+        self.base_array = getattr(slide, "base_array", slide)
+        self.shape = tuple(background.shape)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (2 - len(key))
+        if len(key) != 2:
+            raise IndexError(f"a slide has 2 axes, got the index {key!r}")
+        rows, cols = (k if isinstance(k, slice) else slice(int(k), int(k) + 1) for k in key)
+        region = np.asarray(self.raw[rows, cols], dtype=np.float32)
+        flat = region - self.background.region(rows, cols)
+        squeeze = tuple(i for i, k in enumerate(key) if not isinstance(k, slice))
+        return flat.squeeze(squeeze) if squeeze else flat
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        flat = self[:, :]
+        return flat if dtype is None else flat.astype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class _FlatStack:
+    """A ``(T, Y, X)`` stack whose every plane is flattened on its own."""
+
+    def __init__(self, stack: Any, cell_diameter: float) -> None:
+        self.raw = stack
+        self.planes = [FlatSlide(_PlaneOf(stack, t), estimate_background(_PlaneOf(stack, t),
+                                                                       cell_diameter))
+                       for t in range(int(stack.shape[0]))]
+        self.base_array = getattr(stack, "base_array", stack)
+        self.shape = tuple(int(s) for s in stack.shape)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        t, rest = key[0], key[1:]
+        if isinstance(t, slice):
+            return np.stack([self.planes[i][rest] for i in range(*t.indices(len(self.planes)))])
+        return self.planes[int(t)][rest]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        flat = np.stack([np.asarray(p) for p in self.planes])
+        return flat if dtype is None else flat.astype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class _PlaneOf:
+    def __init__(self, stack: Any, t: int) -> None:
+        self._stack, self._t = stack, t
+        self.shape = tuple(int(s) for s in stack.shape[1:])
+        self.dtype = np.dtype(stack.dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return np.asarray(self._stack[(self._t, *key)])
+
+
+def flatten_background(image: Any, cell_diameter: float, background: str = "flatten") -> Any:
+    """``image`` with its background taken away (a lazy float32 view), or as it is.
+
+    ``image``: a 2-D slide or a ``(T, Y, X)`` stack (each plane on its own).
+    ``background``: ``"flatten"`` (default) or ``"none"`` (the image is returned as
+    it is).
+    """
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, "
+                         f"got {background!r}")
+    if background == "none":
+        return image
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    if np.dtype(image.dtype).kind not in "biuf":
+        raise ValueError(f"the image must be numeric, got dtype {image.dtype}")
+    if len(image.shape) == 3:
+        return _FlatStack(image, cell_diameter)
+    return FlatSlide(image, estimate_background(image, cell_diameter))
