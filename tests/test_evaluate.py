@@ -12,6 +12,7 @@ from napari_atagan.cli.evaluate import register
 from napari_atagan.evaluation.evaluate import (
     CROP_KEYS,
     SLIDE_KEYS,
+    SLIDE_METHODS,
     evaluate_crops,
     evaluate_samples,
     evaluate_slide,
@@ -55,7 +56,8 @@ def test_evaluate_slide_keys_and_ranges(tiny_checkpoint, mosaic):
                        diameter=mosaic.cell_diameter, device="cpu")
     assert r["n_true"] == 6 and r["diameter_source"] == "given"
     assert r["ellipse"] is None and "ellipse" in r["note"]
-    for method in ("model", "otsu", "image_local"):
+    assert r["background"] == "flatten"
+    for method in SLIDE_METHODS:
         assert set(r[method]) == set(SLIDE_KEYS)
         for key in ("precision", "recall", "f1", "pixel_iou", "mean_matched_iou"):
             assert _in_unit(r[method][key])
@@ -64,6 +66,10 @@ def test_evaluate_slide_keys_and_ranges(tiny_checkpoint, mosaic):
         assert sum(b["cells"] for b in bins) == 6
         assert sum(b["found"] for b in bins) == r[method]["tp"]
     json.dumps(r)
+    # without flattening, the classic pipeline on "the flattened slide" is the classic one
+    r = evaluate_slide(tiny_checkpoint, mosaic.image, mosaic.labels,
+                       diameter=mosaic.cell_diameter, device="cpu", background="none")
+    assert r["background"] == "none" and r["classic_flat"] == r["classic"]
 
 
 def test_evaluate_slide_binary_truth_and_shape_errors(tiny_checkpoint, mosaic):

@@ -441,6 +441,7 @@ SLIDE_METHOD_NAMES = {
     "model": "model (map finds, image outlines)",
     "map": "model's map alone",
     "classic": "classic (Otsu + watershed split)",
+    "classic_flat": "classic on the flattened slide",
     "otsu": "Otsu, touching cells not split",
     "image_local": "map's labelling of the image",
 }

@@ -146,7 +146,7 @@ def default_min_size(diameter: float) -> int:
     return max(1, int(0.1 * math.pi * float(diameter) ** 2 / 4))
 
 
-SLIDE_METHODS = ("model", "map", "classic", "otsu", "image_local")
+SLIDE_METHODS = ("model", "map", "classic", "classic_flat", "otsu", "image_local")
 """The cell finders :func:`evaluate_slide` scores, in the order tables show them."""
 
 
@@ -174,13 +174,14 @@ def evaluate_slide(
       with ``threshold``; with the cell diameter known, objects under
       :data:`napari_atagan.slides.labels.MIN_CELL_AREA` of a cell's area are dropped).
 
-    Three baselines that need no model are scored the same way: ``"classic"``
+    Four baselines that need no model are scored the same way: ``"classic"``
     (:func:`napari_atagan.slides.segment.classic_labels`: smoothed Otsu, holes filled,
     small objects dropped, touching cells split by a distance-transform
-    watershed at the known diameter: the strongest of the three), ``"otsu"``
+    watershed at the known diameter), ``"classic_flat"`` (the same on the slide
+    with its background taken away as the model's labelling takes it), ``"otsu"``
     (Otsu's threshold of the smoothed slide, touching cells not split) and
-    ``"image_local"`` (the map's labelling applied to the slide itself), which
-    shows how much of the score the discriminator adds. ``diameter``: typical
+    ``"image_local"`` (the map's labelling applied to the flattened slide itself),
+    which shows how much of the score the discriminator adds. ``diameter``: typical
     cell diameter in pixels; ``None`` estimates it from the image. A ground
     truth with a single value (a binary mask) is split into its connected
     objects first. ``exclude_border``: leave out cells touching the image
@@ -246,8 +247,9 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     slide with its background taken away as ``background`` says), ``"map"`` the
     same with ``outline="map"``; the baselines need no model. The attention map is
     computed once. ``"classic"`` and ``"otsu"`` see the slide as it is (they are
-    the pipelines a reader would write without this product); ``"image_local"``
-    sees it as the model does.
+    the pipelines a reader would write without this product); ``"classic_flat"``
+    is the classic pipeline on the slide as the model sees it (flattened, unless
+    ``background="none"``), and so is ``"image_local"``.
     """
     from ..slides.background import flatten_background
     from ..slides.labels import attention_to_labels
@@ -264,6 +266,7 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     found["model"] = guided_labels(flat, attention, diameter, min_size=min_size,
                                    map_labels=found["map"])
     found["classic"] = classic_labels(grey, diameter)
+    found["classic_flat"] = classic_labels(flat, diameter)
     found["otsu"] = otsu_baseline(grey, min_size=min_size)
     found["image_local"] = attention_to_labels(flat, **options)
     return found
