@@ -76,18 +76,21 @@ def fit(rgb: np.ndarray, side: int = TILE) -> np.ndarray:
 
 
 def _sheet(rows: list[list[np.ndarray]], col_titles: list[str], row_titles: list[str],
-           left: int = 110, tile: int = TILE) -> Image.Image:
+           left: int = 110, tile: int = TILE, tile_h: int | None = None) -> Image.Image:
+    """Pictures in titled rows and columns, ``tile`` wide and ``tile_h`` (default ``tile``)
+    high."""
+    tile_h = tile if tile_h is None else tile_h
     n_cols = max(len(r) for r in rows)
     w = left + n_cols * (tile + GAP)
-    h = HEAD + len(rows) * (tile + GAP)
+    h = HEAD + len(rows) * (tile_h + GAP)
     canvas = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     font = _font()
     for j, title in enumerate(col_titles):
         draw.text((left + j * (tile + GAP), 3), title, fill=(0, 0, 0), font=font)
     for i, (row, title) in enumerate(zip(rows, row_titles, strict=True)):
-        y = HEAD + i * (tile + GAP)
-        draw.text((4, y + tile // 2 - 8), title, fill=(0, 0, 0), font=font)
+        y = HEAD + i * (tile_h + GAP)
+        draw.text((4, y + tile_h // 2 - 8), title, fill=(0, 0, 0), font=font)
         for j, img in enumerate(row):
             canvas.paste(Image.fromarray(img), (left + j * (tile + GAP), y))
     return canvas
