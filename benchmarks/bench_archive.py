@@ -68,12 +68,13 @@ def sequential(paths: list[Path], options) -> float:
     return time.perf_counter() - t0
 
 
-def archive_cli(folder: Path, out: Path, diameter: float, device: str, workers: int | None) -> float:
+def archive_cli(folder: Path, out: Path, diameter: float, device: str, workers: int | None,
+                background: str = "flatten") -> float:
     from napari_atagan import default_model_path
 
     cmd = [sys.executable, "-m", "napari_atagan", "attention", "--checkpoint",
            str(default_model_path()), "--image", str(folder), "--diameter", str(diameter),
-           "--out", str(out), "--device", device]
+           "--out", str(out), "--device", device, "--background", background]
     if workers:
         cmd += ["--workers", str(workers)]
     t0 = time.perf_counter()
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes of the archive run (default: its own, one per core)")
     p.add_argument("--slides", type=Path, default=None, help="folder for the simulated slides")
+    p.add_argument("--background", choices=("flatten", "none"), default="flatten",
+                   help="what both runs do with the slides' background (default: flatten)")
     p.add_argument("--skip-sequential", action="store_true",
                    help="time only the archive run (e.g. on a GPU machine, to save time)")
     args = p.parse_args(argv)
@@ -114,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         report: dict = {"slides": len(paths), "shape": list(SHAPE), "cells_per_slide": args.cells,
                         "diameter": args.diameter, "realistic": args.realistic,
                         "device": args.device, "cores": os.cpu_count(),
+                        "background": args.background,
                         "simulate_seconds": round(made, 1)}
-        archive_s = archive_cli(folder, tmp / "archive", args.diameter, args.device, args.workers)
+        archive_s = archive_cli(folder, tmp / "archive", args.diameter, args.device, args.workers,
+                                args.background)
         report["archive"] = {"seconds": round(archive_s, 2),
                              "slides_per_s": round(len(paths) / archive_s, 2)}
         found = cells_of(tmp / "archive")
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_sequential:
             options = ArchiveOptions(checkpoint=str(default_model_path()),
                                      out_dir=str(tmp / "sequential"), diameter=args.diameter,
-                                     device=args.device)
+                                     device=args.device, background=args.background)
             seq_s = sequential(paths, options)
             report["sequential"] = {"seconds": round(seq_s, 2),
                                     "slides_per_s": round(len(paths) / seq_s, 2)}

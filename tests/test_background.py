@@ -58,15 +58,24 @@ def test_background_follows_a_ramp_under_the_cells_and_keeps_their_contrast():
         assert 90.0 < contrast < 106.0
 
 
-def test_flat_slide_reads_regions_and_steps_like_the_whole_array():
+@pytest.mark.parametrize("keep", [True, False])
+def test_flat_slide_reads_regions_and_steps_like_the_whole_array(monkeypatch, keep):
+    """Kept whole (a slide that fits) or flattened region by region (one that may not):
+    every read is the same."""
+    monkeypatch.setattr(bg, "KEEP_PIXELS", 10**9 if keep else 0)
     image, _, _ = _lit_slide((130, 170))
     view = flatten_background(image, 12.0)
     assert isinstance(view, FlatSlide) and view.shape == image.shape and view.ndim == 2
     whole = np.asarray(view)
+    assert (view._whole is not None) == keep
+    np.testing.assert_allclose(whole, image - view.background.region(slice(None), slice(None)))
     np.testing.assert_array_equal(view[10:50, 30:77], whole[10:50, 30:77])
     np.testing.assert_array_equal(view[3:120:7, ::5], whole[3:120:7, ::5])
     np.testing.assert_array_equal(view[5], whole[5])
     np.testing.assert_array_equal(view[:, 9], whole[:, 9])
+    region = view[0:4, 0:4]
+    region[...] = -1  # a read is the reader's own: the slide is not changed through it
+    assert (view[0:4, 0:4] != -1).all()
     assert view.raw is image
 
 

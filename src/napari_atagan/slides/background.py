@@ -49,6 +49,9 @@ BACKGROUND_SMOOTH = 1.0
 BLOCKS_PER_DIAMETER = 4
 """Blocks across one cell diameter (a block is at least one pixel)."""
 _BAND_PIXELS = 4_000_000
+KEEP_PIXELS = 16_000_000
+"""A flattened slide of at most this many pixels is computed whole on its first read and
+kept (64 MB of float32); a larger one is flattened region by region at every read."""
 
 
 @dataclass(frozen=True)
@@ -158,17 +161,25 @@ class FlatSlide:
         self.shape = tuple(background.shape)
         self.dtype = np.dtype(np.float32)
         self.ndim = 2
+        self._whole: np.ndarray | None = None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (2 - len(key))
         if len(key) != 2:
             raise IndexError(f"a slide has 2 axes, got the index {key!r}")
+        if self._whole is None and self.shape[0] * self.shape[1] <= KEEP_PIXELS:
+            self._whole = self._flat(slice(None), slice(None))
+        if self._whole is not None:
+            return self._whole[key].copy()
         rows, cols = (k if isinstance(k, slice) else slice(int(k), int(k) + 1) for k in key)
-        region = np.asarray(self.raw[rows, cols], dtype=np.float32)
-        flat = region - self.background.region(rows, cols)
+        flat = self._flat(rows, cols)
         squeeze = tuple(i for i, k in enumerate(key) if not isinstance(k, slice))
         return flat.squeeze(squeeze) if squeeze else flat
+
+    def _flat(self, rows: slice, cols: slice) -> np.ndarray:
+        region = np.asarray(self.raw[rows, cols], dtype=np.float32)
+        return region - self.background.region(rows, cols)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         flat = self[:, :]
