@@ -114,11 +114,21 @@ def test_guided_skips_bright_blobs_the_map_does_not_call_cells():
     assert _ious(labels, np.where(keep, 1, 0))[0] == 1
 
 
-def test_guided_keeps_the_maps_outline_where_the_image_shows_nothing():
+def test_guided_drops_a_seed_where_the_image_shows_nothing():
+    """A map that sees a cell where the slide holds only background noise (a weak, wrong
+    map) makes no cell: without this, each such seed became a blob of noise."""
     image = np.random.default_rng(1).normal(20, 1, (100, 100)).astype(np.float32)
     truth = _disc((100, 100), 50, 50, 14).astype(np.int32)
-    labels = guided_labels(image, _coarse_map(truth), 28)
-    assert int(labels.max()) == 1
+    assert guided_labels(image, _coarse_map(truth), 28).max() == 0
+
+
+@pytest.mark.parametrize("brightness, found", [(0.5, 0), (3.0, 1)])
+def test_guided_keeps_a_faint_cell_that_stands_out_of_the_noise(brightness, found):
+    """Noise of sd 2, smoothed (sigma 1.5) to about 0.38: a cell 3 grey levels above the
+    background stands out by some 8 sds and is kept; one 0.5 above, by under 3, is not."""
+    image, truth = _scene([(60, 60, 15, brightness), (60, 150, 15, 100)], noise=2.0, seed=3)
+    labels = guided_labels(image, _coarse_map(truth), 30)
+    assert _ious(labels, truth)[0] == 1 + found
 
 
 def test_guided_with_an_empty_map_finds_nothing():

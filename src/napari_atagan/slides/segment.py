@@ -35,9 +35,13 @@ Two labellings live here, both pure functions of numpy arrays:
      the classic pipeline scored 0.42 there.)
   4. Holes filled, objects under :data:`MIN_CELL_AREA` of a cell's area dropped.
 
-  A seed whose zone holds no pixel above its cut (a cell the map sees but the
-  image barely shows) keeps the map's own outline. The choices and their
-  figures are in ``docs/experiments.md`` (*Cells on slides*).
+  A seed whose own level is within :data:`SEED_CONTRAST` robust standard
+  deviations of the background (the pixels in no zone) is no cell: the map
+  sees something the image does not show, and a cut there would outline noise.
+  (A weak map that is exactly 0 over half the slide has a noise floor of 0, and
+  each of its faint specks became a cell.) A seed whose zone still holds no pixel
+  above its cut keeps the map's own outline. The choices and their figures are
+  in ``docs/experiments.md`` (*Cells on slides*).
 
 Both return ``uint16`` labels numbered 1..N (``uint32`` above 65,535 cells).
 """
@@ -86,6 +90,9 @@ level."""
 BRIGHT_PCT = 50.0
 """A cell's own level: this percentile of the smoothed image inside its seed (50: the
 median, so a few bright nucleoli or speckles do not raise it)."""
+SEED_CONTRAST = 3.0
+"""A seed is a cell only if its own level stands this many robust standard deviations of
+the background above the background (the smoothed image's pixels in no zone)."""
 
 
 def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_SIGMA,
@@ -157,8 +164,13 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
         return _finish(np.asarray(map_labels, np.int64))
     level = ndi.gaussian_filter(img, sigma)
     zones, regions = _zones(map_labels, d)
-    background = float(np.median(level[zones == 0])) if (zones == 0).any() else float(level.min())
-    cells = _cut(level, att, map_labels, zones, n, background)
+    free = level[zones == 0]
+    if free.size:
+        background = float(np.median(free))
+        noise = 1.4826 * float(np.median(np.abs(free - np.float32(background))))
+    else:  # zones cover the slide: no background to measure the noise of
+        background, noise = float(level.min()), 0.0
+    cells = _cut(level, att, map_labels, zones, n, background, noise)
     return _finish(_split_cells(cells, regions, d), min_size)
 
 
@@ -196,9 +208,11 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
 
 
 def _cut(level: np.ndarray, att: np.ndarray, map_labels: np.ndarray, zones: np.ndarray,
-         n: int, background: float) -> np.ndarray:
+         n: int, background: float, noise: float = 0.0) -> np.ndarray:
     """Steps 1 and 2 of the module notes: each zone's pixels above its cell's cut, and
-    the map's own outline for the seeds the image does not show.
+    the map's own outline for the seeds the image shows too faintly to cut; seeds
+    whose level is within :data:`SEED_CONTRAST` ``noise`` of the background are
+    no cells.
 
     Only the map's cells and the zones can hold cells, so only their pixels are
     looked at.
@@ -214,6 +228,9 @@ def _cut(level: np.ndarray, att: np.ndarray, map_labels: np.ndarray, zones: np.n
                                      BRIGHT_PCT)
     cut = background + CUT_FRACTION * (bright - background)
     cut[0] = np.inf
+    faint = bright < background + SEED_CONTRAST * noise  # the image shows nothing there
+    faint[0] = False
+    cut[faint] = np.inf
     reach = np.flatnonzero(zones)
     zone = zones.ravel()[reach]
     above = level.ravel()[reach] > cut[zone]
@@ -223,6 +240,7 @@ def _cut(level: np.ndarray, att: np.ndarray, map_labels: np.ndarray, zones: np.n
     # seeds the image does not show keep the map's own outline
     unseen = np.bincount(zone[above], minlength=n + 1) == 0
     unseen[0] = False
+    unseen[faint] = False
     if unseen.any():
         show = inner[unseen[own]]
         show = show[flat[show] == 0]
