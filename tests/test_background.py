@@ -151,3 +151,30 @@ def test_archive_records_the_background_and_redoes_slides_made_otherwise(tmp_pat
     row_none = process_slide(path, ArchiveOptions(**opts, background="none"))
     assert read_tiff_metadata(files["labels"])["background"] == "none"
     assert row["cells"] > 0 and row_none["cells"] > 0
+
+
+def test_cli_flattens_by_default_and_takes_background_none(tmp_path, capsys):
+    """`attention` flattens unless told `--background none`; each run says which in its
+    outputs, and the two differ on a slide whose background is uneven."""
+    import json
+
+    from napari_atagan.cli import main
+    from napari_atagan.export import read_tiff_metadata
+
+    image, _, _ = _lit_slide((240, 320), d=20.0)
+    path = tmp_path / "lit.tif"
+    tifffile.imwrite(path, image)
+    maps = {}
+    for background in ("flatten", "none"):
+        out = tmp_path / background
+        extra = [] if background == "flatten" else ["--background", "none"]
+        code = main(["attention", "--checkpoint", str(default_model_path()), "--image", str(path),
+                     "--diameter", "20", "--out", str(out), "--device", "cpu", *extra])
+        assert code == 0, capsys.readouterr().err
+        json.loads(capsys.readouterr().out)
+        assert read_tiff_metadata(out / "lit_labels.tif")["background"] == background
+        maps[background] = tifffile.imread(out / "lit_attention.tif")
+    assert not np.array_equal(maps["flatten"], maps["none"])
+    with pytest.raises(SystemExit):
+        main(["attention", "--checkpoint", str(default_model_path()), "--image", str(path),
+              "--diameter", "20", "--out", str(tmp_path / "x"), "--background", "rolling-ball"])
