@@ -42,6 +42,22 @@ def engine_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def flattenings(monkeypatch):
+    """Count the slides whose background is taken away (once per run, not per re-labelling)."""
+    from napari_atagan.slides import background as background_module
+
+    calls = []
+    real = background_module.flatten_background
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(background_module, "flatten_background", counted)
+    return calls
+
+
 def run_and_wait(qtbot, widget):
     widget.run_button.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
@@ -63,7 +79,7 @@ def estimate_and_wait(qtbot, widget):
 
 def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbot, tmp_path,
                                                         slide, tiny_checkpoint, errors,
-                                                        engine_calls):
+                                                        engine_calls, flattenings):
     viewer = make_napari_viewer()
     image = viewer.add_image(slide.image, name="slide", scale=(0.5, 0.5), translate=(10, 20))
     other = viewer.add_image(slide.image[:64, :64], name="other")
@@ -141,6 +157,7 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
     assert viewer.layers["slide cells"].data.max() == 0
     assert engine_calls == ["slide_attention"]
+    assert len(flattenings) == 1  # re-labelling outlines on the slide the run flattened
     assert len(viewer.layers) == 4
 
     # the plugin's writer keeps the parameters in the TIFF

@@ -113,21 +113,23 @@ class AttentionResult:
     """The map's largest value."""
     background: str = "flatten"
     """What was done with the slide's background (:mod:`napari_atagan.slides.background`)."""
+    flat: Any = None
+    """The slide as the map saw it (its background taken away unless ``background`` is
+    ``"none"``): what outlines the cells when re-labelling."""
 
 
-def label_and_measure(amap: np.ndarray, image: Any, checkpoint: Any, *, outline: str,
-                      threshold: str | float, min_size: int, cell_diameter: float,
-                      device: str, background: str = "flatten") -> tuple[np.ndarray, Any]:
+def label_and_measure(amap: np.ndarray, image: Any, flat: Any, checkpoint: Any, *,
+                      outline: str, threshold: str | float, min_size: int,
+                      cell_diameter: float, device: str) -> tuple[np.ndarray, Any]:
     """Cell labels of a kept map and their cell table (runs in the worker thread).
 
-    The cells are outlined on the slide with its background taken away as the map's
-    was (``background``); the table measures the slide as it is.
+    The cells are outlined on ``flat``, the slide as the map saw it
+    (:func:`napari_atagan.slides.background.flatten_background`); the table measures
+    ``image``, the slide as it is.
     """
-    from napari_atagan.slides.background import flatten_background
     from napari_atagan.slides.cells import cell_table
     from napari_atagan.device import resolve_device
 
-    flat = flatten_background(image, cell_diameter, background) if outline == "image" else image
     labels = label_cells(amap, flat, outline=outline, threshold=threshold, min_size=min_size,
                          cell_diameter=cell_diameter)
     table = cell_table(labels, image, amap, checkpoint=checkpoint, cell_diameter=cell_diameter,
@@ -138,11 +140,12 @@ def label_and_measure(amap: np.ndarray, image: Any, checkpoint: Any, *, outline:
 def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device: str,
                       threshold: str | float, min_size: int, stop: threading.Event,
                       progress_cb: Any, outline: str = "image", background: str = "flatten"
-                      ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+                      ) -> tuple[np.ndarray, np.ndarray, Any, Any, Any]:
     """Map, labels and cell table of a slide or a ``(T, Y, X)`` stack (worker thread).
 
-    Returns the map, the labels, their :class:`~napari_atagan.slides.cells.CellTable`
-    and the loaded checkpoint.
+    Returns the map, the labels, their :class:`~napari_atagan.slides.cells.CellTable`,
+    the loaded checkpoint and the slide as the map saw it (flattened once here, kept
+    for re-labelling).
     """
     from napari_atagan.checkpoint import load_checkpoint
     from napari_atagan.slides.attention import slide_attention, slide_attention_stack
@@ -150,13 +153,13 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
 
     ckpt = load_checkpoint(checkpoint)
     run = slide_attention_stack if len(image.shape) == 3 else slide_attention
-    amap = run(ckpt, flatten_background(image, cell_diameter, background),
-               cell_diameter=cell_diameter, device=device, stop=stop.is_set,
+    flat = flatten_background(image, cell_diameter, background)
+    amap = run(ckpt, flat, cell_diameter=cell_diameter, device=device, stop=stop.is_set,
                progress=progress_cb)
-    labels, table = label_and_measure(amap, image, ckpt, outline=outline, threshold=threshold,
-                                      min_size=min_size, cell_diameter=cell_diameter,
-                                      device=device, background=background)
-    return amap, labels, table, ckpt
+    labels, table = label_and_measure(amap, image, flat, ckpt, outline=outline,
+                                      threshold=threshold, min_size=min_size,
+                                      cell_diameter=cell_diameter, device=device)
+    return amap, labels, table, ckpt, flat
 
 
 def cell_features(table: Any) -> dict[str, np.ndarray]:
@@ -537,10 +540,10 @@ class AttentionWidget(QWidget):
                                     + "; ".join(self._batch_lines))
 
     def _on_result(self, result: AttentionResult, amap: np.ndarray, labels: np.ndarray,
-                   table: Any, ckpt: Any) -> None:
+                   table: Any, ckpt: Any, flat: Any) -> None:
         if not self._live.alive:
             return
-        result.attention, result.table, result.model = amap, table, ckpt
+        result.attention, result.table, result.model, result.flat = amap, table, ckpt, flat
         result.top = float(np.max(amap)) if amap.size else 1.0
         self.results = [r for r in self.results if r.source_name != result.source_name]
         self.results.append(result)
@@ -651,10 +654,10 @@ class AttentionWidget(QWidget):
             return
         threshold, min_size, outline = self.threshold(), int(self.min_size.value), \
             self.outline_choice()
-        worker = run_function(label_and_measure, result.attention, result.image, result.model,
+        worker = run_function(label_and_measure, result.attention, result.image, result.flat,
+                              result.model,
                               outline=outline, threshold=threshold, min_size=min_size,
-                              cell_diameter=result.cell_diameter, device=self.device.value,
-                              background=result.background)
+                              cell_diameter=result.cell_diameter, device=self.device.value)
         worker.returned.connect(
             lambda out: self._on_relabelled(result, *out, threshold, min_size, outline))
         worker.errored.connect(lambda exc: notify_error(f"Labelling failed: {error_text(exc)}"))
