@@ -98,6 +98,10 @@ def test_flattening_a_stack_flattens_each_plane_on_its_own():
     assert flat.shape == (2, 120, 150) and flat.ndim == 3
     np.testing.assert_array_equal(flat[1], np.asarray(flatten_background(b, 15.0)))
     np.testing.assert_array_equal(np.asarray(flat)[0], np.asarray(flatten_background(a, 15.0)))
+    flat[1]
+    flat[0, 10:20, 10:20]
+    # only the plane read last keeps its flattened pixels: a stack need not fit in memory
+    assert [p._whole is not None for p in flat.planes] == [True, False]
 
 
 def test_none_leaves_the_slide_and_bad_input_gets_a_clear_error():

@@ -15,6 +15,21 @@ SCRATCH_PIXELS = 1 << 27
 """Results above this many pixels go to a scratch file (:func:`scratch_array`)."""
 
 
+class StackPlane:
+    """Plane ``t`` of a ``(T, Y, X)`` stack, read lazily: slicing reads only that region
+    of that plane. Names the stack as its ``base_array`` (see :func:`release_pages`)."""
+
+    def __init__(self, stack: Any, t: int) -> None:
+        self._stack, self._t = stack, t
+        self.base_array = getattr(stack, "base_array", stack)
+        self.shape = tuple(int(s) for s in stack.shape[1:])
+        self.dtype = np.dtype(stack.dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return np.asarray(self._stack[(self._t, *key)])
+
+
 def release_pages(array: Any) -> None:
     """Drop the touched pages of a memory-mapped array from this process's memory.
 

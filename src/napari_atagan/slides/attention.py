@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from .._memmap import release_pages
+from .._memmap import StackPlane, release_pages
 from ..data import cell_levels, slide_levels
 from ..device import resolve_device, synchronize
 
@@ -221,7 +221,7 @@ def slide_attention_stack(
     n = int(stack.shape[0])
     if n == 0:
         raise ValueError("the stack has no planes")
-    planes = [_as_slide(_Plane(stack, t), "grey" if is_rgb else None) for t in range(n)]
+    planes = [_as_slide(StackPlane(stack, t), "grey" if is_rgb else None) for t in range(n)]
     ckpt = _load(checkpoint)
     factor = model_cell_diameter(ckpt) / _check_diameter(cell_diameter)
     dev = resolve_device(str(device))
@@ -459,20 +459,6 @@ def _diameter_at(region: np.ndarray, sigma: float) -> float:
 # ---------------------------------------------------------------------------
 # input checks and lazy views
 # ---------------------------------------------------------------------------
-
-
-class _Plane:
-    """Plane ``t`` of a stack, read lazily (slicing reads only that region)."""
-
-    def __init__(self, stack: Any, t: int) -> None:
-        self._stack, self._t = stack, t
-        self.base_array = stack
-        self.shape = tuple(stack.shape[1:])
-        self.dtype = np.dtype(stack.dtype)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        return np.asarray(self._stack[(self._t, *key)])
 
 
 class _Grey:

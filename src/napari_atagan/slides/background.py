@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._memmap import StackPlane
+
 __all__ = ["BACKGROUNDS", "BACKGROUND_PCT", "BACKGROUND_SMOOTH", "BACKGROUND_WINDOW",
            "Background", "FlatSlide", "estimate_background", "flatten_background"]
 
@@ -190,13 +192,17 @@ class FlatSlide:
 
 
 class _FlatStack:
-    """A ``(T, Y, X)`` stack whose every plane is flattened on its own."""
+    """A ``(T, Y, X)`` stack whose every plane is flattened on its own.
+
+    Only the plane read last keeps its flattened pixels (see :data:`KEEP_PIXELS`): the
+    planes are worked through one after the other, and a stack need not fit in memory.
+    """
 
     def __init__(self, stack: Any, cell_diameter: float) -> None:
         self.raw = stack
-        self.planes = [FlatSlide(_PlaneOf(stack, t), estimate_background(_PlaneOf(stack, t),
-                                                                       cell_diameter))
-                       for t in range(int(stack.shape[0]))]
+        planes = [StackPlane(stack, t) for t in range(int(stack.shape[0]))]
+        self.planes = [FlatSlide(p, estimate_background(p, cell_diameter)) for p in planes]
+        self._last: int | None = None
         self.base_array = getattr(stack, "base_array", stack)
         self.shape = tuple(int(s) for s in stack.shape)
         self.dtype = np.dtype(np.float32)
@@ -206,26 +212,22 @@ class _FlatStack:
         key = key if isinstance(key, tuple) else (key,)
         t, rest = key[0], key[1:]
         if isinstance(t, slice):
-            return np.stack([self.planes[i][rest] for i in range(*t.indices(len(self.planes)))])
-        return self.planes[int(t)][rest]
+            return np.stack([self._plane(i)[rest] for i in range(*t.indices(len(self.planes)))])
+        return self._plane(int(t))[rest]
+
+    def _plane(self, t: int) -> FlatSlide:
+        t = range(len(self.planes))[t]
+        if self._last is not None and self._last != t:
+            self.planes[self._last]._whole = None  # the plane before lets its pixels go
+        self._last = t
+        return self.planes[t]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        flat = np.stack([np.asarray(p) for p in self.planes])
+        flat = self[:]
         return flat if dtype is None else flat.astype(dtype)
 
     def __len__(self) -> int:
         return self.shape[0]
-
-
-class _PlaneOf:
-    def __init__(self, stack: Any, t: int) -> None:
-        self._stack, self._t = stack, t
-        self.shape = tuple(int(s) for s in stack.shape[1:])
-        self.dtype = np.dtype(stack.dtype)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        return np.asarray(self._stack[(self._t, *key)])
 
 
 def flatten_background(image: Any, cell_diameter: float, background: str = "flatten") -> Any:

@@ -67,7 +67,7 @@ from skimage.feature import peak_local_max
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-from .._memmap import release_pages
+from .._memmap import StackPlane, release_pages
 
 DEFAULT_MIN_SIZE = 30
 """Default smallest object (pixels) kept; smaller specks are noise, not cells."""
@@ -783,7 +783,7 @@ def attention_to_labels_tiled(
     tile, overlap = _tiling(tile, overlap, max_cell_diameter, options["min_size"],
                             options["smooth"])  # as resolved: the rule's own smoothing
     result = _Output(out, shape)
-    planes = [attention_map] if len(shape) == 2 else [_PlaneOf(attention_map, t)
+    planes = [attention_map] if len(shape) == 2 else [StackPlane(attention_map, t)
                                                         for t in range(shape[0])]
     ticker = _Ticker(progress, len(planes) * _n_steps(shape[-2:], tile, options["threshold"]))
     offset = 0
@@ -889,18 +889,6 @@ def _check_stop(stop: Callable[[], bool] | None) -> None:
         from .attention import Stopped
 
         raise Stopped("stopped on request")
-
-
-class _PlaneOf:
-    """Plane ``t`` of a stack, read lazily (slicing reads only what is asked)."""
-
-    def __init__(self, stack: Any, t: int) -> None:
-        self.base_array, self.t = stack, t
-        self.shape = tuple(stack.shape[1:])
-        self.dtype = stack.dtype
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.base_array[(self.t, *key)])
 
 
 def _label_plane_tiled(plane, result: _Output, t: int | None, offset: int, tile: int,
