@@ -258,9 +258,14 @@ def _sample_step(shape: tuple[int, int]) -> int:
 
 def _noise_floor(sample: np.ndarray) -> float:
     """Median plus NOISE_MADS robust standard deviations: the top of the background."""
+    med, sd = _robust_level(sample)
+    return med + NOISE_MADS * max(sd, 1e-12)
+
+
+def _robust_level(sample: np.ndarray) -> tuple[float, float]:
+    """The median of ``sample`` and its robust standard deviation (1.4826 MADs)."""
     med = float(np.median(sample))
-    mad = float(np.median(np.abs(sample - med))) * 1.4826
-    return med + NOISE_MADS * max(mad, 1e-12)
+    return med, float(np.median(np.abs(sample - np.asarray(med, sample.dtype)))) * 1.4826
 
 
 def _local_cells(m: np.ndarray, floor: float, peak_distance: int, min_size: int,

@@ -35,13 +35,14 @@ Two labellings live here, both pure functions of numpy arrays:
      the classic pipeline scored 0.42 there.)
   4. Holes filled, objects under :data:`MIN_CELL_AREA` of a cell's area dropped.
 
-  A seed whose own level is within :data:`SEED_CONTRAST` robust standard
-  deviations of the background (the pixels in no zone) is no cell: the map
-  sees something the image does not show, and a cut there would outline noise.
-  (A weak map that is exactly 0 over half the slide has a noise floor of 0, and
-  each of its faint specks became a cell.) A seed whose zone still holds no pixel
-  above its cut keeps the map's own outline. The choices and their figures are
-  in ``docs/experiments.md`` (*Cells on slides*).
+  A seed whose own level is not above the image's noise floor (the median of
+  the pixels in no zone plus :data:`~napari_atagan.slides.labels.NOISE_MADS` of
+  their robust standard deviations, the rule the map's own floor follows) is no
+  cell: the map sees something the image does not show, and a cut there would
+  outline noise. (A weak map that is exactly 0 over half the slide has a noise
+  floor of 0, and each of its faint specks became a cell.) Every other seed has
+  pixels above its cut: its own. The choices and their figures are in
+  ``docs/experiments.md`` (*Cells on slides*).
 
 Both return ``uint16`` labels numbered 1..N (``uint32`` above 65,535 cells).
 """
@@ -61,6 +62,8 @@ from .labels import (
     _flood,
     _flood_piece,
     _grown,
+    _noise_floor,
+    _robust_level,
     _sequential,
     _spaced,
     _within,
@@ -90,9 +93,6 @@ level."""
 BRIGHT_PCT = 50.0
 """A cell's own level: this percentile of the smoothed image inside its seed (50: the
 median, so a few bright nucleoli or speckles do not raise it)."""
-SEED_CONTRAST = 3.0
-"""A seed is a cell only if its own level stands this many robust standard deviations of
-the background above the background (the smoothed image's pixels in no zone)."""
 
 
 def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_SIGMA,
@@ -166,11 +166,10 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     zones, regions = _zones(map_labels, d)
     free = level[zones == 0]
     if free.size:
-        background = float(np.median(free))
-        noise = 1.4826 * float(np.median(np.abs(free - np.float32(background))))
+        background, floor = _robust_level(free)[0], _noise_floor(free)
     else:  # zones cover the slide: no background to measure the noise of
-        background, noise = float(level.min()), 0.0
-    cells = _cut(level, att, map_labels, zones, n, background, noise)
+        background = floor = float(level.min())
+    cells = _cut(level, att, map_labels, zones, n, background, floor)
     return _finish(_split_cells(cells, regions, d), min_size)
 
 
@@ -208,11 +207,9 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
 
 
 def _cut(level: np.ndarray, att: np.ndarray, map_labels: np.ndarray, zones: np.ndarray,
-         n: int, background: float, noise: float = 0.0) -> np.ndarray:
-    """Steps 1 and 2 of the module notes: each zone's pixels above its cell's cut, and
-    the map's own outline for the seeds the image shows too faintly to cut; seeds
-    whose level is within :data:`SEED_CONTRAST` ``noise`` of the background are
-    no cells.
+         n: int, background: float, floor: float) -> np.ndarray:
+    """Steps 1 and 2 of the module notes: each zone's pixels above its cell's cut; seeds
+    whose own level is not above the image's noise ``floor`` are no cells.
 
     Only the map's cells and the zones can hold cells, so only their pixels are
     looked at.
@@ -227,24 +224,14 @@ def _cut(level: np.ndarray, att: np.ndarray, map_labels: np.ndarray, zones: np.n
     bright[1:] = grouped_percentiles(level.ravel()[inner[seed]], own[seed], np.arange(1, n + 1),
                                      BRIGHT_PCT)
     cut = background + CUT_FRACTION * (bright - background)
+    cut[bright <= floor] = np.inf  # the image shows nothing there
     cut[0] = np.inf
-    faint = bright < background + SEED_CONTRAST * noise  # the image shows nothing there
-    faint[0] = False
-    cut[faint] = np.inf
     reach = np.flatnonzero(zones)
     zone = zones.ravel()[reach]
     above = level.ravel()[reach] > cut[zone]
     cells = np.zeros(zones.shape, np.result_type(zones.dtype, map_labels.dtype))
     flat = cells.ravel()
     flat[reach[above]] = zone[above]
-    # seeds the image does not show keep the map's own outline
-    unseen = np.bincount(zone[above], minlength=n + 1) == 0
-    unseen[0] = False
-    unseen[faint] = False
-    if unseen.any():
-        show = inner[unseen[own]]
-        show = show[flat[show] == 0]
-        flat[show] = map_labels.ravel()[show]
     return cells
 
 
