@@ -182,3 +182,28 @@ def test_cli_flattens_by_default_and_takes_background_none(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["attention", "--checkpoint", str(default_model_path()), "--image", str(path),
               "--diameter", "20", "--out", str(tmp_path / "x"), "--background", "rolling-ball"])
+
+
+def test_finding_the_background_stops_on_request_and_hands_pages_back(monkeypatch, tmp_path):
+    """A huge slide takes seconds to read: a stop asked for meanwhile is heeded between
+    bands, and each band's pages of a memory-mapped slide are handed back."""
+    from napari_atagan.slides.attention import Stopped
+
+    image, _, _ = _lit_slide((257, 203))
+    np.save(tmp_path / "slide.npy", image)
+    slide = np.load(tmp_path / "slide.npy", mmap_mode="r")
+    monkeypatch.setattr(bg, "_BAND_PIXELS", 203 * 5 * 3)  # many bands
+    released = []
+    monkeypatch.setattr(bg, "release_pages", lambda a: released.append(a))
+    asked = []
+
+    def stop():
+        asked.append(1)
+        return len(asked) > 2
+
+    with pytest.raises(Stopped):
+        flatten_background(slide, 18.0, stop=stop)
+    assert len(asked) == 3 and len(released) == 2 and released[0] is slide
+    stack = np.stack([image, image])
+    with pytest.raises(Stopped):
+        flatten_background(stack, 18.0, stop=lambda: True)

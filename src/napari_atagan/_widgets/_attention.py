@@ -153,7 +153,7 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
 
     ckpt = load_checkpoint(checkpoint)
     run = slide_attention_stack if len(image.shape) == 3 else slide_attention
-    flat = flatten_background(image, cell_diameter, background)
+    flat = flatten_background(image, cell_diameter, background, stop=stop.is_set)
     amap = run(ckpt, flat, cell_diameter=cell_diameter, device=device, stop=stop.is_set,
                progress=progress_cb)
     labels, table = label_and_measure(amap, image, flat, ckpt, outline=outline,

@@ -276,7 +276,7 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
     shape = tuple(np.shape(image)[:3] if stack else np.shape(image)[:2])
     with ScratchFolder(out_dir) as scratch:
         out = scratch_array(shape, scratch, "attention.npy", np.float32, above=_MEMMAP_PIXELS)
-        flat = flatten_background(image, diameter, options.background)
+        flat = flatten_background(image, diameter, options.background, stop=stop)
         compute = slide_attention_stack if stack else slide_attention
         attention = compute(ckpt, flat, cell_diameter=diameter, tile_size=tile_size,
                             device=options.device, progress=progress, out=out, stop=stop)

@@ -29,13 +29,14 @@ background*).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._memmap import StackPlane
+from .._memmap import StackPlane, release_pages
 
 __all__ = ["BACKGROUNDS", "BACKGROUND_PCT", "BACKGROUND_SMOOTH", "BACKGROUND_WINDOW",
            "Background", "FlatSlide", "estimate_background", "flatten_background"]
@@ -90,12 +91,15 @@ def _taps(coords: np.ndarray, step: int, n: int) -> tuple[np.ndarray, np.ndarray
     return lo, hi, (1.0 - (pos - lo)).astype(np.float32)
 
 
-def estimate_background(slide: Any, cell_diameter: float) -> Background:
+def estimate_background(slide: Any, cell_diameter: float, *,
+                        stop: Callable[[], bool] | None = None) -> Background:
     """The slowly varying background of a 2-D slide (see the module notes).
 
     ``slide``: a 2-D array or any array-like that can be sliced (a memmap, a lazy
-    view); it is read in bands of rows. Raises ValueError for NaN or infinite
-    pixels and for a cell diameter that is not a positive number.
+    view); it is read in bands of rows, and a memory-mapped slide's pages are
+    handed back after each. Raises ValueError for NaN or infinite pixels and for a
+    cell diameter that is not a positive number; ``Stopped`` between bands once
+    ``stop()`` is true.
     """
     d = float(cell_diameter)
     if not np.isfinite(d) or d <= 0:
@@ -104,7 +108,7 @@ def estimate_background(slide: Any, cell_diameter: float) -> Background:
         raise ValueError(f"a slide must be 2-D, got shape {tuple(slide.shape)}")
     h, w = (int(s) for s in slide.shape)
     step = max(1, int(round(d / BLOCKS_PER_DIAMETER)))
-    blocks = _block_means(slide, h, w, step)
+    blocks = _block_means(slide, h, w, step, stop)
     if not np.isfinite(blocks).all():
         raise ValueError("the slide contains NaN or infinite values: replace them first")
     grid = _window_percentiles(blocks)
@@ -131,7 +135,8 @@ def _window_percentiles(blocks: np.ndarray) -> np.ndarray:
     return np.percentile(windows, BACKGROUND_PCT, axis=-1).astype(np.float32)
 
 
-def _block_means(slide: Any, h: int, w: int, step: int) -> np.ndarray:
+def _block_means(slide: Any, h: int, w: int, step: int,
+                 stop: Callable[[], bool] | None = None) -> np.ndarray:
     """Mean of every ``step x step`` block (the last row and column of blocks may be
     smaller), read in bands of whole block rows."""
     H, W = -(-h // step), -(-w // step)
@@ -140,8 +145,13 @@ def _block_means(slide: Any, h: int, w: int, step: int) -> np.ndarray:
     edges = np.arange(0, w, step)
     widths = np.diff(np.append(edges, w))
     for y0 in range(0, h, rows):
+        if stop is not None and stop():
+            from .attention import Stopped
+
+            raise Stopped("stopped on request")
         y1 = min(h, y0 + rows)
         band = np.asarray(slide[y0:y1, :], dtype=np.float64)
+        release_pages(slide)
         starts = np.arange(0, y1 - y0, step)
         heights = np.diff(np.append(starts, y1 - y0))
         sums = np.add.reduceat(np.add.reduceat(band, starts, axis=0), edges, axis=1)
@@ -198,10 +208,12 @@ class _FlatStack:
     planes are worked through one after the other, and a stack need not fit in memory.
     """
 
-    def __init__(self, stack: Any, cell_diameter: float) -> None:
+    def __init__(self, stack: Any, cell_diameter: float,
+                 stop: Callable[[], bool] | None = None) -> None:
         self.raw = stack
         planes = [StackPlane(stack, t) for t in range(int(stack.shape[0]))]
-        self.planes = [FlatSlide(p, estimate_background(p, cell_diameter)) for p in planes]
+        self.planes = [FlatSlide(p, estimate_background(p, cell_diameter, stop=stop))
+                       for p in planes]
         self._last: int | None = None
         self.base_array = getattr(stack, "base_array", stack)
         self.shape = tuple(int(s) for s in stack.shape)
@@ -230,12 +242,14 @@ class _FlatStack:
         return self.shape[0]
 
 
-def flatten_background(image: Any, cell_diameter: float, background: str = "flatten") -> Any:
+def flatten_background(image: Any, cell_diameter: float, background: str = "flatten", *,
+                       stop: Callable[[], bool] | None = None) -> Any:
     """``image`` with its background taken away (a lazy float32 view), or as it is.
 
     ``image``: a 2-D slide or a ``(T, Y, X)`` stack (each plane on its own).
     ``background``: ``"flatten"`` (default) or ``"none"`` (the image is returned as
-    it is).
+    it is). ``stop``: checked while the background is found (a huge slide takes
+    seconds); ``Stopped`` once it is true.
     """
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, "
@@ -247,5 +261,5 @@ def flatten_background(image: Any, cell_diameter: float, background: str = "flat
     if np.dtype(image.dtype).kind not in "biuf":
         raise ValueError(f"the image must be numeric, got dtype {image.dtype}")
     if len(image.shape) == 3:
-        return _FlatStack(image, cell_diameter)
-    return FlatSlide(image, estimate_background(image, cell_diameter))
+        return _FlatStack(image, cell_diameter, stop)
+    return FlatSlide(image, estimate_background(image, cell_diameter, stop=stop))
