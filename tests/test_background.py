@@ -207,3 +207,13 @@ def test_finding_the_background_stops_on_request_and_hands_pages_back(monkeypatc
     stack = np.stack([image, image])
     with pytest.raises(Stopped):
         flatten_background(stack, 18.0, stop=lambda: True)
+
+
+def test_a_region_flattened_in_bands_is_the_region_flattened_at_once(monkeypatch):
+    image, _, _ = _lit_slide((130, 170))
+    view = flatten_background(image, 12.0)
+    whole = image - view.background.region(slice(None), slice(None))
+    monkeypatch.setattr(bg, "_BAND_PIXELS", 170 * 3)  # bands of a few rows
+    for rows in (slice(None), slice(3, 120, 7), slice(None, None, -1), slice(100, 1, -4)):
+        np.testing.assert_allclose(view._flat(rows, slice(5, 160, 3)), whole[rows, 5:160:3],
+                                   atol=1e-4)

@@ -190,8 +190,20 @@ class FlatSlide:
         return flat.squeeze(squeeze) if squeeze else flat
 
     def _flat(self, rows: slice, cols: slice) -> np.ndarray:
-        region = np.asarray(self.raw[rows, cols], dtype=np.float32)
-        return region - self.background.region(rows, cols)
+        """The flattened region, worked out in bands of rows (a whole slide at once
+        would make several slide-sized temporaries, and take several times as long)."""
+        ys = range(*rows.indices(self.shape[0]))
+        width = len(range(*cols.indices(self.shape[1])))
+        out = np.empty((len(ys), width), np.float32)
+        chunk = max(1, _BAND_PIXELS // max(width, 1))
+        for i in range(0, len(ys), chunk):
+            part = ys[i:i + chunk]
+            band = slice(part.start, part.start + part.step * len(part), part.step)
+            if band.stop < 0:  # a band of a reversed slice that reaches row 0
+                band = slice(part.start, None, part.step)
+            out[i:i + len(part)] = self.raw[band, cols]
+            out[i:i + len(part)] -= self.background.region(band, cols)
+        return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         flat = self[:, :]
