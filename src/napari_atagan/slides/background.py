@@ -99,7 +99,8 @@ def estimate_background(slide: Any, cell_diameter: float, *,
     view); it is read in bands of rows, and a memory-mapped slide's pages are
     handed back after each. Raises ValueError for NaN or infinite pixels and for a
     cell diameter that is not a positive number; ``Stopped`` between bands once
-    ``stop()`` is true.
+    ``stop()`` is true (a slide read in one band is never stopped here: what reads it
+    next heeds the stop).
     """
     d = float(cell_diameter)
     if not np.isfinite(d) or d <= 0:
@@ -145,7 +146,7 @@ def _block_means(slide: Any, h: int, w: int, step: int,
     edges = np.arange(0, w, step)
     widths = np.diff(np.append(edges, w))
     for y0 in range(0, h, rows):
-        if stop is not None and stop():
+        if y0 and stop is not None and stop():  # between bands: a slide of one band runs on
             from .attention import Stopped
 
             raise Stopped("stopped on request")
