@@ -237,11 +237,13 @@ def test_cli_samples_with_tstr(tiny_checkpoint, tstr_real, tmp_path, capsys):
     tstr = saved["train_on_synthetic"]
     assert tstr["n_per_pattern"] == 4 and tstr["epochs"] == 1
     assert "trained on the first 70% of every pattern's real cells" in text
+    assert tstr["classifier_jitter"] is True and "crops recorded anew" in text
     assert _main(["evaluate", "samples", "--checkpoint", str(tiny_checkpoint), "--real",
                   str(tstr_real), "-n", "4", "--device", "cpu", "--tstr",
                   "--tstr-per-pattern", "4", "--tstr-epochs", "1",
-                  "--tstr-reference", str(tstr_real)]) == 0
-    assert f"trained on cells of {tstr_real}" in capsys.readouterr().out
+                  "--tstr-reference", str(tstr_real), "--plain-classifiers"]) == 0
+    text = capsys.readouterr().out
+    assert f"trained on cells of {tstr_real}" in text and "dihedral views only" in text
 
 
 @pytest.mark.parametrize("argv", [
@@ -253,6 +255,8 @@ def test_cli_samples_with_tstr(tiny_checkpoint, tstr_real, tmp_path, capsys):
      "--tstr-epochs", "1"],  # belongs to --tstr
     ["evaluate", "samples", "--checkpoint", "{ckpt}", "--real", "{crops}", "-n", "4",
      "--tstr-reference", "{crops}"],  # belongs to --tstr
+    ["evaluate", "samples", "--checkpoint", "{ckpt}", "--real", "{crops}", "-n", "4",
+     "--plain-classifiers"],  # belongs to --tstr
     ["evaluate", "samples", "--checkpoint", "{ckpt}", "--real", "{crops}", "-n", "4",
      "--tstr", "--tstr-epochs", "1", "--tstr-reference", "{empty}"],  # no cells there
     ["mosaic", "--crops", "{empty}", "--out", "{tmp}/m"],

@@ -111,6 +111,33 @@ def test_smaller_image_size_resizes_the_generated_cells(tiny_checkpoint, folders
     assert r["image_size"] == 8 and r["model_image_size"] == 16
 
 
+def test_classifiers_see_crops_recorded_anew_unless_asked(result, tiny_checkpoint, folders,
+                                                          capsys, monkeypatch):
+    assert result[0]["classifier_jitter"] is True
+    import napari_atagan.gan.attention as attention
+
+    seen, train = [], attention.train_classifier
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["jitter"])
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "train_classifier", spy)
+    plain = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[1], jitter=False,
+                             **SETTINGS)
+    assert plain["classifier_jitter"] is False and seen == [False, False]
+    real, test = folders
+    assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
+                  str(real), "--test", str(test), "--counts", "2", "--generated", "4",
+                  "--epochs", "1", "--seeds", "1", "--device", "cpu",
+                  "--plain-classifiers"]) == 0
+    out = capsys.readouterr().out
+    assert "dihedral views only" in out and "recorded anew" not in out
+    assert seen == [False] * 4
+    evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[1], **SETTINGS)
+    assert seen[4:] == [True, True]
+
+
 def test_stop_raises_without_a_result(tiny_checkpoint, folders):
     from napari_atagan.slides.attention import Stopped
 
@@ -204,7 +231,7 @@ def test_cli_table_and_json(result, tiny_checkpoint, folders, tmp_path, capsys):
     header = next(line for line in lines if line.startswith("real/pattern"))
     assert "real only" in header and "real+gen" in header and "gain" in header
     assert "Homoge" in header and "NuMem" in header and "gain sd" not in header
-    assert "Homoge = Homogeneous" in out and "seed 1" in out
+    assert "Homoge = Homogeneous" in out and "seed 1" in out and "crops recorded anew" in out
     row = lines[lines.index(header) + 2].split()
     saved = json.loads(report.read_text())
     before = result[0]["rows"][0]["per_seed"][1]

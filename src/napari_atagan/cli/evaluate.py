@@ -147,6 +147,7 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                    help="with --tstr: real cells (pattern sub-folders) that train the "
                         "real-cell classifier instead of the first 70%% of --real, e.g. the "
                         "model's own training cells when --real holds other specimens")
+    _plain_classifiers_option(s, "with --tstr: ")
     s.set_defaults(run=run, action=_run_samples)
 
     g = sub.add_parser(
@@ -185,8 +186,16 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: the model's; smaller is faster)")
     g.add_argument("--batch-size", type=_batch_size, default=64, metavar="B",
                    help="training batch size of both classifiers (default: %(default)s)")
+    _plain_classifiers_option(g)
     g.set_defaults(run=run, action=_run_augment)
     return p
+
+
+def _plain_classifiers_option(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument("--plain-classifiers", action="store_true",
+                   help=prefix + "train the classifiers on dihedral views only; by default "
+                        "every training crop is also recorded anew (gamma, defocus, camera "
+                        "noise), as the classifier teacher is, so they hold on other specimens")
 
 
 def _common(p: argparse.ArgumentParser, *, per_pattern: bool = True) -> None:
@@ -295,7 +304,8 @@ def _run_samples(args: argparse.Namespace) -> int:
     check_file(args.checkpoint, "--checkpoint")
     for option, value in (("--tstr-per-pattern", args.tstr_per_pattern),
                           ("--tstr-epochs", args.tstr_epochs),
-                          ("--tstr-reference", args.tstr_reference)):
+                          ("--tstr-reference", args.tstr_reference),
+                          ("--plain-classifiers", args.plain_classifiers or None)):
         if value is not None and not args.tstr:
             raise ValueError(f"{option} belongs to --tstr: add --tstr or leave it out")
     ckpt = as_checkpoint(args.checkpoint)
@@ -307,7 +317,7 @@ def _run_samples(args: argparse.Namespace) -> int:
     table = _samples_table(result)
     if args.tstr:
         given = {"n_per_pattern": args.tstr_per_pattern, "epochs": args.tstr_epochs,
-                 "reference": args.tstr_reference}
+                 "reference": args.tstr_reference, "jitter": not args.plain_classifiers}
         tstr = train_on_synthetic(ckpt, args.real, device=args.device, seed=args.seed,
                                   **{k: v for k, v in given.items() if v is not None})
         result["train_on_synthetic"] = tstr
@@ -327,7 +337,7 @@ def _run_augment(args: argparse.Namespace) -> int:
                               generated_per_pattern=args.generated, epochs=args.epochs,
                               image_size=args.image_size, seeds=args.seeds,
                               batch_size=args.batch_size, device=args.device,
-                              progress=_augment_progress)
+                              progress=_augment_progress, jitter=not args.plain_classifiers)
     _finish(args, result, _augment_table(result))
     return 0
 
@@ -515,13 +525,20 @@ def _tstr_table(result: dict) -> str:
     verdict = "-" if ratio is None else f"{ratio:.3f}"
     return "\n".join([
         f"train on synthetic, test on real ({result['n_per_pattern']} cells per pattern, "
-        f"{result['epochs']} epochs; accuracy on the last 30% of every pattern's real cells)",
+        f"{result['epochs']} epochs{_jitter_note(result)}; accuracy on the last 30% of every "
+        "pattern's real cells)",
         format_table(header, rows),
         f"TSTR/TRTS: {verdict} (target >= {result['target_ratio']:.1f}; "
         f"chance {result['chance']:.3f}); TRTS classifier trained on "
         + (f"cells of {result['reference']}" if result.get("reference")
            else "the first 70% of every pattern's real cells"),
     ])
+
+
+def _jitter_note(result: dict) -> str:
+    jitter = result.get("classifier_jitter")
+    return ("" if jitter is None else ", crops recorded anew" if jitter
+            else ", dihedral views only")
 
 
 def _augment_table(result: dict) -> str:
@@ -543,7 +560,7 @@ def _augment_table(result: dict) -> str:
         f"generated cells as extra training data ({result['checkpoint']}, "
         f"{result['image_size']} px): {result['generated_per_pattern']} generated cells per "
         f"pattern added to the real ones; {epochs} over real + generated cells, the same "
-        "number of steps for the real-only classifier",
+        f"number of steps for the real-only classifier{_jitter_note(result)}",
         f"accuracy on {sum(result['n_test'].values())} test cells of {result['test_folder']} "
         f"(chance {result['chance']:.3f}); " + (f"mean over seeds {seeds}" if several
                                                  else f"seed {seeds}"),

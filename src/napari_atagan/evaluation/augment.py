@@ -59,6 +59,7 @@ def evaluate_augment(
     device: str = "auto",
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
+    jitter: bool = True,
 ) -> dict[str, Any]:
     """Does adding generated cells to few real ones give a better pattern classifier?
 
@@ -120,6 +121,9 @@ def evaluate_augment(
             "accuracy", "seconds"}`` after each classifier is scored.
         stop: asked before every training step; once it returns True,
             :class:`napari_atagan.slides.attention.Stopped` is raised (no partial result).
+        jitter: both classifiers see every training crop recorded anew
+            (acquisition jitter, as the product's classifier teacher); False: dihedral
+            views only.
 
     Returns:
         ``"rows"``: one dict per count (ascending) with ``"count"``, ``"n_real"``
@@ -187,7 +191,7 @@ def evaluate_augment(
                 where = {"seed": seed, "count": n, "arm": arm}
                 model, info = _train_pattern_classifier(
                     data, epochs=int(epochs), batch_size=bs, device=dev, seed=seed, steps=steps,
-                    progress=(lambda e, w=where: report({**e, **w})), stop=stop)
+                    progress=(lambda e, w=where: report({**e, **w})), stop=stop, jitter=jitter)
                 if info["stopped"] or (stop is not None and stop()):
                     from ..slides.attention import Stopped
 
@@ -223,6 +227,7 @@ def evaluate_augment(
         "generated_per_pattern": int(generated_per_pattern),
         "epochs": int(epochs),
         "seeds": seeds,
+        "classifier_jitter": bool(jitter),
         "device": str(dev),
         "budget": ("both classifiers take the same optimisation steps with the same batch "
                    "size: epochs passes over the real + generated set"),

@@ -433,6 +433,7 @@ def train_on_synthetic(
     limit_real: int | None = None,
     batch_size: int = 64,
     reference: str | os.PathLike | None = None,
+    jitter: bool = True,
 ) -> dict[str, Any]:
     """Train-on-synthetic / test-on-real (TSTR): are the generated cells good teachers?
 
@@ -464,6 +465,10 @@ def train_on_synthetic(
             instead of the first cells of ``real_folder``; the generator's own
             training cells make the fair reference when ``real_folder`` holds
             other specimens (the test cells stay the same).
+        jitter: train both classifiers on crops recorded anew (acquisition
+            jitter, as the product's classifier teacher is trained), so that
+            neither can tell a pattern by one specimen's exposure; False trains
+            them on dihedral views only.
 
     Returns:
         ``"tstr"`` and ``"trts"`` (``{"accuracy", "per_pattern"}`` on the real
@@ -507,7 +512,7 @@ def train_on_synthetic(
     scores = {}
     for key, data in (("tstr", synthetic), ("trts", real_train)):
         model, _ = _train_pattern_classifier(data, epochs=epochs, batch_size=batch_size,
-                                             device=dev, seed=seed)
+                                             device=dev, seed=seed, jitter=jitter)
         scores[key] = _pattern_accuracy(model, test, names)
     trts = scores["trts"]["accuracy"]
     return {
@@ -522,6 +527,7 @@ def train_on_synthetic(
         "reference": str(reference) if reference is not None else None,
         "epochs": int(epochs),
         "seed": int(seed),
+        "classifier_jitter": bool(jitter),
         "tstr": scores["tstr"],
         "trts": scores["trts"],
         "ratio": scores["tstr"]["accuracy"] / trts if trts > 0 else None,
@@ -599,15 +605,17 @@ def _tail_split(labels: np.ndarray, n_classes: int,
 
 def _train_pattern_classifier(data: Any, *, epochs: int, batch_size: int, device: Any,
                               seed: int, steps: int | None = None, progress: Any = None,
-                              stop: Any = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                              stop: Any = None, jitter: bool = True
+                              ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A classifier on all of ``data`` (no internal hold-out: the test set is separate).
 
-    ``steps``: exactly that many optimisation steps instead of ``epochs`` passes."""
+    ``steps``: exactly that many optimisation steps instead of ``epochs`` passes;
+    ``jitter``: acquisition jitter on every training crop (as the teacher's default)."""
     from ..gan.attention import train_classifier
 
     return train_classifier(data, epochs=int(epochs), batch_size=int(batch_size), device=device,
                             seed=int(seed), val_fraction=0.0, steps=steps, progress=progress,
-                            stop=stop)
+                            stop=stop, jitter=bool(jitter))
 
 
 @torch.no_grad()

@@ -61,6 +61,11 @@ class TrainConfig:
     mask_sigma: float = 2.0
     """Gaussian smoothing (pixels at model scale) of masks used as attention targets."""
     classifier_epochs: int = 8
+    teacher_from: str = ""
+    """A checkpoint whose classifier teacher this run takes instead of training its own
+    (teacher ``classifier``; the patterns and crop size must be the same). Training the
+    teacher is the longest part of a short run on a CPU; a lab trains it once and
+    reuses it. The teacher is saved in the new checkpoint too."""
     classifier_jitter: bool = True
     """Train the classifier teacher on crops recorded anew (random gamma, defocus,
     camera noise: :func:`~napari_atagan.gan.augment.acquisition_jitter`); it names more
@@ -71,6 +76,12 @@ class TrainConfig:
     realness of a cell's own pattern) or ``auxiliary`` (AC-GAN: a pattern loss)."""
     pattern_weight_g: float = 1.0
     """Weight of the pattern loss on generated cells (``auxiliary`` only)."""
+    pattern_guidance: float = 0.0
+    """Weight of the frozen classifier teacher's cross-entropy on the generator's cells
+    against the pattern each was drawn for (teacher ``classifier`` only; 0 turns it
+    off). The generator is then also taught to draw cells that a classifier trained
+    on the real cells names right (a quarter of each step's cells, each in a random
+    dihedral view), while D keeps them real-looking."""
 
     # --- augmentation (on the training device) --------------------------------
     aug_dihedral: bool = True
@@ -185,6 +196,18 @@ class TrainConfig:
             raise ValueError(
                 "ada_target > 0 adapts how often cells are moved and zoomed, but "
                 "aug_translate is 0 and aug_zoom_min is 1: allow a shift or a zoom-out")
+        if self.teacher_from and self.teacher != "classifier":
+            raise ValueError(
+                f"teacher_from reuses a classifier teacher: it needs teacher 'classifier', "
+                f"got teacher {self.teacher!r}")
+        if not self.pattern_guidance >= 0:
+            raise ValueError(
+                f"pattern_guidance must be >= 0 (0 turns it off), got {self.pattern_guidance}")
+        if self.pattern_guidance > 0 and self.teacher != "classifier":
+            raise ValueError(
+                "pattern_guidance needs the classifier teacher (teacher 'classifier'): it is "
+                f"the teacher that names the generated cells' patterns, got teacher "
+                f"{self.teacher!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 

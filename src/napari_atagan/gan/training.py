@@ -54,7 +54,7 @@ from .attention import (
     teacher_maps,
     train_classifier,
 )
-from .augment import AdaptiveAugment, Augmenter
+from .augment import AdaptiveAugment, Augmenter, dihedral
 from ..checkpoint import (
     GENERATOR_STATISTICS,
     load_checkpoint,
@@ -278,6 +278,9 @@ def train(
 
 
 # --------------------------------------------------------------------------- one step
+GUIDED_FRACTION = 4
+"""Pattern guidance names one in this many of each step's generated cells."""
+
 def _captured(config: TrainConfig, device: torch.device) -> bool:
     """Whether the step is captured as a CUDA graph: on CUDA, unless it is compiled
     or a gradient penalty is on (its double backward runs on some steps only, and
@@ -328,6 +331,9 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
     every = int(config.penalty_every)
     # the latest value of each penalty, reported on the steps between lazy ones
     last_penalty = {name: torch.zeros((), device=device) for name in penalties}
+    guide = state.teacher if (config.pattern_guidance > 0 and n_classes) else None
+    if guide is not None:
+        guide.eval().requires_grad_(False)
 
     def realness(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """D's realness logit as the adversarial loss sees it (eager D: a compiled
@@ -413,6 +419,16 @@ def _make_step(config, state: _State, augment, images, labels, maps, n_classes, 
             if auxiliary:
                 loss_g = loss_g + config.pattern_weight_g * F.cross_entropy(cls_g.float(),
                                                                             y_fake)
+            if guide is not None:
+                # a quarter of the batch: the teacher's backward pass costs several
+                # times the generator's, and the batch's cells are drawn at random
+                m = max(2, fake.shape[0] // GUIDED_FRACTION)
+                view = torch.randint(0, 8, (m,), device=device, generator=gen)
+                with amp:
+                    named = guide(dihedral(fake[:m], view))
+                loss_pat = F.cross_entropy(named.float(), y_fake[:m])
+                loss_g = loss_g + config.pattern_guidance * loss_pat
+                out["g_pat"] = loss_pat.detach()
             state.opt_G.zero_grad(set_to_none=True)
             loss_g.backward()
         finally:
@@ -572,12 +588,35 @@ def _teacher(config, data, device, resumed, stop: StopSignal = None):
     model = load_teacher(resumed, device) if resumed is not None else None
     if model is not None:  # a resumed classifier run keeps its classifier
         info = dict(resumed.metadata.get("teacher", {}))
+    elif config.teacher_from:
+        model, info = _borrowed_teacher(config, data, device)
+        yield Message(f"pattern classifier (teacher) taken from {config.teacher_from}")
     else:
         model, info = yield from _train_classifier_with_messages(config, data, device, stop)
         info = {"kind": "classifier", **info}
     model.to(device).eval()
     maps = classifier_maps(model, torch.from_numpy(data.images)).to(device)
     return maps, model, info
+
+
+def _borrowed_teacher(config, data, device):
+    """The classifier teacher of ``config.teacher_from`` and its summary; ValueError when
+    that file has none, or knows other patterns or another crop size than this run."""
+    source = load_checkpoint(config.teacher_from)
+    model = load_teacher(source, device)
+    if model is None:
+        raise ValueError(f"{source.path.name} holds no classifier teacher (it was trained "
+                         "with teacher 'mask' or 'none'): choose a run trained with teacher "
+                         "'classifier'")
+    if list(source.class_names) != list(data.class_names):
+        raise ValueError(f"the teacher of {source.path.name} knows the patterns "
+                         f"{list(source.class_names)}, the data has {list(data.class_names)}")
+    size = int(source.config.image_size)
+    if size != config.image_size:
+        raise ValueError(f"the teacher of {source.path.name} was trained on {size} px crops, "
+                         f"this run uses {config.image_size} px")
+    info = dict(source.metadata.get("teacher", {}))
+    return model, {**info, "kind": "classifier", "from": str(config.teacher_from)}
 
 
 def _train_classifier_with_messages(config, data, device, stop: StopSignal = None):
