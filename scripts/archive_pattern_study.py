@@ -3,7 +3,8 @@
 Usage::
 
     python scripts/archive_pattern_study.py --checkpoint RUN.safetensors \\
-        --val SPLIT/val --out study/ [--per-pattern 5] [--cells 40] [--touching]
+        --val SPLIT/val --out study/ [--per-pattern 5] [--cells 40] [--touching] \\
+        [--patterns-from CLASSIFIER_RUN.safetensors]
 
 For every pattern of the checkpoint, ``--per-pattern`` mosaics (seeds 0..K-1)
 are built from the held-out cells of that pattern only (``--val``: the I3A
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--touching", action="store_true", help="pack the cells so most touch")
     p.add_argument("--context", type=float, default=0.0,
                    help="cell diameters of each crop pasted around its cell (see mosaic)")
+    p.add_argument("--patterns-from", default="",
+                   help="name the cells with this run's classifier teacher (as attention "
+                        "--patterns-from)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
@@ -55,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     from napari_atagan.evaluation.mosaic import make_mosaic, write_mosaic
 
     ckpt = load_checkpoint(args.checkpoint)
-    patterns = ckpt.class_names
-    found = ckpt.pattern_model()
+    namer = load_checkpoint(args.patterns_from) if args.patterns_from else ckpt
+    patterns = namer.class_names
+    found = namer.pattern_model()
     if found is None:
         print("the checkpoint knows no patterns", file=sys.stderr)
         return 2
@@ -75,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             truth[stem] = pattern
     diameter = float(ckpt.metadata.get("data", {}).get("cell_diameter") or np.median(diameters))
     options = ArchiveOptions(checkpoint=str(args.checkpoint), out_dir=str(args.out / "cells"),
-                             diameter=diameter, device=args.device)
+                             diameter=diameter, device=args.device,
+                             patterns_from=args.patterns_from)
     paths = [mosaics / f"{s}.tif" for s in truth]
     done = None
     for event in run_archive(paths, options, workers=args.workers):
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         calls = table.columns["pattern"][on_cell] if len(table) else np.array([])
         cell_right[want] = cell_right.get(want, 0) + int(np.sum(calls == want))
         cell_total[want] = cell_total.get(want, 0) + int(on_cell.sum())
-    crop_acc = _crop_accuracy(model, args.val, patterns, int(ckpt.config.image_size))
+    crop_acc = _crop_accuracy(model, args.val, patterns, int(namer.config.image_size))
     for pattern in patterns:
         per_pattern[pattern] = {
             "slide_accuracy": float(np.mean(slide_right.get(pattern, [False]))),
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     all_slides = [v for vals in slide_right.values() for v in vals]
     report = {
         "checkpoint": str(args.checkpoint),
+        "patterns_from": args.patterns_from or None,
         "pattern_source": source,
         "slides": len(all_slides),
         "cell_diameter": diameter,

@@ -140,6 +140,66 @@ def test_patterns_from_the_discriminator_and_from_a_teacher(tmp_path):
     assert table.pattern_source == "classifier teacher" and len(table) == len(np.unique(labels)) - 1
 
 
+def _teacher_run(tmp_path) -> Path:
+    """A checkpoint that names patterns with a (random) classifier teacher."""
+    from napari_atagan.gan.attention import PatternClassifier
+
+    ckpt = load_checkpoint(default_model_path())
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "namer.safetensors", config=ckpt.config,
+                           modules={"D": ckpt.discriminator(), "teacher": PatternClassifier(6)},
+                           metadata={"class_names": ckpt.class_names,
+                                     "data": ckpt.metadata.get("data", {})})
+
+
+def test_patterns_from_another_run(slides, tmp_path):
+    """The cells of one model, named by another run's classifier: the same labels, other
+    probabilities, said in the table, the metadata and the settings."""
+    from napari_atagan.export import read_tiff_metadata
+
+    namer = _teacher_run(tmp_path)
+    paths = [slides / "s0.tif", slides / "s1.tif"]
+    _, own = _events(paths, _options(tmp_path / "own"), workers=1)
+    results, other = _events(paths, _options(tmp_path / "other", patterns_from=str(namer)),
+                             workers=2)
+    assert [r.status for r in results] == ["done", "done"]
+    for p, a, b in zip(paths, own.rows, other.rows):
+        assert a["pattern_source"] == "discriminator projection head"
+        assert b["pattern_source"] == "classifier teacher"
+        fa, fb = outputs_for(p, tmp_path / "own"), outputs_for(p, tmp_path / "other")
+        assert np.array_equal(tifffile.imread(fa["labels"]), tifffile.imread(fb["labels"]))
+        ta, tb = read_cells_csv(fa["cells"]), read_cells_csv(fb["cells"])
+        assert ta.columns["label"].tolist() == tb.columns["label"].tolist()
+        assert not np.allclose(ta.probabilities, tb.probabilities)
+        assert read_tiff_metadata(fb["labels"])["patterns_from"] == "namer.safetensors"
+        assert "patterns_from" not in read_tiff_metadata(fa["labels"])
+    # outputs named by the model itself are not those of a run that borrows a namer
+    results, _ = _events(paths, _options(tmp_path / "own", patterns_from=str(namer)), workers=1)
+    assert [r.status for r in results] == ["done", "done"]
+    results, _ = _events(paths, _options(tmp_path / "own", patterns_from=str(namer)), workers=1)
+    assert [r.status for r in results] == ["skipped", "skipped"]
+
+
+def test_patterns_from_a_run_that_cannot_name_them(slides, tmp_path):
+    from napari_atagan.checkpoint import CheckpointError
+
+    with pytest.raises(ValueError, match="cannot name patterns"):
+        _events([slides / "s0.tif"], _options(tmp_path / "o",
+                                              patterns_from=str(default_model_path())))
+    with pytest.raises(CheckpointError):
+        _events([slides / "s0.tif"], _options(tmp_path / "o",
+                                              patterns_from=str(tmp_path / "none.safetensors")))
+    assert not (tmp_path / "o" / "s0_cells.csv").exists()  # refused before any slide
+    from napari_atagan.cli.main import main
+
+    for extra in (["--patterns-from", str(default_model_path())],
+                  ["--patterns-from", str(_teacher_run(tmp_path)), "--no-patterns"]):
+        argv = ["attention", "--checkpoint", str(default_model_path()), "--image",
+                str(slides / "s0.tif"), "--diameter", "40", "--out", str(tmp_path / "cli"),
+                "--device", "cpu", *extra]
+        assert main(argv) == 2
+
+
 # --------------------------------------------------------------------------- finding slides
 def test_find_slides_file_folder_and_glob(tmp_path):
     for name in ("b10.tif", "b2.tif", "a.png", "a_labels.tif", "a_attention.tif", "x_Mask.png",

@@ -110,6 +110,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "system the workers share)")
     p.add_argument("--no-patterns", dest="patterns", action="store_false",
                    help="leave the pattern columns out of the cell tables")
+    p.add_argument("--patterns-from", default="", metavar="FILE",
+                   help="name the cells' patterns with the pattern classifier of this run "
+                        "(trained with --teacher classifier) instead of the checkpoint's own; "
+                        "for a checkpoint trained with the mask teacher, whose "
+                        "discriminator names patterns poorly")
     p.set_defaults(run=run)
     return p
 
@@ -140,7 +145,13 @@ def _run(args: argparse.Namespace) -> int:
         threshold=args.threshold, outline=args.outline, min_size=args.min_size,
         device=args.device, tile_size=args.tile_size, channel=channel_option(args),
         zarr=args.zarr, overwrite=args.overwrite, patterns=args.patterns,
-        background=args.background)
+        background=args.background, patterns_from=args.patterns_from)
+    if args.patterns_from and not args.patterns:
+        raise ValueError("--patterns-from names the cells' patterns: leave out --no-patterns")
+    if args.patterns_from:
+        from ..slides.archive import check_pattern_checkpoint
+
+        check_pattern_checkpoint(args.patterns_from)  # before the first slide
     if Path(args.image).is_file():
         return _one_slide(slides[0], options)
     return _many_slides(slides, options, args.workers, args.scheduler)

@@ -103,6 +103,11 @@ class ArchiveOptions:
     overwrite: bool = False
     patterns: bool = True
     """Name each cell's pattern when the checkpoint knows patterns."""
+    patterns_from: str = ""
+    """A checkpoint whose classifier teacher names the cells' patterns instead of
+    ``checkpoint``'s own pattern model: a run trained with the mask teacher finds cells
+    best, and its discriminator's pattern head is no classifier
+    (``docs/experiments.md``, *Naming a slide's pattern*)."""
     background: str = "flatten"
     """``"flatten"``: the slide's slowly varying background is taken away before its
     cells are looked for (:mod:`napari_atagan.slides.background`); ``"none"``."""
@@ -222,6 +227,10 @@ def settings_key(options: ArchiveOptions) -> str:
                 "min_size": options.min_size, "channel": options.channel,
                 "zarr": options.zarr, "patterns": options.patterns,
                 "background": options.background}
+    if options.patterns_from and options.patterns:
+        namer = Path(options.patterns_from)
+        decisive["patterns_from"] = [namer.name,
+                                     namer.stat().st_size if namer.exists() else None]
     return hashlib.sha1(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -301,8 +310,10 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
             "settings": settings_key(options),
             **channel_info,
         }
-        table = cell_table(labels, image, attention,
-                           checkpoint=ckpt if options.patterns else None,
+        namer = pattern_checkpoint(options, ckpt)
+        if namer is not None and namer is not ckpt:
+            metadata["patterns_from"] = Path(options.patterns_from).name
+        table = cell_table(labels, image, attention, checkpoint=namer,
                            cell_diameter=diameter, device=_table_device(options.device))
         if options.zarr:
             from ..zarr_export import save_ome_zarr
@@ -329,6 +340,38 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
         "_files": {k: str(v) for k, v in files.items()},
         "_megapixels_per_s": round(math.prod(shape) / 1e6 / max(seconds_map, 1e-9), 2),
     }
+
+
+def pattern_checkpoint(options: ArchiveOptions, checkpoint: Any) -> Any:
+    """The checkpoint that names the cells' patterns: ``None`` when patterns are off,
+    the classifier run of ``options.patterns_from`` (opened once per process), or
+    ``checkpoint`` itself."""
+    if not options.patterns:
+        return None
+    if not options.patterns_from:
+        return checkpoint
+    path = Path(options.patterns_from)
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else None)
+    if key not in _NAMERS:
+        _NAMERS.clear()
+        _NAMERS[key] = check_pattern_checkpoint(path)
+    return _NAMERS[key]
+
+
+_NAMERS: dict[tuple, Any] = {}
+
+
+def check_pattern_checkpoint(path: str | os.PathLike) -> Any:
+    """Open ``path`` as a checkpoint that can name patterns: one with a classifier
+    teacher, else ValueError saying why (a missing or corrupt file: CheckpointError)."""
+    from ..checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if len(ckpt.class_names) < 2 or not ckpt.has("teacher"):
+        raise ValueError(f"{ckpt.path.name} cannot name patterns: it holds no pattern "
+                         "classifier (train a run with --teacher classifier on cells sorted "
+                         "by pattern)")
+    return ckpt
 
 
 def _table_device(device: str) -> str:
@@ -391,6 +434,8 @@ def run_archive(paths: Sequence[str | os.PathLike], options: ArchiveOptions, *,
     if not paths:
         raise ValueError("no slides to process")
     _check_stems(paths)
+    if options.patterns and options.patterns_from:
+        check_pattern_checkpoint(options.patterns_from)  # once, before any slide
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
@@ -638,6 +683,8 @@ def _run_on_cluster(address, paths, todo, options, stop):
                           "'napari-atagan[cluster]'") from exc
     # the workers may run elsewhere: absolute paths, which a shared file system resolves
     options = replace(options, checkpoint=str(Path(options.checkpoint).resolve()),
+                      patterns_from=(str(Path(options.patterns_from).resolve())
+                                     if options.patterns_from else ""),
                       out_dir=str(Path(options.out_dir).resolve()))
     client = address if isinstance(address, Client) else Client(address, timeout="20s")
     try:
