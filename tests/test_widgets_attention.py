@@ -380,6 +380,38 @@ def test_cell_table_is_the_labels_features(make_napari_viewer, qtbot, slide, tin
     assert errors() == []
 
 
+def test_patterns_from_another_run(make_napari_viewer, qtbot, slide, tiny_checkpoint,
+                                   tiny_data, tmp_path, errors):
+    """Cells of the chosen checkpoint, named by another run's classifier teacher, also
+    when re-labelled; a run that cannot name patterns is refused with a message."""
+    from napari_atagan.gan.training import run_to_end, train
+
+    from .conftest import tiny_config
+
+    namer = run_to_end(train(tiny_config(teacher="classifier", steps=2), tiny_data,
+                             tmp_path / "namer")).checkpoint
+    viewer = make_napari_viewer()
+    image = viewer.add_image(slide.image, name="slide")
+    widget = attention_on(viewer, image, tiny_checkpoint)
+    widget.cell_diameter.value = 30
+    widget.patterns_from.value = tiny_checkpoint  # a mask-teacher run: no classifier
+    run_and_wait(qtbot, widget)
+    assert "cannot name patterns" in errors()[-1] and "slide cells" not in viewer.layers
+    n = len(errors())
+    widget.patterns_from.value = namer
+    run_and_wait(qtbot, widget)
+    assert len(errors()) == n
+    cells = viewer.layers["slide cells"]
+    assert "classifier teacher)" in widget.status.text()
+    assert cells.metadata["patterns_from"] == str(namer)
+    assert {"p_Homogeneous", "pattern"} <= set(cells.features.columns)
+    min_size = int(np.median(cells.features["area"])) + 1
+    widget.min_size.value = min_size
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "min_size", min_size)
+    assert "classifier teacher)" in widget.status.text()
+    assert errors()[n:] == []
+
+
 def default_labels_colours():
     from napari.layers import Labels
 

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    PushButton,
+    SpinBox,
+)
 from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt, QTimer
@@ -106,13 +114,16 @@ class AttentionResult:
     image: Any = None
     """The grey slide the map was computed from (outlines the cells when re-labelling)."""
     model: Any = None
-    """The loaded checkpoint (names the cells' patterns when re-labelling)."""
+    """The loaded checkpoint that names the cells' patterns when re-labelling (the
+    checkpoint itself, or the run chosen under "patterns from")."""
     table: Any = None
     """The :class:`napari_atagan.slides.cells.CellTable` of the latest labelling."""
     top: float = 1.0
     """The map's largest value."""
     background: str = "flatten"
     """What was done with the slide's background (:mod:`napari_atagan.slides.background`)."""
+    patterns_from: Path | None = None
+    """The run whose classifier names the cells' patterns (None: the checkpoint's own)."""
     flat: Any = None
     """The slide as the map saw it (its background taken away unless ``background`` is
     ``"none"``): what outlines the cells when re-labelling."""
@@ -139,27 +150,31 @@ def label_and_measure(amap: np.ndarray, image: Any, flat: Any, checkpoint: Any, 
 
 def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device: str,
                       threshold: str | float, min_size: int, stop: threading.Event,
-                      progress_cb: Any, outline: str = "image", background: str = "flatten"
-                      ) -> tuple[np.ndarray, np.ndarray, Any, Any, Any]:
+                      progress_cb: Any, outline: str = "image", background: str = "flatten",
+                      patterns_from: Path | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, Any, Any, Any, Any]:
     """Map, labels and cell table of a slide or a ``(T, Y, X)`` stack (worker thread).
 
     Returns the map, the labels, their :class:`~napari_atagan.slides.cells.CellTable`,
-    the loaded checkpoint and the slide as the map saw it (flattened once here, kept
-    for re-labelling).
+    the loaded checkpoint, the slide as the map saw it (flattened once here, kept
+    for re-labelling) and the checkpoint that names the cells' patterns: the run of
+    ``patterns_from`` (one with a classifier teacher) or the checkpoint itself.
     """
     from napari_atagan.checkpoint import load_checkpoint
+    from napari_atagan.slides.archive import check_pattern_checkpoint
     from napari_atagan.slides.attention import slide_attention, slide_attention_stack
     from napari_atagan.slides.background import flatten_background
 
     ckpt = load_checkpoint(checkpoint)
+    namer = check_pattern_checkpoint(patterns_from) if patterns_from is not None else ckpt
     run = slide_attention_stack if len(image.shape) == 3 else slide_attention
     flat = flatten_background(image, cell_diameter, background, stop=stop.is_set)
     amap = run(ckpt, flat, cell_diameter=cell_diameter, device=device, stop=stop.is_set,
                progress=progress_cb)
-    labels, table = label_and_measure(amap, image, flat, ckpt, outline=outline,
+    labels, table = label_and_measure(amap, image, flat, namer, outline=outline,
                                       threshold=threshold, min_size=min_size,
                                       cell_diameter=cell_diameter, device=device)
-    return amap, labels, table, ckpt, flat
+    return amap, labels, table, ckpt, flat, namer
 
 
 def cell_features(table: Any) -> dict[str, np.ndarray]:
@@ -300,6 +315,12 @@ class AttentionWidget(QWidget):
         self.device = device_combo()
         self.colour_by_pattern = CheckBox(text="colour cells by pattern", value=False,
                                           tooltip=COLOUR_TOOLTIP)
+        self.patterns_from = FileEdit(
+            label="patterns from", mode="r", filter="*.safetensors", nullable=True, value=None,
+            tooltip="Optional: a run trained with the classifier teacher, whose classifier "
+                    "names the cells' patterns instead of the checkpoint's own (a model "
+                    "trained with the mask teacher finds cells best but names patterns "
+                    "poorly). Takes effect on the next run.")
         self.flatten = CheckBox(
             text="flatten background", value=True,
             tooltip="Take away the slide's slowly varying background (uneven illumination, "
@@ -307,7 +328,7 @@ class AttentionWidget(QWidget):
         self.form = Container(widgets=[
             self.image_layer, self.checkpoint, self.cell_diameter, self.estimate_button,
             self.threshold_mode, self.threshold_value, self.outline, self.min_size, self.device,
-            self.flatten, self.colour_by_pattern,
+            self.flatten, self.patterns_from, self.colour_by_pattern,
         ])
         self.estimate_button.changed.connect(self.estimate_diameter)
         self.threshold_mode.changed.connect(self._update_threshold_mode)
@@ -433,7 +454,8 @@ class AttentionWidget(QWidget):
         self._batch_args = dict(checkpoint=checkpoint, diameter=float(self.cell_diameter.value),
                                 device=self.device.value, threshold=self.threshold(),
                                 min_size=int(self.min_size.value), outline=self.outline_choice(),
-                                background="flatten" if self.flatten.value else "none")
+                                background="flatten" if self.flatten.value else "none",
+                                patterns_from=file_value(self.patterns_from.value))
         self._batch = list(layers)
         self._batch_size, self._batch_done, self._batch_ok = len(layers), 0, 0
         self._batch_lines = []
@@ -465,13 +487,14 @@ class AttentionWidget(QWidget):
             worker = run_function(compute_attention, args["checkpoint"], image, args["diameter"],
                                   args["device"], args["threshold"], args["min_size"],
                                   self._live.stop, self._relay.callback, args["outline"],
-                                  args["background"])
+                                  args["background"], args["patterns_from"])
             result = AttentionResult(source=layer, source_name=layer.name,
                                      attention=np.zeros(0, np.float32),
                                      checkpoint=args["checkpoint"],
                                      cell_diameter=args["diameter"], scale=tuple(layer.scale),
                                      translate=tuple(layer.translate), channel=channel,
-                                     image=image, background=args["background"])
+                                     image=image, background=args["background"],
+                                     patterns_from=args["patterns_from"])
             worker.returned.connect(lambda out, result=result: self._on_result(result, *out))
             worker.errored.connect(lambda exc, name=layer.name: self._on_error(exc, name))
             worker.finished.connect(self._on_finished)
@@ -540,10 +563,10 @@ class AttentionWidget(QWidget):
                                     + "; ".join(self._batch_lines))
 
     def _on_result(self, result: AttentionResult, amap: np.ndarray, labels: np.ndarray,
-                   table: Any, ckpt: Any, flat: Any) -> None:
+                   table: Any, ckpt: Any, flat: Any, namer: Any) -> None:
         if not self._live.alive:
             return
-        result.attention, result.table, result.model, result.flat = amap, table, ckpt, flat
+        result.attention, result.table, result.model, result.flat = amap, table, namer, flat
         result.top = float(np.max(amap)) if amap.size else 1.0
         self.results = [r for r in self.results if r.source_name != result.source_name]
         self.results.append(result)
@@ -573,6 +596,8 @@ class AttentionWidget(QWidget):
         }
         if step is not None:
             meta["checkpoint_step"] = int(step)
+        if result.patterns_from is not None:
+            meta["patterns_from"] = str(result.patterns_from)
         meta.update(result.channel)
         return meta
 
