@@ -138,6 +138,48 @@ def test_classifiers_see_crops_recorded_anew_unless_asked(result, tiny_checkpoin
     assert seen[4:] == [True, True]
 
 
+def test_pretrain_then_real_cells_in_the_same_steps(tiny_checkpoint, folders, monkeypatch,
+                                                    capsys):
+    import napari_atagan.gan.attention as attention
+
+    calls, train = [], attention.train_classifier
+
+    def spy(data, **kwargs):
+        calls.append((data.n, kwargs["steps"], kwargs["start"] is not None))
+        return train(data, **kwargs)
+
+    monkeypatch.setattr(attention, "train_classifier", spy)
+    events = []
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0], mix="pretrain",
+                         progress=events.append, **SETTINGS)
+    row = r["rows"][0]
+    assert r["mix"] == "pretrain" and row["n_train"] == {"real": 6, "augmented": 18}
+    steps = row["steps"]
+    # real only: all steps on the 6 real cells; augmented: half on the 12 generated cells
+    # alone, then the rest on the same 6 real cells, going on from that classifier
+    assert calls == [(6, steps, False), (12, max(1, steps // 2), False),
+                     (6, max(1, steps - steps // 2), True)]
+    scored = [e for e in events if e["stage"] == "scored"]
+    assert [e["steps"] for e in scored] == [steps, max(1, steps // 2) + max(1, steps - steps // 2)]
+    with pytest.raises(ValueError, match="mix must be one of"):
+        evaluate_augment(tiny_checkpoint, *folders, counts=[2], mix="after", **SETTINGS)
+    real, test = folders
+    assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
+                  str(real), "--test", str(test), "--counts", "2", "--generated", "4",
+                  "--epochs", "1", "--seeds", "0", "--device", "cpu", "--mix", "pretrain"]) == 0
+    assert "first on the generated cells alone" in capsys.readouterr().out
+
+
+def test_a_classifier_goes_on_only_with_its_own_patterns(tiny_data):
+    from napari_atagan.gan.attention import PatternClassifier, train_classifier
+
+    with pytest.raises(ValueError, match="knows 5 patterns"):
+        train_classifier(tiny_data, start=PatternClassifier(5), steps=1, val_fraction=0.0)
+    model = PatternClassifier(len(tiny_data.class_names))
+    out, info = train_classifier(tiny_data, start=model, steps=2, val_fraction=0.0)
+    assert out is model and info["steps"] == 2
+
+
 def test_stop_raises_without_a_result(tiny_checkpoint, folders):
     from napari_atagan.slides.attention import Stopped
 

@@ -186,6 +186,10 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: the model's; smaller is faster)")
     g.add_argument("--batch-size", type=_batch_size, default=64, metavar="B",
                    help="training batch size of both classifiers (default: %(default)s)")
+    g.add_argument("--mix", choices=("together", "pretrain"), default="together",
+                   help="together: the augmented classifier trains on real and generated cells "
+                        "mixed; pretrain: on the generated cells for the first half of its "
+                        "steps, then on the real cells (default: %(default)s)")
     _plain_classifiers_option(g)
     g.set_defaults(run=run, action=_run_augment)
     return p
@@ -337,7 +341,8 @@ def _run_augment(args: argparse.Namespace) -> int:
                               generated_per_pattern=args.generated, epochs=args.epochs,
                               image_size=args.image_size, seeds=args.seeds,
                               batch_size=args.batch_size, device=args.device,
-                              progress=_augment_progress, jitter=not args.plain_classifiers)
+                              progress=_augment_progress, jitter=not args.plain_classifiers,
+                              mix=args.mix)
     _finish(args, result, _augment_table(result))
     return 0
 
@@ -560,7 +565,9 @@ def _augment_table(result: dict) -> str:
         f"generated cells as extra training data ({result['checkpoint']}, "
         f"{result['image_size']} px): {result['generated_per_pattern']} generated cells per "
         f"pattern added to the real ones; {epochs} over real + generated cells, the same "
-        f"number of steps for the real-only classifier{_jitter_note(result)}",
+        f"number of steps for the real-only classifier{_jitter_note(result)}"
+        + ("; the augmented one first on the generated cells alone, then on the real cells"
+           if result.get("mix") == "pretrain" else ""),
         f"accuracy on {sum(result['n_test'].values())} test cells of {result['test_folder']} "
         f"(chance {result['chance']:.3f}); " + (f"mean over seeds {seeds}" if several
                                                  else f"seed {seeds}"),

@@ -28,7 +28,7 @@ from .evaluate import (
     _train_pattern_classifier,
 )
 
-__all__ = ["AUGMENT_BATCH", "AUGMENT_COUNTS", "AUGMENT_EPOCHS", "AUGMENT_GENERATED",
+__all__ = ["AUGMENT_BATCH", "AUGMENT_COUNTS", "AUGMENT_EPOCHS", "AUGMENT_GENERATED", "MIXES",
            "evaluate_augment"]
 
 AUGMENT_COUNTS = (25, 100, 400)
@@ -39,6 +39,9 @@ AUGMENT_EPOCHS = 8
 """Default training passes over the real + generated set (both arms get as many steps)."""
 AUGMENT_BATCH = 64
 """Default batch size of both classifiers."""
+MIXES = ("together", "pretrain")
+"""How the augmented classifier uses the generated cells: trained on them together with
+the real cells, or first on the generated cells alone and then on the real cells."""
 ARMS = ("real", "augmented")
 """The two classifiers of every measurement: real cells only, real + generated cells."""
 
@@ -60,6 +63,7 @@ def evaluate_augment(
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
     jitter: bool = True,
+    mix: str = "together",
 ) -> dict[str, Any]:
     """Does adding generated cells to few real ones give a better pattern classifier?
 
@@ -121,6 +125,11 @@ def evaluate_augment(
             "accuracy", "seconds"}`` after each classifier is scored.
         stop: asked before every training step; once it returns True,
             :class:`napari_atagan.slides.attention.Stopped` is raised (no partial result).
+        mix: ``"together"``: the augmented classifier trains on real and generated
+            cells mixed; ``"pretrain"``: on the generated cells alone for the first half
+            of its steps, then on the real cells alone for the second half (the same
+            steps in all), so the real cells have the last word on what each pattern
+            looks like.
         jitter: both classifiers see every training crop recorded anew
             (acquisition jitter, as the product's classifier teacher); False: dihedral
             views only.
@@ -147,6 +156,8 @@ def evaluate_augment(
                              ("epochs", epochs, 1), ("batch_size", batch_size, 2)):
         if _whole(value) is None or int(value) < low:
             raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {', '.join(MIXES)}, got {mix!r}")
     ckpt = as_checkpoint(checkpoint)
     names = _pattern_names(ckpt, "measuring the benefit of generated cells needs")
     model_size = int(ckpt.config.image_size)
@@ -189,9 +200,19 @@ def evaluate_augment(
             for arm, data in zip(ARMS, (real_train, augmented)):
                 a0 = time.perf_counter()
                 where = {"seed": seed, "count": n, "arm": arm}
-                model, info = _train_pattern_classifier(
-                    data, epochs=int(epochs), batch_size=bs, device=dev, seed=seed, steps=steps,
-                    progress=(lambda e, w=where: report({**e, **w})), stop=stop, jitter=jitter)
+                stages = ([(data, steps, None)] if arm == "real" or mix == "together" else
+                          [(synthetic, max(1, steps // 2), None),
+                           (real_train, max(1, steps - steps // 2), "model")])
+                model, taken = None, 0
+                for cells, budget, start in stages:
+                    model, info = _train_pattern_classifier(
+                        cells, epochs=int(epochs), batch_size=bs, device=dev, seed=seed,
+                        steps=budget, progress=(lambda e, w=where: report({**e, **w})),
+                        stop=stop, jitter=jitter, start=model if start else None)
+                    taken += int(info["steps"])
+                    if info["stopped"]:
+                        break
+                info["steps"] = taken
                 if info["stopped"] or (stop is not None and stop()):
                     from ..slides.attention import Stopped
 
@@ -228,6 +249,7 @@ def evaluate_augment(
         "epochs": int(epochs),
         "seeds": seeds,
         "classifier_jitter": bool(jitter),
+        "mix": mix,
         "device": str(dev),
         "budget": ("both classifiers take the same optimisation steps with the same batch "
                    "size: epochs passes over the real + generated set"),

@@ -605,7 +605,7 @@ def _tail_split(labels: np.ndarray, n_classes: int,
 
 def _train_pattern_classifier(data: Any, *, epochs: int, batch_size: int, device: Any,
                               seed: int, steps: int | None = None, progress: Any = None,
-                              stop: Any = None, jitter: bool = True
+                              stop: Any = None, jitter: bool = True, start: Any = None
                               ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A classifier on all of ``data`` (no internal hold-out: the test set is separate).
 
@@ -615,7 +615,7 @@ def _train_pattern_classifier(data: Any, *, epochs: int, batch_size: int, device
 
     return train_classifier(data, epochs=int(epochs), batch_size=int(batch_size), device=device,
                             seed=int(seed), val_fraction=0.0, steps=steps, progress=progress,
-                            stop=stop, jitter=bool(jitter))
+                            stop=stop, jitter=bool(jitter), start=start)
 
 
 @torch.no_grad()

@@ -224,6 +224,7 @@ def train_classifier(
     steps: int | None = None,
     jitter: bool = False,
     stem_pool: int = 1,
+    start: PatternClassifier | None = None,
 ) -> tuple[PatternClassifier, dict[str, Any]]:
     """Train a :class:`PatternClassifier` on the labelled crops of ``data``.
 
@@ -241,6 +242,9 @@ def train_classifier(
     noise), so the classifier cannot tell a pattern by one specimen's exposure.
 
     ``stem_pool``: see :class:`PatternClassifier`.
+
+    ``start``: go on training this classifier (its patterns must be ``data``'s)
+    instead of a new one, e.g. to fine-tune on real cells one trained on generated ones.
 
     Returns:
         The model in eval mode and ``{"val_accuracy", "train_accuracy", "epochs",
@@ -278,9 +282,15 @@ def train_classifier(
     tr, va = torch.from_numpy(train_idx).to(device), torch.from_numpy(val_idx).to(device)
     x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = PatternClassifier(len(data.class_names), stem_pool).to(device)
+    if start is not None:
+        if start.n_classes != len(data.class_names):
+            raise ValueError(f"the classifier to go on from knows {start.n_classes} patterns, "
+                             f"the cells {len(data.class_names)}")
+        model = start.to(device)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = PatternClassifier(len(data.class_names), stem_pool).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     bs = max(2, min(batch_size, x_tr.shape[0]))
     steps_per_epoch = max(1, x_tr.shape[0] // bs)

@@ -81,7 +81,9 @@ class TrainConfig:
     against the pattern each was drawn for (teacher ``classifier`` only; 0 turns it
     off). The generator is then also taught to draw cells that a classifier trained
     on the real cells names right (a quarter of each step's cells, each in a random
-    dihedral view), while D keeps them real-looking."""
+    dihedral view), while D keeps them real-looking. At CPU scale it lowered TSTR on
+    both seeds tried (``docs/experiments.md``, *A teacher that guides the generator*): the
+    generator learned to satisfy the teacher, not to draw the pattern."""
 
     # --- augmentation (on the training device) --------------------------------
     aug_dihedral: bool = True
