@@ -125,7 +125,8 @@ def test_classifiers_see_crops_recorded_anew_unless_asked(result, tiny_checkpoin
     monkeypatch.setattr(attention, "train_classifier", spy)
     plain = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[1], jitter=False,
                              **SETTINGS)
-    assert plain["classifier_jitter"] is False and seen == [False, False]
+    # real only, then the augmented one in two stages (generated cells, then real ones)
+    assert plain["classifier_jitter"] is False and seen == [False] * 3
     real, test = folders
     assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
                   str(real), "--test", str(test), "--counts", "2", "--generated", "4",
@@ -133,9 +134,9 @@ def test_classifiers_see_crops_recorded_anew_unless_asked(result, tiny_checkpoin
                   "--plain-classifiers"]) == 0
     out = capsys.readouterr().out
     assert "dihedral views only" in out and "recorded anew" not in out
-    assert seen == [False] * 4
+    assert seen == [False] * 6
     evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[1], **SETTINGS)
-    assert seen[4:] == [True, True]
+    assert seen[6:] == [True] * 3
 
 
 def test_pretrain_then_real_cells_in_the_same_steps(tiny_checkpoint, folders, monkeypatch,
@@ -150,24 +151,32 @@ def test_pretrain_then_real_cells_in_the_same_steps(tiny_checkpoint, folders, mo
 
     monkeypatch.setattr(attention, "train_classifier", spy)
     events = []
-    r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0], mix="pretrain",
-                         progress=events.append, **SETTINGS)
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0],
+                         progress=events.append, **SETTINGS)  # the default mix
     row = r["rows"][0]
     assert r["mix"] == "pretrain" and row["n_train"] == {"real": 6, "augmented": 18}
     steps = row["steps"]
     # real only: all steps on the 6 real cells; augmented: half on the 12 generated cells
     # alone, then the rest on the same 6 real cells, going on from that classifier
-    assert calls == [(6, steps, False), (12, max(1, steps // 2), False),
-                     (6, max(1, steps - steps // 2), True)]
+    assert steps >= 2 and calls == [(6, steps, False), (12, steps // 2, False),
+                                    (6, steps - steps // 2, True)]
     scored = [e for e in events if e["stage"] == "scored"]
-    assert [e["steps"] for e in scored] == [steps, max(1, steps // 2) + max(1, steps - steps // 2)]
+    assert [e["steps"] for e in scored] == [steps, steps]
     with pytest.raises(ValueError, match="mix must be one of"):
         evaluate_augment(tiny_checkpoint, *folders, counts=[2], mix="after", **SETTINGS)
     real, test = folders
     assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
                   str(real), "--test", str(test), "--counts", "2", "--generated", "4",
-                  "--epochs", "1", "--seeds", "0", "--device", "cpu", "--mix", "pretrain"]) == 0
+                  "--epochs", "1", "--seeds", "0", "--device", "cpu"]) == 0
     assert "first on the generated cells alone" in capsys.readouterr().out
+    calls.clear()
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0], mix="together",
+                         **SETTINGS)
+    assert r["mix"] == "together" and calls == [(6, steps, False), (18, steps, False)]
+    assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
+                  str(real), "--test", str(test), "--counts", "2", "--generated", "4",
+                  "--epochs", "1", "--seeds", "0", "--device", "cpu", "--mix", "together"]) == 0
+    assert "real and generated cells mixed" in capsys.readouterr().out
 
 
 def test_a_classifier_goes_on_only_with_its_own_patterns(tiny_data):

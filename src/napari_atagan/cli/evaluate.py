@@ -186,10 +186,10 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: the model's; smaller is faster)")
     g.add_argument("--batch-size", type=_batch_size, default=64, metavar="B",
                    help="training batch size of both classifiers (default: %(default)s)")
-    g.add_argument("--mix", choices=("together", "pretrain"), default="together",
-                   help="together: the augmented classifier trains on real and generated cells "
-                        "mixed; pretrain: on the generated cells for the first half of its "
-                        "steps, then on the real cells (default: %(default)s)")
+    g.add_argument("--mix", choices=("pretrain", "together"), default="pretrain",
+                   help="pretrain: the augmented classifier trains on the generated cells for "
+                        "the first half of its steps, then on the real cells; together: on "
+                        "real and generated cells mixed (default: %(default)s)")
     _plain_classifiers_option(g)
     g.set_defaults(run=run, action=_run_augment)
     return p
@@ -567,7 +567,9 @@ def _augment_table(result: dict) -> str:
         f"pattern added to the real ones; {epochs} over real + generated cells, the same "
         f"number of steps for the real-only classifier{_jitter_note(result)}"
         + ("; the augmented one first on the generated cells alone, then on the real cells"
-           if result.get("mix") == "pretrain" else ""),
+           if result.get("mix") == "pretrain" else
+           "; the augmented one on real and generated cells mixed"
+           if result.get("mix") == "together" else ""),
         f"accuracy on {sum(result['n_test'].values())} test cells of {result['test_folder']} "
         f"(chance {result['chance']:.3f}); " + (f"mean over seeds {seeds}" if several
                                                  else f"seed {seeds}"),

@@ -63,7 +63,7 @@ def evaluate_augment(
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
     jitter: bool = True,
-    mix: str = "together",
+    mix: str = "pretrain",
 ) -> dict[str, Any]:
     """Does adding generated cells to few real ones give a better pattern classifier?
 
@@ -125,11 +125,14 @@ def evaluate_augment(
             "accuracy", "seconds"}`` after each classifier is scored.
         stop: asked before every training step; once it returns True,
             :class:`napari_atagan.slides.attention.Stopped` is raised (no partial result).
-        mix: ``"together"``: the augmented classifier trains on real and generated
-            cells mixed; ``"pretrain"``: on the generated cells alone for the first half
-            of its steps, then on the real cells alone for the second half (the same
-            steps in all), so the real cells have the last word on what each pattern
-            looks like.
+        mix: ``"pretrain"`` (default): the augmented classifier trains on the
+            generated cells alone for the first half of its steps, then on the real
+            cells alone for the second half (the same steps in all; one step: real
+            cells only), so the real cells have the last word on what each pattern
+            looks like; ``"together"``: on real and generated cells mixed. With mixed
+            cells, generated cells that do not carry their pattern teach the wrong
+            thing to the end (``docs/experiments.md``, *Generated cells first, real
+            cells last*).
         jitter: both classifiers see every training crop recorded anew
             (acquisition jitter, as the product's classifier teacher); False: dihedral
             views only.
@@ -200,9 +203,9 @@ def evaluate_augment(
             for arm, data in zip(ARMS, (real_train, augmented)):
                 a0 = time.perf_counter()
                 where = {"seed": seed, "count": n, "arm": arm}
-                stages = ([(data, steps, None)] if arm == "real" or mix == "together" else
-                          [(synthetic, max(1, steps // 2), None),
-                           (real_train, max(1, steps - steps // 2), "model")])
+                first = steps // 2 if arm == "augmented" and mix == "pretrain" else 0
+                stages = ([(synthetic, first, None), (real_train, steps - first, "model")]
+                          if first else [(data, steps, None)])
                 model, taken = None, 0
                 for cells, budget, start in stages:
                     model, info = _train_pattern_classifier(
