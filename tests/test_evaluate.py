@@ -243,7 +243,7 @@ def test_cli_samples_with_tstr(tiny_checkpoint, tstr_real, tmp_path, capsys):
                   "--tstr-per-pattern", "4", "--tstr-epochs", "1",
                   "--tstr-reference", str(tstr_real), "--plain-classifiers"]) == 0
     text = capsys.readouterr().out
-    assert f"trained on cells of {tstr_real}" in text and "dihedral views only" in text
+    assert f"trained on cells of {tstr_real}" in text and "flipped and rotated crops only" in text
 
 
 @pytest.mark.parametrize("argv", [

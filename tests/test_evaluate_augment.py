@@ -133,7 +133,7 @@ def test_classifiers_see_crops_recorded_anew_unless_asked(result, tiny_checkpoin
                   "--epochs", "1", "--seeds", "1", "--device", "cpu",
                   "--plain-classifiers"]) == 0
     out = capsys.readouterr().out
-    assert "dihedral views only" in out and "recorded anew" not in out
+    assert "flipped and rotated crops only" in out and "recorded anew" not in out
     assert seen == [False] * 6
     evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[1], **SETTINGS)
     assert seen[6:] == [True] * 3

@@ -197,9 +197,10 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
 
 def _plain_classifiers_option(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument("--plain-classifiers", action="store_true",
-                   help=prefix + "train the classifiers on dihedral views only; by default "
-                        "every training crop is also recorded anew (gamma, defocus, camera "
-                        "noise), as the classifier teacher is, so they hold on other specimens")
+                   help=prefix + "train the classifiers on flipped and rotated crops only; "
+                        "by default every training crop is also recorded anew (gamma, "
+                        "defocus, camera noise), as the classifier teacher is, so they hold "
+                        "on other specimens")
 
 
 def _common(p: argparse.ArgumentParser, *, per_pattern: bool = True) -> None:
@@ -543,7 +544,7 @@ def _tstr_table(result: dict) -> str:
 def _jitter_note(result: dict) -> str:
     jitter = result.get("classifier_jitter")
     return ("" if jitter is None else ", crops recorded anew" if jitter
-            else ", dihedral views only")
+            else ", flipped and rotated crops only")
 
 
 def _augment_table(result: dict) -> str:

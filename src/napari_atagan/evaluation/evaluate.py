@@ -468,7 +468,7 @@ def train_on_synthetic(
         jitter: train both classifiers on crops recorded anew (acquisition
             jitter, as the product's classifier teacher is trained), so that
             neither can tell a pattern by one specimen's exposure; False trains
-            them on dihedral views only.
+            them on flipped and rotated crops only.
 
     Returns:
         ``"tstr"`` and ``"trts"`` (``{"accuracy", "per_pattern"}`` on the real
