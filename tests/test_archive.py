@@ -180,6 +180,32 @@ def test_patterns_from_another_run(slides, tmp_path):
     assert [r.status for r in results] == ["skipped", "skipped"]
 
 
+def test_the_namer_is_opened_once_per_process(slides, tmp_path, monkeypatch):
+    """The command checks the run before the first slide and the slides reuse it: one
+    opening in all, until the file changes."""
+    import napari_atagan.gan.checkpoint as gan_checkpoint
+    from napari_atagan.cli.main import main
+
+    namer = _teacher_run(tmp_path)
+    opened, real = [], gan_checkpoint.load_classifier_run
+
+    def counted(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(gan_checkpoint, "load_classifier_run", counted)
+    argv = ["attention", "--checkpoint", str(default_model_path()), "--image", "{}",
+            "--diameter", "40", "--out", str(tmp_path / "cli"), "--device", "cpu",
+            "--workers", "1", "--patterns-from", str(namer)]
+    assert main([a.format(slides / "s0.tif") for a in argv]) == 0  # one slide
+    assert main([a.format(slides / "s*.tif") for a in argv]) == 0  # a glob of four
+    assert opened == ["namer.safetensors"]
+    os.utime(namer, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file changed
+    _events([slides / "s1.tif"], _options(tmp_path / "o", patterns_from=str(namer),
+                                          overwrite=True), workers=1)
+    assert opened == ["namer.safetensors"] * 2
+
+
 def test_patterns_from_a_run_that_cannot_name_them(slides, tmp_path):
     from napari_atagan.checkpoint import CheckpointError
 

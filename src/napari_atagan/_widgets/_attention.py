@@ -161,12 +161,12 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
     ``patterns_from`` (one with a classifier teacher) or the checkpoint itself.
     """
     from napari_atagan.checkpoint import load_checkpoint
-    from napari_atagan.slides.archive import check_pattern_checkpoint
+    from napari_atagan.slides.archive import pattern_namer
     from napari_atagan.slides.attention import slide_attention, slide_attention_stack
     from napari_atagan.slides.background import flatten_background
 
     ckpt = load_checkpoint(checkpoint)
-    namer = check_pattern_checkpoint(patterns_from) if patterns_from is not None else ckpt
+    namer = pattern_namer(patterns_from) if patterns_from is not None else ckpt
     run = slide_attention_stack if len(image.shape) == 3 else slide_attention
     flat = flatten_background(image, cell_diameter, background, stop=stop.is_set)
     amap = run(ckpt, flat, cell_diameter=cell_diameter, device=device, stop=stop.is_set,
@@ -451,11 +451,20 @@ class AttentionWidget(QWidget):
         if checkpoint is None:
             notify_error("choose a checkpoint (.safetensors)")
             return
+        patterns_from = file_value(self.patterns_from.value)
+        if patterns_from is not None:
+            from napari_atagan.slides.archive import pattern_namer
+
+            try:  # once for the batch, not once per layer (the layers' runs reuse it)
+                pattern_namer(patterns_from)
+            except (ValueError, OSError) as exc:
+                notify_error(f"patterns from: {error_text(exc)}")
+                return
         self._batch_args = dict(checkpoint=checkpoint, diameter=float(self.cell_diameter.value),
                                 device=self.device.value, threshold=self.threshold(),
                                 min_size=int(self.min_size.value), outline=self.outline_choice(),
                                 background="flatten" if self.flatten.value else "none",
-                                patterns_from=file_value(self.patterns_from.value))
+                                patterns_from=patterns_from)
         self._batch = list(layers)
         self._batch_size, self._batch_done, self._batch_ok = len(layers), 0, 0
         self._batch_lines = []

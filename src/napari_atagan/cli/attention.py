@@ -149,9 +149,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.patterns_from and not args.patterns:
         raise ValueError("--patterns-from names the cells' patterns: leave out --no-patterns")
     if args.patterns_from:
-        from ..slides.archive import check_pattern_checkpoint
+        from ..slides.archive import pattern_namer
 
-        check_pattern_checkpoint(args.patterns_from)  # before the first slide
+        pattern_namer(args.patterns_from)  # before the first slide (and kept for them)
     if Path(args.image).is_file():
         return _one_slide(slides[0], options)
     return _many_slides(slides, options, args.workers, args.scheduler)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,8 @@ from .models import (
     standing_statistics,
 )
 
-__all__ = ["load_discriminator", "load_generator", "load_pattern_model", "load_teacher"]
+__all__ = ["load_classifier_run", "load_discriminator", "load_generator", "load_pattern_model",
+           "load_teacher"]
 
 
 def load_generator(ckpt: Checkpoint, device: str | torch.device = "cpu", ema: bool = True
@@ -112,6 +114,27 @@ def load_teacher(ckpt: Checkpoint, device: str | torch.device = "cpu") -> nn.Mod
     model = _build(ckpt, classifier_from_hparams, hparams, "teacher")
     load_module_state(model, state, what="teacher", path=ckpt.path)
     return model.to(device).eval()
+
+
+def load_classifier_run(path: Any, device: str | torch.device = "cpu"
+                        ) -> tuple[Checkpoint, nn.Module]:
+    """A run that keeps a pattern classifier (trained with teacher ``classifier``): its
+    checkpoint and the classifier in eval mode. What reuses another run's classifier
+    (``train --set teacher_from``, ``attention --patterns-from``) opens it here; a file
+    that keeps none gets a ValueError naming it (a missing or corrupt one, a
+    :class:`~napari_atagan.checkpoint.CheckpointError`)."""
+    from ..checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    model = load_teacher(ckpt, device) if len(ckpt.class_names) >= 2 else None
+    if model is None:
+        teacher = getattr(ckpt.config, "teacher", None)
+        raise ValueError(f"{ckpt.path.name} holds no classifier teacher, so it cannot name "
+                         "patterns" + (f" (it was trained with teacher {teacher!r})"
+                                       if teacher else "")
+                         + ": choose a run trained with --teacher classifier on cells "
+                         "sorted by pattern")
+    return ckpt, model
 
 
 def _build(ckpt: Checkpoint, build: Callable[[dict], nn.Module], hparams: dict,

@@ -63,7 +63,7 @@ from ..checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .checkpoint import load_teacher
+from .checkpoint import load_classifier_run, load_teacher
 from .config import TrainConfig
 from ..data import CellData
 from ..device import describe, resolve_device, synchronize
@@ -280,6 +280,7 @@ def train(
 # --------------------------------------------------------------------------- one step
 GUIDED_FRACTION = 4
 """Pattern guidance names one in this many of each step's generated cells."""
+
 
 def _captured(config: TrainConfig, device: torch.device) -> bool:
     """Whether the step is captured as a CUDA graph: on CUDA, unless it is compiled
@@ -602,12 +603,7 @@ def _teacher(config, data, device, resumed, stop: StopSignal = None):
 def _borrowed_teacher(config, data, device):
     """The classifier teacher of ``config.teacher_from`` and its summary; ValueError when
     that file has none, or knows other patterns or another crop size than this run."""
-    source = load_checkpoint(config.teacher_from)
-    model = load_teacher(source, device)
-    if model is None:
-        raise ValueError(f"{source.path.name} holds no classifier teacher (it was trained "
-                         "with teacher 'mask' or 'none'): choose a run trained with teacher "
-                         "'classifier'")
+    source, model = load_classifier_run(config.teacher_from, device)
     if list(source.class_names) != list(data.class_names):
         raise ValueError(f"the teacher of {source.path.name} knows the patterns "
                          f"{list(source.class_names)}, the data has {list(data.class_names)}")

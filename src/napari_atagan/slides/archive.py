@@ -344,34 +344,42 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
 
 def pattern_checkpoint(options: ArchiveOptions, checkpoint: Any) -> Any:
     """The checkpoint that names the cells' patterns: ``None`` when patterns are off,
-    the classifier run of ``options.patterns_from`` (opened once per process), or
+    the classifier run of ``options.patterns_from`` (:func:`pattern_namer`), or
     ``checkpoint`` itself."""
     if not options.patterns:
         return None
     if not options.patterns_from:
         return checkpoint
-    path = Path(options.patterns_from)
-    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else None)
-    if key not in _NAMERS:
-        _NAMERS.clear()
-        _NAMERS[key] = check_pattern_checkpoint(path)
-    return _NAMERS[key]
+    return pattern_namer(options.patterns_from)
 
 
-_NAMERS: dict[tuple, Any] = {}
+def pattern_namer(path: str | os.PathLike) -> Any:
+    """The run at ``path`` that names cells' patterns with its classifier teacher,
+    opened once per process (:func:`napari_atagan.gan.checkpoint.load_classifier_run`:
+    a ValueError for a run that keeps none)."""
+    from ..gan.checkpoint import load_classifier_run
+
+    return opened_once("patterns", path, lambda p: load_classifier_run(p)[0])
 
 
-def check_pattern_checkpoint(path: str | os.PathLike) -> Any:
-    """Open ``path`` as a checkpoint that can name patterns: one with a classifier
-    teacher, else ValueError saying why (a missing or corrupt file: CheckpointError)."""
-    from ..checkpoint import load_checkpoint
+_OPENED: dict[str, tuple[tuple[str, int | None], Any]] = {}
 
-    ckpt = load_checkpoint(path)
-    if len(ckpt.class_names) < 2 or not ckpt.has("teacher"):
-        raise ValueError(f"{ckpt.path.name} cannot name patterns: it holds no pattern "
-                         "classifier (train a run with --teacher classifier on cells sorted "
-                         "by pattern)")
-    return ckpt
+
+def opened_once(kind: str, path: str | os.PathLike, opener: Callable[[Path], Any]) -> Any:
+    """``opener(path)``, done once per process while the file stays the same (its
+    resolved path and modification time); the latest file of each ``kind`` is kept.
+    A worker process opens its checkpoints on its first slide, not on every one."""
+    p = Path(path)
+    try:
+        stamp: int | None = p.stat().st_mtime_ns
+    except OSError:
+        stamp = None  # the opener says what is wrong with it
+    key = (str(p.resolve()), stamp)
+    held = _OPENED.get(kind)
+    if held is None or held[0] != key:
+        _OPENED.pop(kind, None)
+        _OPENED[kind] = (key, opener(p))
+    return _OPENED[kind][1]
 
 
 def _table_device(device: str) -> str:
@@ -435,7 +443,7 @@ def run_archive(paths: Sequence[str | os.PathLike], options: ArchiveOptions, *,
         raise ValueError("no slides to process")
     _check_stems(paths)
     if options.patterns and options.patterns_from:
-        check_pattern_checkpoint(options.patterns_from)  # once, before any slide
+        pattern_namer(options.patterns_from)  # before any slide (and kept for them)
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
@@ -661,18 +669,12 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
 
 
 # -- a Dask cluster --------------------------------------------------------------------
-_CACHE: dict[tuple[str, float], Any] = {}
-
-
 def _cluster_task(path: str, options: ArchiveOptions) -> dict[str, Any]:
     """One slide on a Dask worker; the checkpoint is opened once per worker process."""
     from ..checkpoint import load_checkpoint
 
-    key = (options.checkpoint, os.path.getmtime(options.checkpoint))
-    if key not in _CACHE:
-        _CACHE.clear()
-        _CACHE[key] = load_checkpoint(options.checkpoint)
-    return _attempt(Path(path), options, _CACHE[key])
+    ckpt = opened_once("checkpoint", options.checkpoint, load_checkpoint)
+    return _attempt(Path(path), options, ckpt)
 
 
 def _run_on_cluster(address, paths, todo, options, stop):
