@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .._memmap import StackPlane, release_pages
+from .labels import _check_stop
 
 __all__ = ["BACKGROUNDS", "BACKGROUND_PCT", "BACKGROUND_SMOOTH", "BACKGROUND_WINDOW",
            "Background", "FlatSlide", "estimate_background", "flatten_background"]
@@ -146,10 +147,8 @@ def _block_means(slide: Any, h: int, w: int, step: int,
     edges = np.arange(0, w, step)
     widths = np.diff(np.append(edges, w))
     for y0 in range(0, h, rows):
-        if y0 and stop is not None and stop():  # between bands: a slide of one band runs on
-            from .attention import Stopped
-
-            raise Stopped("stopped on request")
+        if y0:  # between bands: a slide of one band runs on
+            _check_stop(stop)
         y1 = min(h, y0 + rows)
         band = np.asarray(slide[y0:y1, :], dtype=np.float64)
         release_pages(slide)
@@ -189,6 +188,10 @@ class FlatSlide:
         flat = self._flat(rows, cols)
         squeeze = tuple(i for i, k in enumerate(key) if not isinstance(k, slice))
         return flat.squeeze(squeeze) if squeeze else flat
+
+    def forget(self) -> None:
+        """Let the kept flattened pixels go (they are worked out again when read)."""
+        self._whole = None
 
     def _flat(self, rows: slice, cols: slice) -> np.ndarray:
         """The flattened region, worked out in bands of rows (a whole slide at once
@@ -243,7 +246,7 @@ class _FlatStack:
     def _plane(self, t: int) -> FlatSlide:
         t = range(len(self.planes))[t]
         if self._last is not None and self._last != t:
-            self.planes[self._last]._whole = None  # the plane before lets its pixels go
+            self.planes[self._last].forget()  # the plane before lets its pixels go
         self._last = t
         return self.planes[t]
 
