@@ -369,6 +369,26 @@ def test_dask_cluster_runs_the_same_slides(slides, tmp_path):
                 == outputs_for(p, tmp_path / "here")["cells"].read_text())
 
 
+def test_dask_workers_name_cells_with_a_relative_patterns_from(slides, tmp_path, monkeypatch):
+    """A --patterns-from given relative to where the command runs reaches the workers
+    (which run elsewhere) as an absolute path: the same tables as a local run."""
+    distributed = pytest.importorskip("dask.distributed")
+    namer = _teacher_run(tmp_path)
+    paths = [slides / "s0.tif", slides / "s1.tif"]
+    relative = dict(patterns_from=namer.name)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        monkeypatch.chdir(tmp_path)  # the worker started elsewhere: the name means nothing there
+        results, done = _events(paths, _options(tmp_path / "dask", **relative),
+                                scheduler=cluster.scheduler_address)
+    assert done.counts["done"] == 2
+    assert {r["pattern_source"] for r in done.rows} == {"classifier teacher"}
+    _events(paths, _options(tmp_path / "here", **relative), workers=1)
+    for p in paths:
+        assert (outputs_for(p, tmp_path / "dask")["cells"].read_text()
+                == outputs_for(p, tmp_path / "here")["cells"].read_text())
+
+
 # --------------------------------------------------------------------------- the command
 def _cli(*argv, **kw):
     return subprocess.Popen([sys.executable, "-m", "napari_atagan", "attention", *argv],
