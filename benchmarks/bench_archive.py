@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_archive.py                     # 200 slides of 1388 x 1038, CPU
     python benchmarks/bench_archive.py --count 40 --device cuda
     python benchmarks/bench_archive.py --slides DIR        # reuse (or keep) the simulated slides
+    python benchmarks/bench_archive.py --patterns-from RUN # cells named by another run's classifier
 
 ``--count`` simulated slides (1388 x 1038, the size of a 40x HEp-2 IIF field,
 ``--cells`` cells of ``--diameter`` px, seeds 0..count-1) are written once
@@ -69,7 +70,7 @@ def sequential(paths: list[Path], options) -> float:
 
 
 def archive_cli(folder: Path, out: Path, diameter: float, device: str, workers: int | None,
-                background: str = "flatten") -> float:
+                background: str = "flatten", patterns_from: str = "") -> float:
     from napari_atagan import default_model_path
 
     cmd = [sys.executable, "-m", "napari_atagan", "attention", "--checkpoint",
@@ -77,6 +78,8 @@ def archive_cli(folder: Path, out: Path, diameter: float, device: str, workers: 
            "--out", str(out), "--device", device, "--background", background]
     if workers:
         cmd += ["--workers", str(workers)]
+    if patterns_from:
+        cmd += ["--patterns-from", patterns_from]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slides", type=Path, default=None, help="folder for the simulated slides")
     p.add_argument("--background", choices=("flatten", "none"), default="flatten",
                    help="what both runs do with the slides' background (default: flatten)")
+    p.add_argument("--patterns-from", default="", metavar="RUN",
+                   help="both runs name the cells with this run's classifier teacher")
     p.add_argument("--skip-sequential", action="store_true",
                    help="time only the archive run (e.g. on a GPU machine, to save time)")
     args = p.parse_args(argv)
@@ -118,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                         "diameter": args.diameter, "realistic": args.realistic,
                         "device": args.device, "cores": os.cpu_count(),
                         "background": args.background,
+                        "patterns_from": args.patterns_from or None,
                         "simulate_seconds": round(made, 1)}
         archive_s = archive_cli(folder, tmp / "archive", args.diameter, args.device, args.workers,
-                                args.background)
+                                args.background, args.patterns_from)
         report["archive"] = {"seconds": round(archive_s, 2),
                              "slides_per_s": round(len(paths) / archive_s, 2)}
         found = cells_of(tmp / "archive")
@@ -128,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_sequential:
             options = ArchiveOptions(checkpoint=str(default_model_path()),
                                      out_dir=str(tmp / "sequential"), diameter=args.diameter,
-                                     device=args.device, background=args.background)
+                                     device=args.device, background=args.background,
+                                     patterns_from=args.patterns_from)
             seq_s = sequential(paths, options)
             report["sequential"] = {"seconds": round(seq_s, 2),
                                     "slides_per_s": round(len(paths) / seq_s, 2)}

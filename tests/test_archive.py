@@ -226,6 +226,19 @@ def test_patterns_from_a_run_that_cannot_name_them(slides, tmp_path):
         assert main(argv) == 2
 
 
+def test_a_checkpoint_builds_its_pattern_model_once_per_device(tmp_path):
+    """Every slide of an archive is named with the same network, not a rebuilt one."""
+    ckpt = load_checkpoint(_teacher_run(tmp_path))
+    model, source = ckpt.pattern_model("cpu")
+    assert source == "classifier teacher" and not model.training
+    again, _ = ckpt.pattern_model(torch.device("cpu"))
+    assert again is model
+    fresh, _ = load_checkpoint(ckpt.path).pattern_model()
+    assert fresh is not model  # another opening of the file builds its own
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+
+
 # --------------------------------------------------------------------------- finding slides
 def test_find_slides_file_folder_and_glob(tmp_path):
     for name in ("b10.tif", "b2.tif", "a.png", "a_labels.tif", "a_attention.tif", "x_Mask.png",

@@ -431,6 +431,9 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     _standing: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     """G_ema's standing statistics, once computed for a file saved without them."""
+    _pattern_models: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """:meth:`pattern_model` by device, built once: the archive names every slide's cells
+    with it, and rebuilding a classifier teacher took 0.09 s a slide on a CPU."""
 
     @property
     def family(self) -> str:
@@ -497,7 +500,11 @@ class Checkpoint:
         """What names a cell's pattern: ``(model, source)``, or ``None`` without patterns
         (see :func:`napari_atagan.gan.checkpoint.load_pattern_model`)."""
         self._require_atagan("pattern model")
-        return _family_module(DEFAULT_FAMILY).load_pattern_model(self, device)
+        key = str(torch.device(device))
+        if key not in self._pattern_models:  # (in eval mode, used for inference only)
+            self._pattern_models[key] = _family_module(DEFAULT_FAMILY).load_pattern_model(
+                self, device)
+        return self._pattern_models[key]
 
     def hparams(self, name: str) -> dict | None:
         """The stored constructor arguments of module ``name`` (``None``: not stored)."""
