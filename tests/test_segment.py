@@ -243,3 +243,62 @@ def test_cell_levels_do_not_depend_on_the_sampling_step(monkeypatch):
         levels.append(cell_levels(image)[1])
     assert max(levels) / min(levels) < 1.1, levels
     assert min(levels) > 75  # the cells' level (60-100), not the specks' (40)
+
+
+def _pressed_pair_scene():
+    """Four single nuclei and two pressed together over a long edge: their union has no
+    neck, so the distance watershed sees one cell."""
+    shape = (200, 260)
+    truth = np.zeros(shape, np.int32)
+    singles = [(40, 40, 16), (40, 130, 15), (40, 215, 17), (150, 40, 16)]
+    for i, (cy, cx, r) in enumerate(singles, start=1):
+        truth[_disc(shape, cy, cx, r)] = i
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    pair = ((yy - 150) / 16.0) ** 2 + ((xx - 160) / 32.0) ** 2 <= 1  # a 2:1 ellipse
+    truth[pair & (xx < 160)] = 5
+    truth[pair & (xx >= 160)] = 6
+    image = ndi.gaussian_filter(np.where(truth > 0, 120.0, 20.0), 1.0)
+    image += np.random.default_rng(0).normal(0, 2.0, shape)
+    return image.astype(np.float32), truth
+
+
+def test_split_large_divides_an_object_the_size_of_two_cells_and_leaves_the_rest():
+    from napari_atagan.slides.segment import split_large
+
+    _, truth = _pressed_pair_scene()
+    joined = np.where(truth == 6, 5, truth)
+    out = split_large(joined)
+    assert out.shape == joined.shape and out.dtype.kind in "iu"
+    for i in range(1, 5):  # the single cells keep their ids and pixels
+        assert np.array_equal(out == i, joined == i)
+    assert set(np.unique(out[joined == 5])) == {5, 6}  # one part keeps the id
+    tp, fp, fn, iou = _ious(out, truth)
+    assert (tp, fp, fn) == (6, 0, 0)
+    assert iou > 0.9
+    assert np.array_equal(split_large(joined), out)  # seeded: the same every time
+
+
+def test_split_large_leaves_cells_of_ordinary_size_alone():
+    from napari_atagan.slides.segment import split_large
+
+    shape = (120, 400)
+    labels = np.zeros(shape, np.int32)
+    for i, r in enumerate([12, 14, 15, 16, 18], start=1):  # areas 0.64-1.44 x the median
+        labels[_disc(shape, 60, 70 * i - 20, r)] = i
+    assert np.array_equal(split_large(labels), labels)
+    assert split_large(np.zeros((8, 8), np.int32)).max() == 0
+    with pytest.raises(ValueError, match="2-D"):
+        split_large(np.zeros((2, 8, 8), np.int32))
+    with pytest.raises(ValueError, match="ratio"):
+        split_large(labels, ratio=1.0)
+
+
+def test_guided_divides_cells_pressed_together_without_a_neck():
+    image, truth = _pressed_pair_scene()
+    labels = guided_labels(image, _coarse_map(truth), 32)
+    tp, fp, fn, iou = _ious(labels, truth)
+    assert (tp, fp, fn) == (6, 0, 0)
+    assert iou > 0.8
+    # the classic pipeline's distance watershed keeps the pair as one object
+    classic = classic_labels(image, 32)
+    assert np.unique(classic[(truth >= 5) & (classic > 0)]).size == 1

@@ -458,6 +458,7 @@ SLIDE_METHOD_NAMES = {
     "map": "model's map alone",
     "classic": "classic (Otsu + watershed split)",
     "classic_flat": "classic on the flattened slide",
+    "classic_split": "the same, large objects divided",
     "otsu": "Otsu, touching cells not split",
     "image_local": "map's labelling of the image",
 }

@@ -146,7 +146,8 @@ def default_min_size(diameter: float) -> int:
     return max(1, int(0.1 * math.pi * float(diameter) ** 2 / 4))
 
 
-SLIDE_METHODS = ("model", "map", "classic", "classic_flat", "otsu", "image_local")
+SLIDE_METHODS = ("model", "map", "classic", "classic_flat", "classic_split", "otsu",
+                 "image_local")
 """The cell finders :func:`evaluate_slide` scores, in the order tables show them."""
 
 
@@ -174,11 +175,14 @@ def evaluate_slide(
       with ``threshold``; with the cell diameter known, objects under
       :data:`napari_atagan.slides.labels.MIN_CELL_AREA` of a cell's area are dropped).
 
-    Four baselines that need no model are scored the same way: ``"classic"``
+    Five baselines that need no model are scored the same way: ``"classic"``
     (:func:`napari_atagan.slides.segment.classic_labels`: smoothed Otsu, holes filled,
     small objects dropped, touching cells split by a distance-transform
     watershed at the known diameter), ``"classic_flat"`` (the same on the slide
-    with its background taken away as the model's labelling takes it), ``"otsu"``
+    with its background taken away as the model's labelling takes it),
+    ``"classic_split"`` (that, with objects of several cells' area divided by the
+    rule the model's labelling uses, :func:`napari_atagan.slides.segment.split_large`,
+    so that rule's gain is not credited to the model), ``"otsu"``
     (Otsu's threshold of the smoothed slide, touching cells not split) and
     ``"image_local"`` (the map's labelling applied to the flattened slide itself),
     which shows how much of the score the discriminator adds. ``diameter``: typical
@@ -267,6 +271,7 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
                                    map_labels=found["map"])
     found["classic"] = classic_labels(grey, diameter)
     found["classic_flat"] = classic_labels(flat, diameter)
+    found["classic_split"] = classic_labels(flat, diameter, divide=True)
     found["otsu"] = otsu_baseline(grey, min_size=min_size)
     found["image_local"] = attention_to_labels(flat, **options)
     return found
