@@ -329,3 +329,45 @@ def test_help_states_the_engine_defaults():
         parser.parse_args(["evaluate", "augment", "--checkpoint", "x", "--real", "y",
                            "--test", "z", "--counts", "0"])
     assert exc.value.code == 2
+
+
+def test_finetune_gives_the_real_cells_all_their_steps_and_trains_a_control(
+        tiny_checkpoint, folders, monkeypatch, capsys):
+    import napari_atagan.gan.attention as attention
+
+    calls, train = [], attention.train_classifier
+
+    def spy(data, **kwargs):
+        calls.append((data.n, kwargs["steps"], kwargs["start"] is not None))
+        return train(data, **kwargs)
+
+    monkeypatch.setattr(attention, "train_classifier", spy)
+    events = []
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0, 1], mix="finetune",
+                         progress=events.append, **SETTINGS)
+    row = r["rows"][0]
+    steps = row["steps"]
+    more = steps + steps // 2
+    # per seed: real only; generated first, then the real cells for all of the real-only
+    # steps, going on from that classifier; real only for as many steps in all
+    assert calls[:4] == [(6, steps, False), (12, steps // 2, False), (6, steps, True),
+                         (6, more, False)]
+    assert row["steps_per_arm"] == {"real": steps, "augmented": more, "real_long": more}
+    scored = [e for e in events if e["stage"] == "scored"]
+    assert [e["steps"] for e in scored] == [steps, more, more] * 2
+    assert [e["runs"] for e in scored] == [6] * 6
+    for k, seed in enumerate(row["per_seed"]):
+        assert seed["gain_same_steps"]["accuracy"] == pytest.approx(
+            seed["augmented"]["accuracy"] - seed["real_long"]["accuracy"])
+    assert row["gain_same_steps"]["accuracy"] == pytest.approx(
+        row["augmented"]["accuracy"] - row["real_long"]["accuracy"])
+    assert row["gain_same_steps"]["accuracy_sd"] is not None
+    assert "as many steps" in r["budget"]
+    real, test = folders
+    assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
+                  str(real), "--test", str(test), "--counts", "2", "--generated", "4",
+                  "--epochs", "1", "--seeds", "0", "--device", "cpu", "--mix", "finetune"]) == 0
+    out = capsys.readouterr()
+    assert "real, as many steps" in out.out and "gain over it" in out.out
+    assert "for all the real-only classifier's steps" in out.out
+    assert "real only, as many steps" in out.err

@@ -186,10 +186,13 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: the model's; smaller is faster)")
     g.add_argument("--batch-size", type=_batch_size, default=64, metavar="B",
                    help="training batch size of both classifiers (default: %(default)s)")
-    g.add_argument("--mix", choices=("pretrain", "together"), default="pretrain",
+    g.add_argument("--mix", choices=("pretrain", "finetune", "together"), default="pretrain",
                    help="pretrain: the augmented classifier trains on the generated cells for "
-                        "the first half of its steps, then on the real cells; together: on "
-                        "real and generated cells mixed (default: %(default)s)")
+                        "the first half of its steps, then on the real cells; finetune: on the "
+                        "generated cells, then on the real cells for all the steps the "
+                        "real-only one takes (and a real-only classifier of as many steps in "
+                        "all is trained as a control); together: on real and generated cells "
+                        "mixed (default: %(default)s)")
     _plain_classifiers_option(g)
     g.set_defaults(run=run, action=_run_augment)
     return p
@@ -354,7 +357,8 @@ def _augment_progress(event: dict) -> None:
         print(f"seed {event['seed']}: {event['cells']} generated cells of {event['pattern']}",
               file=sys.stderr, flush=True)
     elif event.get("stage") == "scored":
-        arm = "real + generated" if event["arm"] == "augmented" else "real only"
+        arm = {"augmented": "real + generated",
+               "real_long": "real only, as many steps"}.get(event["arm"], "real only")
         print(f"[{event['run']}/{event['runs']}] {event['count']} real cells per pattern, "
               f"{arm}, seed {event['seed']}: accuracy {event['accuracy']:.3f} "
               f"({event['steps']} steps, {event['seconds']:.1f} s)", file=sys.stderr,
@@ -552,14 +556,18 @@ def _augment_table(result: dict) -> str:
     names = result["patterns"]
     short = short_names(names)
     several = len(result["seeds"]) > 1
+    long = result.get("mix") == "finetune"
     header = (["real/pattern", "steps", "real only", "real+gen", "gain"]
-              + (["gain sd"] if several else []) + short)
+              + (["gain sd"] if several else [])
+              + (["real, as many steps", "gain over it"] if long else []) + short)
     rows = []
     for row in result["rows"]:
         gain = row["gain"]
         rows.append([str(row["count"]), row["steps"], row["real"]["accuracy"],
                      row["augmented"]["accuracy"],
                      _signed(gain["accuracy"])] + ([gain["accuracy_sd"]] if several else [])
+                    + ([row["real_long"]["accuracy"],
+                        _signed(row["gain_same_steps"]["accuracy"])] if long else [])
                     + [_signed(gain["per_pattern"][p]) for p in names])
     seeds = ", ".join(str(s) for s in result["seeds"])
     epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
@@ -570,6 +578,9 @@ def _augment_table(result: dict) -> str:
         f"number of steps for the real-only classifier{_jitter_note(result)}"
         + ("; the augmented one first on the generated cells alone, then on the real cells"
            if result.get("mix") == "pretrain" else
+           "; the augmented one first on the generated cells alone for half as many steps "
+           "again, then on the real cells for all the real-only classifier's steps"
+           if long else
            "; the augmented one on real and generated cells mixed"
            if result.get("mix") == "together" else ""),
         f"accuracy on {sum(result['n_test'].values())} test cells of {result['test_folder']} "

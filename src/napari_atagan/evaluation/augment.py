@@ -39,11 +39,16 @@ AUGMENT_EPOCHS = 8
 """Default training passes over the real + generated set (both arms get as many steps)."""
 AUGMENT_BATCH = 64
 """Default batch size of both classifiers."""
-MIXES = ("together", "pretrain")
+MIXES = ("together", "pretrain", "finetune")
 """How the augmented classifier uses the generated cells: trained on them together with
-the real cells, or first on the generated cells alone and then on the real cells."""
+the real cells; first on the generated cells alone and then on the real cells, in the
+real-only classifier's steps; or first on the generated cells and then on the real cells
+for all the steps the real-only one takes (see :func:`evaluate_augment`)."""
 ARMS = ("real", "augmented")
 """The two classifiers of every measurement: real cells only, real + generated cells."""
+LONG_ARM = "real_long"
+"""With ``mix="finetune"``, a third classifier: real cells only, as many steps in all as
+the augmented one."""
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -132,7 +137,13 @@ def evaluate_augment(
             looks like; ``"together"``: on real and generated cells mixed. With mixed
             cells, generated cells that do not carry their pattern teach the wrong
             thing to the end (``docs/experiments.md``, *Generated cells first, real
-            cells last*).
+            cells last*); ``"finetune"``: the generated cells alone for half the
+            real-only classifier's steps, then the real cells for *all* of its steps,
+            so the real cells get exactly the real-only training, started from what
+            the generated cells taught. The augmented classifier then takes half as
+            many steps again; a third classifier, ``"real_long"``, trains on the real
+            cells alone for that many steps, so a gain that more steps alone would
+            give shows (``"gain_same_steps"``: augmented minus ``real_long``).
         jitter: both classifiers see every training crop recorded anew
             (acquisition jitter, as the product's classifier teacher); False: dihedral
             views only.
@@ -140,7 +151,9 @@ def evaluate_augment(
     Returns:
         ``"rows"``: one dict per count (ascending) with ``"count"``, ``"n_real"``
         (cells used per pattern), ``"capped"``, ``"n_train"`` (cells per arm),
-        ``"batch_size"``, ``"steps"``, and ``"real"``, ``"augmented"``, ``"gain"``:
+        ``"batch_size"``, ``"steps"`` (the real-only classifier's), ``"steps_per_arm"``,
+        and ``"real"``, ``"augmented"``, ``"gain"`` (with ``"finetune"`` also
+        ``"real_long"`` and ``"gain_same_steps"``):
         ``{"accuracy", "accuracy_sd", "per_pattern"}``, means over the seeds
         (``gain`` is exactly ``augmented`` minus ``real``; ``accuracy_sd`` is the
         standard deviation over seeds, ``None`` with one seed), and
@@ -174,7 +187,8 @@ def evaluate_augment(
     test = _labelled_cells(load_folder(test_folder, image_size=size), names, test_folder)
     by_pattern = [np.flatnonzero(real.labels == k) for k in range(len(names))]
     dev = resolve_device(device)
-    runs, done = 2 * len(counts) * len(seeds), 0
+    arms = ARMS + ((LONG_ARM,) if mix == "finetune" else ())
+    runs, done = len(arms) * len(counts) * len(seeds), 0
 
     def report(event: dict[str, Any]) -> None:
         if progress is not None:
@@ -199,19 +213,19 @@ def evaluate_augment(
                                   for name, idx in zip(names, by_pattern)},
                        "n_train": {"real": real_train.n, "augmented": augmented.n},
                        "batch_size": bs, "steps": steps}
+            plan[n]["steps_per_arm"] = {arm: _arm_stages(arm, mix, steps, real_train, synthetic,
+                                                          augmented)[1] for arm in arms}
             scores, r0 = {}, time.perf_counter()
-            for arm, data in zip(ARMS, (real_train, augmented)):
+            for arm in arms:
                 a0 = time.perf_counter()
                 where = {"seed": seed, "count": n, "arm": arm}
-                first = steps // 2 if arm == "augmented" and mix == "pretrain" else 0
-                stages = ([(synthetic, first, None), (real_train, steps - first, "model")]
-                          if first else [(data, steps, None)])
+                stages = _arm_stages(arm, mix, steps, real_train, synthetic, augmented)[0]
                 model, taken = None, 0
-                for cells, budget, start in stages:
+                for cells, budget in stages:
                     model, info = _train_pattern_classifier(
                         cells, epochs=int(epochs), batch_size=bs, device=dev, seed=seed,
                         steps=budget, progress=(lambda e, w=where: report({**e, **w})),
-                        stop=stop, jitter=jitter, start=model if start else None)
+                        stop=stop, jitter=jitter, start=model)
                     taken += int(info["steps"])
                     if info["stopped"]:
                         break
@@ -227,6 +241,8 @@ def evaluate_augment(
                         "steps": int(info["steps"]), "accuracy": scores[arm]["accuracy"],
                         "seconds": time.perf_counter() - a0})
             scores["gain"] = _difference(scores["augmented"], scores["real"])
+            if LONG_ARM in scores:
+                scores["gain_same_steps"] = _difference(scores["augmented"], scores[LONG_ARM])
             per_seed[n].append({"seed": seed, **scores,
                                 "seconds": round(time.perf_counter() - r0, 2)})
 
@@ -234,7 +250,7 @@ def evaluate_augment(
     for n in counts:
         row = {"count": n, **plan[n],
                "capped": [name for name, used in plan[n]["n_real"].items() if used < n]}
-        row.update(_summary(per_seed[n], names))
+        row.update(_summary(per_seed[n], names, arms))
         row["per_seed"] = per_seed[n]
         rows.append(row)
     n_available = {name: int(idx.size) for name, idx in zip(names, by_pattern)}
@@ -254,8 +270,12 @@ def evaluate_augment(
         "classifier_jitter": bool(jitter),
         "mix": mix,
         "device": str(dev),
-        "budget": ("both classifiers take the same optimisation steps with the same batch "
-                   "size: epochs passes over the real + generated set"),
+        "budget": (("the real-only classifier takes epochs passes over the real + generated "
+                    "set; the augmented one half as many steps again on the generated cells "
+                    "first, and so does the real-only one of as many steps (real_long)")
+                   if mix == "finetune" else
+                   ("both classifiers take the same optimisation steps with the same batch "
+                    "size: epochs passes over the real + generated set")),
         "n_available": n_available,
         "n_test": {name: int((test.labels == k).sum()) for k, name in enumerate(names)},
         "chance": 1.0 / len(names),
@@ -362,18 +382,40 @@ def _difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                             for p in a["per_pattern"]}}
 
 
-def _summary(per_seed: Sequence[dict[str, Any]], names: list[str]) -> dict[str, Any]:
-    """Means over seeds of both arms, their difference, and the spread over seeds."""
+def _arm_stages(arm: str, mix: str, steps: int, real: Any, synthetic: Any, augmented: Any
+                ) -> tuple[list[tuple[Any, int]], int]:
+    """What one classifier trains on, in order (cells, steps), and its steps in all.
+
+    ``steps`` is the real-only classifier's budget (see :func:`evaluate_augment`)."""
+    if arm == "real":
+        stages = [(real, steps)]
+    elif arm == LONG_ARM:
+        stages = [(real, steps + steps // 2)]
+    elif mix == "together":
+        stages = [(augmented, steps)]
+    elif mix == "pretrain":
+        stages = [(synthetic, steps // 2), (real, steps - steps // 2)]
+    else:  # finetune
+        stages = [(synthetic, steps // 2), (real, steps)]
+    stages = [(cells, n) for cells, n in stages if n > 0]
+    return stages, sum(n for _, n in stages)
+
+
+def _summary(per_seed: Sequence[dict[str, Any]], names: list[str],
+             arms: Sequence[str] = ARMS) -> dict[str, Any]:
+    """Means over seeds of the arms, the gains, and the spread over seeds."""
     out: dict[str, Any] = {}
-    for arm in ARMS:
+    for arm in arms:
         out[arm] = {
             "accuracy": _mean([s[arm]["accuracy"] for s in per_seed]),
             "accuracy_sd": _sd([s[arm]["accuracy"] for s in per_seed]),
             "per_pattern": {p: _mean([s[arm]["per_pattern"][p] for s in per_seed])
                             for p in names},
         }
-    out["gain"] = _difference(out["augmented"], out["real"])
-    out["gain"]["accuracy_sd"] = _sd([s["gain"]["accuracy"] for s in per_seed])
+    for gain, other in (("gain", "real"), ("gain_same_steps", LONG_ARM)):
+        if other in arms:
+            out[gain] = _difference(out["augmented"], out[other])
+            out[gain]["accuracy_sd"] = _sd([s[gain]["accuracy"] for s in per_seed])
     return out
 
 
