@@ -139,8 +139,8 @@ def test_classifiers_see_crops_recorded_anew_unless_asked(result, tiny_checkpoin
     assert seen[6:] == [True] * 3
 
 
-def test_pretrain_then_real_cells_in_the_same_steps(tiny_checkpoint, folders, monkeypatch,
-                                                    capsys):
+def _classifier_calls(monkeypatch) -> list:
+    """Every classifier trained from now on, as (cells, steps, went on from another)."""
     import napari_atagan.gan.attention as attention
 
     calls, train = [], attention.train_classifier
@@ -150,6 +150,12 @@ def test_pretrain_then_real_cells_in_the_same_steps(tiny_checkpoint, folders, mo
         return train(data, **kwargs)
 
     monkeypatch.setattr(attention, "train_classifier", spy)
+    return calls
+
+
+def test_pretrain_then_real_cells_in_the_same_steps(tiny_checkpoint, folders, monkeypatch,
+                                                    capsys):
+    calls = _classifier_calls(monkeypatch)
     events = []
     r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0],
                          progress=events.append, **SETTINGS)  # the default mix
@@ -333,15 +339,7 @@ def test_help_states_the_engine_defaults():
 
 def test_finetune_gives_the_real_cells_all_their_steps_and_trains_a_control(
         tiny_checkpoint, folders, monkeypatch, capsys):
-    import napari_atagan.gan.attention as attention
-
-    calls, train = [], attention.train_classifier
-
-    def spy(data, **kwargs):
-        calls.append((data.n, kwargs["steps"], kwargs["start"] is not None))
-        return train(data, **kwargs)
-
-    monkeypatch.setattr(attention, "train_classifier", spy)
+    calls = _classifier_calls(monkeypatch)
     events = []
     r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0, 1], mix="finetune",
                          progress=events.append, **SETTINGS)
