@@ -510,3 +510,42 @@ def test_worker_keeps_freed_memory_for_the_next_slide():
               for mode in ("plain", "keep")}
     assert faults["plain"] > 10 * 1000  # a slide's 52 MB are 12,700 pages
     assert faults["keep"] < 500
+
+
+def test_cells_are_named_alike_in_bfloat16_and_float32(slides, tmp_path, monkeypatch):
+    """Where the chip computes in bfloat16 the classifier names cells in it: the same
+    patterns as in float32, probabilities within a few hundredths."""
+    import napari_atagan.device as device_module
+
+    ckpt = load_checkpoint(_teacher_run(tmp_path))
+    s = simulate_slide((256, 256), n_cells=8, cell_diameter=40.0, seed=3)
+    labels = s.labels.astype(np.int32)
+    tables = {}
+    for fast in (False, True):
+        monkeypatch.setattr(device_module, "fast_bfloat16", lambda device, f=fast: f)
+        tables[fast] = cell_table(labels, s.image, np.zeros(labels.shape, np.float32),
+                                  checkpoint=ckpt, cell_diameter=40.0)
+    names = tables[False].patterns
+    p32 = np.stack([tables[False].columns["p_" + n] for n in names], 1)
+    p16 = np.stack([tables[True].columns["p_" + n] for n in names], 1)
+    assert p32.shape == (int(labels.max()), 6)
+    assert np.abs(p32 - p16).max() < 0.05
+    assert list(tables[False].columns["pattern"]) == list(tables[True].columns["pattern"])
+
+
+def test_fast_bfloat16_only_where_the_chip_has_it(monkeypatch):
+    from napari_atagan.device import fast_bfloat16
+
+    assert fast_bfloat16("meta") is False
+    assert isinstance(fast_bfloat16("cpu"), bool)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert fast_bfloat16("cpu") is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert fast_bfloat16(torch.device("cpu")) is True
+
+    def broken():
+        raise RuntimeError("cannot probe")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    assert fast_bfloat16("cpu") is False

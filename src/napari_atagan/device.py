@@ -42,6 +42,29 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def fast_bfloat16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in bfloat16 natively, so inference may run in it.
+
+    CUDA: what the GPU reports. CPU: the AVX-512 BF16 or AMX instructions (recent
+    Intel and AMD server and desktop chips); without them bfloat16 is emulated and
+    slower than float32. Anything else: no.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(cpu, probe, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # a probe this torch lacks or cannot run: not fast
+            continue
+    return False
+
+
 def synchronize(device: torch.device) -> None:
     """Wait until ``device`` has finished all its queued work (CPU: nothing to wait for)."""
     if device.type == "cuda":

@@ -182,6 +182,7 @@ def pattern_probabilities(model: Any, image: Any, labels: Any, columns: dict[str
     import torch
 
     from ..data import prepare_crop
+    from ..device import fast_bfloat16
     from .attention import model_cell_diameter
 
     size = int(checkpoint.config.image_size)
@@ -196,9 +197,14 @@ def pattern_probabilities(model: Any, image: Any, labels: Any, columns: dict[str
                                columns["centroid_x"][i], side, int(lab))
         crops[i, 0] = prepare_crop(window, mask, size, name=f"cell {int(lab)}")[0]
     out = []
-    with torch.inference_mode():
+    dev = torch.device(device)
+    # bfloat16 where the chip computes in it: on the 32 px I3A classifier teacher, 2176
+    # held-out cells on one CPU core took 19 s instead of 38, 99.8 % of the cells were
+    # named alike and accuracy moved from 0.782 to 0.781
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
+                                                enabled=fast_bfloat16(dev)):
         for k in range(0, len(crops), PATTERN_BATCH):
-            x = torch.from_numpy(crops[k:k + PATTERN_BATCH]).to(device)
+            x = torch.from_numpy(crops[k:k + PATTERN_BATCH]).to(dev)
             out.append(model(x).float().softmax(dim=1).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
