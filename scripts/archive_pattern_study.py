@@ -13,7 +13,7 @@ every slide and of every cell on it is known. The whole set then runs through
 :func:`napari_atagan.slides.archive.run_archive`, as ``napari-atagan attention
 --image DIR`` does, at the cells' own diameter. Reported:
 
-* **slide accuracy**: the slide's pattern (highest mean probability over its
+* **slide accuracy**: the slide's pattern (highest mean log-probability over its
   cells) is the mosaic's pattern; per pattern and over all;
 * **per-cell accuracy** on the slides: found cells whose centroid lies in a
   true cell, called by their own pattern;

@@ -95,9 +95,17 @@ def test_cell_csv_round_trip_and_slide_pattern(tmp_path):
     cols.update({f"p_{n}": probs[:, k] for k, n in enumerate(names)})
     cols["pattern"] = np.array(["A", "A", "B"], dtype=object)
     table = CellTable(cols, names, "classifier teacher")
-    # mean probability: A (0.467) beats B (0.433) though one cell is surely B
+    # two cells prefer A a little, one rules A out: the cells' evidence adds up in
+    # logarithms, so B (geometric mean 0.363) beats A (0.348), though the arithmetic mean
+    # would pick A (0.467 against 0.433)
     summary = table.summary()
-    assert summary["pattern"] == "A" and summary["confidence"] == pytest.approx(1.4 / 3, abs=1e-6)
+    g = np.exp(np.log(probs.astype(np.float64)).mean(axis=0))
+    assert summary["pattern"] == "B" and summary["confidence"] == pytest.approx(g[1] / g.sum())
+    assert 0.44 < summary["confidence"] < 0.46
+    # a cell with probability 0 does not veto a pattern alone
+    cols0 = {**cols, "p_A": np.array([1.0, 1.0, 0.0], np.float32),
+             "p_B": np.array([0.0, 0.0, 1.0], np.float32), "p_C": np.zeros(3, np.float32)}
+    assert CellTable(cols0, names, "classifier teacher").summary()["pattern"] == "A"
     assert summary["median_area"] == 20.0 and summary["pattern_source"] == "classifier teacher"
     back = read_cells_csv(table.to_csv(tmp_path / "c.csv"))
     assert back.patterns == names and back.pattern_source == "classifier teacher"
