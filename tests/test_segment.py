@@ -276,6 +276,13 @@ def test_split_large_divides_an_object_the_size_of_two_cells_and_leaves_the_rest
     assert (tp, fp, fn) == (6, 0, 0)
     assert iou > 0.9
     assert np.array_equal(split_large(joined), out)  # seeded: the same every time
+    mine = joined.copy()
+    assert split_large(mine, in_place=True) is mine and np.array_equal(mine, out)
+    small = joined.astype(np.uint8)  # holds the new id too
+    assert split_large(small, in_place=True) is small
+    tight = np.where(joined > 0, joined + 250, 0).astype(np.uint8)  # ids up to 255: no room
+    wider = split_large(tight, in_place=True)
+    assert wider is not tight and wider.dtype == np.uint16 and int(wider.max()) == 256
 
 
 def test_split_large_leaves_cells_of_ordinary_size_alone():

@@ -142,7 +142,7 @@ def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_S
     min_size = min_cell_size(d) if min_size is None else int(min_size)
     objects = otsu_baseline(img, sigma=float(sigma), min_size=min_size)  # no cells if constant
     cells = _distance_split(objects > 0, d)
-    return _finish(split_large(cells, min_size) if divide else cells, min_size)
+    return _finish(split_large(cells, min_size, in_place=True) if divide else cells, min_size)
 
 
 def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
@@ -193,7 +193,8 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     else:  # zones cover the slide: no background to measure the noise of
         background = floor = float(level.min())
     cells = _cut(level, att, map_labels, zones, n, background, floor)
-    return _finish(split_large(_split_cells(cells, regions, d), min_size), min_size)
+    return _finish(split_large(_split_cells(cells, regions, d), min_size, in_place=True),
+                   min_size)
 
 
 def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
@@ -227,7 +228,7 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
 
 
 def split_large(labels: np.ndarray, min_size: int = 0, *,
-                ratio: float = SPLIT_AREA) -> np.ndarray:
+                ratio: float = SPLIT_AREA, in_place: bool = False) -> np.ndarray:
     """Objects of at least ``ratio`` times the median object divided into ``k`` cells.
 
     ``k = round(area / median)`` (at most ``area // min_size``): the object's pixels
@@ -237,6 +238,8 @@ def split_large(labels: np.ndarray, min_size: int = 0, *,
     objects of at least ``min_size`` pixels. Only the divided objects change: each
     keeps its id for one part, the others get ids above the largest one. Meant for
     one slide (or one plane): its cells are of one kind and vary little in size.
+    ``in_place``: write into ``labels`` where its dtype holds the new ids (no copy of a
+    large slide's labels).
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -260,8 +263,10 @@ def split_large(labels: np.ndarray, min_size: int = 0, *,
     from scipy.cluster.vq import kmeans2
 
     extra = int((parts[large] - 1).sum())
-    top = int(labels.max())
-    out = labels.astype(np.result_type(labels.dtype, np.min_scalar_type(top + extra)))
+    top = areas.size - 1  # the largest id
+    need = np.min_scalar_type(top + extra)
+    out = (labels if in_place and np.can_cast(need, labels.dtype)
+           else labels.astype(np.result_type(labels.dtype, need)))
     boxes = ndi.find_objects(labels)
     following = top + 1
     for i in large:
