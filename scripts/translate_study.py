@@ -164,7 +164,8 @@ def _predict(model, images: np.ndarray) -> np.ndarray:
 
 
 VARIANTS = {"uag": dict(attention=True), "cyclegan": dict(attention=False),
-            "uagmask": dict(attention=True, mask_weight=1.0)}
+            "uagmask": dict(attention=True, mask_weight=1.0),
+            "uagmask_low": dict(attention=True, mask_weight=1.0, cycle_sigma=2.0)}
 """UAG-GAN as in the paper, the same networks without attention, and UAG-GAN whose
 attention is also taught by the training cells' masks."""
 
@@ -342,7 +343,8 @@ def figure(out: Path, exp: str, seed: int, direction: str = "a2b", n: int = 6) -
     scale (no per-panel stretch)."""
     from _study_figures import _sheet, fit, heat
 
-    names = {"uag": "UAG", "uagmask": "UAG+m", "cyclegan": "Cycle"}
+    names = {"uag": "UAG", "uagmask": "UAG+m", "uagmask_low": "UAG+m, low-pass cycle",
+             "cyclegan": "Cycle"}
     runs = {v: out / f"{exp}_{v}_s{seed}" / f"val_{direction}.npz" for v in names}
     runs = {v: np.load(f) for v, f in runs.items() if f.is_file()}
     if "cyclegan" not in runs or len(runs) < 2:
@@ -355,7 +357,7 @@ def figure(out: Path, exp: str, seed: int, direction: str = "a2b", n: int = 6) -
     def d(a, b):  # |change|, 0 .. half the grey range
         return fit(heat(np.abs(a - b) / 2, top=0.5))
 
-    attended = [v for v in ("uag", "uagmask") if v in runs]
+    attended = [v for v in ("uag", "uagmask", "uagmask_low") if v in runs]
     columns = ["input"]
     for v in attended:
         columns += [f"att {names[v]}", names[v]]

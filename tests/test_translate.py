@@ -85,6 +85,8 @@ def slide():
     (dict(attention_threshold=1.5), "attention_threshold"),
     (dict(attention_freeze_after=0.0), "attention_freeze_after"),
     (dict(cycle_weight=-1.0), "cycle_weight"),
+    (dict(cycle_sigma=-1.0), "cycle_sigma"),
+    (dict(cycle_sigma=20.0), "cycle_sigma"),
     (dict(mask_weight=-0.5), "mask_weight"),
     (dict(lr=0.0), "lr must be > 0"),
     (dict(betas=(0.5, 1.5)), "betas"),
@@ -305,6 +307,30 @@ def test_the_mask_teacher_pulls_the_attention_toward_the_cells(domains, tmp_path
     mask_loss = [e.losses["mask"] for e in events if isinstance(e, Progress)]
     assert len(mask_loss) == 40
     assert np.mean(mask_loss[-8:]) < 0.8 * np.mean(mask_loss[:8])
+
+
+def test_the_low_pass_cycle_ignores_fine_texture_and_keeps_the_rest():
+    import torch
+
+    from napari_atagan.translate.training import _low_pass
+
+    x = torch.rand(2, 1, 32, 32)
+    assert _low_pass(0.0, torch.device("cpu"))(x) is x
+    blur = _low_pass(2.0, torch.device("cpu"))
+    flat = torch.full((1, 1, 32, 32), 0.3)
+    assert torch.allclose(blur(flat), flat, atol=1e-6)  # brightness comes back as it was
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    checker = (((yy + xx) % 2).float() - 0.5).view(1, 1, 32, 32)  # 1-pixel texture
+    assert blur(checker).abs().max() < 0.01
+    disc = (((yy - 16) ** 2 + (xx - 16) ** 2) < 64).float().view(1, 1, 32, 32)
+    assert (blur(disc) - blur(torch.zeros_like(disc))).abs().max() > 0.5  # a cell does not
+
+
+def test_training_with_a_low_pass_cycle(domains, tmp_path):
+    done = run_to_end(train_translation(tiny(cycle_sigma=1.5, steps=3), domains[0],
+                                        domains[1], tmp_path))
+    translator = load_translator(done.checkpoint)
+    assert translator.config.cycle_sigma == 1.5
 
 
 def test_the_mask_teacher_says_when_there_are_no_masks(domains, tmp_path):

@@ -62,6 +62,11 @@ class TranslateConfig:
     paper: 30 of 100 epochs); 1.0 never freezes them."""
     cycle_weight: float = 10.0
     """Weight of the L1 cycle-consistency loss (on the composed outputs)."""
+    cycle_sigma: float = 0.0
+    """Gaussian sigma (pixels at the crop size) of a low-pass applied to both sides of the
+    cycle loss; 0: the paper's loss on every pixel. With it, fine texture that one direction
+    must remove (Speckled -> Homogeneous drops the speckles) need not come back through the
+    cycle; the cell's shape and brightness still must."""
     mask_weight: float = 0.0
     """Weight of a mask teacher for the attention networks: where a domain's crops
     have cell masks, its attention is also pulled toward them (binary cross-entropy),
@@ -158,6 +163,8 @@ class TranslateConfig:
                              f"got {self.lr_decay_after}")
         if self.cycle_weight < 0:
             raise ValueError(f"cycle_weight must be >= 0, got {self.cycle_weight}")
+        if not 0 <= self.cycle_sigma <= 16:
+            raise ValueError(f"cycle_sigma must be between 0 and 16 pixels, got {self.cycle_sigma}")
         if not self.mask_weight >= 0:
             raise ValueError(f"mask_weight must be >= 0, got {self.mask_weight}")
         if not self.lr > 0:

@@ -14,7 +14,7 @@ domain A and ``b`` of domain B:
   ``b'``; the cycle ``a'' = A_b(a') * F_ba(a') + (1 - A_b(a')) * a'`` and ``b''``;
 * generators and attention networks: the least-squares adversarial loss of
   ``D_b(a')`` and ``D_a(b')`` plus ``cycle_weight *`` the L1 distances
-  ``|a'' - a| + |b'' - b|``;
+  ``|a'' - a| + |b'' - b|`` (of both sides blurred by ``cycle_sigma``, where it is set);
 * discriminators: least squares, real crops against the translations.
 
 After ``attention_freeze_after`` of the steps the attention networks are
@@ -29,6 +29,7 @@ seeded ``torch.Generator``, so a resumed run continues exactly on the CPU.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -296,6 +297,8 @@ def _make_step(config: TranslateConfig, state: _State, images_a: torch.Tensor,
     def attend(net: nn.Module | None, x: torch.Tensor) -> torch.Tensor | None:
         return None if net is None else net(x)
 
+    low = _low_pass(float(config.cycle_sigma), device)
+
     def step() -> dict[str, torch.Tensor]:
         gen, bs = state.gen, state.batch_size
         _set_lr(state, config)
@@ -330,7 +333,7 @@ def _make_step(config: TranslateConfig, state: _State, images_a: torch.Tensor,
         else:
             seen_real_a, seen_real_b, seen_fake_b, seen_fake_a = real_a, real_b, fake_b, fake_a
         loss_adv = _lsgan(D_b(seen_fake_b), 1.0) + _lsgan(D_a(seen_fake_a), 1.0)
-        loss_cycle = F.l1_loss(rec_a, real_a) + F.l1_loss(rec_b, real_b)
+        loss_cycle = (F.l1_loss(low(rec_a), low(real_a)) + F.l1_loss(low(rec_b), low(real_b)))
         loss_g = loss_adv + config.cycle_weight * loss_cycle
         loss_mask = None
         for att, truth in ((att_a, mask_true_a), (att_b, mask_true_b)):
@@ -367,6 +370,24 @@ def _make_step(config: TranslateConfig, state: _State, images_a: torch.Tensor,
         return out
 
     return step
+
+
+def _low_pass(sigma: float, device: torch.device):
+    """A Gaussian blur of ``(B, 1, H, W)`` crops (reflected at the edges), or the identity
+    for ``sigma`` 0."""
+    if sigma <= 0:
+        return lambda x: x
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    rows, cols = kernel.view(1, 1, -1, 1), kernel.view(1, 1, 1, -1)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+        return F.conv2d(F.conv2d(x, rows.to(x.dtype)), cols.to(x.dtype))
+
+    return blur
 
 
 def _lsgan(prediction: torch.Tensor, target: float) -> torch.Tensor:
