@@ -64,12 +64,16 @@ def test_rows_hold_both_arms_and_exact_gains(result, folders):
     for row in r["rows"]:
         n_real = sum(row["n_real"].values())
         assert row["n_train"] == {"real": n_real, "augmented": n_real + 4 * 3}
-        # the same steps for both arms: one pass over the real + generated cells
+        # the real-only classifier's steps: one pass over the real + generated cells; the
+        # default (finetune) gives the other two half as many again
         assert row["batch_size"] == n_real
         assert row["steps"] == row["n_train"]["augmented"] // row["batch_size"]
+        more = row["steps"] + row["steps"] // 2
+        assert row["steps_per_arm"] == {"real": row["steps"], "augmented": more,
+                                        "real_long": more}
         assert len(row["per_seed"]) == 2
         for part, cells in [(row, 18), *((s, 9) for s in row["per_seed"])]:
-            for arm in ("real", "augmented"):
+            for arm in ("real", "augmented", "real_long"):
                 assert _in_unit(part[arm]["accuracy"])
                 assert set(part[arm]["per_pattern"]) == set(PATTERNS)
                 assert all(_in_unit(v) for v in part[arm]["per_pattern"].values())
@@ -77,6 +81,8 @@ def test_rows_hold_both_arms_and_exact_gains(result, folders):
                 share = part[arm]["accuracy"] * cells
                 assert abs(share - round(share)) < 1e-9
             assert part["gain"]["accuracy"] == part["augmented"]["accuracy"] - part["real"]["accuracy"]
+            assert part["gain_same_steps"]["accuracy"] == (part["augmented"]["accuracy"]
+                                                          - part["real_long"]["accuracy"])
             for p in PATTERNS:
                 assert part["gain"]["per_pattern"][p] == (part["augmented"]["per_pattern"][p]
                                                           - part["real"]["per_pattern"][p])
@@ -85,9 +91,10 @@ def test_rows_hold_both_arms_and_exact_gains(result, folders):
             (seeds[0]["real"]["accuracy"] + seeds[1]["real"]["accuracy"]) / 2)
         assert row["gain"]["accuracy_sd"] is not None
     scored = [e for e in events if e["stage"] == "scored"]
-    assert [e["run"] for e in scored] == list(range(1, 9)) and scored[0]["runs"] == 8
-    steps = {row["count"]: row["steps"] for row in r["rows"]}
-    assert all(e["steps"] == steps[e["count"]] for e in scored)
+    assert [e["run"] for e in scored] == list(range(1, 13)) and scored[0]["runs"] == 12
+    steps = {row["count"]: row["steps_per_arm"] for row in r["rows"]}
+    assert all(e["steps"] == steps[e["count"]][e["arm"]] for e in scored)
+    assert r["mix"] == "finetune"  # the default
     assert sum(e["stage"] == "generate" for e in events) == 2 * 3
     json.dumps(r)
 
@@ -126,7 +133,7 @@ def test_classifiers_see_crops_recorded_anew_unless_asked(result, tiny_checkpoin
     plain = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[1], jitter=False,
                              **SETTINGS)
     # real only, then the augmented one in two stages (generated cells, then real ones)
-    assert plain["classifier_jitter"] is False and seen == [False] * 3
+    assert plain["classifier_jitter"] is False and seen == [False] * 4  # real; generated, then real; real for longer
     real, test = folders
     assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
                   str(real), "--test", str(test), "--counts", "2", "--generated", "4",
@@ -134,9 +141,9 @@ def test_classifiers_see_crops_recorded_anew_unless_asked(result, tiny_checkpoin
                   "--plain-classifiers"]) == 0
     out = capsys.readouterr().out
     assert "flipped and rotated crops only" in out and "recorded anew" not in out
-    assert seen == [False] * 6
+    assert seen == [False] * 8
     evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[1], **SETTINGS)
-    assert seen[6:] == [True] * 3
+    assert seen[8:] == [True] * 4
 
 
 def _classifier_calls(monkeypatch) -> list:
@@ -158,7 +165,7 @@ def test_pretrain_then_real_cells_in_the_same_steps(tiny_checkpoint, folders, mo
     calls = _classifier_calls(monkeypatch)
     events = []
     r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0],
-                         progress=events.append, **SETTINGS)  # the default mix
+                         progress=events.append, mix="pretrain", **SETTINGS)
     row = r["rows"][0]
     assert r["mix"] == "pretrain" and row["n_train"] == {"real": 6, "augmented": 18}
     steps = row["steps"]
@@ -173,8 +180,10 @@ def test_pretrain_then_real_cells_in_the_same_steps(tiny_checkpoint, folders, mo
     real, test = folders
     assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
                   str(real), "--test", str(test), "--counts", "2", "--generated", "4",
-                  "--epochs", "1", "--seeds", "0", "--device", "cpu"]) == 0
-    assert "first on the generated cells alone" in capsys.readouterr().out
+                  "--epochs", "1", "--seeds", "0", "--device", "cpu", "--mix", "pretrain"]) == 0
+    out = capsys.readouterr().out
+    assert "first on the generated cells alone, then on the real cells" in out
+    assert "as many steps" not in out
     calls.clear()
     r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0], mix="together",
                          **SETTINGS)
@@ -295,7 +304,7 @@ def test_cli_table_and_json(result, tiny_checkpoint, folders, tmp_path, capsys):
     assert saved["rows"][0]["per_seed"][0]["gain"] == before["gain"]
     assert row[0] == "2" and int(row[1]) == saved["rows"][0]["steps"]
     assert float(row[4]) == pytest.approx(saved["rows"][0]["gain"]["accuracy"], abs=5e-4)
-    assert "[2/2] 2 real cells per pattern, real + generated, seed 1: accuracy" in err
+    assert "[2/3] 2 real cells per pattern, real + generated, seed 1: accuracy" in err
     assert "results written to" in err
 
 
@@ -364,7 +373,7 @@ def test_finetune_gives_the_real_cells_all_their_steps_and_trains_a_control(
     real, test = folders
     assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
                   str(real), "--test", str(test), "--counts", "2", "--generated", "4",
-                  "--epochs", "1", "--seeds", "0", "--device", "cpu", "--mix", "finetune"]) == 0
+                  "--epochs", "1", "--seeds", "0", "--device", "cpu"]) == 0  # the default
     out = capsys.readouterr()
     assert "real, as many steps" in out.out and "gain over it" in out.out
     assert "for all the real-only classifier's steps" in out.out

@@ -186,13 +186,13 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: the model's; smaller is faster)")
     g.add_argument("--batch-size", type=_batch_size, default=64, metavar="B",
                    help="training batch size of both classifiers (default: %(default)s)")
-    g.add_argument("--mix", choices=("pretrain", "finetune", "together"), default="pretrain",
-                   help="pretrain: the augmented classifier trains on the generated cells for "
-                        "the first half of its steps, then on the real cells; finetune: on the "
-                        "generated cells, then on the real cells for all the steps the "
-                        "real-only one takes (and a real-only classifier of as many steps in "
-                        "all is trained as a control); together: on real and generated cells "
-                        "mixed (default: %(default)s)")
+    g.add_argument("--mix", choices=("finetune", "pretrain", "together"), default="finetune",
+                   help="finetune: the augmented classifier trains on the generated cells, "
+                        "then on the real cells for all the steps the real-only one takes (and "
+                        "a real-only classifier of as many steps in all is trained as a "
+                        "control); pretrain: on the generated cells for the first half of the "
+                        "real-only classifier's steps, then on the real cells; together: on "
+                        "real and generated cells mixed (default: %(default)s)")
     _plain_classifiers_option(g)
     g.set_defaults(run=run, action=_run_augment)
     return p

@@ -68,7 +68,7 @@ def evaluate_augment(
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
     jitter: bool = True,
-    mix: str = "pretrain",
+    mix: str = "finetune",
 ) -> dict[str, Any]:
     """Does adding generated cells to few real ones give a better pattern classifier?
 
@@ -130,14 +130,14 @@ def evaluate_augment(
             "accuracy", "seconds"}`` after each classifier is scored.
         stop: asked before every training step; once it returns True,
             :class:`napari_atagan.slides.attention.Stopped` is raised (no partial result).
-        mix: ``"pretrain"`` (default): the augmented classifier trains on the
+        mix: ``"pretrain"``: the augmented classifier trains on the
             generated cells alone for the first half of its steps, then on the real
             cells alone for the second half (the same steps in all; one step: real
             cells only), so the real cells have the last word on what each pattern
             looks like; ``"together"``: on real and generated cells mixed. With mixed
             cells, generated cells that do not carry their pattern teach the wrong
             thing to the end (``docs/experiments.md``, *Generated cells first, real
-            cells last*); ``"finetune"``: the generated cells alone for half the
+            cells last*); ``"finetune"`` (default): the generated cells alone for half the
             real-only classifier's steps, then the real cells for *all* of its steps,
             so the real cells get exactly the real-only training, started from what
             the generated cells taught. The augmented classifier then takes half as
