@@ -87,6 +87,7 @@ def slide():
     (dict(cycle_weight=-1.0), "cycle_weight"),
     (dict(cycle_sigma=-1.0), "cycle_sigma"),
     (dict(cycle_sigma=20.0), "cycle_sigma"),
+    (dict(image_size=32, cycle_sigma=11.0), "as far as the 32-pixel crop"),
     (dict(mask_weight=-0.5), "mask_weight"),
     (dict(lr=0.0), "lr must be > 0"),
     (dict(betas=(0.5, 1.5)), "betas"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -166,8 +167,12 @@ class TranslateConfig:
                              f"got {self.lr_decay_after}")
         if self.cycle_weight < 0:
             raise ValueError(f"cycle_weight must be >= 0, got {self.cycle_weight}")
-        if not 0 <= self.cycle_sigma <= 16:
-            raise ValueError(f"cycle_sigma must be between 0 and 16 pixels, got {self.cycle_sigma}")
+        if not self.cycle_sigma >= 0:
+            raise ValueError(f"cycle_sigma must be >= 0 pixels, got {self.cycle_sigma}")
+        if math.ceil(3 * self.cycle_sigma) >= self.image_size:  # the blur reflects at the edge
+            raise ValueError(f"cycle_sigma {self.cycle_sigma} blurs {math.ceil(3 * self.cycle_sigma)} "
+                             f"pixels each way, as far as the {self.image_size}-pixel crop or "
+                             f"farther: use less than {self.image_size / 3:g}")
         if not self.mask_weight >= 0:
             raise ValueError(f"mask_weight must be >= 0, got {self.mask_weight}")
         if not self.lr > 0:

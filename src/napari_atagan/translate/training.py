@@ -29,7 +29,6 @@ seeded ``torch.Generator``, so a resumed run continues exactly on the CPU.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -377,10 +376,10 @@ def _low_pass(sigma: float, device: torch.device):
     for ``sigma`` 0."""
     if sigma <= 0:
         return lambda x: x
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
+    from ..gan.attention import gaussian_kernel
+
+    kernel = gaussian_kernel(sigma, device)
+    radius = kernel.numel() // 2
     rows, cols = kernel.view(1, 1, -1, 1), kernel.view(1, 1, 1, -1)
 
     def blur(x: torch.Tensor) -> torch.Tensor:
