@@ -309,3 +309,18 @@ def test_guided_divides_cells_pressed_together_without_a_neck():
     # the classic pipeline's distance watershed keeps the pair as one object
     classic = classic_labels(image, 32)
     assert np.unique(classic[(truth >= 5) & (classic > 0)]).size == 1
+
+
+def test_divide_large_gives_the_classic_pipeline_the_same_rule():
+    """The model-free reference for the size rule: the classic pipeline's pair divided, the
+    parts numbered 1..N as the labellings return cells."""
+    from napari_atagan.slides.labels import min_cell_size
+    from napari_atagan.slides.segment import divide_large
+
+    image, truth = _pressed_pair_scene()
+    classic = classic_labels(image, 32)
+    divided = divide_large(classic, min_cell_size(32))
+    assert divided.dtype == np.uint16
+    assert np.array_equal(np.unique(divided), np.arange(int(divided.max()) + 1))
+    assert _ious(divided, truth)[:3] == (6, 0, 0)
+    assert np.array_equal(divided > 0, classic > 0)  # the same pixels, only divided

@@ -181,7 +181,7 @@ def evaluate_slide(
     watershed at the known diameter), ``"classic_flat"`` (the same on the slide
     with its background taken away as the model's labelling takes it),
     ``"classic_split"`` (that, with objects of several cells' area divided by the
-    rule the model's labelling uses, :func:`napari_atagan.slides.segment.split_large`,
+    rule the model's labelling uses, :func:`napari_atagan.slides.segment.divide_large`,
     so that rule's gain is not credited to the model), ``"otsu"``
     (Otsu's threshold of the smoothed slide, touching cells not split) and
     ``"image_local"`` (the map's labelling applied to the flattened slide itself),
@@ -256,8 +256,8 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     ``background="none"``), and so is ``"image_local"``.
     """
     from ..slides.background import flatten_background
-    from ..slides.labels import attention_to_labels
-    from ..slides.segment import classic_labels, guided_labels
+    from ..slides.labels import attention_to_labels, min_cell_size
+    from ..slides.segment import classic_labels, divide_large, guided_labels
     from ..slides.attention import slide_attention
 
     grey = np.asarray(image).astype(np.float32)
@@ -271,7 +271,7 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
                                    map_labels=found["map"])
     found["classic"] = classic_labels(grey, diameter)
     found["classic_flat"] = classic_labels(flat, diameter)
-    found["classic_split"] = classic_labels(flat, diameter, divide=True)
+    found["classic_split"] = divide_large(found["classic_flat"], min_cell_size(diameter))
     found["otsu"] = otsu_baseline(grey, min_size=min_size)
     found["image_local"] = attention_to_labels(flat, **options)
     return found

@@ -87,8 +87,8 @@ from .labels import (
 from .._grouped import grouped_percentiles
 from ..metrics import otsu_baseline
 
-__all__ = ["CLASSIC_SIGMA", "OUTLINES", "SPLIT_AREA", "classic_labels", "guided_labels",
-           "label_cells", "split_large"]
+__all__ = ["CLASSIC_SIGMA", "OUTLINES", "SPLIT_AREA", "classic_labels", "divide_large",
+           "guided_labels", "label_cells", "split_large"]
 
 OUTLINES = ("image", "map")
 """What outlines the cells in :func:`label_cells`: the slide (seeded by the map) or the map."""
@@ -115,7 +115,7 @@ median, so a few bright nucleoli or speckles do not raise it)."""
 
 
 def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_SIGMA,
-                   min_size: int | None = None, divide: bool = False) -> np.ndarray:
+                   min_size: int | None = None) -> np.ndarray:
     """Model-free cells: Otsu, holes filled, small objects dropped, watershed split.
 
     Parameters
@@ -131,9 +131,10 @@ def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_S
         Gaussian smoothing in pixels before Otsu's threshold.
     min_size:
         Smallest object kept, in pixels; default :func:`~napari_atagan.slides.labels.min_cell_size`.
-    divide:
-        Also divide objects of several cells' area as :func:`guided_labels` does
-        (:func:`split_large`): the same rule without a model, to compare with it.
+
+    The same with objects of several cells' area divided as :func:`guided_labels`
+    divides them (to compare that rule without a model):
+    ``divide_large(classic_labels(image, d), min_cell_size(d))``.
     """
     img = _grey(image)
     d = _diameter(cell_diameter)
@@ -141,8 +142,7 @@ def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_S
         raise ValueError(f"sigma must be >= 0 pixels, got {sigma}")
     min_size = min_cell_size(d) if min_size is None else int(min_size)
     objects = otsu_baseline(img, sigma=float(sigma), min_size=min_size)  # no cells if constant
-    cells = _distance_split(objects > 0, d)
-    return _finish(split_large(cells, min_size, in_place=True) if divide else cells, min_size)
+    return _finish(_distance_split(objects > 0, d), min_size)
 
 
 def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
@@ -193,8 +193,7 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     else:  # zones cover the slide: no background to measure the noise of
         background = floor = float(level.min())
     cells = _cut(level, att, map_labels, zones, n, background, floor)
-    return _finish(split_large(_split_cells(cells, regions, d), min_size, in_place=True),
-                   min_size)
+    return divide_large(_split_cells(cells, regions, d), min_size, in_place=True)
 
 
 def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
@@ -283,6 +282,14 @@ def split_large(labels: np.ndarray, min_size: int = 0, *,
         out[box][inside] = ids[which]
         following += k - 1
     return out
+
+
+def divide_large(labels: np.ndarray, min_size: int = 0, *, in_place: bool = False
+                 ) -> np.ndarray:
+    """:func:`split_large`, then parts under ``min_size`` pixels dropped and the cells
+    numbered 1..N (``uint16``; ``uint32`` above 65,535 cells), as the labellings here
+    return them."""
+    return _finish(split_large(labels, min_size, in_place=in_place), min_size)
 
 
 def _elongation(yx: np.ndarray) -> float:
