@@ -298,6 +298,10 @@ def test_split_large_leaves_cells_of_ordinary_size_alone():
         split_large(np.zeros((2, 8, 8), np.int32))
     with pytest.raises(ValueError, match="ratio"):
         split_large(labels, ratio=1.0)
+    with pytest.raises(ValueError, match="positive cell ids, found -1"):
+        split_large(np.where(labels > 0, labels, -1))
+    with pytest.raises(ValueError, match="integer cell ids"):
+        split_large(labels.astype(np.float32))
 
 
 def test_guided_divides_cells_pressed_together_without_a_neck():

@@ -245,7 +245,12 @@ def split_large(labels: np.ndarray, min_size: int = 0, *,
         raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
     if not ratio > 1:
         raise ValueError(f"ratio must be > 1, got {ratio}")
-    if labels.dtype.kind not in "iu" or labels.dtype == np.uint64:
+    if labels.dtype.kind not in "biu":
+        raise ValueError(f"labels must hold integer cell ids, got dtype {labels.dtype}")
+    if labels.dtype.kind == "i" and labels.size and int(labels.min()) < 0:
+        raise ValueError("labels must be 0 (background) or positive cell ids, "
+                         f"found {int(labels.min())}")
+    if labels.dtype.kind == "b" or labels.dtype == np.uint64:
         labels = labels.astype(np.int64)
     areas = np.bincount(labels.ravel())
     areas[0] = 0
