@@ -213,13 +213,13 @@ def evaluate_augment(
                                   for name, idx in zip(names, by_pattern)},
                        "n_train": {"real": real_train.n, "augmented": augmented.n},
                        "batch_size": bs, "steps": steps}
-            plan[n]["steps_per_arm"] = {arm: _arm_stages(arm, mix, steps, real_train, synthetic,
-                                                          augmented)[1] for arm in arms}
+            plan[n]["steps_per_arm"] = {}
             scores, r0 = {}, time.perf_counter()
             for arm in arms:
                 a0 = time.perf_counter()
                 where = {"seed": seed, "count": n, "arm": arm}
-                stages = _arm_stages(arm, mix, steps, real_train, synthetic, augmented)[0]
+                stages, plan[n]["steps_per_arm"][arm] = _arm_stages(
+                    arm, mix, steps, real_train, synthetic, augmented)
                 model, taken = None, 0
                 for cells, budget in stages:
                     model, info = _train_pattern_classifier(
