@@ -46,5 +46,6 @@ run slide 240 benchmarks/bench_slide.py --device cuda --profile --kernels --vari
 run slide_tile2048 180 benchmarks/bench_slide.py --device cuda --tile-size 2048 --profile
 run slide_big 360 benchmarks/bench_slide.py --device cuda --big --profile
 run archive 300 benchmarks/bench_archive.py --device cuda --skip-sequential --count 200
+run naming 120 benchmarks/bench_naming.py --device cuda --slides 20
 run translate 240 benchmarks/bench_translate.py --device cuda
 run translate_big 300 benchmarks/bench_translate.py --device cuda --size 1024 --big 16384

@@ -557,3 +557,24 @@ def test_fast_bfloat16_only_where_the_chip_has_it(monkeypatch):
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
     assert fast_bfloat16("cpu") is False
+
+
+def test_pattern_probabilities_in_the_precision_asked(tmp_path, monkeypatch):
+    """``bfloat16=False/True`` overrides what the chip would choose (the benchmark compares
+    the two in one run)."""
+    import napari_atagan.device as device_module
+    from napari_atagan.slides.cells import pattern_probabilities
+
+    ckpt = load_checkpoint(_teacher_run(tmp_path))
+    model, _ = ckpt.pattern_model("cpu")
+    s = simulate_slide((192, 192), n_cells=5, cell_diameter=40.0, seed=4)
+    labels = s.labels.astype(np.int32)
+    columns = cell_table(labels, s.image, np.zeros(labels.shape, np.float32)).columns
+    monkeypatch.setattr(device_module, "fast_bfloat16", lambda device: True)
+    full = pattern_probabilities(model, s.image, labels, columns, 40.0, ckpt, bfloat16=False)
+    monkeypatch.setattr(device_module, "fast_bfloat16", lambda device: False)
+    auto = pattern_probabilities(model, s.image, labels, columns, 40.0, ckpt)
+    half = pattern_probabilities(model, s.image, labels, columns, 40.0, ckpt, bfloat16=True)
+    assert np.array_equal(full, auto)  # asked for float32: float32 whatever the chip
+    assert full.shape == (int(labels.max()), 6) and not np.array_equal(full, half)
+    assert np.abs(full - half).max() < 0.05

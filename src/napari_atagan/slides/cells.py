@@ -188,8 +188,11 @@ def cell_table(labels: Any, image: Any, attention: Any, *, checkpoint: Any = Non
 
 def pattern_probabilities(model: Any, image: Any, labels: Any, columns: dict[str, np.ndarray],
                           cell_diameter: float, checkpoint: Any, *,
-                          device: str = "cpu") -> np.ndarray:
-    """``(n_cells, n_patterns)`` softmax probabilities of each measured cell."""
+                          device: str = "cpu", bfloat16: bool | None = None) -> np.ndarray:
+    """``(n_cells, n_patterns)`` softmax probabilities of each measured cell.
+
+    ``bfloat16``: classify in bfloat16 (``None``: where the chip computes in it,
+    :func:`napari_atagan.device.fast_bfloat16`)."""
     import torch
 
     from ..data import prepare_crop
@@ -212,8 +215,8 @@ def pattern_probabilities(model: Any, image: Any, labels: Any, columns: dict[str
     # bfloat16 where the chip computes in it: on the 32 px I3A classifier teacher, 2176
     # held-out cells on one CPU core took 19 s instead of 38, 99.8 % of the cells were
     # named alike and accuracy moved from 0.782 to 0.781
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16,
-                                                enabled=fast_bfloat16(dev)):
+    half = fast_bfloat16(dev) if bfloat16 is None else bool(bfloat16)
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=half):
         for k in range(0, len(crops), PATTERN_BATCH):
             x = torch.from_numpy(crops[k:k + PATTERN_BATCH]).to(dev)
             out.append(model(x).float().softmax(dim=1).cpu().numpy())
