@@ -195,13 +195,13 @@ def test_the_namer_is_opened_once_per_process(slides, tmp_path, monkeypatch):
     from napari_atagan.cli.main import main
 
     namer = _teacher_run(tmp_path)
-    opened, real = [], gan_checkpoint.load_classifier_run
+    opened, real = [], gan_checkpoint.open_classifier_run
 
     def counted(path, *args, **kwargs):
         opened.append(Path(path).name)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(gan_checkpoint, "load_classifier_run", counted)
+    monkeypatch.setattr(gan_checkpoint, "open_classifier_run", counted)
     argv = ["attention", "--checkpoint", str(default_model_path()), "--image", "{}",
             "--diameter", "40", "--out", str(tmp_path / "cli"), "--device", "cpu",
             "--workers", "1", "--patterns-from", str(namer)]

@@ -22,7 +22,7 @@ from .models import (
 )
 
 __all__ = ["load_classifier_run", "load_discriminator", "load_generator", "load_pattern_model",
-           "load_teacher"]
+           "load_teacher", "open_classifier_run"]
 
 
 def load_generator(ckpt: Checkpoint, device: str | torch.device = "cpu", ema: bool = True
@@ -123,18 +123,25 @@ def load_classifier_run(path: Any, device: str | torch.device = "cpu"
     (``train --set teacher_from``, ``attention --patterns-from``) opens it here; a file
     that keeps none gets a ValueError naming it (a missing or corrupt one, a
     :class:`~napari_atagan.checkpoint.CheckpointError`)."""
+    ckpt = open_classifier_run(path)
+    return ckpt, load_teacher(ckpt, device)
+
+
+def open_classifier_run(path: Any) -> Checkpoint:
+    """:func:`load_classifier_run` without building the classifier: the checkpoint, once
+    it is known to keep one (for a caller that builds it where it is used, e.g.
+    :meth:`~napari_atagan.checkpoint.Checkpoint.pattern_model`)."""
     from ..checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    model = load_teacher(ckpt, device) if len(ckpt.class_names) >= 2 else None
-    if model is None:
+    if len(ckpt.class_names) < 2 or not ckpt.has("teacher"):
         teacher = getattr(ckpt.config, "teacher", None)
         raise ValueError(f"{ckpt.path.name} holds no classifier teacher, so it cannot name "
                          "patterns" + (f" (it was trained with teacher {teacher!r})"
                                        if teacher else "")
                          + ": choose a run trained with --teacher classifier on cells "
                          "sorted by pattern")
-    return ckpt, model
+    return ckpt
 
 
 def _build(ckpt: Checkpoint, build: Callable[[dict], nn.Module], hparams: dict,

@@ -355,11 +355,12 @@ def pattern_checkpoint(options: ArchiveOptions, checkpoint: Any) -> Any:
 
 def pattern_namer(path: str | os.PathLike) -> Any:
     """The run at ``path`` that names cells' patterns with its classifier teacher,
-    opened once per process (:func:`napari_atagan.gan.checkpoint.load_classifier_run`:
-    a ValueError for a run that keeps none)."""
-    from ..gan.checkpoint import load_classifier_run
+    opened once per process (:func:`napari_atagan.gan.checkpoint.open_classifier_run`:
+    a ValueError for a run that keeps none). The classifier itself is built on the
+    first slide, once per device (:meth:`~napari_atagan.checkpoint.Checkpoint.pattern_model`)."""
+    from ..gan.checkpoint import open_classifier_run
 
-    return opened_once("patterns", path, lambda p: load_classifier_run(p)[0])
+    return opened_once("patterns", path, open_classifier_run)
 
 
 _OPENED: dict[str, tuple[tuple[str, int | None], Any]] = {}
