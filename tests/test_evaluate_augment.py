@@ -211,6 +211,22 @@ def test_stop_raises_without_a_result(tiny_checkpoint, folders):
         evaluate_augment(tiny_checkpoint, *folders, counts=[2], stop=lambda: True, **SETTINGS)
 
 
+@pytest.mark.parametrize("asked", [3, 4])  # the real cells after the generated; the control
+def test_stop_in_a_later_stage_raises_without_a_result(tiny_checkpoint, folders, monkeypatch,
+                                                      asked):
+    from napari_atagan.slides.attention import Stopped
+
+    calls = _classifier_calls(monkeypatch)
+
+    def stop():  # stop once the asked-for classifier stage has started
+        return len(calls) >= asked
+
+    with pytest.raises(Stopped):
+        evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0], stop=stop,
+                         **SETTINGS)
+    assert len(calls) == asked  # nothing trained after the stop
+
+
 def _translation_checkpoint(path):
     """A file of the translation family (only its family matters here)."""
     from napari_atagan.checkpoint import save_checkpoint
