@@ -334,6 +334,20 @@ def test_training_with_a_low_pass_cycle(domains, tmp_path):
     assert translator.config.cycle_sigma == 1.5
 
 
+def test_apply_never_changes_the_input(trained, slide, tmp_path):
+    translator = load_translator(trained[0][-1].checkpoint)
+    image = slide.copy()
+    translate_image(translator, image, tile_size=64, device="cpu")
+    np.testing.assert_array_equal(image, slide)  # float32: tiles are read, not reused
+    stored = np.lib.format.open_memmap(tmp_path / "slide.npy", "w+", np.float32, slide.shape)
+    stored[:] = slide
+    stored.flush()
+    writable = np.load(tmp_path / "slide.npy", mmap_mode="r+")
+    translate_image(translator, writable, tile_size=64, device="cpu")
+    del writable
+    np.testing.assert_array_equal(np.load(tmp_path / "slide.npy"), slide)
+
+
 def test_the_mask_teacher_says_when_there_are_no_masks(domains, tmp_path):
     images = [domains[2].images, domains[3].images]  # arrays: no masks
     events = list(train_translation(tiny(mask_weight=1.0, steps=2), *images, tmp_path))

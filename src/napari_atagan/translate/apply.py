@@ -302,7 +302,8 @@ class _Runner:
         fwd_y = self._axis(("fwd", 0, *cy), cy[0], cy[1], h / mh, h)
         fwd_x = self._axis(("fwd", 1, *cx), cx[0], cx[1], w / mw, w)
         region = np.asarray(self.image[fwd_y.start:fwd_y.stop, fwd_x.start:fwd_x.stop])
-        x = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32)).to(self.device)
+        # a copy: the image (float32, or a writable memmap) is never changed in place
+        x = torch.from_numpy(np.array(region, dtype=np.float32)).to(self.device)
         x = x.sub_(self.lo).mul_(self.scale).sub_(1.0)
         x = fwd_x.apply(fwd_y.apply(x, 0), 1).clamp_(-CLIP, CLIP)[None, None]
 
