@@ -165,9 +165,12 @@ def _predict(model, images: np.ndarray) -> np.ndarray:
 
 VARIANTS = {"uag": dict(attention=True), "cyclegan": dict(attention=False),
             "uagmask": dict(attention=True, mask_weight=1.0),
-            "uagmask_low": dict(attention=True, mask_weight=1.0, cycle_sigma=2.0)}
+            "uagmask_low": dict(attention=True, mask_weight=1.0, cycle_sigma=2.0),
+            "uagmask_own": dict(attention=True, mask_weight=1.0, grey_levels="own"),
+            "cyclegan_own": dict(attention=False, grey_levels="own")}
 """UAG-GAN as in the paper, the same networks without attention, and UAG-GAN whose
-attention is also taught by the training cells' masks."""
+attention is also taught by the training cells' masks; ``_low``: a low-pass cycle loss;
+``_own``: every crop on its own grey levels (brightness kept)."""
 
 
 def train_run(data: dict, run: Path, variant: str, steps: int, seed: int) -> Path:
@@ -219,7 +222,8 @@ def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str) -> dict
                                                     if exp == "pattern" else [])
     for direction, src, dst, target_i in directions:
         dom_s, dom_t, _ = load_domains(_Set(*data[src]), _Set(*data[dst]), image_size=64,
-                                       levels=levels)
+                                       levels=levels,
+                                       own_levels=tr.config.grey_levels == "own")
         x, m = dom_s.images, dom_s.masks.astype(bool)
         y, att = translate_crops(tr, x, direction)
         bg = ~m
@@ -287,6 +291,7 @@ def real_slide(ckpt: Path, folder: Path, direction: str = "a2b") -> dict:
     import tifffile
     from napari_atagan.slides.segment import classic_labels
     from napari_atagan.translate import translate_image
+    from napari_atagan.translate.data import own_levels
 
     image = tifffile.imread(folder / "nuclei.tif")
     cells = tifffile.imread(folder / "nuclei_labels.tif") > 0
@@ -295,7 +300,8 @@ def real_slide(ckpt: Path, folder: Path, direction: str = "a2b") -> dict:
     d = float(np.median([r.equivalent_diameter_area for r in regionprops(label(cells))]))
     tr = load_translator(ckpt)
     y, att = translate_image(tr, image, direction=direction, cell_diameter=d, device="cpu")
-    change = np.abs(y.astype(np.float64) - image) / (tr.levels.hi - tr.levels.lo)
+    lv = own_levels(image) if tr.config.grey_levels == "own" else tr.levels
+    change = np.abs(y.astype(np.float64) - image) / (lv.hi - lv.lo)
     truth = tifffile.imread(folder / "nuclei_labels.tif")
     classic = classic_labels(image, d)
     res = {"diameter": d, "background_change": float(change[~cells].mean()),
@@ -343,7 +349,7 @@ def figure(out: Path, exp: str, seed: int, direction: str = "a2b", n: int = 6) -
     scale (no per-panel stretch)."""
     from _study_figures import _sheet, fit, heat
 
-    names = {"uag": "UAG", "uagmask": "UAG+m", "uagmask_low": "UAG+m, low-pass cycle",
+    names = {"uag": "UAG", "uagmask": "UAG+m", "uagmask_low": "UAG+m, low-pass cycle", "uagmask_own": "UAG+m, own levels",
              "cyclegan": "Cycle"}
     runs = {v: out / f"{exp}_{v}_s{seed}" / f"val_{direction}.npz" for v in names}
     runs = {v: np.load(f) for v, f in runs.items() if f.is_file()}

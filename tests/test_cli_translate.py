@@ -125,6 +125,19 @@ def test_mask_weight_teaches_the_attention_with_the_masks(domains, tmp_path):
     assert exc.value.code == 2
 
 
+def test_grey_levels_own_is_recorded_with_the_run(domains, tmp_path):
+    code, out, err = run_cli(train_args(domains, tmp_path / "run", "--steps", "2",
+                                        "--grey-levels", "own"))
+    assert code == 0, err
+    assert "every crop on its own grey levels" in err
+    translator = load_translator(out.strip())
+    assert translator.config.grey_levels == "own"
+    assert "--grey-levels own" in translator.config.extra["command"]
+    with pytest.raises(SystemExit) as exc:
+        run_cli(train_args(domains, tmp_path / "bad", "--grey-levels", "auto"))
+    assert exc.value.code == 2
+
+
 def test_no_attention_trains_the_cyclegan_baseline(domains, tmp_path, slide_file):
     code, out, err = run_cli(train_args(domains, tmp_path / "run", "--steps", "2",
                                         "--no-attention"))

@@ -94,6 +94,7 @@ def slide():
     (dict(batch_size=0), "batch_size"),
     (dict(steps=0), "steps"),
     (dict(device="tpu"), "device"),
+    (dict(grey_levels="auto"), "grey_levels must be one of shared, own"),
     (dict(attention="yes"), "attention must be true or false"),
     (dict(generator_skip=1), "generator_skip must be true or false"),
     (dict(widths=(8, 0, 8)), "widths must be whole numbers >= 1"),
@@ -186,6 +187,32 @@ def test_both_domains_share_one_fixed_grey_scale(domains):
     by_pattern = np.argsort(dim.labels, kind="stable")  # the folder's order
     np.testing.assert_array_equal(again[0].images[by_pattern], dom_a.images)
     assert again[1].masks is None and again[2] == levels
+
+
+def test_own_levels_map_every_crop_by_its_own_percentiles(domains):
+    from napari_atagan.translate import own_levels
+
+    dim_dir, bright_dir, dim, bright = domains
+    shared_a, shared_b, levels = load_domains(dim_dir, bright_dir, image_size=16)
+    own_a, own_b, same = load_domains(dim_dir, bright_dir, image_size=16, own_levels=True)
+    assert same == levels  # the pooled levels are still measured, for reference
+    # brightness is gone: dim and bright crops reach the same top of the model range
+    top = lambda d: d.images.max(axis=(1, 2)).mean()  # noqa: E731
+    assert top(shared_a) < top(shared_b) - 0.3
+    assert abs(top(own_a) - top(own_b)) < 0.15
+    # a crop recorded twice as bright on a raised floor is the same crop to the model
+    crops = [c.astype(np.float32) for c in dim.images[:3]]
+    once = load_domains(crops, crops, image_size=16, own_levels=True)[0].images
+    twice = load_domains([2 * c + 30 for c in crops], crops, image_size=16,
+                         own_levels=True)[0].images
+    np.testing.assert_allclose(once, twice, atol=1e-5)
+    lv = own_levels(crops[0])
+    assert lv.lo == pytest.approx(np.percentile(crops[0], 0.5))
+    assert lv.hi == pytest.approx(np.percentile(crops[0], 99.5))
+    with pytest.raises(ValueError, match="crop 1 has one grey value"):
+        load_domains([crops[0], np.full((20, 20), 7.0)], crops, own_levels=True)
+    with pytest.raises(ValueError, match="NaN"):
+        own_levels(np.full((20, 20), np.nan))
 
 
 def test_domain_input_errors(domains, tmp_path):
@@ -332,6 +359,22 @@ def test_training_with_a_low_pass_cycle(domains, tmp_path):
                                         domains[1], tmp_path))
     translator = load_translator(done.checkpoint)
     assert translator.config.cycle_sigma == 1.5
+
+
+def test_own_levels_keep_the_brightness_of_what_is_translated(domains, tmp_path, slide):
+    done = run_to_end(train_translation(tiny(grey_levels="own", steps=3), domains[0],
+                                        domains[1], tmp_path))
+    translator = load_translator(done.checkpoint)
+    assert translator.config.grey_levels == "own"
+    image = slide[:96, :120].copy()
+    once, att = translate_image(translator, image, device="cpu")
+    brighter, att2 = translate_image(translator, 3 * image + 7, device="cpu")
+    # the image is mapped by its own levels, so a brighter recording of the same slide
+    # gives the same translation, as bright
+    np.testing.assert_allclose(brighter, 3 * once + 7, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(att, att2, atol=1e-6)
+    with pytest.raises(ValueError, match="one grey value"):
+        translate_image(translator, np.full((40, 40), 5, np.uint8), device="cpu")
 
 
 def test_apply_never_changes_the_input(trained, slide, tmp_path):

@@ -114,7 +114,9 @@ def test_config_follows_the_form_and_the_quick_preset():
     assert full.widths == tiny().widths and full.image_size == 16
     assert full.mask_weight == 0.0
     taught = translation_config(tiny(), dict(settings, mask_teacher=True), a, b)
-    assert taught.mask_weight == 1.0
+    assert taught.mask_weight == 1.0 and taught.grey_levels == "shared"
+    own = translation_config(tiny(), dict(settings, own_levels=True), a, b)
+    assert own.grey_levels == "own"
 
 
 def test_sample_grid_puts_each_row_of_the_event_on_its_own_row():

@@ -291,6 +291,7 @@ def translation_config(base: TranslateConfig, settings: dict[str, Any],
         steps=steps,
         attention=bool(settings["attention"]),
         mask_weight=1.0 if settings.get("mask_teacher") else base.mask_weight,
+        grey_levels="own" if settings.get("own_levels") else base.grey_levels,
         device=settings["device"],
         sample_every=max(1, min(base.sample_every, steps // 20)),
         extra={**base.extra, "source": f"napari: A {a.describe()}, B {b.describe()}",
@@ -645,11 +646,18 @@ class TranslateWidget(RunsTraining, QWidget):
             tooltip="Where a folder of crops has cell masks (NNNNN_Mask.png), teach the "
                     "attention with them too (mask_weight 1): on real cells it keeps the "
                     "background far better. Crops from layers have no masks.")
+        self.own_levels = CheckBox(
+            text="keep each cell's brightness", value=False,
+            tooltip="Map every crop (and later every image) by its own grey levels, so only "
+                    "the stain's pattern is translated, not its brightness: for two "
+                    "patterns whose specimens differ in brightness (grey_levels 'own').\n"
+                    "Off: one grey scale for both folders, so brightness is translated too "
+                    "(e.g. dim -> bright).")
         self.train_device = device_combo()
         self.train_form = Container(widgets=[
             self.a_source, self.a_layers, self.a_folder, self.b_source, self.b_layers,
             self.b_folder, self.out_folder, self.quick, self.steps, self.attention,
-            self.mask_teacher, self.train_device,
+            self.mask_teacher, self.own_levels, self.train_device,
         ])
         for box in (self.a_source, self.b_source):
             box.changed.connect(self._update_sources)
@@ -742,7 +750,8 @@ class TranslateWidget(RunsTraining, QWidget):
         """The form's training options."""
         return {"quick": bool(self.quick.value), "steps": int(self.steps.value),
                 "attention": bool(self.attention.value),
-                "mask_teacher": bool(self.mask_teacher.value), "device": self.train_device.value}
+                "mask_teacher": bool(self.mask_teacher.value),
+                "own_levels": bool(self.own_levels.value), "device": self.train_device.value}
 
     # ------------------------------------------------------------------ train: run
     @property

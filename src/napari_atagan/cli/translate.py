@@ -4,7 +4,8 @@
 
     napari-atagan translate train --a dim/ --b bright/ --out runs/dim2bright \\
         [--steps N] [--quick] [--set NAME=VALUE ...] [--no-attention] \\
-        [--mask-weight W] [--resume CHECKPOINT] [--device auto] [--seed N]
+        [--mask-weight W] [--grey-levels shared|own] [--resume CHECKPOINT] \\
+        [--device auto] [--seed N]
     napari-atagan translate apply --checkpoint runs/dim2bright/checkpoint.safetensors \\
         --image slide.tif --out results/ [--direction a2b|b2a] [--diameter PX|auto] \\
         [--channel N | --grey] [--tile-size N] [--device auto]
@@ -108,6 +109,11 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--mask-weight", type=non_negative_float, default=None, metavar="W",
                    help="teach the attention with the crops' cell masks, at this weight "
                         "(e.g. 1; default 0: the attention learns without them)")
+    p.add_argument("--grey-levels", choices=("shared", "own"), default=None,
+                   help="shared (default): one grey scale for both domains, so brightness is "
+                        "translated too (dim -> bright); own: every crop and image on its own "
+                        "levels, brightness kept, only the stain's pattern translated (a "
+                        "pattern pair, specimens of different brightness)")
     p.add_argument("--seed", type=non_negative_int, default=None, metavar="N",
                    help="random seed (default: 0)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
@@ -177,6 +183,8 @@ def train_config(args: argparse.Namespace) -> tuple[Any, int]:
         changes["attention"] = args.attention
     if args.mask_weight is not None:
         changes["mask_weight"] = args.mask_weight
+    if args.grey_levels is not None:
+        changes["grey_levels"] = args.grey_levels
     if args.seed is not None:
         changes["seed"] = args.seed
     for text in args.options:
@@ -215,6 +223,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--attention" if args.attention else "--no-attention")
     if args.mask_weight is not None:
         parts += ["--mask-weight", f"{args.mask_weight:g}"]
+    if args.grey_levels is not None:
+        parts += ["--grey-levels", args.grey_levels]
     if args.seed is not None:
         parts += ["--seed", str(args.seed)]
     if args.device != "auto":

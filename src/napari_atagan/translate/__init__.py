@@ -9,7 +9,8 @@ translation"). ``attention=False`` trains the plain CycleGAN baseline.
 
 Brightness is kept: both domains share one fixed grey scale, stored in the
 checkpoint, and :func:`translate_image` returns grey levels of the input's
-dtype. Like the rest of the engine this package uses only torch and numpy.
+dtype. With ``grey_levels="own"`` every crop and image is mapped by its own
+levels instead, so brightness is not translated, only the stain's pattern. Like the rest of the engine this package uses only torch and numpy.
 
 Typical use::
 
@@ -22,7 +23,7 @@ Typical use::
 
 from .apply import Stopped, default_tile_size, translate_image
 from .config import RUNTIME_FIELDS, TranslateConfig
-from .data import DomainData, Levels, load_domains
+from .data import DomainData, Levels, load_domains, own_levels
 from .models import (
     AttentionNetwork,
     PatchDiscriminator,
@@ -52,6 +53,7 @@ __all__ = [
     "default_tile_size",
     "load_domains",
     "load_translator",
+    "own_levels",
     "standing_statistics",
     "train_translation",
     "translate_image",

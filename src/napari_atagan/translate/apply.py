@@ -12,7 +12,9 @@ For a 2-D grey image and a direction (``a2b``: ``F_ab`` and ``A_a``; ``b2a``:
    grid is extended to a multiple of 4 by repeating the edge.
 2. **Grey levels.** The checkpoint's fixed levels (the same for both domains)
    map the image to model units, ``lo -> -1`` and ``hi -> +1``, clipped to
-   [-1.5, 1.5], exactly as the training crops were mapped.
+   [-1.5, 1.5], exactly as the training crops were mapped. A model trained with
+   ``grey_levels="own"`` maps the image by its own 0.5th/99.5th percentiles
+   instead, as its training crops each were.
 3. **Translation.** ``x' = A(x) * F(x) + (1 - A(x)) * x`` (``F(x)`` without
    attention), computed in tiles. The networks normalise with their standing
    statistics, so they are plain convolutions: every tile is computed with a
@@ -42,9 +44,9 @@ import torch
 from .._memmap import release_pages
 from ..device import resolve_device
 from ..slides.attention import Stopped, _AxisTaps, _check_diameter
-from .data import CLIP, Levels
+from .data import CLIP, Levels, own_levels
 from .models import MULTIPLE, compose
-from .translator import Translator, check_direction, load_translator
+from .translator import check_direction, load_translator
 
 __all__ = ["MIN_SIDE", "Stopped", "default_tile_size", "translate_image"]
 
@@ -128,7 +130,10 @@ def translate_image(
     plan = _plan(img.shape, factor, _tile_size(tile_size, dev), _round_up(halo))
     out_t, out_a = _outputs(out, img.shape, np.dtype(img.dtype))
     _check_finite(img)
-    runner = _Runner(translator, generator, attention, img, plan, dev)
+    levels = translator.levels
+    if translator.config.grey_levels == "own":
+        levels = own_levels(img, name="the image")
+    runner = _Runner(levels, generator, attention, img, plan, dev)
     tiles = plan.tiles
     with torch.inference_mode():
         for done, tile in enumerate(tiles, start=1):
@@ -275,11 +280,11 @@ def _plan(shape: tuple[int, int], factor: float, tile_size: int, halo: int) -> _
 class _Runner:
     """Computes one output tile: read, map, translate, resample back, write."""
 
-    def __init__(self, translator: Translator, generator, attention, image, plan: _Plan,
+    def __init__(self, levels: Levels, generator, attention, image, plan: _Plan,
                  device: torch.device) -> None:
         self.generator, self.attention = generator, attention
         self.image, self.plan, self.device = image, plan, device
-        self.levels: Levels = translator.levels
+        self.levels = levels
         self.lo = float(np.float32(self.levels.lo))
         self.scale = float(np.float32(self.levels.scale))
         self.dtype = np.dtype(image.dtype)

@@ -19,6 +19,12 @@ The levels are stored in the checkpoint, so a slide is mapped exactly as the
 training crops were and the output is mapped back to the input's grey levels
 (:class:`Levels`). Masks are optional; they only give the cell diameter (and
 can serve evaluation).
+
+With ``own_levels`` (a run's ``grey_levels="own"``) step 1 is taken for every
+crop alone: each is mapped by its own 0.5th/99.5th percentiles, as ATA-GAN
+crops are, and brightness is no longer part of what is translated (see
+:attr:`napari_atagan.translate.TranslateConfig.grey_levels`). The pooled levels
+are still measured and stored, for reference.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ __all__ = [
     "LEVEL_SAMPLE_PIXELS",
     "Levels",
     "load_domains",
+    "own_levels",
 ]
 
 LO_PCT = 0.5
@@ -173,6 +180,7 @@ def load_domains(
     *,
     image_size: int = 64,
     levels: Levels | None = None,
+    own_levels: bool = False,
 ) -> tuple[DomainData, DomainData, Levels]:
     """Read both domains and bring them to one grey scale (see the module docstring).
 
@@ -181,7 +189,8 @@ def load_domains(
     ``NNNNN.png`` with optional ``NNNNN_Mask.png``), an ``(N, H, W)`` stack, a
     list of 2-D crops, or an object with ``images`` (and optionally ``masks``)
     such as :class:`napari_atagan.simulate.CropSet`. ``levels`` (e.g. those of a
-    checkpoint being resumed) are used as given instead of being measured.
+    checkpoint being resumed) are used as given instead of being measured;
+    ``own_levels`` maps every crop by its own levels (:func:`own_levels`) instead.
 
     Raises ``ValueError`` naming the problem: a missing or empty folder,
     unreadable or invalid crops, or crops that are already normalised.
@@ -193,8 +202,30 @@ def load_domains(
         raw_a.name, raw_b.name = f"{raw_a.name} (A)", f"{raw_b.name} (B)"
     if levels is None:
         levels = pooled_levels(raw_a.images + raw_b.images)
-    return (_prepare_domain(raw_a, image_size, levels),
-            _prepare_domain(raw_b, image_size, levels), levels)
+    return (_prepare_domain(raw_a, image_size, levels, own_levels),
+            _prepare_domain(raw_b, image_size, levels, own_levels), levels)
+
+
+def own_levels(image: Any, *, name: str = "the image", lo_pct: float = LO_PCT,
+               hi_pct: float = HI_PCT) -> Levels:
+    """The ``lo_pct``/``hi_pct`` percentiles of one crop or slide, its own levels
+    (a slide larger than a few million pixels is sub-sampled on a regular grid,
+    read in bands, so a memory-mapped slide is not loaded whole). Where the high
+    percentile equals the low one (a few bright pixels on a flat field), the
+    maximum is used; a flat image is refused with ``ValueError``."""
+    arr = image if hasattr(image, "shape") and hasattr(image, "dtype") else np.asarray(image)
+    if len(arr.shape) != 2:
+        raise ValueError(f"{name} must be 2-D to find its grey levels, got shape {arr.shape}")
+    sample = np.asarray(_cells._slide_sample(arr), dtype=np.float32)
+    if not np.isfinite(sample).all():
+        raise ValueError(f"{name} contains NaN or infinite values: replace them first")
+    lo, hi = (float(v) for v in np.percentile(sample, [lo_pct, hi_pct]))
+    if hi <= lo:
+        hi = float(sample.max())
+    if hi <= lo:
+        raise ValueError(f"{name} has one grey value ({lo:g}) everywhere: there is nothing "
+                         "to translate")
+    return Levels(lo, hi, lo_pct, hi_pct)
 
 
 def pooled_levels(images: Sequence[np.ndarray], *, lo_pct: float = LO_PCT,
@@ -295,9 +326,9 @@ def _read_folder(root: Path, default_name: str) -> _Raw:
                 [str(f) for f in files], str(root), list(class_names))
 
 
-def _prepare_domain(raw: _Raw, size: int, levels: Levels) -> DomainData:
+def _prepare_domain(raw: _Raw, size: int, levels: Levels, own: bool = False) -> DomainData:
     masks = raw.masks if raw.masks is not None else [None] * len(raw.images)
-    crops = [_prepare(im, m, name, size, levels)
+    crops = [_prepare(im, m, name, size, own_levels(im, name=name) if own else levels)
              for im, m, name in zip(raw.images, masks, raw.labels)]
     diam = np.array([c[2] for c in crops])
     sides = np.array([c[3] for c in crops])

@@ -127,7 +127,9 @@ def train_translation(
         config = resumed.config.replace(**runtime)
         levels = Levels.from_dict(resumed.metadata.get("levels"))
     config.validate()
-    dom_a, dom_b, levels = load_domains(a, b, image_size=config.image_size, levels=levels)
+    own = config.grey_levels == "own"
+    dom_a, dom_b, levels = load_domains(a, b, image_size=config.image_size, levels=levels,
+                                        own_levels=own)
     for dom in (dom_a, dom_b):
         if dom.n < 2:
             raise ValueError(f"domain {dom.name!r} has {dom.n} crop(s); training needs at "
@@ -137,9 +139,10 @@ def train_translation(
 
     device = resolve_device(config.device)
     kind = "attention-guided translation" if config.attention else "CycleGAN (no attention)"
+    scale = ("every crop on its own grey levels (brightness is kept)" if own else
+             f"grey levels {levels.lo:g} -> -1, {levels.hi:g} -> +1")
     yield Message(f"{kind} on {describe(device)}: {dom_a.n} cells of {dom_a.name!r} <-> "
-                  f"{dom_b.n} cells of {dom_b.name!r}; grey levels {levels.lo:g} -> -1, "
-                  f"{levels.hi:g} -> +1")
+                  f"{dom_b.n} cells of {dom_b.name!r}; {scale}")
 
     torch.manual_seed(config.seed)
     nets = build_translation_models(config)
