@@ -373,8 +373,28 @@ def test_own_levels_keep_the_brightness_of_what_is_translated(domains, tmp_path,
     # gives the same translation, as bright
     np.testing.assert_allclose(brighter, 3 * once + 7, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(att, att2, atol=1e-6)
+    tiled, _ = translate_image(translator, 3 * image + 7, tile_size=32, device="cpu")
+    np.testing.assert_allclose(tiled, brighter, rtol=1e-5, atol=1e-3)  # no seams
     with pytest.raises(ValueError, match="one grey value"):
         translate_image(translator, np.full((40, 40), 5, np.uint8), device="cpu")
+
+
+def test_local_levels_give_every_cell_its_own_high_level():
+    from napari_atagan.translate import own_levels
+    from napari_atagan.translate.data import LOCAL_FLOOR, local_levels
+
+    yy, xx = np.mgrid[:400, :600]
+    image = np.full((400, 600), 10.0, np.float32)
+    image[(yy - 100) ** 2 + (xx - 100) ** 2 < 21 ** 2] = 60.0  # a dim cell, 2/3 of a crop
+    image[(yy - 300) ** 2 + (xx - 450) ** 2 < 21 ** 2] = 200.0  # a bright one
+    whole = own_levels(image)
+    levels = local_levels(image, crop_side=64)
+    assert levels.lo == whole.lo == 10.0
+    hi = lambda y, x: float(sum(levels.region(slice(y, y + 1), slice(x, x + 1)))[0, 0])  # noqa: E731
+    assert hi(100, 100) == pytest.approx(60.0, rel=0.1)  # as its own crop would have
+    assert hi(300, 450) == pytest.approx(200.0, rel=0.1)
+    # background far from both: no cell to stretch to, the floor
+    assert hi(380, 20) == pytest.approx(whole.lo + LOCAL_FLOOR * (whole.hi - whole.lo), rel=0.05)
 
 
 def test_apply_never_changes_the_input(trained, slide, tmp_path):

@@ -13,8 +13,9 @@ For a 2-D grey image and a direction (``a2b``: ``F_ab`` and ``A_a``; ``b2a``:
 2. **Grey levels.** The checkpoint's fixed levels (the same for both domains)
    map the image to model units, ``lo -> -1`` and ``hi -> +1``, clipped to
    [-1.5, 1.5], exactly as the training crops were mapped. A model trained with
-   ``grey_levels="own"`` maps the image by its own 0.5th/99.5th percentiles
-   instead, as its training crops each were.
+   ``grey_levels="own"`` maps every neighbourhood of one training crop's size by
+   its own levels instead, as its training crops each were
+   (:func:`napari_atagan.translate.data.local_levels`).
 3. **Translation.** ``x' = A(x) * F(x) + (1 - A(x)) * x`` (``F(x)`` without
    attention), computed in tiles. The networks normalise with their standing
    statistics, so they are plain convolutions: every tile is computed with a
@@ -44,7 +45,7 @@ import torch
 from .._memmap import release_pages
 from ..device import resolve_device
 from ..slides.attention import Stopped, _AxisTaps, _check_diameter
-from .data import CLIP, Levels, own_levels
+from .data import CLIP, Levels, LocalLevels, local_levels
 from .models import MULTIPLE, compose
 from .translator import check_direction, load_translator
 
@@ -130,9 +131,9 @@ def translate_image(
     plan = _plan(img.shape, factor, _tile_size(tile_size, dev), _round_up(halo))
     out_t, out_a = _outputs(out, img.shape, np.dtype(img.dtype))
     _check_finite(img)
-    levels = translator.levels
-    if translator.config.grey_levels == "own":
-        levels = own_levels(img, name="the image")
+    levels: Levels | LocalLevels = translator.levels
+    if translator.config.grey_levels == "own":  # crops of the training size, each its own
+        levels = local_levels(img, translator.config.image_size / factor)
     runner = _Runner(levels, generator, attention, img, plan, dev)
     tiles = plan.tiles
     with torch.inference_mode():
@@ -280,13 +281,11 @@ def _plan(shape: tuple[int, int], factor: float, tile_size: int, halo: int) -> _
 class _Runner:
     """Computes one output tile: read, map, translate, resample back, write."""
 
-    def __init__(self, levels: Levels, generator, attention, image, plan: _Plan,
+    def __init__(self, levels: Levels | LocalLevels, generator, attention, image, plan: _Plan,
                  device: torch.device) -> None:
         self.generator, self.attention = generator, attention
         self.image, self.plan, self.device = image, plan, device
         self.levels = levels
-        self.lo = float(np.float32(self.levels.lo))
-        self.scale = float(np.float32(self.levels.scale))
         self.dtype = np.dtype(image.dtype)
         self._taps: dict[tuple, _AxisTaps] = {}
 
@@ -306,10 +305,14 @@ class _Runner:
         cx = plan.chunk(back_x.start, back_x.stop, 1)
         fwd_y = self._axis(("fwd", 0, *cy), cy[0], cy[1], h / mh, h)
         fwd_x = self._axis(("fwd", 1, *cx), cx[0], cx[1], w / mw, w)
-        region = np.asarray(self.image[fwd_y.start:fwd_y.stop, fwd_x.start:fwd_x.stop])
+        rows_in, cols_in = slice(fwd_y.start, fwd_y.stop), slice(fwd_x.start, fwd_x.stop)
         # a copy: the image (float32, or a writable memmap) is never changed in place
-        x = torch.from_numpy(np.array(region, dtype=np.float32)).to(self.device)
-        x = x.sub_(self.lo).mul_(self.scale).sub_(1.0)
+        x = np.array(self.image[rows_in, cols_in], dtype=np.float32)
+        lo, span = self._levels(rows_in, cols_in)
+        x -= lo
+        x *= 2.0 / span
+        x -= 1.0
+        x = torch.from_numpy(x).to(self.device)
         x = fwd_x.apply(fwd_y.apply(x, 0), 1).clamp_(-CLIP, CLIP)[None, None]
 
         att = None if self.attention is None else self.attention(x)
@@ -322,10 +325,19 @@ class _Runner:
         else:
             a = back_x.apply(back_y.apply(att[0, 0, rows, cols], 0), 1).clamp_(0.0, 1.0)
             a = a.float().cpu().numpy()
-        out_t[y0:y1, x0:x1] = self._to_dtype(self.levels.to_source(y.float().cpu().numpy()))
+        lo, span = self._levels(slice(y0, y1), slice(x0, x1))
+        values = (y.float().cpu().numpy() + 1.0) * (span / 2.0) + lo
+        out_t[y0:y1, x0:x1] = self._to_dtype(values)
         out_a[y0:y1, x0:x1] = a
         release_pages(out_t)
         release_pages(out_a)
+
+    def _levels(self, rows: slice, cols: slice) -> tuple[Any, Any]:
+        """``(lo, hi - lo)`` for source pixels ``[rows, cols]``: numbers for a run's one
+        grey scale, arrays where every neighbourhood has its own."""
+        if isinstance(self.levels, LocalLevels):
+            return self.levels.region(rows, cols)
+        return np.float32(self.levels.lo), np.float32(self.levels.hi - self.levels.lo)
 
     def _to_dtype(self, values: np.ndarray) -> np.ndarray:
         if self.dtype.kind in "iu":

@@ -42,13 +42,16 @@ import numpy as np
 from skimage.transform import resize
 
 from .. import data as _cells
+from .._memmap import release_pages
 
 __all__ = [
     "CLIP",
     "DomainData",
     "LEVEL_SAMPLE_PIXELS",
     "Levels",
+    "LocalLevels",
     "load_domains",
+    "local_levels",
     "own_levels",
 ]
 
@@ -58,6 +61,16 @@ CLIP = 1.5
 """Model-scale values are clipped to [-CLIP, CLIP]."""
 LEVEL_SAMPLE_PIXELS = 4_000_000
 """Most pixels (of both domains together) read to find the levels."""
+
+LOCAL_BLOCKS = 16
+"""Blocks across one crop side when a slide's own levels are found crop by crop
+(:func:`local_levels`); each block keeps its brightest pixel."""
+LOCAL_PCT = 95.0
+"""The high level around a point: this percentile of the block maxima in a window of one
+crop's side (about its brightest 0.5 % of pixels, as a crop's own 99.5th percentile)."""
+LOCAL_FLOOR = 0.25
+"""No window's high level is below ``lo + LOCAL_FLOOR * (hi - lo)`` of the slide's own
+levels: a window of background only is not stretched as if it held a cell."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +259,67 @@ def pooled_levels(images: Sequence[np.ndarray], *, lo_pct: float = LO_PCT,
         raise ValueError(f"all crops of both domains have the same grey value ({lo:g}): "
                          "there is nothing to translate")
     return Levels(lo, hi, lo_pct, hi_pct)
+
+
+@dataclass(frozen=True)
+class LocalLevels:
+    """A slide's own levels, neighbourhood by neighbourhood: ``lo`` for the whole
+    slide, the high level on a coarse grid (:class:`napari_atagan.slides.background.Background`,
+    interpolated bilinearly to every pixel)."""
+
+    lo: float
+    hi: Any
+
+    def region(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        """``(lo, hi - lo)`` at pixels ``[rows, cols]`` (float32; ``lo`` a scalar array)."""
+        return np.float32(self.lo), self.hi.region(rows, cols) - np.float32(self.lo)
+
+
+def local_levels(image: Any, crop_side: float, *, name: str = "the image") -> LocalLevels:
+    """The levels a slide's every neighbourhood would have had as a training crop.
+
+    A run with ``grey_levels="own"`` learnt from crops each mapped by its own 0.5th and
+    99.5th percentiles: the low one is the background, the high one the brightest pixels
+    of the crop's cell. A whole slide mapped by its own percentiles would put a dim cell
+    beside bright ones near the background, where no training crop had its cell. So the
+    low level is the slide's own, and the high level is found in windows of one crop's
+    side (``crop_side`` source pixels, the training crop at the slide's scale): the
+    :data:`LOCAL_PCT` th percentile of the brightest pixels of :data:`LOCAL_BLOCKS` x
+    :data:`LOCAL_BLOCKS` blocks, a window every half crop side, at least
+    :data:`LOCAL_FLOOR` of the slide's own range, interpolated bilinearly between the
+    windows (they overlap by half, so a cell between two is in both). The slide is read in bands of rows (a memory map stays on disk).
+    """
+    from ..slides.background import Background
+
+    glob = own_levels(image, name=name)
+    h, w = (int(v) for v in image.shape)
+    step = max(1, int(round(float(crop_side) / LOCAL_BLOCKS)))
+    blocks = _block_max(image, h, w, step)
+    k = max(1, LOCAL_BLOCKS // 2)  # windows every half crop side
+    size = LOCAL_BLOCKS
+    groups = [-(-n // k) for n in blocks.shape]
+    before = (size - k) // 2
+    pad = [(before, k * g + size - k - before - n) for g, n in zip(groups, blocks.shape)]
+    padded = np.pad(blocks, pad, mode="symmetric")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size))[::k, ::k]
+    windows = windows[: groups[0], : groups[1]].reshape(groups[0], groups[1], -1)
+    hi = np.percentile(windows, LOCAL_PCT, axis=-1)
+    hi = np.maximum(hi, glob.lo + LOCAL_FLOOR * (glob.hi - glob.lo))
+    return LocalLevels(glob.lo, Background(hi.astype(np.float32), k * step, (h, w), 0.0))
+
+
+def _block_max(image: Any, h: int, w: int, step: int) -> np.ndarray:
+    """The brightest pixel of every ``step x step`` block, read in bands of block rows."""
+    out = np.empty((-(-h // step), -(-w // step)), np.float32)
+    rows = max(1, LEVEL_SAMPLE_PIXELS // max(w * step, 1)) * step
+    edges = np.arange(0, w, step)
+    for y0 in range(0, h, rows):
+        band = np.asarray(image[y0:min(h, y0 + rows), :], dtype=np.float32)
+        release_pages(image)
+        starts = np.arange(0, band.shape[0], step)
+        out[y0 // step: y0 // step + len(starts)] = np.maximum.reduceat(
+            np.maximum.reduceat(band, starts, axis=0), edges, axis=1)
+    return out
 
 
 def _read_domain(source: Any, default_name: str) -> _Raw:
