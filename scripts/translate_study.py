@@ -31,6 +31,7 @@ Usage::
 
     scripts/translate_study.py --split /path/split --out RUNS [--steps 2000] [--seed 0]
         [--experiments pattern dim] [--atagan CKPT] [--threads 1] [--judge jitter|plain]
+        [--judge-from CLASSIFIER_RUN]
 """
 
 from __future__ import annotations
@@ -157,6 +158,22 @@ def classifier(split: Path, out: Path, device: str, judge: str = "jitter"):
     return model.eval(), train.class_names, info
 
 
+def run_judge(path: Path, split: Path):
+    """A classifier run's pattern teacher as the judge (what ``attention --patterns-from``
+    names cells with), and its accuracy on the validation part."""
+    from napari_atagan.gan.checkpoint import load_classifier_run
+
+    ckpt, model = load_classifier_run(path)
+    size = int(ckpt.config.image_size)
+    val = load_folder(split / "val", image_size=size)
+    pred = _predict(model, val.images)
+    info = {"judge": f"run {path}", "size": size,
+            "val_part_accuracy": float(np.mean(pred == val.labels)),
+            "val_part_per_pattern": {n: float(np.mean(pred[val.labels == k] == k))
+                                     for k, n in enumerate(val.class_names)}}
+    return model.cpu().eval(), list(ckpt.class_names), info, size
+
+
 @torch.no_grad()
 def _predict(model, images: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(np.asarray(images, np.float32))[:, None]
@@ -167,7 +184,8 @@ VARIANTS = {"uag": dict(attention=True), "cyclegan": dict(attention=False),
             "uagmask": dict(attention=True, mask_weight=1.0),
             "uagmask_low": dict(attention=True, mask_weight=1.0, cycle_sigma=2.0),
             "uagmask_own": dict(attention=True, mask_weight=1.0, grey_levels="own"),
-            "cyclegan_own": dict(attention=False, grey_levels="own")}
+            "cyclegan_own": dict(attention=False, grey_levels="own"),
+            "uag_own": dict(attention=True, grey_levels="own")}
 """UAG-GAN as in the paper, the same networks without attention, and UAG-GAN whose
 attention is also taught by the training cells' masks; ``_low``: a low-pass cycle loss;
 ``_own``: every crop on its own grey levels (brightness kept)."""
@@ -206,13 +224,15 @@ def translate_crops(translator, x: np.ndarray, direction: str):
     return np.concatenate(outs), np.concatenate(atts)
 
 
-def to_classifier(levels, crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
+def to_classifier(levels, crops: np.ndarray, masks: np.ndarray,
+                  size: int = JUDGE_SIZE) -> np.ndarray:
     """Model-scale translated crops, back in grey levels, prepared as training crops."""
-    return np.stack([prepare_crop(levels.to_source(c), m, JUDGE_SIZE)[0]
+    return np.stack([prepare_crop(levels.to_source(c), m, size)[0]
                      for c, m in zip(crops, masks)])
 
 
-def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str) -> dict:
+def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str,
+          size: int = JUDGE_SIZE) -> dict:
     tr = load_translator(ckpt)
     levels = tr.levels
     summary = tr.checkpoint.metadata.get("summary") or {}
@@ -239,13 +259,13 @@ def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str) -> dict
         r["classic_iou"] = classic_iou(x, m)
         r["swd"] = float(sliced_wasserstein(y, real_t, seed=0)[-1])
         r["swd_identity"] = float(sliced_wasserstein(x, real_t, seed=0)[-1])
-        prep_y = to_classifier(levels, y, dom_s.masks)
-        prep_x = to_classifier(levels, x, dom_s.masks)
-        prep_t = to_classifier(levels, real_t, dom_t.masks)
+        prep_y = to_classifier(levels, y, dom_s.masks, size)
+        prep_x = to_classifier(levels, x, dom_s.masks, size)
+        prep_t = to_classifier(levels, real_t, dom_t.masks, size)
         f_y, f_x, f_t = (classifier_features(clf, p) for p in (prep_y, prep_x, prep_t))
-        size = min(len(f_y), len(f_t), 1000)
-        r["kid"] = float(kid(f_y, f_t, subset_size=size)[0])
-        r["kid_identity"] = float(kid(f_x, f_t, subset_size=size)[0])
+        subset = min(len(f_y), len(f_t), 1000)
+        r["kid"] = float(kid(f_y, f_t, subset_size=subset)[0])
+        r["kid_identity"] = float(kid(f_x, f_t, subset_size=subset)[0])
         if exp == "pattern":
             target = class_names.index(PAIR[target_i])
             r["target"] = PAIR[target_i]
@@ -424,6 +444,10 @@ def main(argv=None) -> int:
     p.add_argument("--judge", choices=list(JUDGES), default="jitter",
                    help="the judging classifier: trained with the acquisition jitter (as the "
                         "product's teacher) or on the crops as stored")
+    p.add_argument("--judge-from", type=Path, default=None, metavar="RUN",
+                   help="judge with this classifier run's pattern teacher instead (a "
+                        "checkpoint trained with --teacher classifier, as attention "
+                        "--patterns-from uses)")
     p.add_argument("--real-slide", type=Path, default=None,
                    help="a folder with nuclei.tif and nuclei_labels.tif: the pattern models "
                         "are also applied to that real slide")
@@ -440,7 +464,11 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.train_only:
+    size, judge_name = JUDGE_SIZE, args.judge
+    if not args.train_only and args.judge_from:
+        clf, names, clf_info, size = run_judge(args.judge_from, args.split)
+        judge_name = "run"
+    elif not args.train_only:
         clf, names, clf_info = classifier(args.split, args.out, "cpu", args.judge)
         print(f"classifier: validation-part accuracy {clf_info.get('val_part_accuracy'):.3f}",
               file=sys.stderr)
@@ -455,7 +483,7 @@ def main(argv=None) -> int:
                 ckpt = train_run(data, run, variant, args.steps, args.seed)
             if not ckpt.is_file() or args.train_only:
                 continue
-            res = score(ckpt, data, clf, names, exp)
+            res = score(ckpt, data, clf, names, exp, size)
             res.update(experiment=exp, variant=variant, seed=args.seed,
                        domains=list(data["names"]), cut=data.get("cut"),
                        classifier=clf_info, n_train=[len(data["train_a"][0]),
@@ -464,7 +492,7 @@ def main(argv=None) -> int:
                 res["real_slide"] = real_slide(ckpt, args.real_slide)
             if args.atagan and variant != "cyclegan":
                 res["atagan_cam_iou"] = atagan_iou(args.atagan, data)
-            (run / f"scores_{args.judge}.json").write_text(json.dumps(res, indent=1, default=float))
+            (run / f"scores_{judge_name}.json").write_text(json.dumps(res, indent=1, default=float))
             print(json.dumps({k: v for k, v in res.items() if k != "classifier"},
                              default=float), flush=True)
         for direction in ("a2b", "b2a") if exp == "pattern" else ("a2b",):
