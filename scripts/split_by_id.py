@@ -7,7 +7,11 @@ cells are sorted by id and the last ``--val`` fraction becomes validation.
 The parts are folders of symbolic links (nothing is copied) in the layout
 ``napari-atagan train`` and ``evaluate`` read.
 
-Usage: scripts/split_by_id.py DATA OUT [--val 0.2]
+``--hold PATTERN=A-B[,C-D...]`` holds out those id ranges of one pattern instead of
+its last fraction (e.g. a dim and a bright specimen, so that both kinds are on both
+sides: ``--hold Homogeneous=701-850,1401-1650``).
+
+Usage: scripts/split_by_id.py DATA OUT [--val 0.2] [--hold PATTERN=A-B,... ...]
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pathlib import Path
 IMAGE = re.compile(r"^(\d+)\.(png|tif|tiff)$", re.IGNORECASE)
 
 
-def split(data: Path, out: Path, val: float) -> dict[str, dict[str, int]]:
+def split(data: Path, out: Path, val: float,
+          hold: dict[str, list[tuple[int, int]]] | None = None) -> dict[str, dict[str, int]]:
+    hold = hold or {}
     counts: dict[str, dict[str, int]] = {}
     folders = sorted(p for p in data.iterdir() if p.is_dir())
     if not folders:
@@ -29,8 +35,12 @@ def split(data: Path, out: Path, val: float) -> dict[str, dict[str, int]]:
     for folder in folders:
         cells = sorted((int(m.group(1)), p) for p in folder.iterdir()
                        if (m := IMAGE.match(p.name)))
-        n_val = max(1, round(len(cells) * val))
-        parts = {"train": cells[:-n_val], "val": cells[-n_val:]}
+        if folder.name in hold:
+            held = [c for c in cells if any(a <= c[0] <= b for a, b in hold[folder.name])]
+            parts = {"train": [c for c in cells if c not in held], "val": held}
+        else:
+            n_val = max(1, round(len(cells) * val))
+            parts = {"train": cells[:-n_val], "val": cells[-n_val:]}
         for part, items in parts.items():
             dest = out / part / folder.name
             dest.mkdir(parents=True, exist_ok=True)
@@ -48,10 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--val", type=float, default=0.2, help="validation fraction (0.2)")
+    p.add_argument("--hold", nargs="+", default=[], metavar="PATTERN=A-B,C-D",
+                   help="hold out these id ranges of a pattern instead of its last fraction")
     a = p.parse_args(argv)
     if not 0 < a.val < 1:
         p.error("--val must be between 0 and 1")
-    counts = split(a.data, a.out, a.val)
+    hold: dict[str, list[tuple[int, int]]] = {}
+    for item in a.hold:
+        name, _, ranges = item.partition("=")
+        try:
+            hold[name] = [tuple(int(v) for v in r.split("-", 1)) for r in ranges.split(",")]
+        except ValueError:
+            p.error(f"--hold {item}: expected PATTERN=A-B[,C-D...] with whole ids")
+        if not name or any(len(r) != 2 or r[0] > r[1] for r in hold[name]):
+            p.error(f"--hold {item}: expected PATTERN=A-B[,C-D...] with A <= B")
+    counts = split(a.data, a.out, a.val, hold)
     json.dump(counts, sys.stdout, indent=1)
     print()
     return 0
