@@ -47,9 +47,12 @@ class TranslateConfig:
     levels, so brightness is kept and only the stain's shape is translated: for a
     pattern pair, whose specimens differ in brightness (in I3A the training part's
     cells are about four times dimmer than the held-out ones). Measured on
-    Homogeneous <-> Speckled (4,000 quick steps, UAG + masks, held-out cells): called
-    Homogeneous 0.70 against 0.22 with shared levels, Speckled 0.59 against 0.65,
-    attention IoU 0.87 / 0.76 against 0.75 / 0.50 (``docs/experiments.md``)."""
+    Homogeneous <-> Speckled (4,000 quick steps, UAG + masks, held-out cells, seeds 0
+    and 1): called Homogeneous 0.70 / 0.71 against 0.22 with shared levels (real
+    Homogeneous cells: 0.71), Speckled 0.53 / 0.60 against 0.65 (real Speckled cells:
+    0.42), attention IoU 0.87-0.88 and 0.65 / 0.76 against 0.75 and 0.50
+    (``docs/experiments.md``). A slide is mapped neighbourhood by neighbourhood
+    (:func:`napari_atagan.translate.data.local_levels`)."""
 
     # --- models -------------------------------------------------------------
     widths: tuple[int, ...] = (32, 64, 128)
