@@ -230,15 +230,10 @@ def own_levels(image: Any, *, name: str = "the image", lo_pct: float = LO_PCT,
     if len(arr.shape) != 2:
         raise ValueError(f"{name} must be 2-D to find its grey levels, got shape {arr.shape}")
     sample = np.asarray(_cells._slide_sample(arr), dtype=np.float32)
-    if not np.isfinite(sample).all():
-        raise ValueError(f"{name} contains NaN or infinite values: replace them first")
-    lo, hi = (float(v) for v in np.percentile(sample, [lo_pct, hi_pct]))
-    if hi <= lo:
-        hi = float(sample.max())
-    if hi <= lo:
-        raise ValueError(f"{name} has one grey value ({lo:g}) everywhere: there is nothing "
-                         "to translate")
-    return Levels(lo, hi, lo_pct, hi_pct)
+    return _levels_of(sample, lo_pct, hi_pct,
+                      f"{name} contains NaN or infinite values: replace them first",
+                      f"{name} has one grey value ({{lo:g}}) everywhere: there is nothing "
+                      "to translate")
 
 
 def pooled_levels(images: Sequence[np.ndarray], *, lo_pct: float = LO_PCT,
@@ -250,14 +245,24 @@ def pooled_levels(images: Sequence[np.ndarray], *, lo_pct: float = LO_PCT,
         raise ValueError("no pixels to find the intensity levels from")
     step = max(1, math.ceil(total / LEVEL_SAMPLE_PIXELS))
     sample = np.concatenate([np.asarray(im, dtype=np.float32).ravel()[::step] for im in images])
+    return _levels_of(sample, lo_pct, hi_pct,
+                      "the crops contain NaN or infinite values: replace or remove them",
+                      "all crops of both domains have the same grey value ({lo:g}): there is "
+                      "nothing to translate")
+
+
+def _levels_of(sample: np.ndarray, lo_pct: float, hi_pct: float, nan: str,
+               flat: str) -> Levels:
+    """The percentiles of ``sample`` (its maximum where the high one equals the low one);
+    ``ValueError(nan)`` for NaN or infinite values, ``ValueError(flat)`` (``{lo}`` filled
+    in) for one grey value everywhere."""
     if not np.isfinite(sample).all():
-        raise ValueError("the crops contain NaN or infinite values: replace or remove them")
+        raise ValueError(nan)
     lo, hi = (float(v) for v in np.percentile(sample, [lo_pct, hi_pct]))
     if hi <= lo:
         hi = float(sample.max())
     if hi <= lo:
-        raise ValueError(f"all crops of both domains have the same grey value ({lo:g}): "
-                         "there is nothing to translate")
+        raise ValueError(flat.format(lo=lo))
     return Levels(lo, hi, lo_pct, hi_pct)
 
 
