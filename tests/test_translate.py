@@ -397,6 +397,24 @@ def test_local_levels_give_every_cell_its_own_high_level():
     assert hi(380, 20) == pytest.approx(whole.lo + LOCAL_FLOOR * (whole.hi - whole.lo), rel=0.05)
 
 
+
+def test_local_levels_read_a_slide_in_bands_as_they_read_it_whole(monkeypatch, tmp_path):
+    from napari_atagan.slides import background
+    from napari_atagan.translate.data import local_levels
+
+    rng = np.random.default_rng(3)
+    image = rng.gamma(2.0, 20.0, (300, 260)).astype(np.float32)
+    whole = local_levels(image, crop_side=48)
+    stored = np.lib.format.open_memmap(tmp_path / "slide.npy", "w+", np.float32, image.shape)
+    stored[:] = image
+    stored.flush()
+    monkeypatch.setattr(background, "_BAND_PIXELS", 260 * 3 * 7)  # 7 block rows a band
+    banded = local_levels(np.load(tmp_path / "slide.npy", mmap_mode="r"), crop_side=48)
+    rows, cols = slice(0, 300), slice(0, 260)
+    np.testing.assert_array_equal(banded.region(rows, cols)[1], whole.region(rows, cols)[1])
+    assert banded.lo == whole.lo
+
+
 def test_apply_never_changes_the_input(trained, slide, tmp_path):
     translator = load_translator(trained[0][-1].checkpoint)
     image = slide.copy()

@@ -119,28 +119,32 @@ def estimate_background(slide: Any, cell_diameter: float, *,
     return Background(grid.astype(np.float32), node, (h, w), float(np.median(grid)))
 
 
-def _window_percentiles(blocks: np.ndarray) -> np.ndarray:
-    """:data:`BACKGROUND_PCT` th percentile of the blocks in a window
-    :data:`BACKGROUND_WINDOW` diameters wide around every group of ``k x k`` blocks
-    (``k`` = :data:`BLOCKS_PER_DIAMETER`, one diameter), the slide's edges mirrored.
+def _window_percentiles(blocks: np.ndarray, pct: float = BACKGROUND_PCT,
+                        k: int = BLOCKS_PER_DIAMETER,
+                        size: int = int(round(BACKGROUND_WINDOW * BLOCKS_PER_DIAMETER))
+                        ) -> np.ndarray:
+    """``pct`` th percentile of the blocks in a window ``size`` blocks wide around every
+    group of ``k x k`` blocks, the slide's edges mirrored (by default: the
+    :data:`BACKGROUND_PCT` th percentile in windows :data:`BACKGROUND_WINDOW` diameters
+    wide, one value per diameter).
 
-    One value per diameter, not per block: the background changes over many
+    One value per group, not per block: the background changes over many
     diameters, and it costs ``k**2`` times less than a percentile filter."""
-    k = BLOCKS_PER_DIAMETER
-    size = int(round(BACKGROUND_WINDOW * k))
     before = (size - k) // 2
     groups = [-(-n // k) for n in blocks.shape]
     pad = [(before, k * g + size - k - before - n) for g, n in zip(groups, blocks.shape)]
     padded = np.pad(blocks, pad, mode="symmetric")
     windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size))[::k, ::k]
     windows = windows[: groups[0], : groups[1]].reshape(groups[0], groups[1], -1)
-    return np.percentile(windows, BACKGROUND_PCT, axis=-1).astype(np.float32)
+    return np.percentile(windows, pct, axis=-1).astype(np.float32)
 
 
 def _block_means(slide: Any, h: int, w: int, step: int,
-                 stop: Callable[[], bool] | None = None) -> np.ndarray:
+                 stop: Callable[[], bool] | None = None, *, brightest: bool = False
+                 ) -> np.ndarray:
     """Mean of every ``step x step`` block (the last row and column of blocks may be
-    smaller), read in bands of whole block rows."""
+    smaller), read in bands of whole block rows; with ``brightest``, each block's
+    brightest pixel instead."""
     H, W = -(-h // step), -(-w // step)
     out = np.empty((H, W), np.float64)
     rows = max(1, _BAND_PIXELS // max(w * step, 1)) * step
@@ -150,12 +154,17 @@ def _block_means(slide: Any, h: int, w: int, step: int,
         if y0:  # between bands: a slide of one band runs on
             _check_stop(stop)
         y1 = min(h, y0 + rows)
-        band = np.asarray(slide[y0:y1, :], dtype=np.float64)
+        band = np.asarray(slide[y0:y1, :], dtype=np.float32 if brightest else np.float64)
         release_pages(slide)
         starts = np.arange(0, y1 - y0, step)
+        rows_out = slice(y0 // step, y0 // step + len(starts))
+        if brightest:
+            out[rows_out] = np.maximum.reduceat(np.maximum.reduceat(band, starts, axis=0),
+                                                edges, axis=1)
+            continue
         heights = np.diff(np.append(starts, y1 - y0))
         sums = np.add.reduceat(np.add.reduceat(band, starts, axis=0), edges, axis=1)
-        out[y0 // step: y0 // step + len(starts)] = sums / np.outer(heights, widths)
+        out[rows_out] = sums / np.outer(heights, widths)
     return out.astype(np.float32)
 
 

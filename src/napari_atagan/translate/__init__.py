@@ -10,7 +10,8 @@ translation"). ``attention=False`` trains the plain CycleGAN baseline.
 Brightness is kept: both domains share one fixed grey scale, stored in the
 checkpoint, and :func:`translate_image` returns grey levels of the input's
 dtype. With ``grey_levels="own"`` every crop and image is mapped by its own
-levels instead, so brightness is not translated, only the stain's pattern. Like the rest of the engine this package uses only torch and numpy.
+levels instead, so brightness is not translated, only the stain's pattern. Like
+the rest of the engine this package uses only torch and numpy.
 
 Typical use::
 

@@ -307,12 +307,11 @@ class _Runner:
         fwd_x = self._axis(("fwd", 1, *cx), cx[0], cx[1], w / mw, w)
         rows_in, cols_in = slice(fwd_y.start, fwd_y.stop), slice(fwd_x.start, fwd_x.stop)
         # a copy: the image (float32, or a writable memmap) is never changed in place
-        x = np.array(self.image[rows_in, cols_in], dtype=np.float32)
+        x = torch.from_numpy(np.array(self.image[rows_in, cols_in], dtype=np.float32))
         lo, span = self._levels(rows_in, cols_in)
-        x -= lo
-        x *= 2.0 / span
-        x -= 1.0
-        x = torch.from_numpy(x).to(self.device)
+        x = x.to(self.device).sub_(float(lo))  # mapped on the device, like the networks
+        x = x.mul_(2.0 / float(span) if np.ndim(span) == 0
+                   else torch.from_numpy(2.0 / span).to(self.device)).sub_(1.0)
         x = fwd_x.apply(fwd_y.apply(x, 0), 1).clamp_(-CLIP, CLIP)[None, None]
 
         att = None if self.attention is None else self.attention(x)

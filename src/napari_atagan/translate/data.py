@@ -42,7 +42,6 @@ import numpy as np
 from skimage.transform import resize
 
 from .. import data as _cells
-from .._memmap import release_pages
 
 __all__ = [
     "CLIP",
@@ -292,39 +291,19 @@ def local_levels(image: Any, crop_side: float, *, name: str = "the image") -> Lo
     :data:`LOCAL_PCT` th percentile of the brightest pixels of :data:`LOCAL_BLOCKS` x
     :data:`LOCAL_BLOCKS` blocks, a window every half crop side, at least
     :data:`LOCAL_FLOOR` of the slide's own range, interpolated bilinearly between the
-    windows (they overlap by half, so a cell between two is in both). The slide is read in bands of rows (a memory map stays on disk).
+    windows (they overlap by half, so a cell between two is in both). The slide is read
+    in bands of rows (a memory map stays on disk).
     """
-    from ..slides.background import Background
+    from ..slides.background import Background, _block_means, _window_percentiles
 
     glob = own_levels(image, name=name)
     h, w = (int(v) for v in image.shape)
     step = max(1, int(round(float(crop_side) / LOCAL_BLOCKS)))
-    blocks = _block_max(image, h, w, step)
+    blocks = _block_means(image, h, w, step, brightest=True)
     k = max(1, LOCAL_BLOCKS // 2)  # windows every half crop side
-    size = LOCAL_BLOCKS
-    groups = [-(-n // k) for n in blocks.shape]
-    before = (size - k) // 2
-    pad = [(before, k * g + size - k - before - n) for g, n in zip(groups, blocks.shape)]
-    padded = np.pad(blocks, pad, mode="symmetric")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size))[::k, ::k]
-    windows = windows[: groups[0], : groups[1]].reshape(groups[0], groups[1], -1)
-    hi = np.percentile(windows, LOCAL_PCT, axis=-1)
+    hi = _window_percentiles(blocks, LOCAL_PCT, k, LOCAL_BLOCKS)
     hi = np.maximum(hi, glob.lo + LOCAL_FLOOR * (glob.hi - glob.lo))
     return LocalLevels(glob.lo, Background(hi.astype(np.float32), k * step, (h, w), 0.0))
-
-
-def _block_max(image: Any, h: int, w: int, step: int) -> np.ndarray:
-    """The brightest pixel of every ``step x step`` block, read in bands of block rows."""
-    out = np.empty((-(-h // step), -(-w // step)), np.float32)
-    rows = max(1, LEVEL_SAMPLE_PIXELS // max(w * step, 1)) * step
-    edges = np.arange(0, w, step)
-    for y0 in range(0, h, rows):
-        band = np.asarray(image[y0:min(h, y0 + rows), :], dtype=np.float32)
-        release_pages(image)
-        starts = np.arange(0, band.shape[0], step)
-        out[y0 // step: y0 // step + len(starts)] = np.maximum.reduceat(
-            np.maximum.reduceat(band, starts, axis=0), edges, axis=1)
-    return out
 
 
 def _read_domain(source: Any, default_name: str) -> _Raw:
