@@ -25,6 +25,10 @@ A synthetic uint16 slide (cells on a dark field) is translated at model scale
   ``max_difference`` the largest difference of the two translations in grey
   levels (the tiles carry enough context to be exact: 0, or 1 where a value
   rounds the other way);
+* ``tiled_own``: the same networks trained with ``grey_levels="own"``, whose
+  slide is mapped neighbourhood by neighbourhood (one more pass over the slide for
+  its levels, a level map per tile); ``own_over_shared`` is its speed over
+  ``tiled``'s, measured in the same run;
 * ``--big N``: an N x N uint16 TIFF is written into a temporary folder and
   translated in a fresh process (a clean high-water mark) from a memory map into
   memory-mapped outputs, as the CLI does for large slides: seconds, Mpx/s, the
@@ -50,7 +54,7 @@ import torch
 from _profiling import peak_rss_mb, reset_peak_rss, rss_mb, status_mb  # benchmarks/, beside this script
 
 
-def make_model(folder: Path, quick: bool, device: str) -> Path:
+def make_model(folder: Path, quick: bool, device: str, grey_levels: str = "shared") -> Path:
     """A translation checkpoint of the chosen networks, one step from their initial weights."""
     from napari_atagan.events import Finished
     from napari_atagan.simulate import simulate_crops
@@ -58,7 +62,7 @@ def make_model(folder: Path, quick: bool, device: str) -> Path:
 
     config = TranslateConfig.quick() if quick else TranslateConfig()
     config = config.replace(steps=1, batch_size=2, device=device, checkpoint_every=1,
-                            sample_every=1000, log_every=1)
+                            sample_every=1000, log_every=1, grey_levels=grey_levels)
     size = config.image_size
     a = simulate_crops(8, size=size, seed=1, intensity=0.4).images
     b = simulate_crops(8, size=size, seed=2, intensity=1.0).images
@@ -264,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         report["tiled_over_whole"] = round(report["tiled"]["mpx_per_s"]
                                            / report["whole"]["mpx_per_s"], 2)
         report["max_difference"] = int(np.abs(t_result.astype(np.int64) - w_result).max())
+        own = load_translator(make_model(tmp / "model_own", args.quick, str(device), "own"))
+        report["tiled_own"], _ = tiled(own, image, device, args.repeat)
+        report["own_over_shared"] = round(report["tiled_own"]["mpx_per_s"]
+                                          / report["tiled"]["mpx_per_s"], 2)
         if args.big:
             report["big"] = run_big(args.big, checkpoint, str(device), tmp)
     print(json.dumps(report, indent=2))
