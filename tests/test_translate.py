@@ -373,6 +373,9 @@ def test_own_levels_keep_the_brightness_of_what_is_translated(domains, tmp_path,
     # gives the same translation, as bright
     np.testing.assert_allclose(brighter, 3 * once + 7, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(att, att2, atol=1e-6)
+    resumed = run_to_end(train_translation(tiny(steps=4), domains[0], domains[1],
+                                           tmp_path / "more", resume=done.checkpoint))
+    assert load_translator(resumed.checkpoint).config.grey_levels == "own"  # the run's own
     tiled, _ = translate_image(translator, 3 * image + 7, tile_size=32, device="cpu")
     np.testing.assert_allclose(tiled, brighter, rtol=1e-5, atol=1e-3)  # no seams
     with pytest.raises(ValueError, match="one grey value"):
