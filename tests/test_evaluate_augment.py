@@ -394,3 +394,59 @@ def test_finetune_gives_the_real_cells_all_their_steps_and_trains_a_control(
     assert "real, as many steps" in out.out and "gain over it" in out.out
     assert "for all the real-only classifier's steps" in out.out
     assert "real only, as many steps" in out.err
+
+
+def test_ceiling_trains_the_augmented_recipe_on_real_cells_no_count_draws(
+        tiny_checkpoint, folders, monkeypatch, capsys):
+    """The ceiling arm: other real cells of --real in place of the generated ones, never
+    any count's own cells, the same for every count; its gain is exact."""
+    import napari_atagan.gan.attention as attention
+
+    seen, train = [], attention.train_classifier
+
+    def spy(data, **kwargs):
+        seen.append((data.n, kwargs["steps"], kwargs["start"] is not None,
+                     {x.tobytes() for x in data.images}))
+        return train(data, **kwargs)
+
+    monkeypatch.setattr(attention, "train_classifier", spy)
+    # 5 real cells of each pattern: count 1 takes one, the ceiling the other 4 (all asked)
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[1], seeds=[0], ceiling=True,
+                         **SETTINGS)
+    row = r["rows"][0]
+    steps, more = row["steps"], row["steps"] + row["steps"] // 2
+    assert r["ceiling"] is True and r["n_ceiling"] == {p: 4 for p in PATTERNS}
+    assert r["note"] is None
+    assert row["steps_per_arm"] == {"real": steps, "augmented": more, "real_long": more,
+                                    "ceiling": more}
+    # real, generated then real, real long, then the ceiling: other real cells, then real
+    assert [c[:3] for c in seen] == [(3, steps, False), (12, steps // 2, False),
+                                     (3, steps, True), (3, more, False),
+                                     (12, steps // 2, False), (3, steps, True)]
+    own, generated, others = seen[0][3], seen[1][3], seen[4][3]
+    assert seen[5][3] == own and not (others & own) and not (others & generated)
+    from napari_atagan.data import load_folder
+
+    real_cells = {x.tobytes() for x in load_folder(folders[0], image_size=16).images}
+    assert others <= real_cells and own <= real_cells
+    part = row["per_seed"][0]
+    assert part["gain_ceiling"]["accuracy"] == (part["ceiling"]["accuracy"]
+                                                - part["real"]["accuracy"])
+    assert row["gain_ceiling"]["accuracy"] == pytest.approx(
+        row["ceiling"]["accuracy"] - row["real"]["accuracy"])
+    json.dumps(r)
+    # count 2 leaves 3 of the 4 asked: all used and said so
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0], ceiling=True,
+                         **SETTINGS)
+    assert r["n_ceiling"] == {p: 3 for p in PATTERNS}
+    assert "fewer real cells left for the ceiling" in r["note"]
+    with pytest.raises(ValueError, match="no real cells .* left for the ceiling"):
+        evaluate_augment(tiny_checkpoint, *folders, counts=[5], ceiling=True, **SETTINGS)
+    real, test = folders
+    assert _main(["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real",
+                  str(real), "--test", str(test), "--counts", "1", "--generated", "4",
+                  "--epochs", "1", "--seeds", "0", "--device", "cpu", "--ceiling"]) == 0
+    out = capsys.readouterr()
+    header = next(line for line in out.out.splitlines() if line.startswith("real/pattern"))
+    assert "real+other real" in header and "ceiling gain" in header
+    assert "a perfect generator's cells" in out.out and "(ceiling)" in out.err

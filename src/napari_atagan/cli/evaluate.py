@@ -193,6 +193,11 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "control); pretrain: on the generated cells for the first half of the "
                         "real-only classifier's steps, then on the real cells; together: on "
                         "real and generated cells mixed (default: %(default)s)")
+    g.add_argument("--ceiling", action="store_true",
+                   help="also train the augmented classifier with --generated other real "
+                        "cells of every pattern from --real in place of the generated ones: "
+                        "the cells of a perfect generator, so its gain is the most generated "
+                        "cells could add here")
     _plain_classifiers_option(g)
     g.set_defaults(run=run, action=_run_augment)
     return p
@@ -346,7 +351,7 @@ def _run_augment(args: argparse.Namespace) -> int:
                               image_size=args.image_size, seeds=args.seeds,
                               batch_size=args.batch_size, device=args.device,
                               progress=_augment_progress, jitter=not args.plain_classifiers,
-                              mix=args.mix)
+                              mix=args.mix, ceiling=args.ceiling)
     _finish(args, result, _augment_table(result))
     return 0
 
@@ -358,7 +363,9 @@ def _augment_progress(event: dict) -> None:
               file=sys.stderr, flush=True)
     elif event.get("stage") == "scored":
         arm = {"augmented": "real + generated",
-               "real_long": "real only, as many steps"}.get(event["arm"], "real only")
+               "real_long": "real only, as many steps",
+               "ceiling": "real + other real cells in place of generated ones (ceiling)"
+               }.get(event["arm"], "real only")
         print(f"[{event['run']}/{event['runs']}] {event['count']} real cells per pattern, "
               f"{arm}, seed {event['seed']}: accuracy {event['accuracy']:.3f} "
               f"({event['steps']} steps, {event['seconds']:.1f} s)", file=sys.stderr,
@@ -557,9 +564,11 @@ def _augment_table(result: dict) -> str:
     short = short_names(names)
     several = len(result["seeds"]) > 1
     long = result.get("mix") == "finetune"
+    top = bool(result.get("ceiling"))
     header = (["real/pattern", "steps", "real only", "real+gen", "gain"]
               + (["gain sd"] if several else [])
-              + (["real, as many steps", "gain over it"] if long else []) + short)
+              + (["real, as many steps", "gain over it"] if long else [])
+              + (["real+other real", "ceiling gain"] if top else []) + short)
     rows = []
     for row in result["rows"]:
         gain = row["gain"]
@@ -568,6 +577,8 @@ def _augment_table(result: dict) -> str:
                      _signed(gain["accuracy"])] + ([gain["accuracy_sd"]] if several else [])
                     + ([row["real_long"]["accuracy"],
                         _signed(row["gain_same_steps"]["accuracy"])] if long else [])
+                    + ([row["ceiling"]["accuracy"],
+                        _signed(row["gain_ceiling"]["accuracy"])] if top else [])
                     + [_signed(gain["per_pattern"][p]) for p in names])
     seeds = ", ".join(str(s) for s in result["seeds"])
     epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
@@ -590,6 +601,10 @@ def _augment_table(result: dict) -> str:
         "gain: real+gen minus real only; per-pattern columns: the gain in that pattern's "
         "recall",
     ]
+    if top:
+        lines.append("ceiling: the augmented recipe with other real cells of --real in place "
+                     "of the generated ones (a perfect generator's cells); its gain is the "
+                     "most generated cells could add here")
     if short != names:
         lines.append("patterns: " + ", ".join(f"{s} = {n}" for s, n in zip(short, names)
                                               if s != n))

@@ -49,6 +49,11 @@ ARMS = ("real", "augmented")
 LONG_ARM = "real_long"
 """With ``mix="finetune"``, a third classifier: real cells only, as many steps in all as
 the augmented one."""
+CEILING_ARM = "ceiling"
+"""With ``ceiling=True``, one more classifier: trained as the augmented one, with other real
+cells of the same folder in place of the generated cells, i.e. with cells of a perfect
+generator of that folder's cells. Its gain over real only is the most any generator trained
+on those cells could give."""
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -69,6 +74,7 @@ def evaluate_augment(
     stop: Callable[[], bool] | None = None,
     jitter: bool = True,
     mix: str = "finetune",
+    ceiling: bool = False,
 ) -> dict[str, Any]:
     """Does adding generated cells to few real ones give a better pattern classifier?
 
@@ -147,13 +153,22 @@ def evaluate_augment(
         jitter: both classifiers see every training crop recorded anew
             (acquisition jitter, as the product's classifier teacher); False: dihedral
             views only.
+        ceiling: also train ``"ceiling"``: the augmented classifier's recipe with
+            ``generated_per_pattern`` *real* cells of every pattern from ``real_folder``
+            in place of the generated ones (cells that no count draws, the same for every
+            count; a pattern with too few gives what it has, ``"n_ceiling"``). A generator
+            trained on ``real_folder`` can at best draw cells like those, so
+            ``"gain_ceiling"`` (ceiling minus real) is the most generated cells could add
+            here: where it is small, the real cells' specimens, not the generator, are
+            what limits the classifier.
 
     Returns:
         ``"rows"``: one dict per count (ascending) with ``"count"``, ``"n_real"``
         (cells used per pattern), ``"capped"``, ``"n_train"`` (cells per arm),
         ``"batch_size"``, ``"steps"`` (the real-only classifier's), ``"steps_per_arm"``,
         and ``"real"``, ``"augmented"``, ``"gain"`` (with ``"finetune"`` also
-        ``"real_long"`` and ``"gain_same_steps"``):
+        ``"real_long"`` and ``"gain_same_steps"``; with ``ceiling`` also ``"ceiling"``
+        and ``"gain_ceiling"``):
         ``{"accuracy", "accuracy_sd", "per_pattern"}``, means over the seeds
         (``gain`` is exactly ``augmented`` minus ``real``; ``accuracy_sd`` is the
         standard deviation over seeds, ``None`` with one seed), and
@@ -186,8 +201,13 @@ def evaluate_augment(
     real = _labelled_cells(load_folder(real_folder, image_size=size), names, real_folder)
     test = _labelled_cells(load_folder(test_folder, image_size=size), names, test_folder)
     by_pattern = [np.flatnonzero(real.labels == k) for k in range(len(names))]
+    if ceiling and all(idx.size <= max(counts) for idx in by_pattern):
+        raise ValueError(f"no real cells of {str(real_folder)!r} are left for the ceiling: "
+                         f"the largest count ({max(counts)}) takes every pattern's cells; "
+                         "use smaller counts or more real cells")
     dev = resolve_device(device)
-    arms = ARMS + ((LONG_ARM,) if mix == "finetune" else ())
+    arms = (ARMS + ((LONG_ARM,) if mix == "finetune" else ())
+            + ((CEILING_ARM,) if ceiling else ()))
     runs, done = len(arms) * len(counts) * len(seeds), 0
 
     def report(event: dict[str, Any]) -> None:
@@ -201,6 +221,9 @@ def evaluate_augment(
                                report)
         rng = np.random.default_rng(seed)
         order = [rng.permutation(idx) for idx in by_pattern]
+        others = (real.subset(np.concatenate(
+            [o[max(counts):max(counts) + int(generated_per_pattern)] for o in order]))
+            if ceiling else None)  # real cells no count draws: a perfect generator's
         for n in counts:
             pick = np.concatenate([o[:n] for o in order])
             real_train = real.subset(pick)
@@ -219,7 +242,7 @@ def evaluate_augment(
                 a0 = time.perf_counter()
                 where = {"seed": seed, "count": n, "arm": arm}
                 stages, plan[n]["steps_per_arm"][arm] = _arm_stages(
-                    arm, mix, steps, real_train, synthetic, augmented)
+                    arm, mix, steps, real_train, synthetic, augmented, others)
                 model, taken = None, 0
                 for cells, budget in stages:
                     model, info = _train_pattern_classifier(
@@ -243,6 +266,8 @@ def evaluate_augment(
             scores["gain"] = _difference(scores["augmented"], scores["real"])
             if LONG_ARM in scores:
                 scores["gain_same_steps"] = _difference(scores["augmented"], scores[LONG_ARM])
+            if CEILING_ARM in scores:
+                scores["gain_ceiling"] = _difference(scores[CEILING_ARM], scores["real"])
             per_seed[n].append({"seed": seed, **scores,
                                 "seconds": round(time.perf_counter() - r0, 2)})
 
@@ -255,6 +280,9 @@ def evaluate_augment(
         rows.append(row)
     n_available = {name: int(idx.size) for name, idx in zip(names, by_pattern)}
     short = sorted({name for row in rows for name in row["capped"]})
+    n_ceiling = ({name: int(min(max(idx.size - max(counts), 0), int(generated_per_pattern)))
+                  for name, idx in zip(names, by_pattern)} if ceiling else None)
+    thin = [name for name, n in (n_ceiling or {}).items() if n < int(generated_per_pattern)]
     return {
         "kind": "augment",
         "checkpoint": ckpt.path.name,
@@ -269,6 +297,8 @@ def evaluate_augment(
         "seeds": seeds,
         "classifier_jitter": bool(jitter),
         "mix": mix,
+        "ceiling": bool(ceiling),
+        "n_ceiling": n_ceiling,
         "device": str(dev),
         "budget": (("the real-only classifier takes epochs passes over the real + generated "
                     "set; the augmented one half as many steps again on the generated cells "
@@ -280,9 +310,13 @@ def evaluate_augment(
         "n_test": {name: int((test.labels == k).sum()) for k, name in enumerate(names)},
         "chance": 1.0 / len(names),
         "rows": rows,
-        "note": (None if not short else
-                 "fewer real cells than asked (all used): "
-                 + ", ".join(f"{name} has {n_available[name]}" for name in short)),
+        "note": "; ".join(
+            ([("fewer real cells than asked (all used): "
+               + ", ".join(f"{name} has {n_available[name]}" for name in short))]
+             if short else [])
+            + ([("fewer real cells left for the ceiling than generated ones: "
+                 + ", ".join(f"{name} {n_ceiling[name]}" for name in thin))]
+               if thin else [])) or None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
@@ -382,11 +416,19 @@ def _difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                             for p in a["per_pattern"]}}
 
 
-def _arm_stages(arm: str, mix: str, steps: int, real: Any, synthetic: Any, augmented: Any
-                ) -> tuple[list[tuple[Any, int]], int]:
+def _arm_stages(arm: str, mix: str, steps: int, real: Any, synthetic: Any, augmented: Any,
+                others: Any = None) -> tuple[list[tuple[Any, int]], int]:
     """What one classifier trains on, in order (cells, steps), and its steps in all.
 
-    ``steps`` is the real-only classifier's budget (see :func:`evaluate_augment`)."""
+    ``steps`` is the real-only classifier's budget (see :func:`evaluate_augment`). The
+    ceiling arm is the augmented one with the real ``others`` as its generated cells."""
+    if arm == CEILING_ARM:
+        from ..data import CellData
+
+        mixed = CellData(images=np.concatenate([real.images, others.images]),
+                         labels=np.concatenate([real.labels, others.labels]),
+                         class_names=list(real.class_names))
+        return _arm_stages("augmented", mix, steps, real, others, mixed)
     if arm == "real":
         stages = [(real, steps)]
     elif arm == LONG_ARM:
@@ -412,9 +454,11 @@ def _summary(per_seed: Sequence[dict[str, Any]], names: list[str],
             "per_pattern": {p: _mean([s[arm]["per_pattern"][p] for s in per_seed])
                             for p in names},
         }
-    for gain, other in (("gain", "real"), ("gain_same_steps", LONG_ARM)):
-        if other in arms:
-            out[gain] = _difference(out["augmented"], out[other])
+    for gain, top, other in (("gain", "augmented", "real"),
+                             ("gain_same_steps", "augmented", LONG_ARM),
+                             ("gain_ceiling", CEILING_ARM, "real")):
+        if other in arms and top in arms:
+            out[gain] = _difference(out[top], out[other])
             out[gain]["accuracy_sd"] = _sd([s[gain]["accuracy"] for s in per_seed])
     return out
 
