@@ -35,7 +35,9 @@ A synthetic uint16 slide (cells on a dark field) is translated at model scale
   peak RSS (which counts the pages of the mapped files that were touched: the
   kernel can drop or write them back at any time) beside the bytes of the slide
   and of its two outputs, and the peak of the memory the process itself holds
-  (``peak_anonymous_mb``, RssAnon sampled every 20 ms): what bounds a run.
+  (``peak_anonymous_mb``, RssAnon sampled every 20 ms): what bounds a run;
+  ``big_own``: the same slide through the own-level model (its levels read from
+  the memory map in bands), ``big_own_over_shared`` its speed over ``big``'s.
 """
 
 from __future__ import annotations
@@ -213,9 +215,10 @@ def run_big(size: int, checkpoint: Path, device: str, folder: Path) -> dict:
 
     path = folder / "big.tif"
     rows = 1024
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:  # written in bands: never all in memory
-        tif.write(shape=(size, size), dtype=np.uint16,
-                  data=(_band(size, y, min(rows, size - y)) for y in range(0, size, rows)))
+    if not path.exists():
+        with tifffile.TiffWriter(path, bigtiff=True) as tif:  # in bands: never all in memory
+            tif.write(shape=(size, size), dtype=np.uint16,
+                      data=(_band(size, y, min(rows, size - y)) for y in range(0, size, rows)))
     cmd = [sys.executable, __file__, "--_measure-big", str(path), str(checkpoint), device]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -268,12 +271,16 @@ def main(argv: list[str] | None = None) -> int:
         report["tiled_over_whole"] = round(report["tiled"]["mpx_per_s"]
                                            / report["whole"]["mpx_per_s"], 2)
         report["max_difference"] = int(np.abs(t_result.astype(np.int64) - w_result).max())
-        own = load_translator(make_model(tmp / "model_own", args.quick, str(device), "own"))
+        own_checkpoint = make_model(tmp / "model_own", args.quick, str(device), "own")
+        own = load_translator(own_checkpoint)
         report["tiled_own"], _ = tiled(own, image, device, args.repeat)
         report["own_over_shared"] = round(report["tiled_own"]["mpx_per_s"]
                                           / report["tiled"]["mpx_per_s"], 2)
         if args.big:
             report["big"] = run_big(args.big, checkpoint, str(device), tmp)
+            report["big_own"] = run_big(args.big, own_checkpoint, str(device), tmp)
+            report["big_own_over_shared"] = round(report["big_own"]["mpx_per_s"]
+                                                  / report["big"]["mpx_per_s"], 2)
     print(json.dumps(report, indent=2))
     return 0
 
