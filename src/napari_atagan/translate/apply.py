@@ -308,10 +308,9 @@ class _Runner:
         rows_in, cols_in = slice(fwd_y.start, fwd_y.stop), slice(fwd_x.start, fwd_x.stop)
         # a copy: the image (float32, or a writable memmap) is never changed in place
         x = torch.from_numpy(np.array(self.image[rows_in, cols_in], dtype=np.float32))
-        lo, span = self._levels(rows_in, cols_in)
-        x = x.to(self.device).sub_(float(lo))  # mapped on the device, like the networks
-        x = x.mul_(2.0 / float(span) if np.ndim(span) == 0
-                   else torch.from_numpy(2.0 / span).to(self.device)).sub_(1.0)
+        lo, span = self.levels.region(rows_in, cols_in)
+        scale = torch.as_tensor(np.float32(2.0) / span).to(self.device)
+        x = x.to(self.device).sub_(float(lo)).mul_(scale).sub_(1.0)  # mapped on the device
         x = fwd_x.apply(fwd_y.apply(x, 0), 1).clamp_(-CLIP, CLIP)[None, None]
 
         att = None if self.attention is None else self.attention(x)
@@ -324,19 +323,12 @@ class _Runner:
         else:
             a = back_x.apply(back_y.apply(att[0, 0, rows, cols], 0), 1).clamp_(0.0, 1.0)
             a = a.float().cpu().numpy()
-        lo, span = self._levels(slice(y0, y1), slice(x0, x1))
+        lo, span = self.levels.region(slice(y0, y1), slice(x0, x1))
         values = (y.float().cpu().numpy() + 1.0) * (span / 2.0) + lo
         out_t[y0:y1, x0:x1] = self._to_dtype(values)
         out_a[y0:y1, x0:x1] = a
         release_pages(out_t)
         release_pages(out_a)
-
-    def _levels(self, rows: slice, cols: slice) -> tuple[Any, Any]:
-        """``(lo, hi - lo)`` for source pixels ``[rows, cols]``: numbers for a run's one
-        grey scale, arrays where every neighbourhood has its own."""
-        if isinstance(self.levels, LocalLevels):
-            return self.levels.region(rows, cols)
-        return np.float32(self.levels.lo), np.float32(self.levels.hi - self.levels.lo)
 
     def _to_dtype(self, values: np.ndarray) -> np.ndarray:
         if self.dtype.kind in "iu":

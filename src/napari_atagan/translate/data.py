@@ -102,6 +102,11 @@ class Levels:
         y = np.asarray(y, dtype=np.float32)
         return np.float32(self.lo) + (y + 1.0) * np.float32((self.hi - self.lo) / 2.0)
 
+    def region(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        """``(lo, hi - lo)`` at pixels ``[rows, cols]`` (float32 scalars: one grey scale
+        everywhere), as :meth:`LocalLevels.region` gives them per pixel."""
+        return np.float32(self.lo), np.float32(self.hi - self.lo)
+
     def to_dict(self) -> dict[str, float]:
         return {"lo": float(self.lo), "hi": float(self.hi), "lo_pct": float(self.lo_pct),
                 "hi_pct": float(self.hi_pct)}
