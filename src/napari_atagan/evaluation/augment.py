@@ -176,7 +176,7 @@ def evaluate_augment(
         ``"patterns"`` (the model's order), ``"n_available"`` and ``"n_test"``
         per pattern, ``"chance"`` and the seconds taken.
     """
-    from ..data import CellData, load_folder
+    from ..data import load_folder
     from ..device import resolve_device
     from ..gan.synthesis import as_checkpoint
 
@@ -227,14 +227,12 @@ def evaluate_augment(
         for n in counts:
             pick = np.concatenate([o[:n] for o in order])
             real_train = real.subset(pick)
-            augmented = CellData(images=np.concatenate([real_train.images, synthetic.images]),
-                                 labels=np.concatenate([real_train.labels, synthetic.labels]),
-                                 class_names=list(names))
+            n_augmented = real_train.n + synthetic.n
             bs = min(int(batch_size), real_train.n)
-            steps = int(epochs) * max(1, augmented.n // bs)
+            steps = int(epochs) * max(1, n_augmented // bs)
             plan[n] = {"n_real": {name: int(min(n, idx.size))
                                   for name, idx in zip(names, by_pattern)},
-                       "n_train": {"real": real_train.n, "augmented": augmented.n},
+                       "n_train": {"real": real_train.n, "augmented": n_augmented},
                        "batch_size": bs, "steps": steps}
             plan[n]["steps_per_arm"] = {}
             scores, r0 = {}, time.perf_counter()
@@ -242,7 +240,7 @@ def evaluate_augment(
                 a0 = time.perf_counter()
                 where = {"seed": seed, "count": n, "arm": arm}
                 stages, plan[n]["steps_per_arm"][arm] = _arm_stages(
-                    arm, mix, steps, real_train, synthetic, augmented, others)
+                    arm, mix, steps, real_train, others if arm == CEILING_ARM else synthetic)
                 model, taken = None, 0
                 for cells, budget in stages:
                     model, info = _train_pattern_classifier(
@@ -416,29 +414,27 @@ def _difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                             for p in a["per_pattern"]}}
 
 
-def _arm_stages(arm: str, mix: str, steps: int, real: Any, synthetic: Any, augmented: Any,
-                others: Any = None) -> tuple[list[tuple[Any, int]], int]:
+def _arm_stages(arm: str, mix: str, steps: int, real: Any, extra: Any
+                ) -> tuple[list[tuple[Any, int]], int]:
     """What one classifier trains on, in order (cells, steps), and its steps in all.
 
-    ``steps`` is the real-only classifier's budget (see :func:`evaluate_augment`). The
-    ceiling arm is the augmented one with the real ``others`` as its generated cells."""
-    if arm == CEILING_ARM:
-        from ..data import CellData
-
-        mixed = CellData(images=np.concatenate([real.images, others.images]),
-                         labels=np.concatenate([real.labels, others.labels]),
-                         class_names=list(real.class_names))
-        return _arm_stages("augmented", mix, steps, real, others, mixed)
+    ``steps`` is the real-only classifier's budget (see :func:`evaluate_augment`);
+    ``extra`` the cells added to the real ones: the generated cells, or for the ceiling
+    arm (trained as the augmented one) other real cells."""
     if arm == "real":
         stages = [(real, steps)]
     elif arm == LONG_ARM:
         stages = [(real, steps + steps // 2)]
     elif mix == "together":
-        stages = [(augmented, steps)]
+        from ..data import CellData
+
+        stages = [(CellData(images=np.concatenate([real.images, extra.images]),
+                            labels=np.concatenate([real.labels, extra.labels]),
+                            class_names=list(real.class_names)), steps)]
     elif mix == "pretrain":
-        stages = [(synthetic, steps // 2), (real, steps - steps // 2)]
+        stages = [(extra, steps // 2), (real, steps - steps // 2)]
     else:  # finetune
-        stages = [(synthetic, steps // 2), (real, steps)]
+        stages = [(extra, steps // 2), (real, steps)]
     stages = [(cells, n) for cells, n in stages if n > 0]
     return stages, sum(n for _, n in stages)
 
