@@ -36,8 +36,9 @@ def split(data: Path, out: Path, val: float,
         cells = sorted((int(m.group(1)), p) for p in folder.iterdir()
                        if (m := IMAGE.match(p.name)))
         if folder.name in hold:
-            held = [c for c in cells if any(a <= c[0] <= b for a, b in hold[folder.name])]
-            parts = {"train": [c for c in cells if c not in held], "val": held}
+            inside = [any(a <= i <= b for a, b in hold[folder.name]) for i, _ in cells]
+            parts = {"train": [c for c, x in zip(cells, inside) if not x],
+                     "val": [c for c, x in zip(cells, inside) if x]}
         else:
             n_val = max(1, round(len(cells) * val))
             parts = {"train": cells[:-n_val], "val": cells[-n_val:]}
