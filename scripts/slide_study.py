@@ -9,7 +9,9 @@ For every checkpoint, on three kinds of slides:
   choose, the *validation* part to report);
 * real slides with instance labels (``--slide IMAGE LABELS DIAMETER``), e.g.
   the shared real fluorescence slide;
-* realistic simulated slides (``--simulated N``).
+* realistic simulated slides (``--simulated N``), all patterns mixed or one
+  pattern a slide (``--simulated-patterns``), the pattern no model here was
+  trained on (Cytoplasmic) among them.
 
 Every method of :data:`napari_atagan.evaluation.evaluate.SLIDE_METHODS` is scored with
 cells touching the border left out on both sides; counts are pooled over the
@@ -19,7 +21,8 @@ pooled over their pixels. Prints a markdown table and writes every number to
 
 Usage:
   scripts/slide_study.py CKPT [CKPT ...] [--crops DIR] [--per-pattern 60] [--seed 0]
-                         [--slide IMG LAB D ...] [--simulated N] [--json FILE] [--device D]
+                         [--slide IMG LAB D ...] [--simulated N [--simulated-patterns NAME ...]]
+                         [--json FILE] [--device D]
                          [--background flatten|none]
 """
 
@@ -65,13 +68,15 @@ def mosaics(folder: Path, per_pattern: int, seed: int):
         yield sub.name, m.image, m.labels, m.cell_diameter
 
 
-def simulated(n: int, seed: int):
-    from napari_atagan.simulate import simulate_slide
+def simulated(n: int, seed: int, pattern: str | None = None):
+    """Realistic simulated slides of 1388 x 1038 (cells of 75 px), of every pattern
+    mixed or, with ``pattern``, of that one only (as a patient's slide is)."""
+    from napari_atagan.simulate import PATTERNS, simulate_slide
 
     for i in range(n):
         s = simulate_slide((1038, 1388), n_cells=45, cell_diameter=75.0, seed=seed + i,
-                           bit_depth=8, realistic=True)
-        yield "simulated", s.image, s.labels, s.cell_diameter
+                           bit_depth=8, realistic=True, patterns=PATTERNS if pattern is None else (pattern,))
+        yield "simulated" if pattern is None else f"simulated {pattern}", s.image, s.labels, s.cell_diameter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slide", nargs=3, action="append", default=[],
                     metavar=("IMAGE", "LABELS", "DIAMETER"))
     ap.add_argument("--simulated", type=int, default=0)
+    ap.add_argument("--simulated-patterns", nargs="+", default=[], metavar="NAME",
+                    help="with --simulated N: N slides of each of these patterns alone, instead of N "
+                         "slides of all six mixed (names of simulate.PATTERNS or EXTRA_PATTERNS)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     ap.add_argument("--background", default="flatten", choices=("flatten", "none"),
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
             img = np.asarray(grey_view(img)[0][:, :])
         slides.append((Path(image).stem, img, tifffile.imread(labels), float(d)))
-    slides += list(simulated(args.simulated, args.seed))
+    for pattern in args.simulated_patterns or [None]:
+        slides += list(simulated(args.simulated, args.seed, pattern))
 
     report = {}
     for path in args.checkpoints:

@@ -289,7 +289,7 @@ def test_make_sample_data(tmp_path):
         (simulate_slide, {"n_cells": 0}, "n_cells"),
         (simulate_slide, {"cell_diameter": 0}, "cell_diameter"),
         (simulate_slide, {"shape": (64, 64), "cell_diameter": 60}, "cell_diameter"),
-        (simulate_slide, {"patterns": ["Cytoplasmic"]}, "patterns"),
+        (simulate_slide, {"patterns": ["Cytoplasm"]}, "patterns"),
         (simulate_slide, {"bit_depth": 32}, "bit_depth"),
         (simulate_slide, {"intensity": 0.0}, "intensity"),
         (simulate_slide, {"shape": (128, 128), "n_cells": 40, "cell_diameter": 30}, "n_cells"),
@@ -596,3 +596,36 @@ def test_cli_simulate_mistakes(tmp_path, capsys, monkeypatch, argv, message):
     assert main(["simulate", *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cytoplasmic_cells_are_whole_stained_cells_around_a_dark_nucleus():
+    from napari_atagan.simulate import EXTRA_PATTERNS
+
+    assert "Cytoplasmic" in EXTRA_PATTERNS and "Cytoplasmic" not in PATTERNS  # never drawn by default
+    s = simulate_slide((384, 384), n_cells=10, cell_diameter=60, seed=2, patterns=["Cytoplasmic"],
+                       realistic=True, mitotic=0.5, glow=0.4, bit_depth=16)
+    assert s.patterns == ["Cytoplasmic"] * 10 and not any(s.mitotic)  # no stained chromatin to show
+    assert 54 < s.cell_diameter < 66  # the labels are the whole cell, at the diameter asked for
+    image = s.image.astype(float)
+    smooth = ndi.gaussian_filter(image, 3)
+    background = np.median(image[ndi.distance_transform_edt(s.labels == 0) > 20])
+    for k in range(1, 11):
+        cell = s.labels == k
+        depth = ndi.distance_transform_edt(cell)
+        stained = np.percentile(image[cell & (depth > 3)], 75) - background
+        nucleus = smooth[cell & (depth > 0.4 * depth.max())].min() - background  # the darkest place inside
+        assert stained > 0.1 * background and nucleus < 0.5 * stained
+    # no glow body around them: just outside a cell is as dark as the background
+    near = (ndi.distance_transform_edt(s.labels == 0) > 8) & (ndi.distance_transform_edt(s.labels == 0) < 14)
+    assert np.median(image[near]) - background < 0.2 * (np.median(image[s.labels > 0]) - background)
+
+
+def test_cli_simulates_cytoplasmic_slides(tmp_path, capsys):
+    from napari_atagan.cli import main
+
+    assert main(["simulate", "--slides", "1", "--patterns", "Cytoplasmic", "--size", "160", "--diameter", "40",
+                 "--cells", "4", "--out", str(tmp_path)]) == 0
+    expected = simulate_slide((160, 160), n_cells=4, cell_diameter=40, patterns=["Cytoplasmic"], bit_depth=8)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "slide_000.tif"), expected.image)
+    with pytest.raises(ValueError, match="Cytoplasmic"):
+        simulate_slide((160, 160), n_cells=4, cell_diameter=40, patterns=["Cytoplasm"])

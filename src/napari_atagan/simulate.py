@@ -53,6 +53,7 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "PATTERNS",
+    "EXTRA_PATTERNS",
     "CropSet",
     "Slide",
     "simulate_crops",
@@ -64,6 +65,12 @@ __all__ = [
 
 PATTERNS: tuple[str, ...] = ("Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi")
 """The six staining patterns, spelled as the pattern folders of the I3A data set."""
+
+EXTRA_PATTERNS: tuple[str, ...] = ("Cytoplasmic",)
+"""Patterns drawn only when asked for by name, never by default: none of the
+models here is trained on them, so they show how the labelling holds on a
+pattern a model never saw. A Cytoplasmic cell is stained around an unstained
+nucleus, and its label is the whole cell."""
 
 # Settings of the sample data shipped in ``sample_data/`` (see make_sample_data).
 SAMPLE_SLIDE_SHAPE = (1024, 1024)
@@ -165,11 +172,12 @@ def _check_patterns(patterns: object) -> tuple[str, ...]:
     """Return the patterns as a tuple of known, distinct names."""
     if isinstance(patterns, str):
         patterns = (patterns,)
+    known = PATTERNS + EXTRA_PATTERNS
     if not isinstance(patterns, Sequence) or len(patterns) == 0:
-        raise ValueError(f"patterns must be a non-empty sequence of names from {PATTERNS}, got {patterns!r}")
-    unknown = [p for p in patterns if p not in PATTERNS]
+        raise ValueError(f"patterns must be a non-empty sequence of names from {known}, got {patterns!r}")
+    unknown = [p for p in patterns if p not in known]
     if unknown:
-        raise ValueError(f"patterns: unknown pattern name(s) {unknown}; allowed: {', '.join(PATTERNS)}")
+        raise ValueError(f"patterns: unknown pattern name(s) {unknown}; allowed: {', '.join(known)}")
     if len(set(patterns)) != len(patterns):
         raise ValueError(f"patterns must not repeat a name, got {list(patterns)}")
     return tuple(patterns)
@@ -516,6 +524,27 @@ def _mitotic(f, inside, dome, r, s, rng, cell):
     return 1.6 * factor * inside * chromatin * profile
 
 
+def _cytoplasmic(f, inside, dome, r, s, rng, cell):
+    """The cytoplasm stained, the nucleus not: here the outline is the whole cell.
+
+    A fine reticular network (the zero lines of a smooth random field) and fine
+    granules, strongest around the nucleus and fading towards the thin edge of
+    the spread cell; the nucleus, a little off centre, is a dark hole.
+    """
+    ny, nx = _random_points(cell, rng, 1, 0.25)
+    nucleus_r = rng.uniform(0.45, 0.62) * r
+    dist = np.hypot(f.dy - ny[0], f.dx - nx[0])
+    hole = np.clip((nucleus_r - dist) / (1.5 * s) + 0.5, 0.0, 1.0)
+    network = np.exp(-0.5 * (_smooth_noise(f.q.shape, 2.5 * s, rng) / 0.35) ** 2)
+    n = int(math.pi * r * r / (10.0 * s * s))
+    ys, xs = _random_points(cell, rng, n, 0.95)
+    granules = _dots(f, ys, xs, rng.lognormal(math.log(0.6), 0.5, n), 0.7 * s)
+    base = 0.35 * (1.0 + 0.2 * _smooth_noise(f.q.shape, 3.0 * s, rng))
+    profile = 0.45 + 0.55 * np.sqrt(np.clip(1.0 - f.q, 0.0, 1.0))
+    spared = 1.0 - (1.0 - rng.uniform(0.05, 0.2)) * hole
+    return inside * spared * profile * (base + 0.8 * network + granules)
+
+
 _PATTERN_DRAWERS = {
     "Homogeneous": _homogeneous,
     "Speckled": _speckled,
@@ -523,6 +552,7 @@ _PATTERN_DRAWERS = {
     "Centromere": _centromere,
     "NuMem": _numem,
     "Golgi": _golgi,
+    "Cytoplasmic": _cytoplasmic,
 }
 
 
@@ -794,6 +824,8 @@ def _dress_cells(cells: list[_Cell], real: _Realism, scale: float, rng: np.rando
     out = []
     for cell in cells:
         glow = real.glow * rng.uniform(0.5, 1.0) if real.glow > 0 else 0.0
+        if cell.pattern in EXTRA_PATTERNS:  # the whole cell is drawn: no body glows around it
+            glow = 0.0
         defocus = rng.uniform(1.5, 4.0) * scale if real.defocus > 0 and rng.uniform() < real.defocus else 0.0
         out.append(replace(cell, glow=glow, defocus=defocus))
     return out
@@ -908,7 +940,7 @@ def simulate_crops(n: int, *, size: int = 64, patterns: Sequence[str] = PATTERNS
     Args:
         n: number of crops (>= 1).
         size: side of the square crops in pixels (16-1024).
-        patterns: pattern names to draw, a subset of :data:`PATTERNS`.
+        patterns: pattern names to draw, from :data:`PATTERNS` and :data:`EXTRA_PATTERNS`.
         seed: random seed (>= 0); the same seed gives the same crops, bit for bit.
         bit_depth: 8 (uint8) or 16 (uint16).
         intensity: brightness relative to typical real IIF crops (0 < intensity <= 100).
@@ -1077,7 +1109,7 @@ def simulate_slide(shape: tuple[int, int] = (1024, 1024), *, n_cells: int = 60, 
         n_cells: number of cells (>= 1); they must fit without overlap.
         cell_diameter: mean nucleus diameter in pixels (>= 6, <= 3/4 of the
             smaller image side); single cells vary by about +-12 %.
-        patterns: pattern names to draw, a subset of :data:`PATTERNS`.
+        patterns: pattern names to draw, from :data:`PATTERNS` and :data:`EXTRA_PATTERNS`.
         seed: random seed (>= 0); the same seed gives the same slide, bit for bit.
         bit_depth: 16 (uint16, the default) or 8 (uint8, the default for RGB).
         intensity: brightness relative to typical real IIF images (0 < intensity <= 100).
@@ -1143,6 +1175,7 @@ def simulate_slide(shape: tuple[int, int] = (1024, 1024), *, n_cells: int = 60, 
         image = _render(shape, cells, scale, _HAZE_LEVEL, _SIGNAL_UNIT, intensity, bit_depth, rng)
     else:
         mitotic_cells = extra.uniform(size=n_cells) < real.mitotic
+        mitotic_cells &= np.array([name not in EXTRA_PATTERNS for name in names])  # their chromatin is unstained
         if real.crowding > 0:
             cells = _place_crowded(rng, labels, names, cell_diameter, real, mitotic_cells)
         else:

@@ -208,7 +208,7 @@ def _run_export(args) -> int:
 
 # --------------------------------------------------------------------------- simulate
 def _add_simulate(sub) -> None:
-    from ..simulate import PATTERNS
+    from ..simulate import EXTRA_PATTERNS, PATTERNS
 
     p = sub.add_parser(
         "simulate",
@@ -241,14 +241,16 @@ def _add_simulate(sub) -> None:
                         "camera noise, with random amounts per slide (per crop for --crops)")
     p.add_argument("--rgb", action="store_true",
                    help="8-bit RGB images with the stain in the green channel")
-    p.add_argument("--patterns", nargs="+", choices=PATTERNS, default=None, metavar="NAME",
+    p.add_argument("--patterns", nargs="+", choices=PATTERNS + EXTRA_PATTERNS, default=None, metavar="NAME",
                    help="staining patterns to draw, in turn (default: all six: "
                         f"{', '.join(PATTERNS)}); one name gives a slide of one pattern, as "
-                        "from one patient's serum")
+                        f"from one patient's serum; also {', '.join(EXTRA_PATTERNS)}, which no "
+                        "model here is trained on (its labels are the whole stained cell)")
     p.add_argument("--cells", type=positive_int, default=60, metavar="N",
                    help="cells per slide (--slides; default: %(default)s)")
     p.add_argument("--diameter", type=float, default=None, metavar="D",
-                   help="mean nucleus diameter in pixels (--slides; default: 40)")
+                   help="mean nucleus diameter in pixels (--slides; default: 40), or the whole "
+                        "cell's for Cytoplasmic")
     p.set_defaults(run=_run_simulate)
 
 
