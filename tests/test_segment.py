@@ -328,3 +328,28 @@ def test_divide_large_gives_the_classic_pipeline_the_same_rule():
     assert np.array_equal(np.unique(divided), np.arange(int(divided.max()) + 1))
     assert _ious(divided, truth)[:3] == (6, 0, 0)
     assert np.array_equal(divided > 0, classic > 0)  # the same pixels, only divided
+
+
+def test_the_map_proposes_dim_cells_below_its_own_floor_and_the_image_confirms_them():
+    """A map whose background is a smooth, cloudy field (as the discriminator's is on a
+    dim, noisy slide): the cells' peaks lie under the 3 robust spreads a map standing
+    alone needs, but above the 1.5 of a map that only proposes."""
+    from napari_atagan.slides.labels import attention_to_labels
+    from napari_atagan.slides.segment import PROPOSAL_MADS
+
+    centres = [(40 + 80 * i, 40 + 80 * j) for i in range(3) for j in range(4)]
+    image, truth = _scene([(cy, cx, 14, 60) for cy, cx in centres], shape=(240, 320))
+    rng = np.random.default_rng(3)
+    cloud = ndi.gaussian_filter(rng.normal(size=(240, 320)), 12)
+    cloud *= 0.15 / cloud.std()
+    bumps = ndi.gaussian_filter((truth > 0).astype(np.float32), 6)
+    decoy = np.exp(-((np.arange(240)[:, None] - 80) ** 2 + (np.arange(320)[None, :] - 80) ** 2) / 200.0)
+    att = (1.0 + cloud + bumps + decoy).astype(np.float32)  # the decoy lies between cells
+    alone = attention_to_labels(att, threshold="local", cell_diameter=28)
+    assert PROPOSAL_MADS < 3
+    assert _ious(alone, truth)[2] >= 3  # a map on its own misses the cells on the cloud's low parts
+    labels = label_cells(att, image, outline="image", threshold="local", cell_diameter=28)
+    tp, fp, fn, iou = _ious(labels, truth)
+    assert (tp, fp, fn) == (12, 0, 0) and iou > 0.8  # every cell, and the decoy the image does not show is none
+    np.testing.assert_array_equal(labels, guided_labels(image, att, 28))
+

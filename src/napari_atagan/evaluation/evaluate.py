@@ -257,7 +257,7 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     """
     from ..slides.background import flatten_background
     from ..slides.labels import attention_to_labels, min_cell_size
-    from ..slides.segment import classic_labels, divide_large, guided_labels
+    from ..slides.segment import classic_labels, divide_large, label_cells
     from ..slides.attention import slide_attention
 
     grey = np.asarray(image).astype(np.float32)
@@ -265,10 +265,8 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     attention = slide_attention(checkpoint, flat, cell_diameter=diameter, device=device)
     min_size = default_min_size(diameter)
     options = dict(threshold=threshold, min_size=min_size, cell_diameter=diameter)
-    found = {"map": attention_to_labels(attention, **options)}
-    # label_cells(outline="image") without labelling the map a second time
-    found["model"] = guided_labels(flat, attention, diameter, min_size=min_size,
-                                   map_labels=found["map"])
+    found = {"map": attention_to_labels(attention, **options),
+             "model": label_cells(attention, flat, outline="image", **options)}
     found["classic"] = classic_labels(grey, diameter)
     found["classic_flat"] = classic_labels(flat, diameter)
     found["classic_split"] = divide_large(found["classic_flat"], min_cell_size(diameter))

@@ -117,6 +117,7 @@ def attention_to_labels(
     split_depth: float | None = None,
     cell_diameter: float | None = None,
     gamma: float = DEFAULT_GAMMA,
+    noise_mads: float = NOISE_MADS,
 ) -> np.ndarray:
     """Turn an attention map into a label image (0 = background, 1..N = cells).
 
@@ -150,12 +151,17 @@ def attention_to_labels(
     gamma:
         Power (> 0) of the map on which Otsu's threshold is found; 1 uses the
         plain map. It changes where the automatic threshold falls, not the map.
+    noise_mads:
+        ``"local"``: how many robust standard deviations above the map's median a
+        peak must rise to seed a cell (> 0). The default suits a map that stands
+        alone; :func:`napari_atagan.slides.segment.label_cells` asks for fewer,
+        because there the image confirms every seed.
 
     A constant map (for example all zeros) has no cells and gives all zeros.
     """
     m = np.asarray(attention_map)
     options = _options(threshold, min_size, smooth, split_touching, split_depth, cell_diameter,
-                       gamma)
+                       gamma, noise_mads)
     if m.ndim == 3:
         return _label_stack(m, **options)
     if m.ndim != 2:
@@ -187,7 +193,7 @@ def number_planes(planes: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _options(threshold, min_size, smooth, split_touching, split_depth, cell_diameter,
-             gamma) -> dict[str, Any]:
+             gamma, noise_mads=NOISE_MADS) -> dict[str, Any]:
     """Checked labelling options, with ``split_depth`` and the split area resolved."""
     if isinstance(threshold, str):
         threshold = threshold.lower()
@@ -206,6 +212,8 @@ def _options(threshold, min_size, smooth, split_touching, split_depth, cell_diam
         raise ValueError(f"smooth must be >= 0 pixels, got {smooth}")
     if not (np.isfinite(gamma) and gamma > 0):
         raise ValueError(f"gamma must be > 0, got {gamma}")
+    if not (np.isfinite(noise_mads) and noise_mads > 0):
+        raise ValueError(f"noise_mads must be > 0, got {noise_mads}")
     split_area = 0.0
     if cell_diameter is not None:
         if not (np.isfinite(cell_diameter) and cell_diameter > 0):
@@ -224,11 +232,11 @@ def _options(threshold, min_size, smooth, split_touching, split_depth, cell_diam
         peak_distance = max(1, int(float(cell_diameter) / 3))
     return dict(peak_distance=peak_distance, threshold=threshold, min_size=int(min_size), smooth=float(smooth),
                 split_touching=bool(split_touching), split_depth=float(split_depth),
-                split_area=split_area, gamma=float(gamma))
+                split_area=split_area, gamma=float(gamma), noise_mads=float(noise_mads))
 
 
 def _label_plane(m, *, threshold, min_size, smooth, split_touching, split_depth, split_area,
-                 gamma, peak_distance) -> np.ndarray:
+                 gamma, peak_distance, noise_mads=NOISE_MADS) -> np.ndarray:
     m = m.astype(np.float32, copy=False)
     if not np.all(np.isfinite(m)):
         raise ValueError("attention map contains NaN or infinite values")
@@ -237,8 +245,8 @@ def _label_plane(m, *, threshold, min_size, smooth, split_touching, split_depth,
     if smooth > 0:
         m = ndi.gaussian_filter(m, sigma=float(smooth))
     if threshold == "local":
-        labels = _local_cells(m, _noise_floor(_grid_sample(m)), peak_distance, min_size,
-                              split_area)
+        labels = _local_cells(m, _noise_floor(_grid_sample(m), noise_mads), peak_distance,
+                              min_size, split_area)
     else:
         level = _otsu(m, gamma) if threshold == "otsu" else float(threshold)
         return _sequential(_segment(m > level, min_size, split_touching, split_depth,
@@ -256,10 +264,10 @@ def _sample_step(shape: tuple[int, int]) -> int:
     return max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / _NOISE_SAMPLE))))
 
 
-def _noise_floor(sample: np.ndarray) -> float:
-    """Median plus NOISE_MADS robust standard deviations: the top of the background."""
+def _noise_floor(sample: np.ndarray, mads: float = NOISE_MADS) -> float:
+    """Median plus ``mads`` robust standard deviations: the top of the background."""
     med, sd = _robust_level(sample)
-    return med + NOISE_MADS * max(sd, 1e-12)
+    return med + mads * max(sd, 1e-12)
 
 
 def _robust_level(sample: np.ndarray) -> tuple[float, float]:

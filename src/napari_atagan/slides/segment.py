@@ -16,8 +16,14 @@ Two labellings live here, both pure functions of numpy arrays:
 
   1. **Seeds from the map.** The map is labelled as by
      :func:`napari_atagan.slides.labels.attention_to_labels` with the ``"local"`` rule
-     (one object per cell, neighbouring basins of one cell merged); the core of
-     each object (its pixels above half of its own peak) is one seed.
+     (one object per cell, neighbouring basins of one cell merged), its peaks
+     taken from :data:`PROPOSAL_MADS` robust standard deviations above the
+     map's median, not the 3 of a map that stands alone: here the map only
+     proposes, and the image confirms every seed (the last paragraph). The
+     map's background is not white noise but a smooth, cloudy field that falls
+     off at the slide's border, so 3 of its spreads lay above the peaks of
+     many dim cells that the slide shows clearly. The core of each object (its
+     pixels above half of its own peak) is one seed.
   2. **Each cell cut at its own level**, so a few saturated cells skew no one
      else's outline. Every pixel within a quarter of a cell diameter of a map
      cell belongs to the nearest one (its zone); within that zone the cell is the
@@ -87,7 +93,7 @@ from .labels import (
 from .._grouped import grouped_percentiles
 from ..metrics import otsu_baseline
 
-__all__ = ["CLASSIC_SIGMA", "OUTLINES", "SPLIT_AREA", "classic_labels", "divide_large",
+__all__ = ["CLASSIC_SIGMA", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA", "classic_labels", "divide_large",
            "guided_labels", "label_cells", "split_large"]
 
 OUTLINES = ("image", "map")
@@ -112,6 +118,10 @@ round."""
 BRIGHT_PCT = 50.0
 """A cell's own level: this percentile of the smoothed image inside its seed (50: the
 median, so a few bright nucleoli or speckles do not raise it)."""
+PROPOSAL_MADS = 1.5
+"""The map proposes cells from this many robust standard deviations above its median
+(:func:`napari_atagan.slides.labels.attention_to_labels`'s ``noise_mads``); the image
+then confirms each at :data:`~napari_atagan.slides.labels.NOISE_MADS` of its own."""
 
 
 def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_SIGMA,
@@ -167,7 +177,8 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
         (at least 1): enough to even out a cell's speckles, little against its edge.
     map_labels:
         The map's own cells, if already computed (``attention_to_labels(map,
-        threshold="local", cell_diameter=...)``); computed here otherwise.
+        threshold="local", cell_diameter=..., noise_mads=PROPOSAL_MADS)``); computed
+        here otherwise.
     """
     img = _grey(image)
     att = _grey(attention_map, "attention map")
@@ -179,7 +190,7 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     sigma = max(1.0, d / 20.0) if sigma is None else float(sigma)
     if map_labels is None:
         map_labels = attention_to_labels(att, threshold="local", cell_diameter=d,
-                                         min_size=min_size)
+                                         min_size=min_size, noise_mads=PROPOSAL_MADS)
     elif map_labels.shape != img.shape:
         raise ValueError(f"map_labels has shape {map_labels.shape}, the image {img.shape}")
     n = int(map_labels.max())
@@ -215,6 +226,7 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
         return attention_to_labels(att, **options)
     if cell_diameter is None:
         raise ValueError("outlining cells by the image needs the cell diameter")
+    options["noise_mads"] = PROPOSAL_MADS  # the map proposes, the image confirms
     if att.ndim == 2:
         return guided_labels(np.asarray(image), att, cell_diameter, min_size=min_size,
                              map_labels=attention_to_labels(att, **options))
