@@ -152,7 +152,8 @@ def test_pure_function_of_the_map():
 
 
 @pytest.mark.parametrize("kwargs", [{"threshold": "mean"}, {"threshold": float("nan")},
-                                    {"min_size": -1}, {"smooth": -1.0}])
+                                    {"min_size": -1}, {"smooth": -1.0}, {"noise_mads": 0.0},
+                                    {"noise_mads": float("nan")}])
 def test_bad_options(kwargs):
     with pytest.raises(ValueError):
         attention_to_labels(np.zeros((10, 10)), **kwargs)
