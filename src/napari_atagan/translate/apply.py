@@ -309,8 +309,10 @@ class _Runner:
         # a copy: the image (float32, or a writable memmap) is never changed in place
         x = torch.from_numpy(np.array(self.image[rows_in, cols_in], dtype=np.float32))
         lo, span = self.levels.region(rows_in, cols_in)
-        scale = torch.as_tensor(np.float32(2.0) / span).to(self.device)
-        x = x.to(self.device).sub_(float(lo)).mul_(scale).sub_(1.0)  # mapped on the device
+        scale = np.float32(2.0) / span  # a number for one grey scale, per pixel for own levels
+        # mapped on the device, like the networks; a number goes with the kernel, not by a copy
+        scale = float(scale) if scale.ndim == 0 else torch.from_numpy(scale).to(self.device)
+        x = x.to(self.device).sub_(float(lo)).mul_(scale).sub_(1.0)
         x = fwd_x.apply(fwd_y.apply(x, 0), 1).clamp_(-CLIP, CLIP)[None, None]
 
         att = None if self.attention is None else self.attention(x)
