@@ -825,7 +825,7 @@ def _dress_cells(cells: list[_Cell], real: _Realism, scale: float, rng: np.rando
     for cell in cells:
         glow = real.glow * rng.uniform(0.5, 1.0) if real.glow > 0 else 0.0
         if cell.pattern in EXTRA_PATTERNS:  # the whole cell is drawn: no body glows around it
-            glow = 0.0
+            glow = 0.0  # (its draw above is still taken: the cells after it keep theirs)
         defocus = rng.uniform(1.5, 4.0) * scale if real.defocus > 0 and rng.uniform() < real.defocus else 0.0
         out.append(replace(cell, glow=glow, defocus=defocus))
     return out

@@ -19,6 +19,7 @@ _EXPORTS = {
     "attention_to_labels": "labels", "attention_to_labels_tiled": "labels",
     "drop_border_cells": "labels",
     "label_cells": "segment", "classic_labels": "segment", "guided_labels": "segment",
+    "proposed_cells": "segment",
     "CellTable": "cells", "cell_table": "cells", "read_cells_csv": "cells",
     "ArchiveOptions": "archive", "run_archive": "archive", "process_slide": "archive",
     "find_slides": "archive",

@@ -93,8 +93,8 @@ from .labels import (
 from .._grouped import grouped_percentiles
 from ..metrics import otsu_baseline
 
-__all__ = ["CLASSIC_SIGMA", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA", "classic_labels", "divide_large",
-           "guided_labels", "label_cells", "split_large"]
+__all__ = ["CLASSIC_SIGMA", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA", "classic_labels",
+           "divide_large", "guided_labels", "label_cells", "proposed_cells", "split_large"]
 
 OUTLINES = ("image", "map")
 """What outlines the cells in :func:`label_cells`: the slide (seeded by the map) or the map."""
@@ -176,9 +176,8 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
         Smoothing of the image in pixels; default a twentieth of the diameter
         (at least 1): enough to even out a cell's speckles, little against its edge.
     map_labels:
-        The map's own cells, if already computed (``attention_to_labels(map,
-        threshold="local", cell_diameter=..., noise_mads=PROPOSAL_MADS)``); computed
-        here otherwise.
+        The cells the map proposes, if already computed (:func:`proposed_cells`);
+        computed here otherwise, with the ``"local"`` rule.
     """
     img = _grey(image)
     att = _grey(attention_map, "attention map")
@@ -189,8 +188,7 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     min_size = effective_min_size(min_size or 0, d)  # the floor the map's labelling keeps
     sigma = max(1.0, d / 20.0) if sigma is None else float(sigma)
     if map_labels is None:
-        map_labels = attention_to_labels(att, threshold="local", cell_diameter=d,
-                                         min_size=min_size, noise_mads=PROPOSAL_MADS)
+        map_labels = proposed_cells(att, threshold="local", cell_diameter=d, min_size=min_size)
     elif map_labels.shape != img.shape:
         raise ValueError(f"map_labels has shape {map_labels.shape}, the image {img.shape}")
     n = int(map_labels.max())
@@ -207,14 +205,22 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     return divide_large(_split_cells(cells, regions, d), min_size, in_place=True)
 
 
+def proposed_cells(attention_map: np.ndarray, **options: Any) -> np.ndarray:
+    """The cells the map proposes for :func:`guided_labels` to outline:
+    :func:`~napari_atagan.slides.labels.attention_to_labels` with ``options``, its peaks
+    taken from :data:`PROPOSAL_MADS` robust spreads above the map's median (the image
+    confirms every one)."""
+    return attention_to_labels(attention_map, noise_mads=PROPOSAL_MADS, **options)
+
+
 def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
                 threshold: str | float = "auto", min_size: int = 0,
                 cell_diameter: float | None = None) -> np.ndarray:
     """The cells of a slide (or of every plane of a ``(T, Y, X)`` stack) from its map.
 
-    ``outline="image"``: :func:`guided_labels` (needs ``cell_diameter``; the map's
-    own cells are found with ``threshold`` and ``min_size`` and then outlined by
-    the image); ``"map"``: :func:`napari_atagan.slides.labels.attention_to_labels`
+    ``outline="image"``: :func:`guided_labels` (needs ``cell_diameter``; the cells
+    the map proposes are found with ``threshold`` and ``min_size``, :func:`proposed_cells`,
+    and then outlined by the image); ``"map"``: :func:`napari_atagan.slides.labels.attention_to_labels`
     alone. Ids are unique over a stack. The one labelling the CLI and the
     napari widget share.
     """
@@ -226,14 +232,13 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
         return attention_to_labels(att, **options)
     if cell_diameter is None:
         raise ValueError("outlining cells by the image needs the cell diameter")
-    options["noise_mads"] = PROPOSAL_MADS  # the map proposes, the image confirms
     if att.ndim == 2:
         return guided_labels(np.asarray(image), att, cell_diameter, min_size=min_size,
-                             map_labels=attention_to_labels(att, **options))
+                             map_labels=proposed_cells(att, **options))
     if att.ndim != 3:
         raise ValueError(f"attention map must be 2-D or a (T, Y, X) stack, got shape {att.shape}")
     planes = (guided_labels(np.asarray(image[t]), att[t], cell_diameter, min_size=min_size,
-                            map_labels=attention_to_labels(att[t], **options))
+                            map_labels=proposed_cells(att[t], **options))
               for t in range(att.shape[0]))
     return number_planes(planes, att.shape)
 
