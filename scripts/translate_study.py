@@ -17,7 +17,9 @@ and without it (CycleGAN), with the same seed, and are scored on the validation
 cells of domain A (and of B for the pattern pair) at model scale:
 
 * background change: mean |x' - x| outside the true cell mask, as a fraction of
-  the grey range the two domains were mapped with (``lo``..``hi``);
+  the grey range the two domains were mapped with (``lo``..``hi``); and the same
+  away from every cell (:func:`other_cells`: a crop's mask marks one cell, and a
+  neighbouring cell the crop cuts is changed as a cell should be);
 * success: for the pattern pair, the share of translated cells that a pattern
   classifier (trained on the training part, 6 patterns, seed 0) calls the target
   pattern; for dim -> bright, the median contrast of the translated cells against
@@ -44,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from napari_atagan.data import load_folder, prepare_crop
 from napari_atagan.events import Finished, Progress, run_to_end
@@ -248,9 +251,13 @@ def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str,
         y, att = translate_crops(tr, x, direction)
         bg = ~m
         change = np.abs(y - x)
+        away = bg & ~other_cells(x, m)
         r: dict = {
             "n": int(len(x)),
             "background_change": float(change[bg].mean() / 2),
+            "background_change_away": float(change[away].mean() / 2),
+            "near_cell_change": float(change[bg & ~away].mean() / 2) if (bg & ~away).any() else 0.0,
+            "away_share": float(away.sum() / max(bg.sum(), 1)),
             "cell_change": float(change[m].mean() / 2),
             "attention_iou": float(np.mean([pixel_iou(a > 0.5, mm) for a, mm in zip(att, m)])),
             "attention_inside": float(att[m].mean()), "attention_outside": float(att[bg].mean()),
@@ -287,6 +294,19 @@ def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str,
         np.savez_compressed(ckpt.parent / f"val_{direction}.npz", x=x[:16], y=y[:16],
                             att=att[:16], m=m[:16])
     return res
+
+
+def other_cells(crops: np.ndarray, masks: np.ndarray, grow: int = 2) -> np.ndarray:
+    """What else a crop holds besides its own cell: the objects the model-free pipeline
+    finds in the input crop, and the crop's own mask, each grown by ``grow`` pixels (their
+    blurred edges). The background change *away from every cell* is taken outside these:
+    a neighbouring cell cut by the crop's edge is a cell, and a translator that changes it
+    does what it should, but the true masks mark one cell a crop."""
+    from napari_atagan.slides.segment import classic_labels
+
+    d = float(np.median([_diameter(mm) for mm in masks if mm.any()]))
+    found = np.stack([(classic_labels(c, d) > 0) | mm for c, mm in zip(crops, masks)])
+    return np.stack([ndi.binary_dilation(f, iterations=grow) for f in found])
 
 
 def _diameter(mask: np.ndarray) -> float:
