@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,6 +243,24 @@ def test_apply_b2a_at_a_cell_diameter(checkpoint, slide_file, tmp_path):
     want, _ = translate_image(checkpoint, image, direction="b2a", cell_diameter=30,
                               device="cpu")
     np.testing.assert_array_equal(tifffile.imread(out.split()[0]), want)
+
+
+def test_apply_hard_composite_is_translate_image_s_and_recorded(checkpoint, slide_file,
+                                                                tmp_path):
+    code, out, err = run_cli(["translate", "apply", "--checkpoint", str(checkpoint),
+                              "--image", str(slide_file), "--out", str(tmp_path),
+                              "--composite", "hard", "--device", "cpu"])
+    assert code == 0, err
+    image = tifffile.imread(slide_file)
+    want, want_a = translate_image(checkpoint, image, device="cpu", composite="hard")
+    translated_path, attention_path = (Path(p) for p in out.split())
+    np.testing.assert_array_equal(tifffile.imread(translated_path), want)
+    np.testing.assert_array_equal(tifffile.imread(attention_path), want_a)
+    assert read_tiff_metadata(translated_path)["composite"] == "hard"
+    with pytest.raises(SystemExit) as refused:  # argparse: usage and the choices, exit 2
+        run_cli(["translate", "apply", "--checkpoint", str(checkpoint), "--image",
+                 str(slide_file), "--out", str(tmp_path / "x"), "--composite", "blend"])
+    assert refused.value.code == 2 and not (tmp_path / "x").exists()
 
 
 def test_apply_reads_the_stained_channel_of_rgb(checkpoint, tmp_path):

@@ -20,6 +20,7 @@ from napari_atagan.events import (
     run_to_end,
 )
 from napari_atagan.translate import (
+    HARD_CUT,
     SAMPLE_ROWS,
     AttentionNetwork,
     PatchDiscriminator,
@@ -155,6 +156,21 @@ def test_compose_keeps_the_input_exactly_where_the_attention_is_zero():
     assert torch.equal(y[..., -1], f[..., -1])
     assert torch.allclose(y, att * f + (1 - att) * x)
     assert compose(x, None, f) is f
+
+
+def test_a_hard_composite_either_translates_a_pixel_or_keeps_it():
+    torch.manual_seed(2)
+    x, f = torch.randn(1, 1, 8, 8), torch.randn(1, 1, 8, 8)
+    att = torch.rand(1, 1, 8, 8)
+    att[0, 0, 0, :3] = torch.tensor([0.5, 0.5001, 0.4999])  # the cut itself is not the cell's
+    y = compose(x, att, f, "hard")
+    cell = att > HARD_CUT
+    assert torch.equal(y[cell], f[cell]) and torch.equal(y[~cell], x[~cell])
+    assert 0 < int(cell.sum()) < cell.numel()
+    assert y[0, 0, 0, 0] == x[0, 0, 0, 0] and y[0, 0, 0, 1] == f[0, 0, 0, 1]
+    assert compose(x, None, f, "hard") is f  # no attention: the whole image is translated
+    with pytest.raises(ValueError, match="composite must be one of soft, hard"):
+        compose(x, att, f, "blend")
 
 
 def test_receptive_radius_bounds_the_context_in_eval_mode():
@@ -457,6 +473,26 @@ def test_tiles_leave_no_seams(trained, slide):
     assert np.abs(small - big).max() <= 1e-4 * (levels.hi - levels.lo)
 
 
+def test_a_hard_composite_keeps_the_image_where_the_attention_is_low(trained, slide):
+    translator = load_translator(trained[0][-1].checkpoint)
+    span = translator.levels.hi - translator.levels.lo
+    soft, att = translate_image(translator, slide, tile_size=64, device="cpu")
+    hard, att_hard = translate_image(translator, slide, tile_size=64, device="cpu",
+                                     composite="hard")
+    np.testing.assert_array_equal(att_hard, att)  # the attention returned is the soft map
+    kept, cell = att <= HARD_CUT, att > HARD_CUT
+    assert kept.any() and cell.any()
+    # at the image's own scale a kept pixel is the input, through the grey levels and back
+    lo, hi = translator.levels.lo, translator.levels.hi
+    clipped = np.clip(slide, lo - 0.25 * span, hi + 0.25 * span)  # the model range, +-1.5
+    assert np.abs(hard[kept] - clipped[kept]).max() <= 1e-4 * span
+    # the soft composite blends, so it changed the kept pixels more (or as much)
+    assert np.abs(soft - slide)[kept].mean() >= np.abs(hard - slide)[kept].mean()
+    # tiles leave no seams in the hard composite either
+    whole, _ = translate_image(translator, slide, tile_size=1024, device="cpu", composite="hard")
+    assert np.abs(hard - whole).max() <= 1e-4 * span
+
+
 def test_output_keeps_the_input_dtype_and_grey_levels(trained, slide, tmp_path):
     translator = load_translator(trained[0][-1].checkpoint)
     image = np.clip(slide * 200, 0, 65535).astype(np.uint16)
@@ -494,6 +530,7 @@ def test_apply_stops_between_tiles(trained, slide):
     (np.zeros((40, 40), np.uint8), {"cell_diameter": -3}, "cell_diameter"),
     (np.zeros((40, 40), np.uint8), {"cell_diameter": 400}, "shrinks"),
     (np.zeros((40, 40), np.uint8), {"tile_size": 8}, "tile_size"),
+    (np.zeros((40, 40), np.uint8), {"composite": "blend"}, "composite must be one of"),
     (np.zeros((40, 40), np.uint8), {"out": (np.zeros((4, 4), np.uint8), None)}, "shape"),
     (np.zeros((40, 40), np.uint8), {"out": (np.zeros((40, 40), np.uint16), None)}, "dtype"),
 ])

@@ -202,6 +202,20 @@ def test_train_then_apply(make_napari_viewer, qtbot, tmp_path, domains, image, e
     np.testing.assert_array_equal(viewer.layers["slide translated"].data,
                                   translate_image(path, image, direction="b2a", device="cpu")[0])
     assert viewer.layers["slide attended cells"].metadata["direction"] == "b2a"
+    assert viewer.layers["slide translated"].metadata["composite"] == "soft"
+
+    # each pixel translated or kept: the engine's hard composite, recorded with the layer
+    from napari_atagan._widgets._translate import COMPOSITE_CHOICES
+
+    assert [label for label, _ in COMPOSITE_CHOICES] == ["blend by the attention",
+                                                         "translated or kept"]
+    widget.composite.value = "hard"
+    translate_and_wait(qtbot, widget)
+    assert len(viewer.layers) == n_layers and errors() == []
+    np.testing.assert_array_equal(
+        viewer.layers["slide translated"].data,
+        translate_image(path, image, direction="b2a", device="cpu", composite="hard")[0])
+    assert viewer.layers["slide translated"].metadata["composite"] == "hard"
 
 
 def test_an_atagan_model_is_refused(make_napari_viewer, tmp_path, image, errors):

@@ -127,6 +127,10 @@ def domain_label(translator: Any, key: str) -> str:
     return f"{name} ({letter})" if name and name != letter else letter
 
 
+COMPOSITE_CHOICES = [("blend by the attention", "soft"), ("translated or kept", "hard")]
+"""The composite drop-down (:func:`napari_atagan.translate.translate_image`)."""
+
+
 def direction_choices(translator: Any | None) -> list[tuple[str, str]]:
     """The direction drop-down: ``("dim (A) → bright (B)", "a2b")`` and back."""
     if translator is None:
@@ -176,7 +180,8 @@ def attended_cells(translator: Any, attention: np.ndarray, direction: str,
 
 
 def apply_translation(translator: Any, image: Any, direction: str, cell_diameter: float | None,
-                      device: str, stop: threading.Event, progress: Any
+                      device: str, stop: threading.Event, progress: Any,
+                      composite: str = "soft"
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Translation, attention and attended cells of an image (runs in the worker thread).
 
@@ -187,7 +192,8 @@ def apply_translation(translator: Any, image: Any, direction: str, cell_diameter
 
     translated, attention = translate_image(translator, image, direction=direction,
                                             cell_diameter=cell_diameter, device=device,
-                                            progress=progress, stop=stop.is_set)
+                                            progress=progress, stop=stop.is_set,
+                                            composite=composite)
     labels = None
     if translator.attention:
         labels = attended_cells(translator, attention, direction, cell_diameter)
@@ -469,9 +475,15 @@ class TranslateWidget(RunsTraining, QWidget):
                     "rescaled so its cells match the training cells, and the results scaled "
                     "back.\n0: translate the image at its own scale (right for crops like "
                     "the training crops).")
+        self.composite = ComboBox(
+            label="composite", choices=COMPOSITE_CHOICES, value="soft",
+            tooltip="How the translation meets the image: blended pixel by pixel by the "
+                    "attention (the paper's), or each pixel either translated (attention "
+                    "above 0.5) or left as it is.")
         self.apply_device = device_combo()
         self.apply_form = Container(widgets=[self.checkpoint, self.image_layer, self.direction,
-                                             self.cell_diameter, self.apply_device])
+                                             self.cell_diameter, self.composite,
+                                             self.apply_device])
         self.checkpoint.changed.connect(self._check_checkpoint)
         self.translate_button = push_button(
             "Translate", self.translate,
@@ -538,14 +550,17 @@ class TranslateWidget(RunsTraining, QWidget):
             notify_info(f"'{layer.name}' is RGB: translating its {describe_channel(channel)}")
         direction = self.direction.value
         diameter = float(self.cell_diameter.value) or None
+        composite = self.composite.value
         translator = self.translator
         self._live.stop.clear()
         self._apply_pbar = ProgressBar(0, f"translation: {layer.name}")
         worker = run_function(apply_translation, translator, image, direction, diameter,
-                              self.apply_device.value, self._live.stop, self._relay.callback)
+                              self.apply_device.value, self._live.stop, self._relay.callback,
+                              composite)
         started = time.perf_counter()
         worker.returned.connect(lambda out: self._on_translated(
-            layer, channel, translator, direction, diameter, time.perf_counter() - started, *out))
+            layer, channel, translator, direction, diameter, time.perf_counter() - started, *out,
+            composite=composite))
         worker.errored.connect(lambda exc: self._on_apply_error(exc, layer.name))
         worker.finished.connect(self._on_apply_finished)
         self.apply_worker = worker
@@ -588,14 +603,15 @@ class TranslateWidget(RunsTraining, QWidget):
     def _on_translated(self, layer: Any, channel: dict[str, Any], translator: Any,
                        direction: str, diameter: float | None, seconds: float,
                        translated: np.ndarray, attention: np.ndarray,
-                       labels: np.ndarray | None) -> None:
+                       labels: np.ndarray | None, *, composite: str = "soft") -> None:
         if not self._live.alive:
             return
         name = layer.name
         where = {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
         meta = {"source_layer": name, "checkpoint": str(translator.path),
                 "checkpoint_step": int(translator.step), "direction": direction,
-                "cell_diameter": diameter, "software": f"napari-atagan {__version__}", **channel}
+                "cell_diameter": diameter, "composite": composite,
+                "software": f"napari-atagan {__version__}", **channel}
         limits = tuple(layer.contrast_limits)
         if channel and np.dtype(translated.dtype) != np.dtype(layer.dtype):
             limits = display_range(translated)

@@ -8,7 +8,7 @@
         [--device auto] [--seed N]
     napari-atagan translate apply --checkpoint runs/dim2bright/checkpoint.safetensors \\
         --image slide.tif --out results/ [--direction a2b|b2a] [--diameter PX|auto] \\
-        [--channel N | --grey] [--tile-size N] [--device auto]
+        [--channel N | --grey] [--composite soft|hard] [--tile-size N] [--device auto]
 
 ``train`` learns to translate cells of folder A into cells of folder B and
 back (:func:`napari_atagan.translate.train_translation`); progress goes to
@@ -266,6 +266,10 @@ def _add_apply(sub: Any) -> None:
     p.add_argument("--grey", action="store_true",
                    help="use the luminance of a colour (RGB) image instead of its stained "
                         "channel")
+    p.add_argument("--composite", choices=("soft", "hard"), default="soft",
+                   help="soft (default, the paper's): every pixel blended with its "
+                        "translation by the attention; hard: every pixel either translated "
+                        "(attention above 0.5) or left as it is")
     p.add_argument("--tile-size", type=int, default=None, metavar="N",
                    help="tile side at model scale in pixels; smaller needs less memory, the "
                         "result is the same (default: 1024 on a CUDA GPU, 512 elsewhere)")
@@ -390,7 +394,7 @@ def _translate(translator: Any, image: Any, channel_info: dict[str, Any],
             translated, attention = translate_image(
                 translator, image, direction=args.direction, cell_diameter=diameter,
                 tile_size=args.tile_size, device=args.device, progress=progress,
-                stop=stop.is_set, out=out)
+                stop=stop.is_set, out=out, composite=args.composite)
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -403,6 +407,7 @@ def _translate(translator: Any, image: Any, channel_info: dict[str, Any],
             "source_domain": translator.domain_name(args.direction[0]),
             "target_domain": translator.domain_name(args.direction[2]),
             "attention_guided": translator.attention,
+            "composite": args.composite,
             "cell_diameter": None if diameter is None else float(diameter),
             "model_cell_diameter": translator.model_cell_diameter(args.direction[0]),
             "tile_size": int(args.tile_size or default_tile_size(args.device)),

@@ -26,6 +26,8 @@ from .apply import Stopped, default_tile_size, translate_image
 from .config import RUNTIME_FIELDS, TranslateConfig
 from .data import DomainData, Levels, load_domains, own_levels
 from .models import (
+    COMPOSITES,
+    HARD_CUT,
     AttentionNetwork,
     PatchDiscriminator,
     TranslationGenerator,
@@ -38,7 +40,9 @@ from .translator import DIRECTIONS, Translator, load_translator
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "COMPOSITES",
     "DIRECTIONS",
+    "HARD_CUT",
     "RUNTIME_FIELDS",
     "SAMPLE_ROWS",
     "AttentionNetwork",

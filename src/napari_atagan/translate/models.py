@@ -35,10 +35,13 @@ import torch
 from torch import nn
 
 __all__ = [
+    "COMPOSITES",
+    "HARD_CUT",
     "AttentionNetwork",
     "PatchDiscriminator",
     "TranslationGenerator",
     "build_translation_models",
+    "check_composite",
     "compose",
     "receptive_radius",
     "standing_statistics",
@@ -190,12 +193,32 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
-def compose(x: torch.Tensor, attention: torch.Tensor | None, translated: torch.Tensor
-            ) -> torch.Tensor:
+COMPOSITES = ("soft", "hard")
+"""How a translation meets its input: ``"soft"``, the paper's blend by the attention;
+``"hard"``, each pixel either translated (attention above :data:`HARD_CUT`) or kept."""
+HARD_CUT = 0.5
+"""The attention above which a pixel is the cell's in a ``"hard"`` composite (the level
+at which the attention counts as a cell everywhere in this package)."""
+
+
+def check_composite(composite: str) -> str:
+    """``composite`` if it is one of :data:`COMPOSITES`, else a clear ValueError."""
+    if composite not in COMPOSITES:
+        raise ValueError(f"composite must be one of {', '.join(COMPOSITES)}, got {composite!r}")
+    return composite
+
+
+def compose(x: torch.Tensor, attention: torch.Tensor | None, translated: torch.Tensor,
+            composite: str = "soft") -> torch.Tensor:
     """``attention * translated + (1 - attention) * x``; without attention, ``translated``.
 
-    Where the attention is exactly 0 the result is exactly ``x``.
+    Where the attention is exactly 0 the result is exactly ``x``. ``composite="hard"``
+    uses the attention cut at :data:`HARD_CUT` instead: a pixel is either the
+    translation or the input, never a blend of the two (training always blends, as
+    the paper does; the cut is a choice when applying a model).
     """
+    if check_composite(composite) == "hard" and attention is not None:
+        return torch.where(attention > HARD_CUT, translated, x)
     if attention is None:
         return translated
     return attention * translated + (1.0 - attention) * x
