@@ -33,7 +33,7 @@ Usage::
 
     scripts/translate_study.py --split /path/split --out RUNS [--steps 2000] [--seed 0]
         [--experiments pattern dim] [--atagan CKPT] [--threads 1] [--judge jitter|plain]
-        [--judge-from CLASSIFIER_RUN]
+        [--judge-from CLASSIFIER_RUN] [--composite soft|hard] [--score-only]
 """
 
 from __future__ import annotations
@@ -215,14 +215,14 @@ def train_run(data: dict, run: Path, variant: str, steps: int, seed: int) -> Pat
 
 # --------------------------------------------------------------------------- scoring
 @torch.no_grad()
-def translate_crops(translator, x: np.ndarray, direction: str):
+def translate_crops(translator, x: np.ndarray, direction: str, composite: str = "soft"):
     g, a = translator.networks(direction)
     t = torch.from_numpy(x)[:, None]
     outs, atts = [], []
     for i in range(0, len(t), 128):
         xb = t[i:i + 128]
         att = a(xb) if a is not None else None
-        outs.append(compose(xb, att, g(xb))[:, 0].numpy())
+        outs.append(compose(xb, att, g(xb), composite)[:, 0].numpy())
         atts.append(att[:, 0].numpy() if att is not None else np.ones_like(xb[:, 0].numpy()))
     return np.concatenate(outs), np.concatenate(atts)
 
@@ -235,7 +235,7 @@ def to_classifier(levels, crops: np.ndarray, masks: np.ndarray,
 
 
 def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str,
-          size: int = JUDGE_SIZE) -> dict:
+          size: int = JUDGE_SIZE, composite: str = "soft") -> dict:
     tr = load_translator(ckpt)
     levels = tr.levels
     summary = tr.checkpoint.metadata.get("summary") or {}
@@ -248,7 +248,7 @@ def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str,
                                        levels=levels,
                                        own_levels=tr.config.grey_levels == "own")
         x, m = dom_s.images, dom_s.masks.astype(bool)
-        y, att = translate_crops(tr, x, direction)
+        y, att = translate_crops(tr, x, direction, composite)
         bg = ~m
         change = np.abs(y - x)
         away = bg & ~other_cells(x, m)
@@ -291,7 +291,8 @@ def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str,
             r["contrast_bright_median"] = float(np.median(c_t))
             r["reaches_bright_median"] = float(np.mean(c_y >= np.median(c_t)))
         res[direction] = r
-        np.savez_compressed(ckpt.parent / f"val_{direction}.npz", x=x[:16], y=y[:16],
+        tag = "" if composite == "soft" else f"_{composite}"  # the figures' crops
+        np.savez_compressed(ckpt.parent / f"val_{direction}{tag}.npz", x=x[:16], y=y[:16],
                             att=att[:16], m=m[:16])
     return res
 
@@ -323,7 +324,7 @@ def classic_iou(crops: np.ndarray, masks: np.ndarray) -> float:
     return float(np.mean([pixel_iou(classic_labels(c, d) > 0, mm) for c, mm in zip(crops, masks)]))
 
 
-def real_slide(ckpt: Path, folder: Path, direction: str = "a2b") -> dict:
+def real_slide(ckpt: Path, folder: Path, direction: str = "a2b", composite: str = "soft") -> dict:
     """The translator on a real fluorescence slide with labelled nuclei (other
     laboratory, other microscope): background and cell change at the slide's own
     median nucleus diameter, and the attention against the labels beside the
@@ -339,7 +340,8 @@ def real_slide(ckpt: Path, folder: Path, direction: str = "a2b") -> dict:
 
     d = float(np.median([r.equivalent_diameter_area for r in regionprops(label(cells))]))
     tr = load_translator(ckpt)
-    y, att = translate_image(tr, image, direction=direction, cell_diameter=d, device="cpu")
+    y, att = translate_image(tr, image, direction=direction, cell_diameter=d, device="cpu",
+                             composite=composite)
     lv = own_levels(image) if tr.config.grey_levels == "own" else tr.levels
     change = np.abs(y.astype(np.float64) - image) / (lv.hi - lv.lo)
     truth = tifffile.imread(folder / "nuclei_labels.tif")
@@ -404,10 +406,16 @@ def figure(out: Path, exp: str, seed: int, direction: str = "a2b", n: int = 6) -
         return fit(heat(np.abs(a - b) / 2, top=0.5))
 
     attended = [v for v in ("uag", "uagmask", "uagmask_low") if v in runs]
+    hard = {}  # the same models scored with --composite hard: their outputs after the soft ones
+    for v in attended:
+        f = out / f"{exp}_{v}_s{seed}" / f"val_{direction}_hard.npz"
+        if f.is_file():
+            hard[v] = np.load(f)
     columns = ["input"]
     for v in attended:
-        columns += [f"att {names[v]}", names[v]]
+        columns += [f"att {names[v]}", names[v]] + (["hard"] if v in hard else [])
     columns += ["Cycle"] + [f"chg {names[v]}" for v in (*attended, "cyclegan")]
+    columns += ["chg hard" for v in hard]
     first = runs["cyclegan"]
     rows = []
     for i in range(min(n, len(first["x"]))):
@@ -415,7 +423,9 @@ def figure(out: Path, exp: str, seed: int, direction: str = "a2b", n: int = 6) -
         row = [g(x)]
         for v in attended:
             row += [fit(heat(runs[v]["att"][i], top=1.0)), g(runs[v]["y"][i])]
+            row += [g(hard[v]["y"][i])] if v in hard else []
         row += [g(first["y"][i])] + [d(runs[v]["y"][i], x) for v in (*attended, "cyclegan")]
+        row += [d(hard[v]["y"][i], x) for v in hard]
         rows.append(row)
     labels = {"pattern": PAIR, "dim": ("dim", "bright"), "dimh": ("dim", "bright")}[exp]
     src, dst = (labels if direction == "a2b" else labels[::-1])
@@ -472,6 +482,9 @@ def main(argv=None) -> int:
                    help="a folder with nuclei.tif and nuclei_labels.tif: the pattern models "
                         "are also applied to that real slide")
     p.add_argument("--score-only", action="store_true")
+    p.add_argument("--composite", choices=("soft", "hard"), default="soft",
+                   help="how translations meet their crops when scored (translate_image's "
+                        "composite); hard writes scores_<judge>_hard.json")
     p.add_argument("--figure-runs", nargs="+", metavar="LABEL=RUN", default=None,
                    help="only draw RUNs side by side (e.g. 1k=OUT/pattern_uagmask_s0 "
                         "4k=OUT4K/pattern_uagmask_s0) into --out, both directions")
@@ -503,16 +516,19 @@ def main(argv=None) -> int:
                 ckpt = train_run(data, run, variant, args.steps, args.seed)
             if not ckpt.is_file() or args.train_only:
                 continue
-            res = score(ckpt, data, clf, names, exp, size)
+            res = score(ckpt, data, clf, names, exp, size, args.composite)
             res.update(experiment=exp, variant=variant, seed=args.seed,
                        domains=list(data["names"]), cut=data.get("cut"),
                        classifier=clf_info, n_train=[len(data["train_a"][0]),
                                                      len(data["train_b"][0])])
             if args.real_slide and exp == "pattern":
-                res["real_slide"] = real_slide(ckpt, args.real_slide)
+                res["real_slide"] = real_slide(ckpt, args.real_slide, composite=args.composite)
             if args.atagan and variant != "cyclegan":
                 res["atagan_cam_iou"] = atagan_iou(args.atagan, data)
-            (run / f"scores_{judge_name}.json").write_text(json.dumps(res, indent=1, default=float))
+            res["composite"] = args.composite
+            tag = "" if args.composite == "soft" else f"_{args.composite}"
+            (run / f"scores_{judge_name}{tag}.json").write_text(json.dumps(res, indent=1,
+                                                                           default=float))
             print(json.dumps({k: v for k, v in res.items() if k != "classifier"},
                              default=float), flush=True)
         for direction in ("a2b", "b2a") if exp == "pattern" else ("a2b",):
