@@ -197,8 +197,10 @@ COMPOSITES = ("soft", "hard")
 """How a translation meets its input: ``"soft"``, the paper's blend by the attention;
 ``"hard"``, each pixel either translated (attention above :data:`HARD_CUT`) or kept."""
 HARD_CUT = 0.5
-"""The attention above which a pixel is the cell's in a ``"hard"`` composite (the level
-at which the attention counts as a cell everywhere in this package)."""
+"""The attention above which a pixel is the cell's in a ``"hard"`` composite: the level
+at which the studies' attention IoU counts a pixel as the cell (the attended cells of
+the Translate widget are cut lower, at the config's ``attention_threshold``, where the
+discriminators look)."""
 
 
 def check_composite(composite: str) -> str:
