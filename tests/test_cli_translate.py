@@ -257,6 +257,8 @@ def test_apply_hard_composite_is_translate_image_s_and_recorded(checkpoint, slid
     np.testing.assert_array_equal(tifffile.imread(translated_path), want)
     np.testing.assert_array_equal(tifffile.imread(attention_path), want_a)
     assert read_tiff_metadata(translated_path)["composite"] == "hard"
+    # an attention above 0.5 nowhere leaves the image as it was: the user is told
+    assert ("no pixel's attention is above 0.5" in err) == bool(want_a.max() <= 0.5)
     with pytest.raises(SystemExit) as refused:  # argparse: usage and the choices, exit 2
         run_cli(["translate", "apply", "--checkpoint", str(checkpoint), "--image",
                  str(slide_file), "--out", str(tmp_path / "x"), "--composite", "blend"])

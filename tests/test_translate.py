@@ -30,6 +30,7 @@ from napari_atagan.translate import (
     compose,
     load_domains,
     load_translator,
+    nothing_attended,
     standing_statistics,
     train_translation,
     translate_image,
@@ -171,6 +172,15 @@ def test_a_hard_composite_either_translates_a_pixel_or_keeps_it():
     assert compose(x, None, f, "hard") is f  # no attention: the whole image is translated
     with pytest.raises(ValueError, match="composite must be one of soft, hard"):
         compose(x, att, f, "blend")
+
+
+def test_nothing_attended_is_an_attention_above_the_cut_nowhere():
+    low = np.full((8, 8), 0.3, np.float32)
+    assert nothing_attended(low) and nothing_attended(np.zeros((0, 0), np.float32))
+    low[2, 3] = HARD_CUT  # the cut itself is kept, not translated
+    assert nothing_attended(low)
+    low[2, 3] = 0.51
+    assert not nothing_attended(low)
 
 
 def test_receptive_radius_bounds_the_context_in_eval_mode():

@@ -216,6 +216,8 @@ def test_train_then_apply(make_napari_viewer, qtbot, tmp_path, domains, image, e
         viewer.layers["slide translated"].data,
         translate_image(path, image, direction="b2a", device="cpu", composite="hard")[0])
     assert viewer.layers["slide translated"].metadata["composite"] == "hard"
+    attended = viewer.layers["slide translation attention"].data.max() > 0.5
+    assert ("no pixel's attention is above 0.5" in widget.apply_status.text()) != attended
 
 
 def test_an_atagan_model_is_refused(make_napari_viewer, tmp_path, image, errors):

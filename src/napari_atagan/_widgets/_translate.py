@@ -634,6 +634,12 @@ class TranslateWidget(RunsTraining, QWidget):
             cells.contour = 2  # outlines: the translated image stays visible inside
             n = int(labels.max()) if labels.size else 0
             text += f" · {n} attended cell{'s' if n != 1 else ''} (attention > {level:g})"
+        if composite == "hard" and translator.attention:
+            from napari_atagan.translate import nothing_attended
+
+            if nothing_attended(attention):
+                text += (" · no pixel's attention is above 0.5: the hard composite left the "
+                         "image as it was (choose 'blend by the attention')")
         self.apply_status.setText(text)
 
     # ------------------------------------------------------------------ train: form

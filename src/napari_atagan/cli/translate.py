@@ -336,6 +336,11 @@ def _apply(args: argparse.Namespace) -> int:
             except OSError:
                 pass
         raise
+    from ..translate import nothing_attended
+
+    if args.composite == "hard" and nothing_attended(attention):
+        print("note: no pixel's attention is above 0.5, so the hard composite left the image "
+              "as it was; --composite soft blends it by the attention", file=sys.stderr)
     shape = tuple(int(s) for s in np.shape(translated))
     print(f"translated {shape[0]} x {shape[1]} px in {seconds:.1f} s "
           f"({shape[0] * shape[1] / 1e6 / max(seconds, 1e-9):.2f} Mpx/s); "

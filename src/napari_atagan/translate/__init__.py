@@ -22,7 +22,7 @@ Typical use::
     bright, attention = translate_image(done.checkpoint, slide, cell_diameter=40)
 """
 
-from .apply import Stopped, default_tile_size, translate_image
+from .apply import Stopped, default_tile_size, nothing_attended, translate_image
 from .config import RUNTIME_FIELDS, TranslateConfig
 from .data import DomainData, Levels, load_domains, own_levels
 from .models import (
@@ -58,6 +58,7 @@ __all__ = [
     "default_tile_size",
     "load_domains",
     "load_translator",
+    "nothing_attended",
     "own_levels",
     "standing_statistics",
     "train_translation",
