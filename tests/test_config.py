@@ -42,6 +42,27 @@ def test_unknown_keys_are_refused():
         TrainConfig.from_dict({"stepz": 3})
 
 
+def test_both_kinds_of_run_read_and_check_their_configs_alike():
+    from napari_atagan.translate import TranslateConfig
+
+    for cls, kind in ((TrainConfig, "training"), (TranslateConfig, "translation")):
+        with pytest.raises(ValueError, match=f"a {kind} config must be a dict, got list"):
+            cls.from_dict([1, 2])
+        with pytest.raises(ValueError, match=f"unknown {kind} option 'stepz'; options: "):
+            cls.parse_option("stepz=3")
+        with pytest.raises(ValueError, match="steps must be int like"):
+            cls.parse_option("steps=2.5")
+        assert cls.parse_option("steps=7") == ("steps", 7)
+        config = cls(device="cuda:1")  # a numbered GPU, resolved only when a run starts
+        assert cls.from_dict(config.to_dict()) == config
+        with pytest.raises(ValueError, match="device must be one of"):
+            cls(device="gpu")
+    # a saved training config older than an option reads as it was trained
+    saved = TrainConfig().to_dict()
+    del saved["classifier_jitter"]
+    assert TrainConfig.from_dict(saved).classifier_jitter is False
+
+
 @pytest.mark.parametrize("size, n", [(16, 2), (32, 3), (64, 4), (128, 5)])
 def test_generator_channels_match_the_size(size, n):
     g = generator_channels(size)

@@ -6,22 +6,30 @@ A :class:`TrainConfig` is saved inside every checkpoint (as JSON) and is what
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from .._config import RunConfig, check_device
 
 TEACHERS = ("classifier", "mask", "none")
-DEVICES = ("auto", "cuda", "mps", "cpu")
 CONDITIONINGS = ("projection", "auxiliary")
 G_PADDINGS = ("zeros", "reflect")
 G_UPSAMPLES = ("nearest", "bilinear")
 ARCHS = ("dcgan", "resnet")
 
 
+SAVED_BEFORE_OPTION: dict[str, Any] = {"classifier_jitter": False}
+"""Options whose default changed when they were added, with the value a run saved
+before them was trained with: :meth:`TrainConfig.from_dict` reads a saved config that
+lacks one as that value, not as today's default."""
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Hyper-parameters of one ATA-GAN training run (all plain JSON types)."""
+
+    KIND: ClassVar[str] = "training"
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = SAVED_BEFORE_OPTION
 
     # --- data ---------------------------------------------------------------
     image_size: int = 64
@@ -165,8 +173,7 @@ class TrainConfig:
         if self.g_upsample not in G_UPSAMPLES:
             raise ValueError(
                 f"g_upsample must be one of {G_UPSAMPLES}, got {self.g_upsample!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        check_device(self.device)
         if self.image_size < 16 or self.image_size % 16:
             raise ValueError(
                 f"image_size must be a multiple of 16 and at least 16, got {self.image_size}"
@@ -227,65 +234,7 @@ class TrainConfig:
         """Whether adaptive augmentation (ADA) is on."""
         return self.ada_target > 0
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a saved run's dict, refusing unknown keys so typos are caught.
-
-        An option the dict lacks takes its default, or for the options in
-        :data:`SAVED_BEFORE_OPTION` the value runs were trained with before it existed."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**{**SAVED_BEFORE_OPTION, **d})
-
-    @classmethod
-    def parse_option(cls, text: str) -> tuple[str, Any]:
-        """Read ``"name=value"`` (value in JSON: ``0.5``, ``true``, ``[16, 32]``, ``mask``).
-
-        The value must have the field's type (an int is accepted for a float
-        field, a list for a tuple field). Raises ``ValueError`` naming the
-        problem, e.g. for an unknown name.
-        """
-        name, sep, raw = str(text).partition("=")
-        name = name.strip().replace("-", "_")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        if not sep or not name:
-            raise ValueError(f"expected NAME=VALUE, got {text!r}")
-        if name not in fields or name == "extra":
-            raise ValueError(f"unknown training option {name!r}; options: "
-                             + ", ".join(n for n in fields if n != "extra"))
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw.strip()
-        default = getattr(cls(), name)
-        ok = {bool: lambda v: isinstance(v, bool),
-              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-              float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-              str: lambda v: isinstance(v, str),
-              tuple: lambda v: isinstance(v, list) and all(
-                  isinstance(x, int | float) and not isinstance(x, bool) for x in v)}
-        if not ok[type(default)](value):
-            raise ValueError(f"{name} must be {type(default).__name__} like {default!r}, "
-                             f"got {raw!r}")
-        return name, float(value) if isinstance(default, float) else value
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-
-SAVED_BEFORE_OPTION: dict[str, Any] = {"classifier_jitter": False}
-"""Options whose default changed when they were added, with the value a run saved
-before them was trained with: :meth:`TrainConfig.from_dict` reads a saved config that
-lacks one as that value, not as today's default."""
 
 
 def quick_model_changes() -> dict:

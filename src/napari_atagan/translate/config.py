@@ -7,13 +7,12 @@ JSON, under the model family ``"translate"``) and is what a resumed run and
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
+from .._config import RunConfig, check_device
+
 GREY_LEVELS = ("shared", "own")
 """How crops and images are brought to model units: see :attr:`TranslateConfig.grey_levels`."""
 MIN_IMAGE_SIZE = 16
@@ -24,7 +23,7 @@ how often it reports, not what it learns."""
 
 
 @dataclass
-class TranslateConfig:
+class TranslateConfig(RunConfig):
     """Hyper-parameters of one translation run between two domains A and B
     (all plain JSON types).
 
@@ -34,6 +33,7 @@ class TranslateConfig:
     """
 
     FAMILY: ClassVar[str] = "translate"
+    KIND: ClassVar[str] = "translation"
     """Model family written into checkpoints (see :data:`napari_atagan.checkpoint.FAMILIES`)."""
 
     # --- data ---------------------------------------------------------------
@@ -198,8 +198,7 @@ class TranslateConfig:
         if self.grey_levels not in GREY_LEVELS:
             raise ValueError(f"grey_levels must be one of {', '.join(GREY_LEVELS)}, got "
                              f"{self.grey_levels!r}")
-        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        check_device(self.device)
         if not isinstance(self.extra, dict):
             raise ValueError(f"extra must be a dict, got {type(self.extra).__name__}")
 
@@ -209,59 +208,6 @@ class TranslateConfig:
         if not self.attention or self.attention_freeze_after >= 1:
             return None
         return max(1, round(self.attention_freeze_after * self.steps))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TranslateConfig:
-        """Build from a dict, refusing unknown keys so typos are caught."""
-        if not isinstance(d, dict):
-            raise ValueError(f"a translation config must be a dict, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown translation option(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def parse_option(cls, text: str) -> tuple[str, Any]:
-        """Read ``"name=value"`` (value in JSON: ``0.5``, ``false``, ``[16, 32, 64]``).
-
-        The value must have the field's type (an int is accepted for a float
-        field, a list for a tuple field). Raises ``ValueError`` naming the problem.
-        """
-        name, sep, raw = str(text).partition("=")
-        name = name.strip().replace("-", "_")
-        fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        if not sep or not name:
-            raise ValueError(f"expected NAME=VALUE, got {text!r}")
-        if name not in fields:
-            raise ValueError(f"unknown translation option {name!r}; options: "
-                             + ", ".join(sorted(fields)))
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw.strip()
-        default = getattr(cls(), name)
-        number = (int, float)
-        ok = {bool: lambda v: isinstance(v, bool),
-              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-              float: lambda v: isinstance(v, number) and not isinstance(v, bool),
-              str: lambda v: isinstance(v, str),
-              tuple: lambda v: isinstance(v, list) and all(
-                  isinstance(x, number) and not isinstance(x, bool) for x in v)}
-        if not ok[type(default)](value):
-            raise ValueError(f"{name} must be {type(default).__name__} like {default!r}, "
-                             f"got {raw!r}")
-        return name, float(value) if isinstance(default, float) else value
-
-    def replace(self, **changes: Any) -> TranslateConfig:
-        return dataclasses.replace(self, **changes)
 
 
 def _ints(name: str, values: Any) -> tuple[int, ...]:
