@@ -203,6 +203,8 @@ def test_train_then_apply(make_napari_viewer, qtbot, tmp_path, domains, image, e
                                   translate_image(path, image, direction="b2a", device="cpu")[0])
     assert viewer.layers["slide attended cells"].metadata["direction"] == "b2a"
     assert viewer.layers["slide translated"].metadata["composite"] == "soft"
+    tau = load_translator(path).config.attention_threshold  # blended: what D saw in training
+    assert viewer.layers["slide attended cells"].metadata["attention_threshold"] == tau
 
     # each pixel translated or kept: the engine's hard composite, recorded with the layer
     from napari_atagan._widgets._translate import COMPOSITE_CHOICES
@@ -216,6 +218,8 @@ def test_train_then_apply(make_napari_viewer, qtbot, tmp_path, domains, image, e
         viewer.layers["slide translated"].data,
         translate_image(path, image, direction="b2a", device="cpu", composite="hard")[0])
     assert viewer.layers["slide translated"].metadata["composite"] == "hard"
+    # the attended cells are the pixels the hard composite translated: attention above 0.5
+    assert viewer.layers["slide attended cells"].metadata["attention_threshold"] == 0.5
     attended = viewer.layers["slide translation attention"].data.max() > 0.5
     assert ("no pixel's attention is above 0.5" in widget.apply_status.text()) != attended
 

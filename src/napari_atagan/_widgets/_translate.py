@@ -155,8 +155,9 @@ def model_text(path: Path, translator: Any) -> str:
 
 # --------------------------------------------------------------------------- apply
 def attended_cells(translator: Any, attention: np.ndarray, direction: str,
-                   cell_diameter: float | None) -> np.ndarray:
-    """The attended cells: the attention thresholded at the model's own ``attention_threshold``.
+                   cell_diameter: float | None, composite: str = "soft") -> np.ndarray:
+    """The attended cells: the attention thresholded at the model's own ``attention_threshold``
+    (with the hard composite at :func:`attended_level`'s 0.5: the pixels it translated).
 
     Why :func:`~napari_atagan.slides.labels.attention_to_labels` on a fixed level and
     not :func:`~napari_atagan.slides.segment.label_cells`: ``label_cells`` is made
@@ -175,8 +176,16 @@ def attended_cells(translator: Any, attention: np.ndarray, direction: str,
     from napari_atagan.slides.labels import attention_to_labels
 
     diameter = cell_diameter or translator.model_cell_diameter(direction[0])
-    return attention_to_labels(attention, threshold=float(translator.config.attention_threshold),
+    return attention_to_labels(attention, threshold=attended_level(translator, composite),
                                min_size=DEFAULT_MIN_SIZE, cell_diameter=float(diameter))
+
+
+def attended_level(translator: Any, composite: str = "soft") -> float:
+    """The attention above which a pixel was translated: the model's
+    ``attention_threshold`` for the blend, the hard composite's cut otherwise."""
+    from napari_atagan.translate import HARD_CUT
+
+    return float(HARD_CUT if composite == "hard" else translator.config.attention_threshold)
 
 
 def apply_translation(translator: Any, image: Any, direction: str, cell_diameter: float | None,
@@ -196,7 +205,7 @@ def apply_translation(translator: Any, image: Any, direction: str, cell_diameter
                                             composite=composite)
     labels = None
     if translator.attention:
-        labels = attended_cells(translator, attention, direction, cell_diameter)
+        labels = attended_cells(translator, attention, direction, cell_diameter, composite)
     return translated, attention, labels
 
 
@@ -628,7 +637,7 @@ class TranslateWidget(RunsTraining, QWidget):
                 self.viewer.layers.remove(stale)
             text += " · no attended cells: the model translates the whole image (no attention)"
         else:
-            level = float(translator.config.attention_threshold)
+            level = attended_level(translator, composite)
             cells = put_labels(self.viewer, cells_name(name), labels,
                                metadata={**meta, "attention_threshold": level}, **where)
             cells.contour = 2  # outlines: the translated image stays visible inside
