@@ -29,7 +29,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+from .._config import DEVICES as DEVICE_CHOICES
+
 NO_LAYER = "(none)"
 
 

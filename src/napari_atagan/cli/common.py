@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .._config import DEVICES as DEVICE_CHOICES
+
 EXIT_USAGE = 2
 EXIT_STOPPED = 130
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
 # --------------------------------------------------------------------------- option values
