@@ -336,11 +336,6 @@ def _apply(args: argparse.Namespace) -> int:
             except OSError:
                 pass
         raise
-    from ..translate import nothing_attended
-
-    if args.composite == "hard" and nothing_attended(attention):
-        print("note: no pixel's attention is above 0.5, so the hard composite left the image "
-              "as it was; --composite soft blends it by the attention", file=sys.stderr)
     shape = tuple(int(s) for s in np.shape(translated))
     print(f"translated {shape[0]} x {shape[1]} px in {seconds:.1f} s "
           f"({shape[0] * shape[1] / 1e6 / max(seconds, 1e-9):.2f} Mpx/s); "
@@ -378,7 +373,7 @@ def _translate(translator: Any, image: Any, channel_info: dict[str, Any],
     from .. import __version__
     from ..export import save_attention_tiff
     from .._memmap import ScratchFolder, scratch_array
-    from ..translate import default_tile_size, translate_image
+    from ..translate import default_tile_size, nothing_attended, translate_image
     from .common import TextProgress
 
     t0 = time.perf_counter()
@@ -426,6 +421,10 @@ def _translate(translator: Any, image: Any, channel_info: dict[str, Any],
         except BaseException:
             files["translated"].unlink(missing_ok=True)  # both files or neither
             raise
+        if args.composite == "hard" and nothing_attended(attention):  # before the scratch goes
+            print("note: no pixel's attention is above 0.5, so the hard composite left the "
+                  "image as it was; --composite soft blends it by the attention",
+                  file=sys.stderr)
         return translated, attention, seconds
 
 
