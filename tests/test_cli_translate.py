@@ -259,6 +259,13 @@ def test_apply_hard_composite_is_translate_image_s_and_recorded(checkpoint, slid
     assert read_tiff_metadata(translated_path)["composite"] == "hard"
     # an attention above 0.5 nowhere leaves the image as it was: the user is told
     assert ("no pixel's attention is above 0.5" in err) == bool(want_a.max() <= 0.5)
+    # the command offers the engine's composites (listed here without importing torch)
+    from napari_atagan.cli.main import build_parser
+    from napari_atagan.translate import COMPOSITES
+
+    apply = build_parser()._subparsers._group_actions[0].choices["translate"]
+    apply = apply._subparsers._group_actions[0].choices["apply"]
+    assert tuple(next(a.choices for a in apply._actions if a.dest == "composite")) == COMPOSITES
     with pytest.raises(SystemExit) as refused:  # argparse: usage and the choices, exit 2
         run_cli(["translate", "apply", "--checkpoint", str(checkpoint), "--image",
                  str(slide_file), "--out", str(tmp_path / "x"), "--composite", "blend"])

@@ -211,6 +211,9 @@ def test_train_then_apply(make_napari_viewer, qtbot, tmp_path, domains, image, e
 
     assert [label for label, _ in COMPOSITE_CHOICES] == ["blend by the attention",
                                                          "translated or kept"]
+    from napari_atagan.translate import COMPOSITES
+
+    assert tuple(value for _, value in COMPOSITE_CHOICES) == COMPOSITES
     widget.composite.value = "hard"
     translate_and_wait(qtbot, widget)
     assert len(viewer.layers) == n_layers and errors() == []
