@@ -75,8 +75,10 @@ def simulated(n: int, seed: int, pattern: str | None = None):
 
     for i in range(n):
         s = simulate_slide((1038, 1388), n_cells=45, cell_diameter=75.0, seed=seed + i,
-                           bit_depth=8, realistic=True, patterns=PATTERNS if pattern is None else (pattern,))
-        yield "simulated" if pattern is None else f"simulated {pattern}", s.image, s.labels, s.cell_diameter
+                           bit_depth=8, realistic=True,
+                           patterns=PATTERNS if pattern is None else (pattern,))
+        group = "simulated" if pattern is None else f"simulated {pattern}"
+        yield group, s.image, s.labels, s.cell_diameter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                     metavar=("IMAGE", "LABELS", "DIAMETER"))
     ap.add_argument("--simulated", type=int, default=0)
     ap.add_argument("--simulated-patterns", nargs="+", default=[], metavar="NAME",
-                    help="with --simulated N: N slides of each of these patterns alone, instead of N "
-                         "slides of all six mixed (names of simulate.PATTERNS or EXTRA_PATTERNS)")
+                    help="with --simulated N: N slides of each of these patterns alone, instead "
+                         "of N slides of all six mixed (names of simulate.PATTERNS or "
+                         "EXTRA_PATTERNS)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     ap.add_argument("--background", default="flatten", choices=("flatten", "none"),

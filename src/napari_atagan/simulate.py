@@ -1175,7 +1175,8 @@ def simulate_slide(shape: tuple[int, int] = (1024, 1024), *, n_cells: int = 60, 
         image = _render(shape, cells, scale, _HAZE_LEVEL, _SIGNAL_UNIT, intensity, bit_depth, rng)
     else:
         mitotic_cells = extra.uniform(size=n_cells) < real.mitotic
-        mitotic_cells &= np.array([name not in EXTRA_PATTERNS for name in names])  # their chromatin is unstained
+        # an extra pattern's chromatin is unstained: no mitoses
+        mitotic_cells &= np.array([name not in EXTRA_PATTERNS for name in names])
         if real.crowding > 0:
             cells = _place_crowded(rng, labels, names, cell_diameter, real, mitotic_cells)
         else:

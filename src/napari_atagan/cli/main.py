@@ -241,7 +241,8 @@ def _add_simulate(sub) -> None:
                         "camera noise, with random amounts per slide (per crop for --crops)")
     p.add_argument("--rgb", action="store_true",
                    help="8-bit RGB images with the stain in the green channel")
-    p.add_argument("--patterns", nargs="+", choices=PATTERNS + EXTRA_PATTERNS, default=None, metavar="NAME",
+    p.add_argument("--patterns", nargs="+", choices=PATTERNS + EXTRA_PATTERNS, default=None,
+                   metavar="NAME",
                    help="staining patterns to draw, in turn (default: all six: "
                         f"{', '.join(PATTERNS)}); one name gives a slide of one pattern, as "
                         f"from one patient's serum; also {', '.join(EXTRA_PATTERNS)}, which no "

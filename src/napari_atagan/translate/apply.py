@@ -19,9 +19,10 @@ For a 2-D grey image and a direction (``a2b``: ``F_ab`` and ``A_a``; ``b2a``:
 3. **Translation.** ``x' = A(x) * F(x) + (1 - A(x)) * x`` (``F(x)`` without
    attention; with ``composite="hard"``, ``F(x)`` where ``A(x) > 0.5`` and ``x``
    elsewhere: :func:`~napari_atagan.translate.models.compose`), computed in
-   tiles. The networks normalise with their standing statistics, so they are plain convolutions: every tile is computed with a
-   halo at least as wide as their receptive field, its origin on a multiple
-   of 4 (the networks' stride), and only its centre is kept. The pixels do not
+   tiles. The networks normalise with their standing statistics, so they are
+   plain convolutions: every tile is computed with a halo at least as wide as
+   their receptive field, its origin on a multiple of 4 (the networks' stride),
+   and only its centre is kept. The pixels do not
    depend on the tiling, so there are no seams at all.
 4. **Back.** The translated image and the attention are resampled back to the
    image's own pixel grid; the translation is mapped back to grey levels with
