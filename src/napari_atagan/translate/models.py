@@ -198,9 +198,9 @@ COMPOSITES = ("soft", "hard")
 ``"hard"``, each pixel either translated (attention above :data:`HARD_CUT`) or kept."""
 HARD_CUT = 0.5
 """The attention above which a pixel is the cell's in a ``"hard"`` composite: the level
-at which the studies' attention IoU counts a pixel as the cell (the attended cells of
-the Translate widget are cut lower, at the config's ``attention_threshold``, where the
-discriminators look)."""
+at which the studies' attention IoU counts a pixel as the cell. (The Translate widget's
+attended cells are cut here for a hard composite; for the blend, lower, at the config's
+``attention_threshold``, where the discriminators look.)"""
 
 
 def check_composite(composite: str) -> str:
