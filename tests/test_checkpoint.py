@@ -21,6 +21,7 @@ from napari_atagan.checkpoint import (
     METADATA_KEY,
     Checkpoint,
     CheckpointError,
+    check_checkpoint,
     load_checkpoint,
     load_module_state,
     load_optimizer_state,
@@ -121,6 +122,9 @@ def refused(path, match: str | None = None) -> str:
     assert Path(path).name in message
     if match:
         assert match in message, message
+    with pytest.raises(CheckpointError) as checked:  # the torch-free check refuses it alike
+        check_checkpoint(path)
+    assert str(checked.value) == message
     return message
 
 
@@ -540,6 +544,32 @@ def test_bad_stored_architecture(tmp_path, saved):
     ckpt = load_checkpoint(rewrite(saved, tmp_path / "arch.safetensors", document=edit))
     with pytest.raises(CheckpointError, match="cannot rebuild D"):
         ckpt.discriminator()
+
+
+def test_the_torch_free_check_hashes_every_dtype_as_the_writer_did(tmp_path, run):
+    config, g, _, d, _, _ = run
+    extra = {"x.flag": torch.tensor([True, False]), "x.half": torch.ones(3, dtype=torch.float16),
+             "x.brain": torch.full((2, 2), 0.3, dtype=torch.bfloat16), "x.ids": torch.arange(4),
+             "x.scalar": torch.tensor(3.0), "x.empty": torch.zeros(0, 3),
+             "x.bytes": torch.arange(5, dtype=torch.uint8)}
+    path = save_checkpoint(tmp_path / "dtypes.safetensors", config=config,
+                           modules={"G": g, "D": d}, extra_tensors=extra)
+    assert check_checkpoint(path) == load_checkpoint(path).config == config
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last tensor's data
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    refused(tmp_path / "flipped.safetensors", "checksum")
+
+
+def test_a_checkpoint_is_checked_without_importing_torch(saved):
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_atagan._checkpoint_file import check_checkpoint; "
+            f"config = check_checkpoint({str(saved)!r}); "
+            "print(type(config).__name__, config.image_size, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["TrainConfig", "16", "False"]
 
 
 def test_checkpoint_error_is_a_value_error():

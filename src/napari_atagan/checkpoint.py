@@ -49,12 +49,25 @@ from safetensors.torch import save as _safetensors_to_bytes
 from torch import nn
 
 from . import __version__
+from ._checkpoint_file import (  # noqa: F401 - the file format, checked without torch
+    DEFAULT_FAMILY,
+    FAMILIES,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    SUFFIX,
+    CheckpointError,
+    check_bytes,
+    check_checkpoint,
+    checkpoint_error,
+    read_file,
+)
 
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_KEY",
     "Checkpoint",
     "CheckpointError",
+    "check_checkpoint",
     "checkpoint_error",
     "DEFAULT_FAMILY",
     "FAMILIES",
@@ -67,38 +80,10 @@ __all__ = [
     "save_checkpoint",
 ]
 
-FORMAT_VERSION = 1
-METADATA_KEY = "napari_atagan"
-SUFFIX = ".safetensors"
 GENERATOR_STATISTICS = "standing"
 """Metadata value ``generator_statistics`` of a checkpoint whose averaged generator
 carries standing BatchNorm statistics (see :func:`napari_atagan.gan.models.standing_statistics`);
 older checkpoints get them when their generator is loaded."""
-
-DEFAULT_FAMILY = "atagan"
-"""The family of a checkpoint whose metadata names none (all files written before
-families existed are ATA-GAN checkpoints)."""
-
-
-@dataclass(frozen=True)
-class _Family:
-    """What a model family's checkpoints are called, hold and are opened with."""
-
-    title: str
-    config_class: str  # "module:Class", imported when a file of the family is opened
-    opener: str
-    networks: str = ""  # the module that rebuilds the family's networks from a file
-
-
-FAMILIES: dict[str, _Family] = {
-    "atagan": _Family("an ATA-GAN checkpoint", "napari_atagan.gan.config:TrainConfig",
-                      "napari_atagan.checkpoint.load_checkpoint", "napari_atagan.gan.checkpoint"),
-    "translate": _Family("an attention-guided translation (UAG-GAN) checkpoint",
-                         "napari_atagan.translate.config:TranslateConfig",
-                         "napari_atagan.translate.load_translator"),
-}
-"""Every model family this version reads, by the name stored as ``family``."""
-
 
 def config_family(config: Any) -> str:
     """The family of a config object: its class attribute ``FAMILY``, else ATA-GAN."""
@@ -109,11 +94,6 @@ def config_family(config: Any) -> str:
     return family
 
 
-def _config_class(family: str) -> type:
-    module, _, name = FAMILIES[family].config_class.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _family_module(family: str) -> Any:
     """The module that rebuilds a family's networks (imported by name: this shared
     module knows the families only through :data:`FAMILIES`)."""
@@ -121,19 +101,6 @@ def _family_module(family: str) -> Any:
 
 
 _WRITE_CHUNK = 1 << 20
-_PICKLE_STARTS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # pickle protocols 2-5
-_ZIP_START = b"PK\x03\x04"  # torch.save archives are zip files
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, not ours, or does not fit the models."""
-
-
-def checkpoint_error(path: Path | str, problem: str) -> CheckpointError:
-    """The error for ``problem`` with the file at ``path``, naming the file."""
-    return CheckpointError(f"checkpoint {str(path)!r}: {problem}")
-
-
 # ---------------------------------------------------------------------------
 # saving
 # ---------------------------------------------------------------------------
@@ -534,122 +501,13 @@ def load_checkpoint(
     belongs to another model family than ``family`` (the message says which and
     how to open it), or holds an invalid training config.
     """
-    if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
     path = Path(path)
-    data = _read_file(path)
-    tensors = _parse_tensors(path, data)
-    document = _parse_metadata(path, data)
-    _check_format_version(path, document)
-    found = _check_family(path, document, family)
-    config = _parse_config(path, document, found)
-    _check_class_names(path, document)
-    _verify_checksum(path, document, tensors)
+    data = read_file(path)
+    config, document = check_bytes(path, data, family)
+    tensors = _safetensors_from_bytes(data)  # the bytes are checked: no error left here
     if str(map_location) != "cpu":
         tensors = {k: v.to(map_location) for k, v in tensors.items()}
     return Checkpoint(path=path, config=config, metadata=document, tensors=tensors)
-
-
-def _read_file(path: Path) -> bytes:
-    if not path.exists():
-        raise checkpoint_error(path, "no such file")
-    if path.is_dir():
-        raise checkpoint_error(path, f"is a folder, not a {SUFFIX} file")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise checkpoint_error(path, f"cannot be read: {exc}") from exc
-
-
-def _looks_like_safetensors(data: bytes) -> bool:
-    """A safetensors file is an 8-byte header length, then a JSON header that opens
-    with ``{``. The length alone can begin with pickle's bytes (a header of 640,
-    896, 1152 or 1408 bytes, modulo 65536, starts ``80 02`` to ``80 05``)."""
-    if len(data) < 9 or data[8:9] != b"{":
-        return False
-    return 2 <= int.from_bytes(data[:8], "little") <= len(data) - 8
-
-
-def _parse_tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
-    if not _looks_like_safetensors(data) and (
-            data[:2] in _PICKLE_STARTS or data[:4] == _ZIP_START):
-        raise checkpoint_error(
-            path,
-            "looks like a pickle or torch.save archive; napari-atagan only opens "
-            f"{SUFFIX} checkpoints, which cannot run code",
-        )
-    try:
-        return _safetensors_from_bytes(data)
-    except Exception as exc:  # SafetensorError is not importable in a stable place
-        raise checkpoint_error(path, f"is not a valid {SUFFIX} file (truncated or corrupt?): {exc}") from exc
-
-
-def _parse_metadata(path: Path, data: bytes) -> dict[str, Any]:
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_len])  # already validated by safetensors
-    text = (header.get("__metadata__") or {}).get(METADATA_KEY)
-    if text is None:
-        raise checkpoint_error(path, f"is a {SUFFIX} file but not a napari-atagan checkpoint "
-                     f"(no {METADATA_KEY!r} metadata)")
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise checkpoint_error(path, f"has corrupt metadata (invalid JSON: {exc})") from exc
-    if not isinstance(document, dict):
-        raise checkpoint_error(path, "has corrupt metadata (not a JSON object)")
-    return document
-
-
-def _check_format_version(path: Path, document: dict) -> None:
-    version = document.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise checkpoint_error(path, f"has an unknown checkpoint format version {version!r}")
-    if version > FORMAT_VERSION:
-        raise checkpoint_error(
-            path,
-            f"was written in checkpoint format {version}, newer than this napari-atagan "
-            f"({__version__}) reads (up to {FORMAT_VERSION}); update napari-atagan",
-        )
-
-
-def _check_family(path: Path, document: dict, expected: str | None) -> str:
-    """The file's model family; refuse one that is unknown or not ``expected``."""
-    found = document.get("family", DEFAULT_FAMILY)
-    if not isinstance(found, str) or found not in FAMILIES:
-        raise checkpoint_error(path, f"holds a model of family {found!r}, which this napari-atagan "
-                     f"({__version__}) does not know (known: {', '.join(FAMILIES)}); "
-                     "update napari-atagan")
-    if expected is not None and found != expected:
-        raise checkpoint_error(path, f"is {FAMILIES[found].title}, not {FAMILIES[expected].title}: "
-                     f"open it with {FAMILIES[found].opener}")
-    return found
-
-
-def _parse_config(path: Path, document: dict, family: str = DEFAULT_FAMILY) -> Any:
-    raw = document.get("config")
-    if not isinstance(raw, dict):
-        raise checkpoint_error(path, "has no training config in its metadata")
-    config_class = _config_class(family)
-    try:
-        return config_class.from_dict(raw)
-    except (TypeError, ValueError) as exc:
-        raise checkpoint_error(path, f"has an invalid training config: {exc}") from exc
-
-
-def _check_class_names(path: Path, document: dict) -> None:
-    names = document.get("class_names", [])
-    if names is None:
-        return
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise checkpoint_error(path, f"has invalid class_names (expected a list of strings): {names!r}")
-
-
-def _verify_checksum(path: Path, document: dict, tensors: dict[str, torch.Tensor]) -> None:
-    stored = document.get("checksum")
-    if not isinstance(stored, dict) or "sha256" not in stored:
-        return  # written without a checksum: nothing to compare
-    if _checksum(tensors)["sha256"] != stored["sha256"]:
-        raise checkpoint_error(path, "is corrupt: the tensor data does not match its checksum")
 
 
 # ---------------------------------------------------------------------------

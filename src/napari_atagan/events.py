@@ -27,11 +27,17 @@ __all__ = [
     "Progress",
     "Samples",
     "StopSignal",
+    "Stopped",
     "run_to_end",
     "should_stop",
 ]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+class Stopped(Exception):
+    """Raised when a ``stop`` callback asked to abort a computation (a slide's attention,
+    a translation, an archive's slide): nothing partial is kept."""
 
 
 @dataclass

@@ -121,8 +121,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; 0 on success, 2 for a user mistake, 130 when interrupted."""
-    from ..checkpoint import CheckpointError
-    from ..slides.attention import Stopped
+    from .._checkpoint_file import CheckpointError  # no torch to report a mistake
+    from ..events import Stopped
 
     try:
         return _run(args)
@@ -198,9 +198,12 @@ def _many_slides(slides: list[Path], options: Any, workers: int | None,
                  scheduler: str | None) -> int:
     """Every slide, one progress line over them; failures said and counted, not fatal."""
     from ..slides.archive import ArchiveDone, SlideResult, run_archive
-    from ..checkpoint import load_checkpoint
+    from .._checkpoint_file import check_checkpoint
 
-    load_checkpoint(options.checkpoint)  # a bad checkpoint is the run's mistake, not each slide's
+    # A bad checkpoint is the run's mistake, not each slide's. Checked from its bytes: the
+    # worker processes open it with torch, and importing torch here first cost the run
+    # seconds before any worker started.
+    check_checkpoint(options.checkpoint)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a clean stop, like Ctrl-C
     bar = TextProgress("slides")

@@ -50,7 +50,7 @@ def register(subparsers: Any) -> list[argparse.ArgumentParser]:
 
 def run(args: argparse.Namespace) -> int:
     """Execute a subcommand; 0 on success, 2 for a user mistake, 130 when interrupted."""
-    from ..checkpoint import CheckpointError
+    from .._checkpoint_file import CheckpointError
 
     name = getattr(args, "command", None) or "evaluate"
     try:

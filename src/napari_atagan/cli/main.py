@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..checkpoint import CheckpointError
+    from .._checkpoint_file import CheckpointError  # torch-free: every command passes here
 
     try:
         return int(args.run(args) or 0)

@@ -130,7 +130,7 @@ def _add_train(sub: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Execute ``translate train``: 0 done, 2 a user mistake, 130 stopped."""
-    from ..checkpoint import CheckpointError
+    from .._checkpoint_file import CheckpointError
 
     try:
         return _train(args)
@@ -280,7 +280,7 @@ def _add_apply(sub: Any) -> None:
 
 def run_apply(args: argparse.Namespace) -> int:
     """Execute ``translate apply``: 0 done, 2 a user mistake, 130 stopped."""
-    from ..checkpoint import CheckpointError
+    from .._checkpoint_file import CheckpointError
     from ..translate import Stopped
 
     try:

@@ -531,7 +531,7 @@ def _should_stop(stop: Any) -> bool:
 def _attempt(path: Path, options: ArchiveOptions, checkpoint: Any) -> dict[str, Any]:
     """One slide, its failure turned into a row (the run goes on)."""
     from ..checkpoint import CheckpointError
-    from .attention import Stopped
+    from ..events import Stopped
 
     try:
         return process_slide(path, options, checkpoint)
@@ -550,7 +550,7 @@ def _attempt(path: Path, options: ArchiveOptions, checkpoint: Any) -> dict[str, 
 
 def _run_here(paths, todo, options, stop):
     from ..checkpoint import load_checkpoint
-    from .attention import Stopped
+    from ..events import Stopped
 
     ckpt = load_checkpoint(options.checkpoint)
     for i in todo:

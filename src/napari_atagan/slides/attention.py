@@ -71,6 +71,7 @@ from torch.nn.utils import parametrize
 from .._memmap import StackPlane, release_pages
 from ..data import cell_levels, slide_levels
 from ..device import resolve_device, synchronize
+from ..events import Stopped
 
 __all__ = [
     "Stopped",
@@ -104,10 +105,6 @@ _profile: dict[str, float] | None = None
 Benchmarks set it to a dict (``benchmarks/bench_slide.py --profile``). Every
 stage then synchronises the device before and after itself, so the stages no
 longer overlap and the run is slower than an untimed one."""
-
-
-class Stopped(Exception):
-    """Raised when the ``stop`` callback asked to abort a slide computation."""
 
 
 # ---------------------------------------------------------------------------
