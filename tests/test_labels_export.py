@@ -460,8 +460,9 @@ def test_cli_writes_attention_and_labels(tmp_path, ckpt_path, capsys):
     assert meta["threshold"] == "local" and meta["min_size"] == 5
     assert meta["min_size_in_effect"] == 125  # 0.4 of a 20-px disc: the labelling's floor
     assert meta["tile_size"] == 32
+    assert meta["cut"] == "auto" and meta["cut_used"] == 0.35  # two cells: too few to fit the cut
     out = capsys.readouterr().out
-    assert '"cells"' in out and "megapixels_per_s" in out
+    assert '"cells"' in out and "megapixels_per_s" in out and '"cut"' in out
     assert sorted(os.listdir(tmp_path / "out")) == ["slide_attention.tif", "slide_cells.csv",
                                                     "slide_labels.tif", "slides.csv"]
 
@@ -493,6 +494,7 @@ def test_cli_labels_a_large_map_in_tiles(tmp_path, ckpt_path, monkeypatch):
     assert run(_parse([*image_argv, "--out", str(tmp_path / "large_image")])) == 0
     meta = read_tiff_metadata(tmp_path / "large_image" / "slide_labels.tif")
     assert meta["outline"].startswith("map (the slide is too large")
+    assert meta["cut_used"] is None  # the map's own outline has no cut
     monkeypatch.setattr(cli, "_MEMMAP_PIXELS", 1 << 27)
     assert run(_parse([*image_argv, "--out", str(tmp_path / "fits")])) == 0
     assert read_tiff_metadata(tmp_path / "fits" / "slide_labels.tif")["outline"] == "image"
@@ -538,7 +540,8 @@ def test_cli_reads_grey_saved_as_colour_through_its_luminance(tmp_path, ckpt_pat
 
 
 @pytest.mark.parametrize("argv", [["--diameter", "-3"], ["--diameter", "x"],
-                                  ["--threshold", "high"]])
+                                  ["--threshold", "high"], ["--cut", "1.5"], ["--cut", "0"],
+                                  ["--cut", "tight"]])
 def test_cli_bad_option_values_are_argparse_errors(argv, capsys):
     base = {"--checkpoint": "c", "--image": "i", "--diameter": "20", "--out": "o"}
     base.update(dict(zip(argv[::2], argv[1::2])))

@@ -353,3 +353,80 @@ def test_the_map_proposes_dim_cells_below_its_own_floor_and_the_image_confirms_t
     assert (tp, fp, fn) == (12, 0, 0) and iou > 0.8  # every cell, and the decoy the image does not show is none
     np.testing.assert_array_equal(labels, guided_labels(image, att, 28))
 
+
+
+# ---------------------------------------------------------------------------
+# where a cell's edge is cut: from the diameter, or fixed
+
+
+def _soft_cells(radius=12.0, edge=4.0, rows=3, cols=4, noise=1.0, seed=0):
+    """Discs of one radius whose edges are blurred by a Gaussian of ``edge`` pixels: the
+    contour at a fraction f of the way up lies at radius - edge * Phi^-1(f), so a cut at
+    0.5 outlines the disc itself (diameter 24) and lower cuts wider (0.25: about 29.4)."""
+    rng = np.random.default_rng(seed)
+    shape = (60 * rows, 60 * cols)
+    truth = np.zeros(shape, np.int32)
+    for i in range(rows):
+        for j in range(cols):
+            truth[_disc(shape, 30 + 60 * i, 30 + 60 * j, radius)] = i * cols + j + 1
+    image = 20.0 + 90.0 * ndi.gaussian_filter((truth > 0).astype(np.float64), edge)
+    image += rng.normal(0, noise, shape)
+    return image.astype(np.float32), truth
+
+
+def _median_diameter(labels):
+    areas = np.bincount(labels.ravel())[1:]
+    return float(np.median(np.sqrt(4 * areas[areas > 0] / np.pi)))
+
+
+def test_the_cut_follows_the_diameter_the_cells_are_measured_at():
+    image, truth = _soft_cells()
+    att = _coarse_map(truth)
+    told_tight, told_wide = {}, {}
+    labels = guided_labels(image, att, 24, info=told_tight)  # the discs as drawn
+    assert told_tight["cut"] == 0.5  # the edge of a blurred cell
+    assert abs(_median_diameter(labels) - 24) < 1.0
+    assert told_tight["median_diameter"] == pytest.approx(_median_diameter(labels))
+    wide = guided_labels(image, att, 29.5, info=told_wide)  # the same cells measured generously
+    assert told_wide["cut"] == 0.25
+    assert abs(_median_diameter(wide) - 29.5) < 1.0
+    for found in (labels, wide):  # the same twelve cells either way
+        tp, fp, fn, _ = _ious(found, truth)
+        assert (tp, fp, fn) == (12, 0, 0)
+
+
+def test_a_fixed_cut_is_kept_and_reported():
+    image, truth = _soft_cells()
+    att = _coarse_map(truth)
+    told = {}
+    fixed = guided_labels(image, att, 24, cut=0.35, info=told)
+    assert told["cut"] == 0.35
+    assert 26 < _median_diameter(fixed) < 28.5  # 24 + 2 * 4 * 0.385, a little wider than 0.5
+    same = label_cells(att, image, threshold="local", cell_diameter=24, cut="0.35")
+    np.testing.assert_array_equal(same, fixed)
+
+
+def test_too_few_cells_to_measure_keep_the_fixed_cut():
+    image, truth = _soft_cells(rows=1, cols=3)
+    told = {}
+    guided_labels(image, _coarse_map(truth), 24, info=told)
+    assert told["cut"] == 0.35
+
+
+@pytest.mark.parametrize("bad", ["half", 0, 1, 1.5, -0.2, True, None])
+def test_a_bad_cut_is_a_clear_error(bad):
+    image, truth = _soft_cells(rows=1, cols=2)
+    with pytest.raises(ValueError, match="cut must be 'auto' or a fraction"):
+        guided_labels(image, _coarse_map(truth), 24, cut=bad)
+    with pytest.raises(ValueError, match="cut must be 'auto' or a fraction"):
+        label_cells(_coarse_map(truth), image, cell_diameter=24, cut=bad)
+
+
+def test_a_stack_reports_the_cut_of_every_plane():
+    a, truth = _soft_cells()
+    b = np.ascontiguousarray(a[:, ::-1])
+    maps = np.stack([_coarse_map(truth), _coarse_map(truth[:, ::-1])])
+    told = {}
+    label_cells(maps, np.stack([a, b]), threshold="local", cell_diameter=29.5, info=told)
+    assert told["cut"] == [0.25, 0.25]
+    assert len(told["median_diameter"]) == 2

@@ -137,6 +137,26 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
     np.testing.assert_array_equal(viewer.layers["slide cells"].data, first)
 
+    # the edge cut: chosen from the diameter (and recorded), or a fixed fraction
+    assert meta["cut"] == "auto" and 0.25 <= meta["cut_used"] <= 0.5
+    assert widget.cut_value.enabled is False
+    widget.cut_mode.value = "fixed fraction"
+    assert widget.cut_value.enabled is True
+    widget.cut_value.value = 0.45
+    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["cut"] == 0.45,
+                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    assert viewer.layers["slide cells"].metadata["cut_used"] == 0.45
+    expected = label_cells(amap.data, widget.results[-1].flat, outline="image",
+                           threshold="local", min_size=widget.min_size.value,
+                           cell_diameter=widget.cell_diameter.value, cut=0.45)
+    np.testing.assert_array_equal(viewer.layers["slide cells"].data, expected)
+    widget.cut_mode.value = "auto (from the diameter)"
+    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["cut"] == "auto",
+                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    np.testing.assert_array_equal(viewer.layers["slide cells"].data, first)
+
     # a new threshold re-labels the kept map; the discriminator does not run again
     before = cells.data.copy()
     widget.threshold_mode.value = "Otsu (whole image)"

@@ -78,6 +78,8 @@ _MODES = {LOCAL: "local", OTSU: "otsu"}
 OUTLINE_IMAGE = "by the image"
 OUTLINE_MAP = "by the map"
 _OUTLINES = {OUTLINE_IMAGE: "image", OUTLINE_MAP: "map"}
+CUT_AUTO = "auto (from the diameter)"
+CUT_FIXED = "fixed fraction"
 DEFAULT_DIAMETER = 40.0
 PATTERN_COLOURS = ("#e69f00", "#56b4e9", "#009e73", "#f0e442", "#cc79a7", "#d55e00",
                    "#0072b2", "#ffffff", "#a6761d", "#999999")
@@ -124,6 +126,8 @@ class AttentionResult:
     """What was done with the slide's background (:mod:`napari_atagan.slides.background`)."""
     patterns_from: Path | None = None
     """The run whose classifier names the cells' patterns (None: the checkpoint's own)."""
+    told: dict = field(default_factory=dict)
+    """What the labelling said of the cells it outlined: ``"cut"``, the fraction used."""
     flat: Any = None
     """The slide as the map saw it (its background taken away unless ``background`` is
     ``"none"``): what outlines the cells when re-labelling."""
@@ -131,18 +135,20 @@ class AttentionResult:
 
 def label_and_measure(amap: np.ndarray, image: Any, flat: Any, checkpoint: Any, *,
                       outline: str, threshold: str | float, min_size: int,
-                      cell_diameter: float, device: str) -> tuple[np.ndarray, Any]:
+                      cell_diameter: float, device: str, cut: str | float = "auto",
+                      info: dict | None = None) -> tuple[np.ndarray, Any]:
     """Cell labels of a kept map and their cell table (runs in the worker thread).
 
     The cells are outlined on ``flat``, the slide as the map saw it
     (:func:`napari_atagan.slides.background.flatten_background`); the table measures
-    ``image``, the slide as it is.
+    ``image``, the slide as it is. ``cut`` and ``info`` (which receives the cut used):
+    as :func:`napari_atagan.slides.segment.label_cells` takes them.
     """
     from napari_atagan.slides.cells import cell_table
     from napari_atagan.device import resolve_device
 
     labels = label_cells(amap, flat, outline=outline, threshold=threshold, min_size=min_size,
-                         cell_diameter=cell_diameter)
+                         cell_diameter=cell_diameter, cut=cut, info=info)
     table = cell_table(labels, image, amap, checkpoint=checkpoint, cell_diameter=cell_diameter,
                        device=str(resolve_device(device)))
     return labels, table
@@ -151,7 +157,8 @@ def label_and_measure(amap: np.ndarray, image: Any, flat: Any, checkpoint: Any, 
 def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device: str,
                       threshold: str | float, min_size: int, stop: threading.Event,
                       progress_cb: Any, outline: str = "image", background: str = "flatten",
-                      patterns_from: Path | None = None
+                      patterns_from: Path | None = None, cut: str | float = "auto",
+                      info: dict | None = None
                       ) -> tuple[np.ndarray, np.ndarray, Any, Any, Any, Any]:
     """Map, labels and cell table of a slide or a ``(T, Y, X)`` stack (worker thread).
 
@@ -173,7 +180,8 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
                progress=progress_cb)
     labels, table = label_and_measure(amap, image, flat, namer, outline=outline,
                                       threshold=threshold, min_size=min_size,
-                                      cell_diameter=cell_diameter, device=device)
+                                      cell_diameter=cell_diameter, device=device, cut=cut,
+                                      info=info)
     return amap, labels, table, ckpt, flat, namer
 
 
@@ -308,6 +316,16 @@ class AttentionWidget(QWidget):
             tooltip="image: the attention finds the cells and the image's own edges outline "
                     "them (touching cells split where they narrow). map: cells cut from the "
                     "attention map alone.")
+        self.cut_mode = ComboBox(
+            label="edge cut", choices=[CUT_AUTO, CUT_FIXED], value=CUT_AUTO,
+            tooltip="Where each cell's edge is cut, as a fraction of the way from the "
+                    "background to the cell's own level (outline by the image). auto: "
+                    "between 0.25 and 0.5, so that the cells' median diameter comes "
+                    "closest to the cell diameter above: cells come out as wide as you "
+                    "measure them (whole cells or nuclei).")
+        self.cut_value = FloatSpinBox(
+            label="cut fraction", value=0.35, min=0.05, max=0.95, step=0.05, enabled=False,
+            tooltip="The fixed fraction: higher cuts each cell tighter.")
         self.min_size = SpinBox(
             label="min size", value=DEFAULT_MIN_SIZE, min=0, max=10**9, step=10,
             tooltip="Objects smaller than this many pixels are dropped (and always those "
@@ -327,7 +345,8 @@ class AttentionWidget(QWidget):
                     "vignetting, haze) before looking for cells. Takes effect on the next run.")
         self.form = Container(widgets=[
             self.image_layer, self.checkpoint, self.cell_diameter, self.estimate_button,
-            self.threshold_mode, self.threshold_value, self.outline, self.min_size, self.device,
+            self.threshold_mode, self.threshold_value, self.outline, self.cut_mode,
+            self.cut_value, self.min_size, self.device,
             self.flatten, self.patterns_from, self.colour_by_pattern,
         ])
         self.estimate_button.changed.connect(self.estimate_diameter)
@@ -336,6 +355,9 @@ class AttentionWidget(QWidget):
         self.threshold_value.changed.connect(self._schedule_relabel)
         self.min_size.changed.connect(self._schedule_relabel)
         self.outline.changed.connect(self._schedule_relabel)
+        self.cut_mode.changed.connect(self._update_cut_mode)
+        self.cut_mode.changed.connect(self._schedule_relabel)
+        self.cut_value.changed.connect(self._schedule_relabel)
         self.checkpoint.changed.connect(self._check_checkpoint)
         self.colour_by_pattern.changed.connect(self._recolour)
 
@@ -350,6 +372,14 @@ class AttentionWidget(QWidget):
         """``"local"``, ``"otsu"`` or the fixed value, as :func:`attention_to_labels` takes it."""
         mode = _MODES.get(self.threshold_mode.value)
         return mode if mode is not None else float(self.threshold_value.value)
+
+    def _update_cut_mode(self, *_: Any) -> None:
+        self.cut_value.enabled = self.cut_mode.value == CUT_FIXED
+
+    def cut(self) -> str | float:
+        """``"auto"`` or the fixed fraction, as :func:`napari_atagan.slides.segment.label_cells`
+        takes it."""
+        return "auto" if self.cut_mode.value == CUT_AUTO else float(self.cut_value.value)
 
     def outline_choice(self) -> str:
         """``"image"`` or ``"map"``, as :func:`napari_atagan.slides.segment.label_cells` takes it."""
@@ -463,7 +493,7 @@ class AttentionWidget(QWidget):
         self._batch_args = dict(checkpoint=checkpoint, diameter=float(self.cell_diameter.value),
                                 device=self.device.value, threshold=self.threshold(),
                                 min_size=int(self.min_size.value), outline=self.outline_choice(),
-                                background="flatten" if self.flatten.value else "none",
+                                cut=self.cut(), background="flatten" if self.flatten.value else "none",
                                 patterns_from=patterns_from)
         self._batch = list(layers)
         self._batch_size, self._batch_done, self._batch_ok = len(layers), 0, 0
@@ -493,17 +523,18 @@ class AttentionWidget(QWidget):
                 from napari_atagan.channels import describe_channel
 
                 notify_info(f"'{layer.name}' is RGB: using its {describe_channel(channel)}")
+            told: dict[str, Any] = {}  # the cut used, filled in by the worker
             worker = run_function(compute_attention, args["checkpoint"], image, args["diameter"],
                                   args["device"], args["threshold"], args["min_size"],
                                   self._live.stop, self._relay.callback, args["outline"],
-                                  args["background"], args["patterns_from"])
+                                  args["background"], args["patterns_from"], args["cut"], told)
             result = AttentionResult(source=layer, source_name=layer.name,
                                      attention=np.zeros(0, np.float32),
                                      checkpoint=args["checkpoint"],
                                      cell_diameter=args["diameter"], scale=tuple(layer.scale),
                                      translate=tuple(layer.translate), channel=channel,
                                      image=image, background=args["background"],
-                                     patterns_from=args["patterns_from"])
+                                     patterns_from=args["patterns_from"], told=told)
             worker.returned.connect(lambda out, result=result: self._on_result(result, *out))
             worker.errored.connect(lambda exc, name=layer.name: self._on_error(exc, name))
             worker.finished.connect(self._on_finished)
@@ -585,7 +616,7 @@ class AttentionWidget(QWidget):
                   metadata=self._metadata(result, ckpt.step))
         args = self._batch_args
         self._show_labels(result, labels, args["threshold"], args["min_size"], args["outline"],
-                          ckpt.step)
+                          ckpt.step, cut=args["cut"])
         if len(table) and not table.patterns:
             self._allow_patterns(False, f"{result.checkpoint.name} names no patterns (it "
                                         "keeps neither a pattern classifier nor a pattern "
@@ -612,13 +643,15 @@ class AttentionWidget(QWidget):
 
     def _show_labels(self, result: AttentionResult, labels: np.ndarray,
                      threshold: str | float, min_size: int, outline: str,
-                     step: int | None = None) -> None:
+                     step: int | None = None, cut: str | float = "auto") -> None:
         name = cells_name(result.source_name)
         meta = self._metadata(result, step)
         old = self.viewer.layers[name].metadata if name in self.viewer.layers else {}
         if step is None and "checkpoint_step" in old:
             meta["checkpoint_step"] = old["checkpoint_step"]
         meta.update(threshold=threshold, min_size=int(min_size), outline=outline)
+        if outline == "image":  # the map's own outline has no cut
+            meta.update(cut=cut, cut_used=result.told.get("cut"))
         layer = put_labels(self.viewer, name, labels, scale=result.scale,
                            translate=result.translate, metadata=meta,
                            features=cell_features(result.table))
@@ -688,23 +721,27 @@ class AttentionWidget(QWidget):
             return
         threshold, min_size, outline = self.threshold(), int(self.min_size.value), \
             self.outline_choice()
+        cut, told = self.cut(), {}
         worker = run_function(label_and_measure, result.attention, result.image, result.flat,
                               result.model,
                               outline=outline, threshold=threshold, min_size=min_size,
-                              cell_diameter=result.cell_diameter, device=self.device.value)
+                              cell_diameter=result.cell_diameter, device=self.device.value,
+                              cut=cut, info=told)
         worker.returned.connect(
-            lambda out: self._on_relabelled(result, *out, threshold, min_size, outline))
+            lambda out: self._on_relabelled(result, *out, threshold, min_size, outline, cut,
+                                            told))
         worker.errored.connect(lambda exc: notify_error(f"Labelling failed: {error_text(exc)}"))
         worker.finished.connect(self._on_relabel_finished)
         self.relabel_worker = worker
         worker.start()
 
     def _on_relabelled(self, result: AttentionResult, labels: np.ndarray, table: Any,
-                       threshold: str | float, min_size: int, outline: str) -> None:
+                       threshold: str | float, min_size: int, outline: str,
+                       cut: str | float = "auto", told: dict | None = None) -> None:
         if not self._live.alive:
             return
-        result.table = table
-        self._show_labels(result, labels, threshold, min_size, outline)
+        result.table, result.told = table, dict(told or {})
+        self._show_labels(result, labels, threshold, min_size, outline, cut=cut)
         self.status.setText(summary_text(result))
 
     def _on_relabel_finished(self) -> None:

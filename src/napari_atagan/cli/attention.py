@@ -33,11 +33,13 @@ from typing import Any
 
 from .common import (
     CHANNEL_HELP,
+    CUT_HELP,
     DEVICE_CHOICES,
     THRESHOLD_HELP,
     TextProgress,
     channel_option,
     check_out_folder,
+    cut_choice,
     diameter_or_auto,
     non_negative_int,
     positive_int,
@@ -77,6 +79,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="'image' (default): the map finds and seeds the cells, the slide's own "
                         "edges outline them and split touching ones; 'map': cells cut from the "
                         "attention map alone")
+    p.add_argument("--cut", type=cut_choice, default="auto", metavar="auto|FRACTION",
+                   help=CUT_HELP)
     p.add_argument("--background", choices=("flatten", "none"), default="flatten",
                    help="'flatten' (default): take away the slide's slowly varying background "
                         "(uneven illumination, vignetting, haze), found as a low percentile "
@@ -142,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     slides = find_slides(args.image)
     options = ArchiveOptions(
         checkpoint=args.checkpoint, out_dir=args.out, diameter=args.diameter,
-        threshold=args.threshold, outline=args.outline, min_size=args.min_size,
+        threshold=args.threshold, outline=args.outline, cut=args.cut, min_size=args.min_size,
         device=args.device, tile_size=args.tile_size, channel=channel_option(args),
         zarr=args.zarr, overwrite=args.overwrite, patterns=args.patterns,
         background=args.background, patterns_from=args.patterns_from)
@@ -183,6 +187,7 @@ def _one_slide(path: Path, options: Any) -> int:
         "table": files["cells"],
         "cells": row["cells"],
         "outline": row["_outline"],
+        "cut": row["_cut"],
         "cell_diameter": row["cell_diameter"],
         **row["_channel"],
     }

@@ -85,6 +85,26 @@ def threshold_choice(text: str) -> float | str:
     return value
 
 
+def cut_choice(text: str) -> float | str:
+    """Where a cell's edge is cut: ``"auto"`` or a fraction strictly between 0 and 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a fraction, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"the cut must lie between 0 and 1, got {text}")
+    return value
+
+
+CUT_HELP = ("where each cell's edge is cut, as a fraction of the way from the background to "
+            "the cell's own level: 'auto' (default) picks it per slide between 0.25 and 0.5 "
+            "so that the cells' median diameter comes closest to --diameter, so cells come "
+            "out as wide as you measure them (whole cells or nuclei); or a fixed fraction, "
+            "e.g. 0.35 (with --outline image)")
+
+
 CHANNEL_HELP = ("the channel of a colour or multi-channel image to use, counted from 0 "
                 "(default: the stained channel, chosen automatically as the one with the "
                 "largest spread of values; the choice is reported)")

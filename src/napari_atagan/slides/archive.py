@@ -94,6 +94,9 @@ class ArchiveOptions:
     """Cell diameter in pixels, or ``"auto"`` (estimated per slide)."""
     threshold: str | float = "local"
     outline: str = "image"
+    cut: str | float = "auto"
+    """Where a cell's edge is cut (:func:`napari_atagan.slides.segment.guided_labels`):
+    ``"auto"`` per slide, from the diameter, or a fixed fraction."""
     min_size: int | None = None
     device: str = "auto"
     tile_size: int | None = None
@@ -223,7 +226,7 @@ def settings_key(options: ArchiveOptions) -> str:
     ckpt = Path(options.checkpoint)
     size = ckpt.stat().st_size if ckpt.exists() else None
     decisive = {"checkpoint": [ckpt.name, size], "diameter": options.diameter,
-                "threshold": options.threshold, "outline": options.outline,
+                "threshold": options.threshold, "outline": options.outline, "cut": options.cut,
                 "min_size": options.min_size, "channel": options.channel,
                 "zarr": options.zarr, "patterns": options.patterns,
                 "background": options.background}
@@ -290,7 +293,8 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
         attention = compute(ckpt, flat, cell_diameter=diameter, tile_size=tile_size,
                             device=options.device, progress=progress, out=out, stop=stop)
         seconds_map = time.perf_counter() - t0
-        labels, outline = _labels(attention, flat, scratch, options.outline,
+        cut: dict[str, Any] = {}
+        labels, outline = _labels(attention, flat, scratch, options.outline, options.cut, cut,
                                   threshold=options.threshold, min_size=min_size,
                                   cell_diameter=diameter)
         metadata = {
@@ -301,6 +305,8 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
             "model_cell_diameter": model_cell_diameter(ckpt),
             "threshold": options.threshold,
             "outline": outline,
+            "cut": options.cut,
+            "cut_used": cut.get("cut"),  # the fraction (per plane of a stack); None: map outlines
             "background": options.background,
             "min_size": int(min_size),
             # the labelling never keeps objects under the cell-area floor
@@ -336,6 +342,7 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
         "error": "",
         # for the single-slide report
         "_outline": outline,
+        "_cut": cut.get("cut"),
         "_channel": channel_info,
         "_files": {k: str(v) for k, v in files.items()},
         "_megapixels_per_s": round(math.prod(shape) / 1e6 / max(seconds_map, 1e-9), 2),
@@ -410,10 +417,11 @@ def failed_row(path: Path, message: str) -> dict[str, Any]:
 
 
 def _labels(attention: np.ndarray, image: Any, scratch: Path, outline: str,
-            **options: Any) -> tuple[np.ndarray, str]:
+            cut: str | float, info: dict, **options: Any) -> tuple[np.ndarray, str]:
     """Cell labels of the map (:func:`napari_atagan.slides.segment.label_cells`) and what
-    outlined them. A map too large for memory is labelled from the map alone,
-    tile by tile into a file, and the returned outline says so."""
+    outlined them; ``info`` receives the cut used. A map too large for memory is
+    labelled from the map alone, tile by tile into a file, and the returned outline
+    says so."""
     from .labels import attention_to_labels_tiled
     from .segment import label_cells
 
@@ -422,7 +430,8 @@ def _labels(attention: np.ndarray, image: Any, scratch: Path, outline: str,
                             above=_MEMMAP_PIXELS)
         used = "map" if outline == "map" else "map (the slide is too large to outline from)"
         return attention_to_labels_tiled(attention, out=out, **options), used
-    return label_cells(np.asarray(attention), image, outline=outline, **options), outline
+    return label_cells(np.asarray(attention), image, outline=outline, cut=cut, info=info,
+                       **options), outline
 
 
 # --------------------------------------------------------------------------- many slides

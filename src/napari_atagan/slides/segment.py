@@ -27,11 +27,15 @@ Two labellings live here, both pure functions of numpy arrays:
   2. **Each cell cut at its own level**, so a few saturated cells skew no one
      else's outline. Every pixel within a quarter of a cell diameter of a map
      cell belongs to the nearest one (its zone); within that zone the cell is the
-     pixels of the smoothed image above :data:`CUT_FRACTION` of the way from
-     the background (the median of the pixels in no zone) to the cell's own
-     level (the median of the image in its seed). A cell's glow into the
-     cytoplasm, much dimmer than the nucleus, falls below its cut, and a dim
-     cell is cut as cleanly as a bright one.
+     pixels of the smoothed image above a fraction of the way from the
+     background (the median of the pixels in no zone) to the cell's own level
+     (the median of the image in its seed). A cell's glow into the cytoplasm,
+     much dimmer than the nucleus, falls below its cut, and a dim cell is cut as
+     cleanly as a bright one. The fraction is one per slide, chosen within
+     :data:`CUT_RANGE` so that the slide's median cell has the diameter the
+     labelling was given (``cut="auto"``, the default; or fixed): where a cell
+     ends is a convention of the person who outlines it (whole stained cells,
+     or tight nuclei), and the diameter they measured states it.
   3. **Touching cells split where the image narrows.** The cells' pixels are
      divided by a watershed on the distance to their edge, seeded by maxima of
      that distance at least half a cell diameter apart, as in the classic
@@ -93,8 +97,9 @@ from .labels import (
 from .._grouped import grouped_percentiles
 from ..metrics import otsu_baseline
 
-__all__ = ["CLASSIC_SIGMA", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA", "classic_labels",
-           "divide_large", "guided_labels", "label_cells", "proposed_cells", "split_large"]
+__all__ = ["CLASSIC_SIGMA", "CUT_FRACTION", "CUT_RANGE", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA",
+           "classic_labels", "divide_large", "guided_labels", "label_cells", "median_diameter",
+           "proposed_cells", "split_large"]
 
 OUTLINES = ("image", "map")
 """What outlines the cells in :func:`label_cells`: the slide (seeded by the map) or the map."""
@@ -107,7 +112,22 @@ ZONE_GROWTH = 0.25
 """A seed's zone reaches this many cell diameters beyond the map's cell."""
 CUT_FRACTION = 0.35
 """A cell keeps the pixels above this fraction of the way from the background to its own
-level."""
+level, when the cut is fixed (``cut=CUT_FRACTION``; see :data:`CUT_RANGE` for ``"auto"``)."""
+CUT_RANGE = (0.25, 0.5)
+"""``cut="auto"`` cuts each slide within this range of fractions, where its cells' median
+diameter comes closest to the diameter the labelling was given. 0.5 is half-way to the
+cell's level: the steepest point of a blurred step edge, the physical edge of the cell;
+cutting higher would outline less than the cell. The given diameter says how wide the
+user's cells are as they would outline them: generously, as I3A's masks draw whole cells,
+or tightly, as nuclei are drawn (see :func:`guided_labels`)."""
+MEASURE_STEP_DIAMETER = 12.0
+"""``cut="auto"`` measures cells of at least twice this diameter (pixels) on every other
+pixel of each axis: a cell still spans 12 of them, and its diameter is measured to about
+half a pixel of the grid."""
+FIT_MIN_CELLS = 5
+"""``cut="auto"`` needs at least this many cells on the slide, outlined at the top of
+:data:`CUT_RANGE` (else the fixed :data:`CUT_FRACTION`): the median diameter of fewer
+says little."""
 SPLIT_AREA = 1.7
 """An object of at least this many times the slide's median object is divided into
 ``round(area / median)`` cells (:func:`split_large`)."""
@@ -157,7 +177,8 @@ def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_S
 
 def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
                   min_size: int | None = None, sigma: float | None = None,
-                  map_labels: np.ndarray | None = None) -> np.ndarray:
+                  map_labels: np.ndarray | None = None, cut: float | str = "auto",
+                  info: dict | None = None) -> np.ndarray:
     """Cells found by the map and delineated by the image (see the module notes).
 
     Parameters
@@ -178,6 +199,22 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     map_labels:
         The cells the map proposes, if already computed (:func:`proposed_cells`);
         computed here otherwise, with the ``"local"`` rule.
+    cut:
+        Where a cell's edge is, as a fraction of the way from the background to the
+        cell's own level; ``"auto"`` (the default) chooses it per slide within
+        :data:`CUT_RANGE`: the fraction at which the median diameter of the slide's
+        cells (those clear of the image border) comes closest to ``cell_diameter``.
+        Cutting higher outlines each cell tighter, so the same slide gives generous
+        or tight outlines as the diameter asks: a lab that measures its cells
+        generously gets them so, one that gives the diameter of the nucleus gets
+        nuclei. With fewer than :data:`FIT_MIN_CELLS` cells it is
+        :data:`CUT_FRACTION`. The fractions tried are 0.5 first (the edge of a
+        blurred cell), then 0.35, then 0.25 or 0.425; each is measured on the zones'
+        cuts with their holes filled (the splits that follow change few cells), and
+        the slide is labelled once, at the fraction chosen.
+    info:
+        A dict that receives ``"cut"`` (the fraction used) and ``"median_diameter"``
+        (of the cells clear of the border, pixels; NaN with none).
     """
     img = _grey(image)
     att = _grey(attention_map, "attention map")
@@ -191,9 +228,12 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
         map_labels = proposed_cells(att, threshold="local", cell_diameter=d, min_size=min_size)
     elif map_labels.shape != img.shape:
         raise ValueError(f"map_labels has shape {map_labels.shape}, the image {img.shape}")
+    fixed = _check_cut(cut)
     n = int(map_labels.max())
     if n == 0 or _constant(img):
-        return _finish(np.asarray(map_labels, np.int64))
+        found = _finish(np.asarray(map_labels, np.int64))
+        _tell(info, CUT_FRACTION if fixed is None else fixed, found)
+        return found
     level = ndi.gaussian_filter(img, sigma)
     zones, regions = _zones(map_labels, d)
     free = level[zones == 0]
@@ -201,8 +241,91 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
         background, floor = _robust_level(free)[0], _noise_floor(free)
     else:  # zones cover the slide: no background to measure the noise of
         background = floor = float(level.min())
-    cells = _cut(level, att, map_labels, zones, n, background, floor)
-    return divide_large(_split_cells(cells, regions, d), min_size, in_place=True)
+    own = _cell_levels(level, att, map_labels, n)
+
+    def outlined(fraction: float) -> np.ndarray:
+        cells = _cut(level, zones, own, background, floor, fraction)
+        return divide_large(_split_cells(cells, regions, d), min_size, in_place=True)
+
+    step = 2 if d >= 2 * MEASURE_STEP_DIAMETER else 1
+    grid = (slice(None, None, step),) * 2
+    level_grid, zones_grid = level[grid], zones[grid]
+
+    def measured(fraction: float) -> tuple[float, int]:
+        """The cells' median diameter and count at ``fraction``, from the zones' cuts
+        with their holes filled (the labelling's but for the splits, which part few
+        cells), on every ``step``-th pixel of each axis."""
+        cells = fill_holes_each(_cut(level_grid, zones_grid, own, background, floor, fraction))
+        count = int(np.count_nonzero(np.bincount(cells.ravel())[1:]))
+        return median_diameter(cells) * step, count
+
+    if fixed is not None:
+        fraction = fixed
+    elif n < FIT_MIN_CELLS:
+        fraction = CUT_FRACTION
+    else:
+        fraction = _fitted_cut(measured, d)
+    found = outlined(fraction)
+    _tell(info, fraction, found)
+    return found
+
+
+def _check_cut(cut: float | str) -> float | None:
+    """The fixed fraction ``cut`` names, or None for ``"auto"``."""
+    if isinstance(cut, str):
+        if cut == "auto":
+            return None
+        try:
+            cut = float(cut)
+        except ValueError:
+            raise ValueError(f"cut must be 'auto' or a fraction between 0 and 1, got {cut!r}") from None
+    if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0 < float(cut) < 1:
+        raise ValueError(f"cut must be 'auto' or a fraction between 0 and 1, got {cut!r}")
+    return float(cut)
+
+
+def _fitted_cut(measured: Any, d: float) -> float:
+    """The fraction of :data:`CUT_RANGE` (tried: 0.5; 0.35; then 0.25 or 0.425) whose
+    cells' median diameter comes closest to ``d`` (in ratio); :data:`CUT_FRACTION`
+    with fewer than :data:`FIT_MIN_CELLS` cells. ``measured(fraction)``: the median
+    diameter and the number of cells. A higher cut never widens a cell, so the search
+    walks down from the top."""
+    low, high = CUT_RANGE
+    widths: dict[float, float] = {}
+    widths[high], count = measured(high)
+    if count < FIT_MIN_CELLS:  # too few cells to measure
+        return CUT_FRACTION
+    if not widths[high] < d:  # as wide as asked even at the cell's edge
+        return high
+    middle = CUT_FRACTION
+    widths[middle] = measured(middle)[0]
+    last = low if widths[middle] <= d else (middle + high) / 2
+    widths[last] = measured(last)[0]
+
+    def miss(fraction: float) -> float:
+        m = widths[fraction]
+        return abs(math.log(m / d)) if m > 0 else math.inf
+
+    return min(sorted(widths), key=miss)
+
+
+def median_diameter(labels: np.ndarray) -> float:
+    """Median equivalent diameter (pixels) of the cells that do not touch the image
+    border (all cells where none is clear of it); NaN without cells."""
+    from .labels import drop_border_cells
+
+    for cells in (drop_border_cells(labels), labels):
+        areas = np.bincount(np.asarray(cells).ravel())[1:]
+        areas = areas[areas > 0]
+        if areas.size:
+            return float(np.median(np.sqrt(4.0 * areas / math.pi)))
+    return float("nan")
+
+
+def _tell(info: dict | None, fraction: float, labels: np.ndarray) -> None:
+    if info is not None:
+        info["cut"] = round(float(fraction), 4)
+        info["median_diameter"] = median_diameter(labels)
 
 
 def proposed_cells(attention_map: np.ndarray, **options: Any) -> np.ndarray:
@@ -215,14 +338,17 @@ def proposed_cells(attention_map: np.ndarray, **options: Any) -> np.ndarray:
 
 def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
                 threshold: str | float = "auto", min_size: int = 0,
-                cell_diameter: float | None = None) -> np.ndarray:
+                cell_diameter: float | None = None, cut: float | str = "auto",
+                info: dict | None = None) -> np.ndarray:
     """The cells of a slide (or of every plane of a ``(T, Y, X)`` stack) from its map.
 
     ``outline="image"``: :func:`guided_labels` (needs ``cell_diameter``; the cells
     the map proposes are found with ``threshold`` and ``min_size``, :func:`proposed_cells`,
     and then outlined by the image); ``"map"``: :func:`napari_atagan.slides.labels.attention_to_labels`
     alone. Ids are unique over a stack. The one labelling the CLI and the
-    napari widget share.
+    napari widget share. ``cut`` and ``info``: as :func:`guided_labels` takes them
+    (with a stack, ``info`` gets a list per key, one value per plane; the map's own
+    labelling has no cut).
     """
     if outline not in OUTLINES:
         raise ValueError(f"outline must be one of {', '.join(OUTLINES)}, got {outline!r}")
@@ -232,15 +358,24 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
         return attention_to_labels(att, **options)
     if cell_diameter is None:
         raise ValueError("outlining cells by the image needs the cell diameter")
+    _check_cut(cut)
     if att.ndim == 2:
         return guided_labels(np.asarray(image), att, cell_diameter, min_size=min_size,
-                             map_labels=proposed_cells(att, **options))
+                             map_labels=proposed_cells(att, **options), cut=cut, info=info)
     if att.ndim != 3:
         raise ValueError(f"attention map must be 2-D or a (T, Y, X) stack, got shape {att.shape}")
-    planes = (guided_labels(np.asarray(image[t]), att[t], cell_diameter, min_size=min_size,
-                            map_labels=proposed_cells(att[t], **options))
-              for t in range(att.shape[0]))
-    return number_planes(planes, att.shape)
+    told: list[dict] = []
+
+    def plane(t: int) -> np.ndarray:
+        told.append({})
+        return guided_labels(np.asarray(image[t]), att[t], cell_diameter, min_size=min_size,
+                             map_labels=proposed_cells(att[t], **options), cut=cut,
+                             info=told[-1])
+
+    labels = number_planes((plane(t) for t in range(att.shape[0])), att.shape)
+    if info is not None:
+        info.update({key: [each[key] for each in told] for key in ("cut", "median_diameter")})
+    return labels
 
 
 def split_large(labels: np.ndarray, min_size: int = 0, *,
@@ -324,14 +459,10 @@ def _elongation(yx: np.ndarray) -> float:
 # ---------------------------------------------------------------------------
 
 
-def _cut(level: np.ndarray, att: np.ndarray, map_labels: np.ndarray, zones: np.ndarray,
-         n: int, background: float, floor: float) -> np.ndarray:
-    """Steps 1 and 2 of the module notes: each zone's pixels above its cell's cut; seeds
-    whose own level is not above the image's noise ``floor`` are no cells.
-
-    Only the map's cells and the zones can hold cells, so only their pixels are
-    looked at.
-    """
+def _cell_levels(level: np.ndarray, att: np.ndarray, map_labels: np.ndarray,
+                 n: int) -> np.ndarray:
+    """Step 1 of the module notes: each map cell's own level (index 0 unused), the
+    :data:`BRIGHT_PCT` percentile of the smoothed image in its seed."""
     inner = np.flatnonzero(map_labels > 0)
     own = map_labels.ravel()[inner].astype(np.int64)
     att_own = att.ravel()[inner]
@@ -341,13 +472,24 @@ def _cut(level: np.ndarray, att: np.ndarray, map_labels: np.ndarray, zones: np.n
     bright = np.zeros(n + 1)
     bright[1:] = grouped_percentiles(level.ravel()[inner[seed]], own[seed], np.arange(1, n + 1),
                                      BRIGHT_PCT)
-    cut = background + CUT_FRACTION * (bright - background)
+    return bright
+
+
+def _cut(level: np.ndarray, zones: np.ndarray, bright: np.ndarray, background: float,
+         floor: float, fraction: float) -> np.ndarray:
+    """Step 2 of the module notes: each zone's pixels above ``fraction`` of the way from
+    the ``background`` to its cell's level ``bright``; seeds whose own level is not above
+    the image's noise ``floor`` are no cells.
+
+    Only the zones can hold cells, so only their pixels are looked at.
+    """
+    cut = background + fraction * (bright - background)
     cut[bright <= floor] = np.inf  # the image shows nothing there
     cut[0] = np.inf
     reach = np.flatnonzero(zones)
     zone = zones.ravel()[reach]
     above = level.ravel()[reach] > cut[zone]
-    cells = np.zeros(zones.shape, np.result_type(zones.dtype, map_labels.dtype))
+    cells = np.zeros(zones.shape, zones.dtype)
     flat = cells.ravel()
     flat[reach[above]] = zone[above]
     return cells
