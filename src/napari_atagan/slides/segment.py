@@ -121,9 +121,9 @@ cutting higher would outline less than the cell. The given diameter says how wid
 user's cells are as they would outline them: generously, as I3A's masks draw whole cells,
 or tightly, as nuclei are drawn (see :func:`guided_labels`)."""
 MEASURE_STEP_DIAMETER = 12.0
-"""``cut="auto"`` measures cells of at least twice this diameter (pixels) on every other
-pixel of each axis: a cell still spans 12 of them, and its diameter is measured to about
-half a pixel of the grid."""
+"""``cut="auto"`` measures the cells' diameters on every ``d // 12``-th pixel of each axis
+(``d``: the given diameter), so that a cell spans at least 12 of them: about 110 samples of
+its area, and the median over the slide's cells is a fraction of a pixel of that grid."""
 FIT_MIN_CELLS = 5
 """``cut="auto"`` needs at least this many cells on the slide, outlined at the top of
 :data:`CUT_RANGE` (else the fixed :data:`CUT_FRACTION`): the median diameter of fewer
@@ -247,7 +247,7 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
         cells = _cut(level, zones, own, background, floor, fraction)
         return divide_large(_split_cells(cells, regions, d), min_size, in_place=True)
 
-    step = 2 if d >= 2 * MEASURE_STEP_DIAMETER else 1
+    step = max(1, int(d // MEASURE_STEP_DIAMETER))
     grid = (slice(None, None, step),) * 2
     level_grid, zones_grid = level[grid], zones[grid]
 
