@@ -147,6 +147,7 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
                     timeout=TIMEOUT_MS)
     qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
     assert viewer.layers["slide cells"].metadata["cut_used"] == 0.45
+    assert "· edge cut 0.45 ·" in widget.status.text()
     expected = label_cells(amap.data, widget.results[-1].flat, outline="image",
                            threshold="local", min_size=widget.min_size.value,
                            cell_diameter=widget.cell_diameter.value, cut=0.45)

@@ -222,6 +222,9 @@ def summary_text(result: AttentionResult) -> str:
     if summary["pattern"]:
         text += (f" · slide pattern {summary['pattern']} ({summary['confidence']:.2f}, "
                  f"{summary['pattern_source']})")
+    cut = result.told.get("cut")
+    if isinstance(cut, float):  # one plane outlined by the image (a stack has one per plane)
+        text += f" · edge cut {cut:g}"
     return text + f" · attention 0 .. {result.top:.3g}"
 
 

@@ -51,16 +51,22 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def _word_or_number(text: str, words: tuple[str, ...], expected: str) -> float | str:
+    """One of ``words`` (in any case, lower-cased), else ``text`` as a float; ``expected``
+    says what was expected when it is neither."""
+    word = text.strip().lower()
+    if word in words:
+        return word
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def diameter_or_auto(text: str) -> float | str:
     """A cell diameter in pixels (> 0), or ``"auto"`` to estimate it from the image."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a cell diameter in pixels or 'auto', got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
+    value = _word_or_number(text, ("auto",), "a cell diameter in pixels or 'auto'")
+    if value != "auto" and not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"the cell diameter must be > 0 pixels, got {text}")
     return value
 
@@ -73,27 +79,16 @@ THRESHOLD_HELP = ("how attention becomes cells: 'local' (each cell cut at a quar
 
 def threshold_choice(text: str) -> float | str:
     """An attention threshold: ``"local"``, ``"otsu"`` or a finite number."""
-    if text.strip().lower() in ("local", "otsu"):
-        return text.strip().lower()
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'local', 'otsu' or a number, got {text!r}") from None
-    if not math.isfinite(value):
+    value = _word_or_number(text, ("local", "otsu"), "'local', 'otsu' or a number")
+    if not isinstance(value, str) and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"the threshold must be a finite number, got {text}")
     return value
 
 
 def cut_choice(text: str) -> float | str:
     """Where a cell's edge is cut: ``"auto"`` or a fraction strictly between 0 and 1."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a fraction, got {text!r}") from None
-    if not 0 < value < 1:
+    value = _word_or_number(text, ("auto",), "'auto' or a fraction")
+    if value != "auto" and not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"the cut must lie between 0 and 1, got {text}")
     return value
 
