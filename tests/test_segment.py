@@ -404,6 +404,7 @@ def test_a_fixed_cut_is_kept_and_reported():
     assert 26 < _median_diameter(fixed) < 28.5  # 24 + 2 * 4 * 0.385, a little wider than 0.5
     same = label_cells(att, image, threshold="local", cell_diameter=24, cut="0.35")
     np.testing.assert_array_equal(same, fixed)
+    np.testing.assert_array_equal(guided_labels(image, att, 24, cut=np.float32(0.35)), fixed)
 
 
 def test_too_few_cells_to_measure_keep_the_fixed_cut():

@@ -70,6 +70,7 @@ Both return ``uint16`` labels numbered 1..N (``uint32`` above 65,535 cells).
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -279,7 +280,7 @@ def _check_cut(cut: float | str) -> float | None:
             cut = float(cut)
         except ValueError:
             raise ValueError(f"cut must be 'auto' or a fraction between 0 and 1, got {cut!r}") from None
-    if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0 < float(cut) < 1:
+    if isinstance(cut, bool) or not isinstance(cut, numbers.Real) or not 0 < float(cut) < 1:
         raise ValueError(f"cut must be 'auto' or a fraction between 0 and 1, got {cut!r}")
     return float(cut)
 
