@@ -124,17 +124,13 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     widget.image_layer.value = image
     first = cells.data.copy()
     widget.outline.value = "by the map"
-    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["outline"] == "map",
-                    timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "outline", "map")
     expected = label_cells(amap.data, slide.image, outline="map", threshold="local",
                            min_size=widget.min_size.value,
                            cell_diameter=widget.cell_diameter.value)
     np.testing.assert_array_equal(viewer.layers["slide cells"].data, expected)
     widget.outline.value = "by the image"
-    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["outline"] == "image",
-                    timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "outline", "image")
     np.testing.assert_array_equal(viewer.layers["slide cells"].data, first)
 
     # the edge cut: chosen from the diameter (and recorded), or a fixed fraction
@@ -143,9 +139,7 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     widget.cut_mode.value = "fixed fraction"
     assert widget.cut_value.enabled is True
     widget.cut_value.value = 0.45
-    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["cut"] == 0.45,
-                    timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "cut", 0.45)
     assert viewer.layers["slide cells"].metadata["cut_used"] == 0.45
     assert "· edge cut 0.45 ·" in widget.status.text()
     expected = label_cells(amap.data, widget.results[-1].flat, outline="image",
@@ -153,17 +147,13 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
                            cell_diameter=widget.cell_diameter.value, cut=0.45)
     np.testing.assert_array_equal(viewer.layers["slide cells"].data, expected)
     widget.cut_mode.value = "auto (from the diameter)"
-    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["cut"] == "auto",
-                    timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "cut", "auto")
     np.testing.assert_array_equal(viewer.layers["slide cells"].data, first)
 
     # a new threshold re-labels the kept map; the discriminator does not run again
     before = cells.data.copy()
     widget.threshold_mode.value = "Otsu (whole image)"
-    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["threshold"] == "otsu",
-                    timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "threshold", "otsu")
     widget.threshold_mode.value = "value"
     widget.threshold_value.value = float(np.quantile(amap.data, 0.98))
     qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["threshold"] != "otsu",
@@ -173,9 +163,7 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
     assert after.metadata["threshold"] == pytest.approx(widget.threshold_value.value)
     assert (after.data > 0).sum() < (before > 0).sum()
     widget.min_size.value = 10_000  # nothing is that large
-    qtbot.waitUntil(lambda: viewer.layers["slide cells"].metadata["min_size"] == 10_000,
-                    timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: widget.relabel_worker is None, timeout=TIMEOUT_MS)
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "min_size", 10_000)
     assert viewer.layers["slide cells"].data.max() == 0
     assert engine_calls == ["slide_attention"]
     assert len(flattenings) == 1  # re-labelling outlines on the slide the run flattened
