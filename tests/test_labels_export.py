@@ -461,6 +461,7 @@ def test_cli_writes_attention_and_labels(tmp_path, ckpt_path, capsys):
     assert meta["min_size_in_effect"] == 125  # 0.4 of a 20-px disc: the labelling's floor
     assert meta["tile_size"] == 32
     assert meta["cut"] == "auto" and meta["cut_used"] == 0.35  # two cells: too few to fit the cut
+    assert 10 < meta["median_cell_diameter"] < 40  # two discs of radius 10, cut at 0.35
     out = capsys.readouterr().out
     assert '"cells"' in out and "megapixels_per_s" in out and '"cut"' in out
     assert sorted(os.listdir(tmp_path / "out")) == ["slide_attention.tif", "slide_cells.csv",

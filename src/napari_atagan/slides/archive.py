@@ -307,6 +307,8 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
             "outline": outline,
             "cut": options.cut,
             "cut_used": cut.get("cut"),  # the fraction (per plane of a stack); None: map outlines
+            # how wide the cells came out, beside the cell_diameter they were asked for
+            "median_cell_diameter": _rounded(cut.get("median_diameter")),
             "background": options.background,
             "min_size": int(min_size),
             # the labelling never keeps objects under the cell-area floor
@@ -414,6 +416,13 @@ def failed_row(path: Path, message: str) -> dict[str, Any]:
     return {"slide": path.name, "status": "failed", "cells": "", "median_area": "",
             "pattern": "", "confidence": "", "pattern_source": "", "cell_diameter": "",
             "seconds": "", "error": message}
+
+
+def _rounded(value: Any) -> Any:
+    """A diameter (or a stack's list of them) to 0.01 px for the metadata; NaN as None."""
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return None if value is None or not math.isfinite(value) else round(float(value), 2)
 
 
 def _labels(attention: np.ndarray, image: Any, scratch: Path, outline: str,
