@@ -578,3 +578,22 @@ def test_pattern_probabilities_in_the_precision_asked(tmp_path, monkeypatch):
     assert np.array_equal(full, auto)  # asked for float32: float32 whatever the chip
     assert full.shape == (int(labels.max()), 6) and not np.array_equal(full, half)
     assert np.abs(full - half).max() < 0.05
+
+
+def test_a_folder_run_refuses_a_bad_checkpoint_before_importing_torch(tmp_path):
+    """The command's main process only hands the checkpoint to its workers: it checks the
+    file from its bytes, and a bad one ends the run with a clear error, torch never loaded."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for i in range(2):
+        tifffile.imwrite(folder / f"s{i}.tif", np.zeros((64, 64), np.uint16))
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a checkpoint at all, and long enough to look at")
+    code = ("import sys; from napari_atagan.cli.main import main; "
+            f"rc = main(['attention', '--checkpoint', {str(bad)!r}, '--image', {str(folder)!r}, "
+            f"'--diameter', '20', '--out', {str(tmp_path / 'out')!r}]); "
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "False"]
+    assert "model.safetensors" in out.stderr and "not a valid" in out.stderr
+    assert not any((tmp_path / "out").glob("*_labels.tif"))
