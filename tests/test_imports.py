@@ -23,3 +23,12 @@ def test_engine_never_imports_napari_or_qt():
 
 def test_widgets_do_not_load_torchvision():
     assert "torchvision" not in _loaded_after("import napari_atagan._widgets")
+
+
+def test_stopped_is_one_class_wherever_it_is_imported_from():
+    """A stop raised by any engine is caught by every front end's ``except Stopped``."""
+    import napari_atagan.events as events
+    import napari_atagan.slides.attention as slide_attention
+    import napari_atagan.translate as translate
+
+    assert slide_attention.Stopped is events.Stopped is translate.Stopped

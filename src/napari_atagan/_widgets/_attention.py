@@ -563,7 +563,7 @@ class AttentionWidget(QWidget):
             self._pbar.set(done, total)
 
     def _on_error(self, exc: BaseException, name: str = "") -> None:
-        from napari_atagan.slides.attention import Stopped
+        from napari_atagan.events import Stopped
 
         if isinstance(exc, Stopped):
             notify_info("Attention computation stopped.")

@@ -252,7 +252,7 @@ def evaluate_augment(
                         break
                 info["steps"] = taken
                 if info["stopped"] or (stop is not None and stop()):
-                    from ..slides.attention import Stopped
+                    from ..events import Stopped
 
                     raise Stopped("stopped on request")
                 scores[arm] = _pattern_accuracy(model, test, names)

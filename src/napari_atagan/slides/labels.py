@@ -899,7 +899,7 @@ class _Ticker:
 
 def _check_stop(stop: Callable[[], bool] | None) -> None:
     if stop is not None and stop():
-        from .attention import Stopped
+        from ..events import Stopped
 
         raise Stopped("stopped on request")
 

@@ -46,7 +46,8 @@ import torch
 
 from .._memmap import release_pages
 from ..device import resolve_device
-from ..slides.attention import Stopped, _AxisTaps, _check_diameter
+from ..events import Stopped
+from ..slides.attention import _AxisTaps, _check_diameter
 from .data import CLIP, Levels, LocalLevels, local_levels
 from .models import HARD_CUT, MULTIPLE, check_composite, compose
 from .translator import check_direction, load_translator
