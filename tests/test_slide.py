@@ -514,6 +514,34 @@ def test_discriminator_attention_on_bare_model(ckpt):
     assert _rel(att, ref) < 1e-5
 
 
+def test_discriminator_prepared_once_per_checkpoint_and_stride(tmp_path, monkeypatch):
+    """An archive's worker runs many slides with one checkpoint: the discriminator is
+    built for slides once (per device and CAM stride), and the maps stay those of a
+    freshly built one."""
+    ckpt = load_checkpoint(_tiny_checkpoint(tmp_path / "tiny"))
+    built = []
+    original = type(ckpt).discriminator
+
+    def counting(self, device="cpu"):
+        built.append(str(device))
+        return original(self, device)
+
+    monkeypatch.setattr(type(ckpt), "discriminator", counting)
+    maps = [slide_attention(ckpt, _slide((64, 72), seed=s), cell_diameter=MODEL_DIAMETER,
+                            device="cpu") for s in range(3)]
+    assert built == ["cpu"]
+    slide_attention_stack(ckpt, np.stack([_slide((64, 72), seed=s) for s in range(2)]),
+                          cell_diameter=MODEL_DIAMETER, device="cpu")
+    assert built == ["cpu"]  # a stack uses the same prepared discriminator
+    slide_attention(ckpt, _slide((64, 72)), cell_diameter=MODEL_DIAMETER, device="cpu",
+                    cam_stride=2)
+    assert built == ["cpu", "cpu"]  # another stride is another discriminator
+    for s, m in enumerate(maps):
+        fresh = discriminator_attention(original(ckpt, "cpu"), _slide((64, 72), seed=s),
+                                        factor=1.0, device="cpu")
+        assert np.array_equal(m, fresh)
+
+
 # ---------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------

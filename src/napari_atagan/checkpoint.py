@@ -35,7 +35,7 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -401,6 +401,8 @@ class Checkpoint:
     _pattern_models: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """:meth:`pattern_model` by device, built once: the archive names every slide's cells
     with it, and rebuilding a classifier teacher took 0.09 s a slide on a CPU."""
+    _built: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """What :meth:`built_once` made, by key."""
 
     @property
     def family(self) -> str:
@@ -462,6 +464,19 @@ class Checkpoint:
         (see :func:`napari_atagan.gan.checkpoint.load_discriminator`)."""
         self._require_atagan("discriminator")
         return _family_module(DEFAULT_FAMILY).load_discriminator(self, device)
+
+    def built_once(self, key: Any, build: Callable[[], Any]) -> Any:
+        """``build()``, called on the first request for ``key`` and kept with this checkpoint.
+
+        For modules built from the weights for inference only (the weights of a loaded
+        checkpoint never change): the slide attention keeps its prepared discriminator
+        here, so an archive's worker builds it once, not once a slide
+        (:func:`napari_atagan.slides.attention.slide_attention`). The caller must not
+        change what it gets back.
+        """
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
 
     def pattern_model(self, device: str | torch.device = "cpu") -> tuple[nn.Module, str] | None:
         """What names a cell's pattern: ``(model, source)``, or ``None`` without patterns
