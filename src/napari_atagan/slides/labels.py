@@ -266,7 +266,11 @@ def _sample_step(shape: tuple[int, int]) -> int:
 
 def _noise_floor(sample: np.ndarray, mads: float = NOISE_MADS) -> float:
     """Median plus ``mads`` robust standard deviations: the top of the background."""
-    med, sd = _robust_level(sample)
+    return _floor_above(*_robust_level(sample), mads)
+
+
+def _floor_above(med: float, sd: float, mads: float = NOISE_MADS) -> float:
+    """:func:`_noise_floor` from the median and robust standard deviation already measured."""
     return med + mads * max(sd, 1e-12)
 
 

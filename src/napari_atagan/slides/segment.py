@@ -83,8 +83,8 @@ from .labels import (
     _apart,
     _flood,
     _flood_piece,
+    _floor_above,
     _grown,
-    _noise_floor,
     _robust_level,
     _sequential,
     _spaced,
@@ -239,7 +239,8 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     zones, regions = _zones(map_labels, d)
     free = level[zones == 0]
     if free.size:
-        background, floor = _robust_level(free)[0], _noise_floor(free)
+        background, sd = _robust_level(free)  # two medians of up to a whole slide: once
+        floor = _floor_above(background, sd)
     else:  # zones cover the slide: no background to measure the noise of
         background = floor = float(level.min())
     own = _cell_levels(level, att, map_labels, n)
