@@ -605,6 +605,14 @@ def test_diameter_too_large_for_image(ckpt):
         slide_attention(ckpt, _slide((64, 64)), cell_diameter=60, device="cpu")
 
 
+def test_image_too_small_even_enlarged(ckpt):
+    """A tiny image is the problem, not the diameter: the message says so."""
+    with pytest.raises(ValueError, match=r"the 8 x 9 slide is too small: even enlarged 1\.2 "
+                                         r"times .* smaller than one training crop") as err:
+        slide_attention(ckpt, _slide((8, 9)), cell_diameter=MODEL_DIAMETER / 1.25, device="cpu")
+    assert "diameter" not in str(err.value)
+
+
 def test_diameter_absurdly_small(ckpt):
     with pytest.raises(ValueError, match="too small"):
         slide_attention(ckpt, np.broadcast_to(np.uint8(0), (2000, 2000)), cell_diameter=0.01,

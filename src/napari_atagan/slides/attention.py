@@ -608,11 +608,8 @@ def _plan(disc: Any, shape: tuple[int, int], factor: float, tile_size: int) -> _
             f"to {model[0]} x {model[1]} pixels: check the cell diameter (it is too small)"
         )
     if min(model) < crop:
-        raise ValueError(
-            f"at this cell diameter the {h} x {w} slide shrinks to {model[0]} x {model[1]} "
-            f"pixels at model scale, smaller than one training crop ({crop} x {crop}): "
-            "check the cell diameter (it is too large for this image)"
-        )
+        raise ValueError(_too_small("slide", (h, w), model, factor,
+                                    f"one training crop ({crop} x {crop})"))
     halo = -(-int(disc.receptive_field) // stride)
     core = max(1, int(tile_size) // stride)
     grid = (-(-model[0] // stride), -(-model[1] // stride))
@@ -744,6 +741,18 @@ def _run(disc, slide, plan: _Plan, out, device, stop, progress, intensity) -> np
             reader.check_finite()  # before anything is written into out
         _upsample_into(cells, plan, out, stop, progress, done, total)
     return out
+
+
+def _too_small(what: str, shape: tuple[int, int], model: tuple[int, int], factor: float,
+               needed: str) -> str:
+    """Why an image is too small at model scale: the diameter, or the image itself."""
+    (h, w), (mh, mw) = shape, model
+    if factor < 1:
+        return (f"at this cell diameter the {h} x {w} {what} shrinks to {mh} x {mw} pixels at "
+                f"model scale, smaller than {needed}: check the cell diameter (it is too large "
+                "for this image)")
+    return (f"the {h} x {w} {what} is too small: even enlarged {factor:.1f} times to model "
+            f"scale it is {mh} x {mw} pixels, smaller than {needed}")
 
 
 def _check_stop(stop: Stop | None) -> None:

@@ -47,7 +47,7 @@ import torch
 from .._memmap import release_pages
 from ..device import resolve_device
 from ..events import Stopped
-from ..slides.attention import _AxisTaps, _check_diameter
+from ..slides.attention import _AxisTaps, _check_diameter, _too_small
 from .data import CLIP, Levels, LocalLevels, local_levels
 from .models import HARD_CUT, MULTIPLE, check_composite, compose
 from .translator import check_direction, load_translator
@@ -283,10 +283,7 @@ def _plan(shape: tuple[int, int], factor: float, tile_size: int, halo: int) -> _
             f"at this cell diameter the {h} x {w} image would be enlarged {factor:.1f} times "
             f"to {model[0]} x {model[1]} pixels: check the cell diameter (it is too small)")
     if min(model) < MIN_SIDE:
-        raise ValueError(
-            f"at this cell diameter the {h} x {w} image shrinks to {model[0]} x {model[1]} "
-            f"pixels at model scale, smaller than {MIN_SIDE} x {MIN_SIDE}: check the cell "
-            "diameter (it is too large for this image)")
+        raise ValueError(_too_small("image", (h, w), model, factor, f"{MIN_SIDE} x {MIN_SIDE}"))
     padded = (_round_up(model[0]), _round_up(model[1]))
     source_tile = tuple(max(MULTIPLE, int(tile_size * s / m)) for s, m in zip((h, w), model))
     return _Plan((h, w), model, padded, halo, source_tile)  # type: ignore[arg-type]
