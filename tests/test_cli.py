@@ -83,10 +83,13 @@ def test_corrupt_checkpoint_and_unknown_pattern(tmp_path, tiny_checkpoint, capsy
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint at all")
     assert main(["synth", "--checkpoint", str(bad), "--out", str(tmp_path / "o")]) == 2
-    assert "bad.safetensors" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.safetensors" in err
+    assert "0%" not in err  # the error alone, no progress bar before it
     assert main(["synth", "--checkpoint", str(tiny_checkpoint), "--pattern", "Golgi",
                  "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
-    assert "Golgi" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Golgi" in err and "0%" not in err
 
 
 def test_epochs_become_steps(tmp_path, cells, capsys):

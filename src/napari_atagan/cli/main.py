@@ -167,13 +167,20 @@ def _run_synth(args) -> int:
     from ..gan.synthesis import generate, write_dataset
 
     t0 = time.perf_counter()
-    bar = progress_bar(args.n, "synth")
+    bar = None  # shown with the first batch: a refused checkpoint or pattern is only its error
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(total, "synth")
+        bar.update(done - bar.n)
+
     try:
         syn = generate(args.checkpoint, args.n, pattern=args.pattern, seed=args.seed,
-                       device=args.device, batch_size=args.batch_size,
-                       progress=lambda done, total: bar.update(done - bar.n))
+                       device=args.device, batch_size=args.batch_size, progress=progress)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     out = write_dataset(syn, args.out)
     counts: dict[str, int] = {}
     for p in syn.patterns:
