@@ -560,10 +560,12 @@ def test_checkpoint_families_are_told_apart(trained, tmp_path):
     atagan = save_checkpoint(tmp_path / "atagan", config=config, modules={"G": g, "D": d})
     translate = trained[0][-1].checkpoint
 
-    with pytest.raises(CheckpointError, match="is an ATA-GAN checkpoint, not an attention-guided"):
+    with pytest.raises(CheckpointError, match=r"is an ATA-GAN checkpoint, not an attention-guided"
+                                              r".*\(on the command line: napari-atagan attention"):
         load_translator(atagan)
-    with pytest.raises(CheckpointError, match="not an ATA-GAN checkpoint: open it with "
-                                              "napari_atagan.translate.load_translator"):
+    with pytest.raises(CheckpointError, match=r"not an ATA-GAN checkpoint: open it with "
+                                              r"napari_atagan.translate.load_translator \(on the "
+                                              r"command line: napari-atagan translate apply\)"):
         load_checkpoint(translate)
     with pytest.raises(CheckpointError, match="translation"):
         slide_attention(translate, np.zeros((64, 64), np.float32), cell_diameter=10)

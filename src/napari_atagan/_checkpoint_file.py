@@ -43,14 +43,22 @@ class _Family:
     config_class: str  # "module:Class", imported when a file of the family is opened
     opener: str
     networks: str = ""  # the module that rebuilds the family's networks from a file
+    commands: str = ""  # the command-line tools that use the family's checkpoints
+
+    def how_to_open(self) -> str:
+        """``open it with ...``: the library function, and the commands that use it."""
+        commands = f" (on the command line: {self.commands})" if self.commands else ""
+        return f"open it with {self.opener}{commands}"
 
 
 FAMILIES: dict[str, _Family] = {
     "atagan": _Family("an ATA-GAN checkpoint", "napari_atagan.gan.config:TrainConfig",
-                      "napari_atagan.checkpoint.load_checkpoint", "napari_atagan.gan.checkpoint"),
+                      "napari_atagan.checkpoint.load_checkpoint", "napari_atagan.gan.checkpoint",
+                      "napari-atagan attention, synth or evaluate"),
     "translate": _Family("an attention-guided translation (UAG-GAN) checkpoint",
                          "napari_atagan.translate.config:TranslateConfig",
-                         "napari_atagan.translate.load_translator"),
+                         "napari_atagan.translate.load_translator",
+                         commands="napari-atagan translate apply"),
 }
 """Every model family this version reads, by the name stored as ``family``."""
 
@@ -188,7 +196,7 @@ def _check_family(path: Path, document: dict, expected: str | None) -> str:
                      "update napari-atagan")
     if expected is not None and found != expected:
         raise checkpoint_error(path, f"is {FAMILIES[found].title}, not {FAMILIES[expected].title}: "
-                     f"open it with {FAMILIES[found].opener}")
+                     f"{FAMILIES[found].how_to_open()}")
     return found
 
 

@@ -414,7 +414,7 @@ class Checkpoint:
         if self.family != DEFAULT_FAMILY:
             known = FAMILIES.get(self.family)
             title = known.title if known else f"a {self.family!r} checkpoint"
-            opener = f"; open it with {known.opener}" if known else ""
+            opener = f"; {known.how_to_open()}" if known else ""
             raise checkpoint_error(self.path, f"is {title}, not an ATA-GAN checkpoint, so it has no "
                          f"ATA-GAN {what}{opener}")
 
