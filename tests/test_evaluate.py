@@ -13,6 +13,7 @@ from napari_atagan.evaluation.evaluate import (
     CROP_KEYS,
     SLIDE_KEYS,
     SLIDE_METHODS,
+    default_min_size,
     evaluate_crops,
     evaluate_samples,
     evaluate_slide,
@@ -70,6 +71,27 @@ def test_evaluate_slide_keys_and_ranges(tiny_checkpoint, mosaic):
     r = evaluate_slide(tiny_checkpoint, mosaic.image, mosaic.labels,
                        diameter=mosaic.cell_diameter, device="cpu", background="none")
     assert r["background"] == "none" and r["classic_flat"] == r["classic"]
+
+
+def test_evaluate_slide_scores_the_cut_asked_for(tiny_checkpoint, mosaic):
+    """The model's row is what `attention --cut` writes: a fixed fraction is used as given,
+    "auto" picks one in the range, and the result says which."""
+    from napari_atagan.slides.attention import slide_attention
+    from napari_atagan.slides.background import flatten_background
+    from napari_atagan.slides.segment import CUT_RANGE, label_cells
+
+    d = mosaic.cell_diameter
+    auto = evaluate_slide(tiny_checkpoint, mosaic.image, mosaic.labels, diameter=d, device="cpu")
+    assert auto["cut"] == "auto" and CUT_RANGE[0] <= auto["cut_used"] <= CUT_RANGE[1]
+    fixed = evaluate_slide(tiny_checkpoint, mosaic.image, mosaic.labels, diameter=d,
+                           device="cpu", cut=0.45)
+    assert fixed["cut"] == fixed["cut_used"] == 0.45
+    flat = np.asarray(flatten_background(np.asarray(mosaic.image, np.float32), d, "flatten"))
+    att = slide_attention(tiny_checkpoint, flat, cell_diameter=d, device="cpu")
+    cells = label_cells(att, flat, outline="image", min_size=default_min_size(d),
+                        cell_diameter=d, cut=0.45)
+    assert fixed["model"]["n_objects"] == len(np.unique(cells)) - 1
+    assert fixed["classic"] == auto["classic"]  # the baselines have no cut
 
 
 def test_evaluate_slide_binary_truth_and_shape_errors(tiny_checkpoint, mosaic):
@@ -210,12 +232,12 @@ def test_cli_mosaic_then_evaluate(tiny_checkpoint, crops_dir, tmp_path, capsys):
     assert _main(["evaluate", "attention", "--checkpoint", str(tiny_checkpoint),
                   "--image", written[0]["image"], "--labels", written[0]["labels"],
                   "--diameter", str(written[0]["cell_diameter"]), "--device", "cpu",
-                  "--json", str(report)]) == 0
+                  "--json", str(report), "--cut", "0.4"]) == 0
     text = capsys.readouterr().out
-    assert "F1" in text and "Otsu" in text
+    assert "F1" in text and "Otsu" in text and "given, edge cut 0.4)" in text
     assert "true cells found, by contrast" in text and ">= 4" in text
     saved = json.loads(report.read_text())
-    assert saved["n_true"] == 5
+    assert saved["n_true"] == 5 and saved["cut"] == saved["cut_used"] == 0.4
     assert sum(b["cells"] for b in saved["by_contrast"]["model"]) == 5
 
     assert _main(["evaluate", "attention", "--checkpoint", str(tiny_checkpoint), "--crops",

@@ -28,11 +28,13 @@ from typing import Any
 
 from .common import (
     CHANNEL_HELP,
+    CUT_HELP,
     DEVICE_CHOICES,
     THRESHOLD_HELP,
     channel_option,
     check_file,
     check_out_folder,
+    cut_choice,
     diameter_or_auto,
     non_negative_int,
     positive_int,
@@ -110,6 +112,9 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                    help="slide: what the model's labelling does with the slide's slowly "
                         "varying background, as `attention --background` (default: "
                         "%(default)s; the classic and Otsu baselines see the slide as it is)")
+    a.add_argument("--cut", type=cut_choice, default="auto", metavar="auto|FRACTION",
+                   help="slide: " + CUT_HELP.replace(" (with --outline image)", "")
+                   + "; as `attention --cut`")
     a.add_argument("--exclude-border", action="store_true",
                    help="slide: leave out the cells that touch the image border, found and true")
     a.add_argument("--limit", type=positive_int, default=None, metavar="N",
@@ -302,7 +307,7 @@ def _run_attention(args: argparse.Namespace) -> int:
     result = evaluate_slide(args.checkpoint, image, labels, diameter=diameter,
                             threshold=args.threshold, device=args.device,
                             exclude_border=args.exclude_border,
-                            background=args.background)
+                            background=args.background, cut=args.cut)
     result["image"], result["labels"] = str(args.image), str(args.labels)
     result.update(channel_info)
     _finish(args, result, _slide_table(result))
@@ -484,8 +489,11 @@ def _slide_table(result: dict) -> str:
              s["precision"], s["recall"], s["f1"], s["pixel_iou"]]
             for who in SLIDE_METHODS if (s := result.get(who)) is not None]
     border = ", cells on the border left out" if result.get("exclude_border") else ""
+    cut = result.get("cut_used")
+    edge = "" if cut is None else (f", edge cut {cut:g}"
+                                   + (" (auto)" if result.get("cut") == "auto" else ""))
     return (f"cells on the slide ({result['n_true']} true cells, diameter "
-            f"{result['cell_diameter']:.1f} px, {result['diameter_source']}{border})\n"
+            f"{result['cell_diameter']:.1f} px, {result['diameter_source']}{edge}{border})\n"
             + format_table(header, rows) + "\n\n" + _contrast_table(result["by_contrast"])
             + f"\nnote: {result['note']}")
 

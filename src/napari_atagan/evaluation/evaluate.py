@@ -161,6 +161,7 @@ def evaluate_slide(
     device: str = "auto",
     exclude_border: bool = False,
     background: str = "flatten",
+    cut: float | str = "auto",
 ) -> dict[str, Any]:
     """Score the cells a model finds on a slide against the true instance labels.
 
@@ -192,6 +193,9 @@ def evaluate_slide(
     border, both found and true (a cell cut by the border has no true outline).
     ``background``: what the model's labelling and ``"image_local"`` do with the
     slide's slowly varying background (:mod:`napari_atagan.slides.background`).
+    ``cut``: where the model's labelling cuts each cell's edge, as ``attention --cut``
+    (:func:`napari_atagan.slides.segment.guided_labels`); the fraction it used is
+    returned as ``"cut_used"``.
 
     Returns a score dict per method (keys :data:`SLIDE_KEYS`; ``pixel_iou``
     compares the union of all cells), ``"by_contrast"``: for each, the true cells
@@ -213,8 +217,9 @@ def evaluate_slide(
         raise ValueError(f"the cell diameter must be > 0 pixels, got {diameter}")
     ckpt = as_checkpoint(checkpoint)
     min_size = default_min_size(diameter)
+    cut_info: dict[str, Any] = {}
     found = slide_cells(ckpt, img, diameter, threshold=threshold, device=device,
-                        background=background)
+                        background=background, cut=cut, info=cut_info)
     if exclude_border:
         truth = drop_border_cells(truth)
         found = {k: drop_border_cells(v) for k, v in found.items()}
@@ -228,6 +233,8 @@ def evaluate_slide(
         "diameter_source": source,
         "threshold": threshold,
         "background": background,
+        "cut": cut,
+        "cut_used": cut_info.get("cut"),
         "min_size": min_size,
         "exclude_border": bool(exclude_border),
         "truth_relabelled": relabelled,
@@ -243,7 +250,8 @@ def evaluate_slide(
 
 def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
                 threshold: str | float = "local", device: str = "auto",
-                background: str = "flatten") -> dict[str, np.ndarray]:
+                background: str = "flatten", cut: float | str = "auto",
+                info: dict | None = None) -> dict[str, np.ndarray]:
     """The cells every method of :data:`SLIDE_METHODS` finds on a 2-D slide.
 
     ``"model"`` is exactly what ``napari-atagan attention`` writes
@@ -253,7 +261,8 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     computed once. ``"classic"`` and ``"otsu"`` see the slide as it is (they are
     the pipelines a reader would write without this product); ``"classic_flat"``
     is the classic pipeline on the slide as the model sees it (flattened, unless
-    ``background="none"``), and so is ``"image_local"``.
+    ``background="none"``), and so is ``"image_local"``. ``cut`` and ``info`` go to the
+    model's labelling (``info`` receives the cut it used).
     """
     from ..slides.background import flatten_background
     from ..slides.labels import attention_to_labels, min_cell_size
@@ -266,7 +275,8 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     min_size = default_min_size(diameter)
     options = dict(threshold=threshold, min_size=min_size, cell_diameter=diameter)
     found = {"map": attention_to_labels(attention, **options),
-             "model": label_cells(attention, flat, outline="image", **options)}
+             "model": label_cells(attention, flat, outline="image", cut=cut, info=info,
+                                  **options)}
     found["classic"] = classic_labels(grey, diameter)
     found["classic_flat"] = classic_labels(flat, diameter)
     found["classic_split"] = divide_large(found["classic_flat"], min_cell_size(diameter))
