@@ -92,6 +92,26 @@ def test_corrupt_checkpoint_and_unknown_pattern(tmp_path, tiny_checkpoint, capsy
     assert "Golgi" in err and "0%" not in err
 
 
+def test_package_warnings_are_one_plain_line(tmp_path, capsys):
+    """A warning of this package reaches a command-line user as one line naming the
+    command, not as Python's warning with a file name and a line of source."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "crops" / "Homogeneous"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            folder / f"{i:05d}.png")
+    assert main(["train", "--data", str(tmp_path / "crops"), "--out", str(tmp_path / "run"),
+                 "--quick", "--steps", "1", "--batch-size", "4", "--image-size", "32",
+                 "--teacher", "none", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "napari-atagan train: warning: 4 colour image(s) were converted to grey" in err
+    assert "UserWarning" not in err and "load_folder(" not in err
+
+
 def test_epochs_become_steps(tmp_path, cells, capsys):
     # 24 cells, batch 8: 1.5 passes over the data are 5 steps (rounded up)
     assert main(["train", "--data", str(cells), "--out", str(tmp_path), "--quick",

@@ -9,11 +9,13 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -365,13 +367,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .._checkpoint_file import CheckpointError  # torch-free: every command passes here
 
     try:
-        return int(args.run(args) or 0)
+        with _plain_warnings(args.command):
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_STOPPED
     except (UserError, CheckpointError, ValueError, FileNotFoundError, NotADirectoryError,
             RuntimeError) as exc:
         return report_user_error(args.command, exc)
+
+
+@contextlib.contextmanager
+def _plain_warnings(command: str):
+    """This package's warnings as one line a user reads (``napari-atagan train: warning:
+    ...``), not Python's with a file name and a line of source; others as Python shows them."""
+    package = str(Path(__file__).resolve().parents[1])
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if str(Path(filename).resolve()).startswith(package):
+                print(f"napari-atagan {command}: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":  # pragma: no cover
