@@ -34,6 +34,7 @@ Usage::
     scripts/translate_study.py --split /path/split --out RUNS [--steps 2000] [--seed 0]
         [--experiments pattern dim] [--atagan CKPT] [--threads 1] [--judge jitter|plain]
         [--judge-from CLASSIFIER_RUN] [--composite soft|hard] [--score-only]
+        [--device cuda --scale full]
 """
 
 from __future__ import annotations
@@ -194,14 +195,21 @@ attention is also taught by the training cells' masks; ``_low``: a low-pass cycl
 ``_own``: every crop on its own grey levels (brightness kept)."""
 
 
-def train_run(data: dict, run: Path, variant: str, steps: int, seed: int) -> Path:
+SCALES = ("quick", "full")
+"""``quick``: :meth:`TranslateConfig.quick` (the CPU-scale figures); ``full``: the default
+networks and batch of :class:`TranslateConfig` (for a GPU)."""
+
+
+def train_run(data: dict, run: Path, variant: str, steps: int, seed: int,
+              device: str = "cpu", scale: str = "quick") -> Path:
     ckpt = run / "checkpoint.safetensors"
     resume = None
     if ckpt.is_file():
         if load_translator(ckpt).step >= steps:
             return ckpt
         resume = ckpt  # an interrupted run goes on (to the new total of steps)
-    config = TranslateConfig.quick(steps=steps, seed=seed, device="cpu", **VARIANTS[variant])
+    make = TranslateConfig.quick if scale == "quick" else TranslateConfig
+    config = make(steps=steps, seed=seed, device=device, **VARIANTS[variant])
 
     def show(ev):
         if isinstance(ev, Progress) and ev.step % 200 == 0:
@@ -471,6 +479,10 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--atagan", default=None, help="an ATA-GAN checkpoint for the CAM IoU")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu",
+                   help="where the runs train (cpu, cuda, auto); scoring runs on the CPU")
+    p.add_argument("--scale", choices=SCALES, default="quick",
+                   help="quick networks (default, the CPU figures) or the full default ones")
     p.add_argument("--judge", choices=list(JUDGES), default="jitter",
                    help="the judging classifier: trained with the acquisition jitter (as the "
                         "product's teacher) or on the crops as stored")
@@ -513,11 +525,12 @@ def main(argv=None) -> int:
             run = args.out / f"{exp}_{variant}_s{args.seed}"
             ckpt = run / "checkpoint.safetensors"
             if not args.score_only:
-                ckpt = train_run(data, run, variant, args.steps, args.seed)
+                ckpt = train_run(data, run, variant, args.steps, args.seed, args.device,
+                                 args.scale)
             if not ckpt.is_file() or args.train_only:
                 continue
             res = score(ckpt, data, clf, names, exp, size, args.composite)
-            res.update(experiment=exp, variant=variant, seed=args.seed,
+            res.update(experiment=exp, variant=variant, seed=args.seed, scale=args.scale,
                        domains=list(data["names"]), cut=data.get("cut"),
                        classifier=clf_info, n_train=[len(data["train_a"][0]),
                                                      len(data["train_b"][0])])
