@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 IMAGE = re.compile(r"^(\d+)\.(png|tif|tiff)$", re.IGNORECASE)
+MASK = re.compile(r"^(\d+)_[Mm]ask\..*$")
 
 
 def split(data: Path, out: Path, val: float,
@@ -33,8 +34,12 @@ def split(data: Path, out: Path, val: float,
     if not folders:
         raise SystemExit(f"{data}: no pattern sub-folders")
     for folder in folders:
-        cells = sorted((int(m.group(1)), p) for p in folder.iterdir()
-                       if (m := IMAGE.match(p.name)))
+        files = list(folder.iterdir())
+        cells = sorted((int(m.group(1)), p) for p in files if (m := IMAGE.match(p.name)))
+        masks: dict[str, list[Path]] = {}  # a cell's masks by its stem, listed once
+        for p in files:
+            if (m := MASK.match(p.name)):
+                masks.setdefault(m.group(1), []).append(p)
         if folder.name in hold:
             inside = [any(a <= i <= b for a, b in hold[folder.name]) for i, _ in cells]
             parts = {"train": [c for c, x in zip(cells, inside) if not x],
@@ -46,7 +51,7 @@ def split(data: Path, out: Path, val: float,
             dest = out / part / folder.name
             dest.mkdir(parents=True, exist_ok=True)
             for _, image in items:
-                for src in [image, *image.parent.glob(f"{image.stem}_[Mm]ask.*")]:
+                for src in [image, *sorted(masks.get(image.stem, []))]:
                     link = dest / src.name
                     if not link.exists():
                         link.symlink_to(src.resolve())
