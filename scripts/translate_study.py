@@ -134,7 +134,8 @@ JUDGES = {"jitter": True, "plain": False}
 ``classifier_jitter``) or as stored (the judge of the first figures)."""
 
 
-def classifier(split: Path, out: Path, device: str, judge: str = "jitter"):
+def classifier(split: Path, out: Path, device: str, judge: str = "jitter",
+               epochs: int = JUDGE_EPOCHS):
     """The 6-pattern classifier that judges translated cells (trained once, seed 0)."""
     from napari_atagan.gan.attention import PatternClassifier, train_classifier
 
@@ -148,7 +149,7 @@ def classifier(split: Path, out: Path, device: str, judge: str = "jitter"):
         info = json.loads((out / f"{stem}.json").read_text())
     else:
         t0 = time.time()
-        model, info = train_classifier(train, epochs=JUDGE_EPOCHS, device=device, seed=0,
+        model, info = train_classifier(train, epochs=epochs, device=device, seed=0,
                                        jitter=JUDGES[judge])
         info["seconds"] = time.time() - t0
         model = model.cpu()
@@ -480,12 +481,15 @@ def main(argv=None) -> int:
     p.add_argument("--atagan", default=None, help="an ATA-GAN checkpoint for the CAM IoU")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu",
-                   help="where the runs train (cpu, cuda, auto); scoring runs on the CPU")
+                   help="where the runs and the judge train (cpu, cuda, auto); scoring runs "
+                        "on the CPU")
     p.add_argument("--scale", choices=SCALES, default="quick",
                    help="quick networks (default, the CPU figures) or the full default ones")
     p.add_argument("--judge", choices=list(JUDGES), default="jitter",
                    help="the judging classifier: trained with the acquisition jitter (as the "
                         "product's teacher) or on the crops as stored")
+    p.add_argument("--judge-epochs", type=int, default=JUDGE_EPOCHS,
+                   help=f"training passes of the judging classifier ({JUDGE_EPOCHS})")
     p.add_argument("--judge-from", type=Path, default=None, metavar="RUN",
                    help="judge with this classifier run's pattern teacher instead (a "
                         "checkpoint trained with --teacher classifier, as attention "
@@ -514,7 +518,8 @@ def main(argv=None) -> int:
         clf, names, clf_info, size = run_judge(args.judge_from, args.split)
         judge_name = "run"
     elif not args.train_only:
-        clf, names, clf_info = classifier(args.split, args.out, "cpu", args.judge)
+        clf, names, clf_info = classifier(args.split, args.out, args.device, args.judge,
+                                          args.judge_epochs)
         print(f"classifier: validation-part accuracy {clf_info.get('val_part_accuracy'):.3f}",
               file=sys.stderr)
     for exp in args.experiments:
