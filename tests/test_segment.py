@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 from napari_atagan.data import cell_levels, slide_levels
 from napari_atagan.evaluation.evaluate import drop_border_cells
 from napari_atagan.metrics import match_objects
-from napari_atagan.slides.segment import classic_labels, guided_labels, label_cells
+from napari_atagan.slides.segment import blob_map, classic_labels, guided_labels, label_cells
 
 
 def _disc(shape, cy, cx, r):
@@ -431,3 +431,26 @@ def test_a_stack_reports_the_cut_of_every_plane():
     label_cells(maps, np.stack([a, b]), threshold="local", cell_diameter=29.5, info=told)
     assert told["cut"] == [0.25, 0.25]
     assert len(told["median_diameter"]) == 2
+
+
+def test_blob_map_answers_at_the_cells_and_nowhere_else():
+    """The model-free map: highest at the centre of each disc of the given diameter, 0 far
+    from them, float32 of the slide's shape; the labelling turns it into those cells."""
+    yy, xx = np.mgrid[:160, :200]
+    centres = [(40, 50), (110, 140), (50, 150)]
+    img = np.full((160, 200), 10.0)
+    for cy, cx in centres:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 12 ** 2] = 100.0
+    m = blob_map(img.astype(np.uint16), 24)
+    assert m.dtype == np.float32 and m.shape == img.shape and m.min() == 0.0
+    for cy, cx in centres:
+        window = m[cy - 6:cy + 7, cx - 6:cx + 7]
+        assert window.max() == m[cy - 20:cy + 21, cx - 20:cx + 21].max()  # the peak is central
+    assert m[5:15, 5:15].max() < 0.01 * m.max() and m[140:, :20].max() < 0.01 * m.max()
+    cells = label_cells(m, img, outline="image", cell_diameter=24)
+    truth = np.zeros(img.shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= 12 ** 2] = k
+    assert match_objects(cells, truth, 0.5)["f1"] == 1.0
+    with pytest.raises(ValueError, match="2-D"):
+        blob_map(np.zeros((2, 8, 8)), 24)

@@ -472,6 +472,7 @@ def _crop_table(result: dict) -> str:
 SLIDE_METHOD_NAMES = {
     "model": "model (map finds, image outlines)",
     "map": "model's map alone",
+    "blob": "the same labelling, blob map (no model)",
     "classic": "classic (Otsu + watershed split)",
     "classic_flat": "classic on the flattened slide",
     "classic_split": "the same, large objects divided",

@@ -146,7 +146,7 @@ def default_min_size(diameter: float) -> int:
     return max(1, int(0.1 * math.pi * float(diameter) ** 2 / 4))
 
 
-SLIDE_METHODS = ("model", "map", "classic", "classic_flat", "classic_split", "otsu",
+SLIDE_METHODS = ("model", "map", "blob", "classic", "classic_flat", "classic_split", "otsu",
                  "image_local")
 """The cell finders :func:`evaluate_slide` scores, in the order tables show them."""
 
@@ -176,7 +176,10 @@ def evaluate_slide(
       with ``threshold``; with the cell diameter known, objects under
       :data:`napari_atagan.slides.labels.MIN_CELL_AREA` of a cell's area are dropped).
 
-    Five baselines that need no model are scored the same way: ``"classic"``
+    Six baselines that need no model are scored the same way: ``"blob"`` (the model's
+    labelling, with the model-free map of
+    :func:`napari_atagan.slides.segment.blob_map` in place of the attention: the
+    strongest of them on slides, and the one that says what the map adds), ``"classic"``
     (:func:`napari_atagan.slides.segment.classic_labels`: smoothed Otsu, holes filled,
     small objects dropped, touching cells split by a distance-transform
     watershed at the known diameter), ``"classic_flat"`` (the same on the slide
@@ -185,8 +188,8 @@ def evaluate_slide(
     rule the model's labelling uses, :func:`napari_atagan.slides.segment.divide_large`,
     so that rule's gain is not credited to the model), ``"otsu"``
     (Otsu's threshold of the smoothed slide, touching cells not split) and
-    ``"image_local"`` (the map's labelling applied to the flattened slide itself),
-    which shows how much of the score the discriminator adds. ``diameter``: typical
+    ``"image_local"`` (the map's labelling applied to the flattened slide itself).
+    ``diameter``: typical
     cell diameter in pixels; ``None`` estimates it from the image. A ground
     truth with a single value (a binary mask) is split into its connected
     objects first. ``exclude_border``: leave out cells touching the image
@@ -257,8 +260,11 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     ``"model"`` is exactly what ``napari-atagan attention`` writes
     (:func:`napari_atagan.slides.segment.label_cells` with ``outline="image"``, on the
     slide with its background taken away as ``background`` says), ``"map"`` the
-    same with ``outline="map"``; the baselines need no model. The attention map is
-    computed once. ``"classic"`` and ``"otsu"`` see the slide as it is (they are
+    same with ``outline="map"``; the baselines need no model: ``"blob"`` is the model's
+    labelling with a model-free map in place of the attention
+    (:func:`napari_atagan.slides.segment.blob_map`, the Laplacian of Gaussian at the
+    cells' size), so the difference to ``"model"`` is what the model's map adds. The
+    attention map is computed once. ``"classic"`` and ``"otsu"`` see the slide as it is (they are
     the pipelines a reader would write without this product); ``"classic_flat"``
     is the classic pipeline on the slide as the model sees it (flattened, unless
     ``background="none"``), and so is ``"image_local"``. ``cut`` and ``info`` go to the
@@ -266,7 +272,7 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     """
     from ..slides.background import flatten_background
     from ..slides.labels import attention_to_labels, min_cell_size
-    from ..slides.segment import classic_labels, divide_large, label_cells
+    from ..slides.segment import blob_map, classic_labels, divide_large, label_cells
     from ..slides.attention import slide_attention
 
     grey = np.asarray(image).astype(np.float32)
@@ -276,7 +282,9 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     options = dict(threshold=threshold, min_size=min_size, cell_diameter=diameter)
     found = {"map": attention_to_labels(attention, **options),
              "model": label_cells(attention, flat, outline="image", cut=cut, info=info,
-                                  **options)}
+                                  **options),
+             "blob": label_cells(blob_map(flat, diameter), flat, outline="image", cut=cut,
+                                 **options)}
     found["classic"] = classic_labels(grey, diameter)
     found["classic_flat"] = classic_labels(flat, diameter)
     found["classic_split"] = divide_large(found["classic_flat"], min_cell_size(diameter))

@@ -99,8 +99,8 @@ from .._grouped import grouped_percentiles
 from ..metrics import otsu_baseline
 
 __all__ = ["CLASSIC_SIGMA", "CUT_FRACTION", "CUT_RANGE", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA",
-           "classic_labels", "divide_large", "guided_labels", "label_cells", "median_diameter",
-           "proposed_cells", "split_large"]
+           "blob_map", "classic_labels", "divide_large", "guided_labels", "label_cells",
+           "median_diameter", "proposed_cells", "split_large"]
 
 OUTLINES = ("image", "map")
 """What outlines the cells in :func:`label_cells`: the slide (seeded by the map) or the map."""
@@ -143,6 +143,21 @@ PROPOSAL_MADS = 1.5
 """The map proposes cells from this many robust standard deviations above its median
 (:func:`napari_atagan.slides.labels.attention_to_labels`'s ``noise_mads``); the image
 then confirms each at :data:`~napari_atagan.slides.labels.NOISE_MADS` of its own."""
+
+
+def blob_map(image: Any, cell_diameter: float) -> np.ndarray:
+    """A map of where cells are, with no model: the blob detector at the cells' size.
+
+    The negative Laplacian of Gaussian of the slide at ``sigma = d / (2 sqrt 2)``, the
+    scale at which it answers most to a disc of diameter ``d``, clipped at 0 (float32, the
+    slide's shape). Given to :func:`label_cells` in place of the discriminator's
+    attention, it is the same labelling with a model-free map: the baseline that says how
+    much of a slide's figures the model's map adds.
+    """
+    img = _grey(image).astype(np.float32, copy=False)
+    d = _diameter(cell_diameter)
+    response = -ndi.gaussian_laplace(img, d / (2.0 * math.sqrt(2.0)))
+    return np.clip(response, 0.0, None).astype(np.float32, copy=False)
 
 
 def classic_labels(image: Any, cell_diameter: float, *, sigma: float = CLASSIC_SIGMA,
