@@ -9,7 +9,13 @@ from scipy import ndimage as ndi
 from napari_atagan.data import cell_levels, slide_levels
 from napari_atagan.evaluation.evaluate import drop_border_cells
 from napari_atagan.metrics import match_objects
-from napari_atagan.slides.segment import blob_map, classic_labels, guided_labels, label_cells
+from napari_atagan.slides.segment import (
+    blob_map,
+    classic_labels,
+    guided_labels,
+    label_cells,
+    seed_map,
+)
 
 
 def _disc(shape, cy, cx, r):
@@ -174,9 +180,9 @@ def test_label_cells_numbers_a_stack_and_matches_each_plane():
     maps = np.stack([_coarse_map(ta), _coarse_map(tb)])
     stack = label_cells(maps, np.stack([a, b]), threshold="local", cell_diameter=30)
     assert stack.shape == (2, *a.shape) and stack.dtype == np.uint16
-    first = guided_labels(a, maps[0], 30)
+    first = guided_labels(a, seed_map(maps[0], a, 30), 30)  # each plane's map and blob map
     np.testing.assert_array_equal(stack[0], first)
-    second = guided_labels(b, maps[1], 30)
+    second = guided_labels(b, seed_map(maps[1], b, 30), 30)
     np.testing.assert_array_equal(stack[1] > 0, second > 0)
     assert set(np.unique(stack[1])) - {0} == set(range(int(first.max()) + 1,
                                                         int(first.max()) + 1 + int(second.max())))
@@ -348,10 +354,15 @@ def test_the_map_proposes_dim_cells_below_its_own_floor_and_the_image_confirms_t
     alone = attention_to_labels(att, threshold="local", cell_diameter=28)
     assert PROPOSAL_MADS < 3
     assert _ious(alone, truth)[2] >= 3  # a map on its own misses the cells on the cloud's low parts
-    labels = label_cells(att, image, outline="image", threshold="local", cell_diameter=28)
+    labels = label_cells(att, image, outline="image", threshold="local", cell_diameter=28,
+                         blob=False)
     tp, fp, fn, iou = _ious(labels, truth)
     assert (tp, fp, fn) == (12, 0, 0) and iou > 0.8  # every cell, and the decoy the image does not show is none
     np.testing.assert_array_equal(labels, guided_labels(image, att, 28))
+    # with the blob map beside the attention (the default) the same cells are found
+    both = label_cells(att, image, outline="image", threshold="local", cell_diameter=28)
+    assert _ious(both, truth)[:3] == (12, 0, 0)
+    np.testing.assert_array_equal(both, guided_labels(image, seed_map(att, image, 28), 28))
 
 
 
@@ -402,8 +413,11 @@ def test_a_fixed_cut_is_kept_and_reported():
     fixed = guided_labels(image, att, 24, cut=0.35, info=told)
     assert told["cut"] == 0.35
     assert 26 < _median_diameter(fixed) < 28.5  # 24 + 2 * 4 * 0.385, a little wider than 0.5
-    same = label_cells(att, image, threshold="local", cell_diameter=24, cut="0.35")
+    same = label_cells(att, image, threshold="local", cell_diameter=24, cut="0.35", blob=False)
     np.testing.assert_array_equal(same, fixed)
+    told = {}
+    label_cells(att, image, threshold="local", cell_diameter=24, cut=0.35, info=told)
+    assert told["cut"] == 0.35
     np.testing.assert_array_equal(guided_labels(image, att, 24, cut=np.float32(0.35)), fixed)
 
 
@@ -454,3 +468,20 @@ def test_blob_map_answers_at_the_cells_and_nowhere_else():
     assert match_objects(cells, truth, 0.5)["f1"] == 1.0
     with pytest.raises(ValueError, match="2-D"):
         blob_map(np.zeros((2, 8, 8)), 24)
+
+
+def test_seed_map_is_the_mean_of_the_attention_and_the_blob_map():
+    """Each map over its own 99.5th percentile, then their mean; an attention that is 0
+    everywhere leaves the blob map alone, and maps of other shapes are refused."""
+    image, truth = _soft_cells()
+    att = _coarse_map(truth)
+    blob = blob_map(image, 24)
+    both = seed_map(att, image, 24)
+    expected = 0.5 * att / np.percentile(att[::4, ::4], 99.5) \
+        + 0.5 * blob / np.percentile(blob[::4, ::4], 99.5)
+    np.testing.assert_allclose(both, expected, rtol=1e-5, atol=1e-7)
+    alone = seed_map(np.zeros_like(att), image, 24)
+    np.testing.assert_allclose(alone, 0.5 * blob / np.percentile(blob[::4, ::4], 99.5),
+                               rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="same pixels"):
+        seed_map(att[:-1], image, 24)

@@ -284,7 +284,7 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
              "model": label_cells(attention, flat, outline="image", cut=cut, info=info,
                                   **options),
              "blob": label_cells(blob_map(flat, diameter), flat, outline="image", cut=cut,
-                                 **options)}
+                                 blob=False, **options)}
     found["classic"] = classic_labels(grey, diameter)
     found["classic_flat"] = classic_labels(flat, diameter)
     found["classic_split"] = divide_large(found["classic_flat"], min_cell_size(diameter))
