@@ -156,7 +156,7 @@ def blob_map(image: Any, cell_diameter: float) -> np.ndarray:
     attention, it is the same labelling with a model-free map: the baseline that says how
     much of a slide's figures the model's map adds.
     """
-    from skimage.transform import downscale_local_mean, resize
+    from skimage.transform import downscale_local_mean
 
     img = _grey(image).astype(np.float32, copy=False)
     d = _diameter(cell_diameter)
@@ -168,8 +168,24 @@ def blob_map(image: Any, cell_diameter: float) -> np.ndarray:
     small = img if f == 1 else downscale_local_mean(img, (f, f)).astype(np.float32)
     response = np.clip(-ndi.gaussian_laplace(small, sigma / f), 0.0, None)
     if f > 1:
-        response = resize(response, img.shape, order=1, preserve_range=True, anti_aliasing=False)
+        for axis, n in enumerate(img.shape):
+            response = _linear_resample(response, n, axis)
     return response.astype(np.float32, copy=False)
+
+
+def _linear_resample(m: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """``m`` resampled linearly to ``n`` pixels along ``axis``, pixel centres onto pixel
+    centres, the edge values held beyond the outermost centres (as a bilinear resize of
+    the whole map, one axis at a time: 0.01 s for a slide where ``skimage`` took 0.05)."""
+    k = m.shape[axis]
+    x = np.clip((np.arange(n) + 0.5) * (k / n) - 0.5, 0, k - 1)
+    lo = np.floor(x).astype(np.intp)
+    hi = np.minimum(lo + 1, k - 1)
+    shape = [1] * m.ndim
+    shape[axis] = n
+    w = (x - lo).astype(np.float32).reshape(shape)
+    a = np.take(m, lo, axis=axis)
+    return a + (np.take(m, hi, axis=axis) - a) * w
 
 
 def seed_map(attention_map: Any, image: Any, cell_diameter: float) -> np.ndarray:
