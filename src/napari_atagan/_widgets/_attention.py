@@ -3,8 +3,8 @@
 It runs :func:`napari_atagan.slides.attention.slide_attention` (or ``slide_attention_stack``
 for a ``(T, Y, X)`` stack) in a background thread, shows the map as a heat-map
 overlay on the slide and turns it into a Labels layer of cells with
-:func:`napari_atagan.slides.segment.label_cells`: the map finds the cells and the
-image outlines them (or, by choice, the map alone). Changing the threshold,
+:func:`napari_atagan.slides.segment.label_cells`: the map (averaged with a model-free
+blob map) finds the cells and the image outlines them (or, by choice, the map alone). Changing the threshold,
 the outline or the minimum size only re-labels the kept map; the discriminator
 is not run again.
 An RGB layer is read through its stained channel
@@ -316,9 +316,9 @@ class AttentionWidget(QWidget):
         self.threshold_value.native.setDecimals(4)
         self.outline = ComboBox(
             label="outline", choices=[OUTLINE_IMAGE, OUTLINE_MAP], value=OUTLINE_IMAGE,
-            tooltip="image: the attention finds the cells and the image's own edges outline "
-                    "them (touching cells split where they narrow). map: cells cut from the "
-                    "attention map alone.")
+            tooltip="image: the attention, averaged with a model-free blob map, finds the "
+                    "cells and the image's own edges outline them (touching cells split where "
+                    "they narrow). map: cells cut from the attention map alone.")
         self.cut_mode = ComboBox(
             label="edge cut", choices=[CUT_AUTO, CUT_FIXED], value=CUT_AUTO,
             tooltip="Where each cell's edge is cut, as a fraction of the way from the "

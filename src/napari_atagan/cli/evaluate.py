@@ -470,9 +470,9 @@ def _crop_table(result: dict) -> str:
 
 
 SLIDE_METHOD_NAMES = {
-    "model": "model (map finds, image outlines)",
+    "model": "model (maps find, image outlines)",
     "map": "model's map alone",
-    "blob": "the same labelling, blob map (no model)",
+    "blob": "the same, blob map alone (no model)",
     "classic": "classic (Otsu + watershed split)",
     "classic_flat": "classic on the flattened slide",
     "classic_split": "the same, large objects divided",

@@ -169,7 +169,8 @@ def evaluate_slide(
     is turned into cells two ways, each matched one-to-one to the true cells
     (:func:`napari_atagan.metrics.match_objects`, IoU >= 0.5):
 
-    * ``"model"``: what ``napari-atagan attention`` writes: the map finds and
+    * ``"model"``: what ``napari-atagan attention`` writes: the map, averaged with
+      the model-free blob map (:func:`napari_atagan.slides.segment.seed_map`), finds and
       seeds the cells, the image delineates them
       (:func:`napari_atagan.slides.segment.guided_labels`);
     * ``"map"``: the map alone (:func:`napari_atagan.slides.labels.attention_to_labels`

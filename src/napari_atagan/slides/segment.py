@@ -14,6 +14,10 @@ Two labellings live here, both pure functions of numpy arrays:
   idea which bright blob is a cell and which is glow, debris or a merged pair.
   The steps:
 
+  0. **The map the cells are found in** is the discriminator's, averaged with the
+     model-free :func:`blob_map` (:func:`seed_map`, the default of :func:`label_cells`):
+     the two miss different cells, and on slides the blob map alone does about as
+     well as the attention (docs/experiments.md, *The map the labelling needs*).
   1. **Seeds from the map.** The map is labelled as by
      :func:`napari_atagan.slides.labels.attention_to_labels` with the ``"local"`` rule
      (one object per cell, neighbouring basins of one cell merged), its peaks
