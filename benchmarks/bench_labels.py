@@ -26,6 +26,9 @@ simulated slide like the sample slide (``--size`` square, cells of
 it; the best of three runs each, and the cells each found. ``image_fixed_cut`` is the
 same labelling with the edge cut fixed at 0.35 instead of chosen from the diameter
 (``auto_cut_over_fixed``: what choosing it costs; ``cut_used``: the fraction chosen).
+``image_attention_only`` finds the cells in the attention alone instead of its mean with
+the model-free blob map (``label_cells(..., blob=False)``; ``blob_map_over_attention_only``:
+what the blob map costs).
 """
 
 from __future__ import annotations
@@ -117,6 +120,9 @@ def outlines(size: int, diameter: float) -> dict:
         # the edge cut fixed instead of chosen from the diameter: what choosing it costs
         "image_fixed_cut": lambda: label_cells(amap, image, outline="image", cut=CUT_FRACTION,
                                                **options),
+        # the cells found in the attention alone: what the blob map beside it costs
+        "image_attention_only": lambda: label_cells(amap, image, outline="image", blob=False,
+                                                    **options),
         "map": lambda: label_cells(amap, image, outline="map", **options),
         "classic": lambda: classic_labels(image, diameter),
     }
@@ -134,6 +140,8 @@ def outlines(size: int, diameter: float) -> dict:
     report["image"]["cut_used"] = told.get("cut")
     report["auto_cut_over_fixed"] = round(report["image"]["seconds"]
                                           / report["image_fixed_cut"]["seconds"], 2)
+    report["blob_map_over_attention_only"] = round(
+        report["image"]["seconds"] / report["image_attention_only"]["seconds"], 2)
     return report
 
 

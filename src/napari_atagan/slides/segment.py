@@ -157,15 +157,16 @@ def blob_map(image: Any, cell_diameter: float) -> np.ndarray:
     The negative Laplacian of Gaussian of the slide at ``sigma = d / (2 sqrt 2)``, the
     scale at which it answers most to a disc of diameter ``d``, clipped at 0 (float32, the
     slide's shape). Given to :func:`label_cells` in place of the discriminator's
-    attention, it is the same labelling with a model-free map: the baseline that says how
-    much of a slide's figures the model's map adds.
+    attention (with ``blob=False``, or it would be averaged with itself), it is the same
+    labelling with a model-free map: the baseline that says how much of a slide's figures
+    the model's map adds. :func:`seed_map` averages it with the attention.
     """
     from skimage.transform import downscale_local_mean
 
     img = _grey(image).astype(np.float32, copy=False)
     d = _diameter(cell_diameter)
     sigma = d / (2.0 * math.sqrt(2.0))
-    # a map this smooth is computed on blocks of sigma / 4 pixels and resampled: 0.045 s
+    # a map this smooth is computed on blocks of sigma / 4 pixels and resampled: 0.027 s
     # for a 1388 x 1038 slide with cells of 60 px against 0.40 s at every pixel, and the
     # same cells (choice sets, docs/experiments.md, *The map the labelling needs*)
     f = max(1, min(int(sigma // BLOB_BLOCK), min(img.shape) // 8))
