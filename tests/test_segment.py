@@ -485,3 +485,30 @@ def test_seed_map_is_the_mean_of_the_attention_and_the_blob_map():
                                rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="same pixels"):
         seed_map(att[:-1], image, 24)
+
+
+@pytest.mark.parametrize("turn", ["row", "diagonal"])
+def test_guided_splits_a_pressed_pair_in_every_direction_alike(turn):
+    """Two cells of diameter 30 pressed together (centres 19 px apart): split whichever way
+    the pair lies. skimage's spacing (the classic pipeline's) reaches 1.41 times as far
+    along a diagonal, so it keeps the diagonal pair as one cell and splits the row."""
+    offset = (0, 19) if turn == "row" else (13, 13)
+    cells = [(60, 70, 15, 60), (60 + offset[0], 70 + offset[1], 15, 60)]
+    image, truth = _scene(cells, shape=(140, 160), noise=1.0)
+    labels = guided_labels(image, _coarse_map(truth), 30, cut=0.35)
+    tp, fp, fn, iou = _ious(labels, truth)
+    assert (tp, fp, fn) == (2, 0, 0)
+    assert iou > 0.7
+    classic = np.unique(classic_labels(image, 30)[truth > 0])
+    assert classic[classic > 0].size == (2 if turn == "row" else 1)
+
+
+def test_guided_keeps_a_long_single_cell_whole():
+    """A cell 1.4 times as long as wide (the most an interphase nucleus is) stays one."""
+    yy, xx = np.ogrid[:120, :140]
+    cell = ((yy - 60) / 14.0) ** 2 + ((xx - 70) / 20.0) ** 2 <= 1
+    image = ndi.gaussian_filter(np.where(cell, 80.0, 20.0), 1.0).astype(np.float32)
+    truth = cell.astype(np.int32)
+    labels = guided_labels(image, _coarse_map(truth), 34, cut=0.35)
+    assert labels.max() == 1
+    assert _ious(labels, truth)[3] > 0.8
