@@ -512,3 +512,20 @@ def test_guided_keeps_a_long_single_cell_whole():
     labels = guided_labels(image, _coarse_map(truth), 34, cut=0.35)
     assert labels.max() == 1
     assert _ious(labels, truth)[3] > 0.8
+
+
+def test_round_spacing_keeps_the_highest_first_and_none_nearer_than_the_distance():
+    from napari_atagan.slides.segment import _spaced_round
+
+    rng = np.random.default_rng(3)
+    coords = rng.integers(0, 60, size=(200, 2))
+    kept = _spaced_round(coords, 9)
+    expected = []  # greedy, in the given (best-first) order, Euclidean
+    for c in coords:
+        if all(((c - k) ** 2).sum() >= 81 for k in expected):
+            expected.append(c)
+    np.testing.assert_array_equal(kept, np.array(expected))
+    gaps = np.sqrt(((kept[:, None] - kept[None]) ** 2).sum(-1))
+    assert gaps[np.triu_indices(len(kept), 1)].min() >= 9
+    # a point 9.2 px away but only 7 along either axis is kept; skimage's rule would drop it
+    np.testing.assert_array_equal(_spaced_round(np.array([[20, 20], [26, 27]]), 9), [[20, 20], [26, 27]])
