@@ -529,3 +529,33 @@ def test_round_spacing_keeps_the_highest_first_and_none_nearer_than_the_distance
     assert gaps[np.triu_indices(len(kept), 1)].min() >= 9
     # a point 9.2 px away but only 7 along either axis is kept; skimage's rule would drop it
     np.testing.assert_array_equal(_spaced_round(np.array([[20, 20], [26, 27]]), 9), [[20, 20], [26, 27]])
+
+
+@pytest.mark.parametrize("brightness", [8, 20])
+def test_blob_map_finds_a_dim_cell_beside_a_bright_one(brightness):
+    """On the slide itself a cell 10-25 times dimmer than its touching neighbour answers
+    too little to be proposed; on the log of its contrast it stands out like the others."""
+    cells = [(60, 60, 15, 200), (60, 140, 15, 200), (150, 100, 15, 200),
+             (150, 133, 15, brightness), (240, 100, 15, 200)]
+    image, truth = _scene(cells, shape=(300, 220), noise=2.0, seed=1)
+    labels = label_cells(blob_map(image, 30), image, cell_diameter=30, blob=False, cut=0.35)
+    tp, fp, fn, iou = _ious(labels, truth)
+    assert (tp, fp, fn) == (5, 0, 0)
+    assert iou > 0.85
+
+
+def test_log_contrast_is_zero_below_the_background_and_grows_with_the_log_above_it():
+    from napari_atagan.slides.segment import log_contrast
+
+    rng = np.random.default_rng(0)
+    image = (100 + rng.normal(0, 2, (64, 64))).astype(np.float32)
+    image[10:20, 10:20] = 100 + 20  # 10 noise units above the background
+    image[40:50, 40:50] = 100 + 200  # 100 units
+    out = log_contrast(image)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    assert out.min() == 0 and np.median(out) < 0.1
+    np.testing.assert_allclose(out[15, 15], np.log1p(10), rtol=0.1)
+    np.testing.assert_allclose(out[45, 45], np.log1p(100), rtol=0.05)
+    flat = np.full((32, 32), 7.0, np.float32)
+    flat[5:9, 5:9] = 9.0  # a background that does not vary at all
+    assert np.isfinite(log_contrast(flat)).all() and log_contrast(flat)[6, 6] > 0

@@ -106,7 +106,7 @@ from .._grouped import grouped_percentiles
 from ..metrics import otsu_baseline
 
 __all__ = ["CLASSIC_SIGMA", "CUT_FRACTION", "CUT_RANGE", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA",
-           "blob_map", "classic_labels", "divide_large", "guided_labels", "label_cells",
+           "blob_map", "classic_labels", "divide_large", "guided_labels", "label_cells", "log_contrast",
            "median_diameter", "proposed_cells", "seed_map", "split_large"]
 
 OUTLINES = ("image", "map")
@@ -157,16 +157,20 @@ then confirms each at :data:`~napari_atagan.slides.labels.NOISE_MADS` of its own
 def blob_map(image: Any, cell_diameter: float) -> np.ndarray:
     """A map of where cells are, with no model: the blob detector at the cells' size.
 
-    The negative Laplacian of Gaussian of the slide at ``sigma = d / (2 sqrt 2)``, the
-    scale at which it answers most to a disc of diameter ``d``, clipped at 0 (float32, the
-    slide's shape). Given to :func:`label_cells` in place of the discriminator's
-    attention (with ``blob=False``, or it would be averaged with itself), it is the same
-    labelling with a model-free map: the baseline that says how much of a slide's figures
-    the model's map adds. :func:`seed_map` averages it with the attention.
+    The negative Laplacian of Gaussian at ``sigma = d / (2 sqrt 2)``, the scale at which
+    it answers most to a disc of diameter ``d``, clipped at 0 (float32, the slide's
+    shape), of the slide's contrast on a log scale (:func:`log_contrast`): on the slide
+    itself a dim cell beside bright ones answers a tenth as much and is not proposed; on
+    the log scale dim and bright cells stand out alike, as they do for the slide's grey
+    levels (:func:`napari_atagan.data.cell_levels`). Given to :func:`label_cells` in place
+    of the discriminator's attention (with ``blob=False``, or it would be averaged with
+    itself), it is the same labelling with a model-free map: the baseline that says how
+    much of a slide's figures the model's map adds. :func:`seed_map` averages it with the
+    attention.
     """
     from skimage.transform import downscale_local_mean
 
-    img = _grey(image).astype(np.float32, copy=False)
+    img = log_contrast(_grey(image))
     d = _diameter(cell_diameter)
     sigma = d / (2.0 * math.sqrt(2.0))
     # a map this smooth is computed on blocks of sigma / 4 pixels and resampled: 0.027 s
@@ -179,6 +183,25 @@ def blob_map(image: Any, cell_diameter: float) -> np.ndarray:
         for axis, n in enumerate(img.shape):
             response = _linear_resample(response, n, axis)
     return response.astype(np.float32, copy=False)
+
+
+def log_contrast(image: Any) -> np.ndarray:
+    """``log(1 + (x - background) / noise)``, 0 at and below the background (float32).
+
+    The background is the median of the slide (every 4th pixel each way) and the noise its
+    robust standard deviation (1.4826 MADs): a cell's value grows with the log of its
+    contrast in units of the background's noise, so a cell ten times as bright as its
+    neighbour stands out about as much. (A slide whose background does not vary at all
+    takes a thousandth of its brightest contrast as the unit.)
+    """
+    img = _grey(image).astype(np.float32, copy=False)
+    sample = img[::4, ::4]
+    background = float(np.median(sample))
+    noise = 1.4826 * float(np.median(np.abs(sample - np.float32(background))))
+    above = np.clip(img - np.float32(background), 0.0, None)
+    if noise <= 0:
+        noise = max(1e-3 * float(above.max()), 1e-12)
+    return np.log1p(above / np.float32(noise)).astype(np.float32, copy=False)
 
 
 def _linear_resample(m: np.ndarray, n: int, axis: int) -> np.ndarray:
