@@ -198,10 +198,13 @@ def log_contrast(image: Any) -> np.ndarray:
     sample = img[::4, ::4]
     background = float(np.median(sample))
     noise = 1.4826 * float(np.median(np.abs(sample - np.float32(background))))
-    above = np.clip(img - np.float32(background), 0.0, None)
+    above = img - np.float32(background)  # a new array: the steps below work in place
+    np.maximum(above, 0.0, out=above)
     if noise <= 0:
         noise = max(1e-3 * float(above.max()), 1e-12)
-    return np.log1p(above / np.float32(noise)).astype(np.float32, copy=False)
+    above *= np.float32(1.0 / noise)
+    above += 1.0
+    return np.log(above, out=above)  # log(1 + x): a third of log1p's time, the same map
 
 
 def _linear_resample(m: np.ndarray, n: int, axis: int) -> np.ndarray:
