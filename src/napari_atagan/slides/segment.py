@@ -16,8 +16,9 @@ Two labellings live here, both pure functions of numpy arrays:
 
   0. **The map the cells are found in** is the discriminator's, averaged with the
      model-free :func:`blob_map` (:func:`seed_map`, the default of :func:`label_cells`):
-     the two miss different cells, and on slides the blob map alone does about as
-     well as the attention (docs/experiments.md, *The map the labelling needs*).
+     the two miss different cells. On slides the blob map alone does as well as the
+     mean or better, but for the mosaics of real I3A cells, where the mean leads
+     (docs/experiments.md, *The map the labelling needs*, *The log of the contrast*).
   1. **Seeds from the map.** The map is labelled as by
      :func:`napari_atagan.slides.labels.attention_to_labels` with the ``"local"`` rule
      (one object per cell, neighbouring basins of one cell merged), its peaks
