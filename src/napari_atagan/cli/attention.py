@@ -77,9 +77,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=threshold_choice, default="local", help=THRESHOLD_HELP)
     p.add_argument("--outline", choices=("image", "map"), default="image",
                    help="'image' (default): the map, averaged with a model-free blob map (the "
-                        "Laplacian of Gaussian at the cell size), finds and seeds the cells, the "
-                        "slide's own edges outline them and split touching ones; 'map': cells "
-                        "cut from the attention map alone")
+                        "Laplacian of Gaussian of the slide's log contrast at the cell size), "
+                        "finds and seeds the cells, the slide's own edges outline them and split "
+                        "touching ones; 'map': cells cut from the attention map alone")
     p.add_argument("--cut", type=cut_choice, default="auto", metavar="auto|FRACTION",
                    help=CUT_HELP)
     p.add_argument("--background", choices=("flatten", "none"), default="flatten",

@@ -263,8 +263,8 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     slide with its background taken away as ``background`` says), ``"map"`` the
     same with ``outline="map"``; the baselines need no model: ``"blob"`` is the model's
     labelling with a model-free map in place of the attention
-    (:func:`napari_atagan.slides.segment.blob_map`, the Laplacian of Gaussian at the
-    cells' size), so the difference to ``"model"`` is what the model's map adds. The
+    (:func:`napari_atagan.slides.segment.blob_map`, the Laplacian of Gaussian of the
+    slide's log contrast at the cells' size), so the difference to ``"model"`` is what the model's map adds. The
     attention map is computed once. ``"classic"`` and ``"otsu"`` see the slide as it is (they are
     the pipelines a reader would write without this product); ``"classic_flat"``
     is the classic pipeline on the slide as the model sees it (flattened, unless

@@ -171,7 +171,7 @@ def blob_map(image: Any, cell_diameter: float) -> np.ndarray:
     """
     from skimage.transform import downscale_local_mean
 
-    img = log_contrast(_grey(image))
+    img = log_contrast(image)  # checks the image too
     d = _diameter(cell_diameter)
     sigma = d / (2.0 * math.sqrt(2.0))
     # a map this smooth is computed on blocks of sigma / 4 pixels and resampled: 0.027 s
@@ -227,9 +227,10 @@ def seed_map(attention_map: Any, image: Any, cell_diameter: float) -> np.ndarray
     """The map :func:`label_cells` finds the cells in: the mean of the discriminator's
     attention and the model-free :func:`blob_map`, each over its own 99.5th percentile.
 
-    On the choice sets the mean found more cells than either map alone on four of five
-    kinds of slide, with three models (docs/experiments.md, *The map the labelling needs*):
-    the learned map and the blob detector miss different cells.
+    The learned map and the blob detector miss different cells. On the choice sets the
+    mean led the mosaics of real I3A cells for three models; the blob map alone (since it
+    is taken of the log contrast) led the one-pattern, Cytoplasmic and real nuclei slides
+    (docs/experiments.md, *The map the labelling needs*, *The log of the contrast*).
     """
     att = _grey(attention_map, "attention map").astype(np.float32, copy=False)
     blob = blob_map(image, cell_diameter)
@@ -863,11 +864,12 @@ def _spaced_round(coords: np.ndarray, min_distance: int) -> np.ndarray:
     return coords[keep]
 
 
-def _distance_split_whole(mask: np.ndarray, min_distance: int, peaks_of=None) -> np.ndarray:
+def _distance_split_whole(mask: np.ndarray, min_distance: int, peaks_of) -> np.ndarray:
     """:func:`_distance_split` the plain way, on the whole image at once (``peaks_of``:
-    the seeds of one object, default skimage's ``peak_local_max``)."""
+    the rule for one object's seeds; skimage's own ``peak_local_max`` for
+    :func:`_object_peaks`)."""
     distance = ndi.distance_transform_edt(mask)
-    if peaks_of is None or peaks_of is _object_peaks:
+    if peaks_of is _object_peaks:
         peaks = peak_local_max(distance, min_distance=min_distance, labels=ndi.label(mask)[0],
                                exclude_border=False)
     else:
