@@ -559,3 +559,17 @@ def test_log_contrast_is_zero_below_the_background_and_grows_with_the_log_above_
     flat = np.full((32, 32), 7.0, np.float32)
     flat[5:9, 5:9] = 9.0  # a background that does not vary at all
     assert np.isfinite(log_contrast(flat)).all() and log_contrast(flat)[6, 6] > 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((10, 10, 3)), "2-D"),
+    (np.full((10, 10), np.nan), "NaN"),
+    (np.zeros((1, 10)), "too small"),
+])
+def test_blob_map_and_log_contrast_refuse_bad_images(bad, message):
+    from napari_atagan.slides.segment import log_contrast
+
+    with pytest.raises(ValueError, match=message):
+        blob_map(bad, 5)
+    with pytest.raises(ValueError, match=message):
+        log_contrast(bad)
