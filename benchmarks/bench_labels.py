@@ -27,7 +27,7 @@ it; the best of three runs each, and the cells each found. ``image_fixed_cut`` i
 same labelling with the edge cut fixed at 0.35 instead of chosen from the diameter
 (``auto_cut_over_fixed``: what choosing it costs; ``cut_used``: the fraction chosen).
 ``image_attention_only`` finds the cells in the attention alone instead of its mean with
-the model-free blob map (``label_cells(..., blob=False)``; ``blob_map_over_attention_only``:
+the model-free blob map (``label_cells(..., find="attention")``; ``blob_map_over_attention_only``:
 what the blob map costs).
 """
 
@@ -121,7 +121,7 @@ def outlines(size: int, diameter: float) -> dict:
         "image_fixed_cut": lambda: label_cells(amap, image, outline="image", cut=CUT_FRACTION,
                                                **options),
         # the cells found in the attention alone: what the blob map beside it costs
-        "image_attention_only": lambda: label_cells(amap, image, outline="image", blob=False,
+        "image_attention_only": lambda: label_cells(amap, image, outline="image", find="attention",
                                                     **options),
         "map": lambda: label_cells(amap, image, outline="map", **options),
         "classic": lambda: classic_labels(image, diameter),

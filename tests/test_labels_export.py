@@ -511,11 +511,41 @@ def test_cli_stack_and_auto_diameter(tmp_path, ckpt_path):
     assert tifffile.imread(tmp_path / "stack_labels.tif").shape == (2, 96, 112)
 
 
+def test_cli_finds_cells_in_the_blob_map_alone_on_request(tmp_path, ckpt_path, capsys):
+    """--find blob: the cells of the model-free blob map, outlined by the slide as always;
+    said in the summary and the labels' metadata. A rerun with another --find redoes the
+    slide; the same --find skips it."""
+    import json
+
+    from napari_atagan.slides.background import flatten_background
+    from napari_atagan.slides.segment import label_cells
+
+    image = _slide_file(tmp_path)
+    out = tmp_path / "out"
+    base = ["attention", "--checkpoint", str(ckpt_path), "--image", str(image), "--diameter",
+            "20", "--out", str(out), "--device", "cpu", "--min-size", "5"]
+    assert run(_parse([*base, "--find", "blob"])) == 0
+    assert json.loads(capsys.readouterr().out)["find"] == "blob"
+    assert read_tiff_metadata(out / "slide_labels.tif")["find"] == "blob"
+    flat = flatten_background(tifffile.imread(image).astype(np.float32), 20.0, "flatten")
+    expected = label_cells(np.zeros(flat.shape, np.float32), flat, threshold="local",
+                           min_size=5, cell_diameter=20.0, find="blob")
+    labels = tifffile.imread(out / "slide_labels.tif")
+    assert labels.max() == 2  # the two discs
+    np.testing.assert_array_equal(labels, expected)
+    assert run(_parse([*base, "--find", "blob"])) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert run(_parse(base)) == 0  # the default finds them in the mean of both maps
+    assert "skipped" not in capsys.readouterr().err
+    assert read_tiff_metadata(out / "slide_labels.tif")["find"] == "both"
+
+
 @pytest.mark.parametrize("change, message", [
     ({"--diameter": "500"}, "smaller than one training crop"),
     ({"--image": "missing.tif"}, "does not exist"),
     ({"--checkpoint": "nope.safetensors"}, "no such file"),
     ({"--tile-size": "4"}, "tile-size"),
+    ({"--outline": "map", "--find": "blob"}, "needs --outline image"),
 ])
 def test_cli_user_mistakes_return_2(tmp_path, ckpt_path, capsys, change, message):
     image = _slide_file(tmp_path)

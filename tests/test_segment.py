@@ -198,9 +198,31 @@ def test_label_cells_by_the_map_is_the_maps_labelling():
         attention_to_labels(att, threshold="local", cell_diameter=30))
 
 
+def test_label_cells_finds_the_cells_in_the_map_it_is_told():
+    """find="blob": the blob map alone seeds the cells (the attention is not read), the
+    same cells as the blob map handed in as the map; "attention": the map handed in alone;
+    "both" (the default): their mean, seed_map."""
+    image, truth = _scene([(60, 60, 15, 100), (60, 140, 15, 60), (120, 100, 15, 150)])
+    att = _coarse_map(truth)
+    blob = label_cells(np.zeros_like(att), image, cell_diameter=30, find="blob")
+    np.testing.assert_array_equal(
+        blob, label_cells(blob_map(image, 30), image, cell_diameter=30, find="attention"))
+    np.testing.assert_array_equal(blob, label_cells(att, image, cell_diameter=30, find="blob"))
+    tp, fp, fn, _ = _ious(blob, truth)
+    assert (tp, fp, fn) == (3, 0, 0)
+    np.testing.assert_array_equal(
+        label_cells(att, image, cell_diameter=30),
+        label_cells(seed_map(att, image, 30), image, cell_diameter=30, find="attention"))
+    # a map of another shape is refused here as by seed_map
+    with pytest.raises(ValueError, match="same pixels"):
+        label_cells(att[:, :-1], image, cell_diameter=30, find="blob")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"outline": "edges", "cell_diameter": 30}, "outline must be one of"),
     ({"outline": "image"}, "needs the cell diameter"),
+    ({"find": "edges", "cell_diameter": 30}, "find must be one of"),
+    ({"outline": "map", "find": "blob", "cell_diameter": 30}, "needs outline='image'"),
 ])
 def test_label_cells_refuses_bad_options(kwargs, message):
     image, truth = _scene([(60, 60, 15, 100)])
@@ -355,7 +377,7 @@ def test_the_map_proposes_dim_cells_below_its_own_floor_and_the_image_confirms_t
     assert PROPOSAL_MADS < 3
     assert _ious(alone, truth)[2] >= 3  # a map on its own misses the cells on the cloud's low parts
     labels = label_cells(att, image, outline="image", threshold="local", cell_diameter=28,
-                         blob=False)
+                         find="attention")
     tp, fp, fn, iou = _ious(labels, truth)
     assert (tp, fp, fn) == (12, 0, 0) and iou > 0.8  # every cell, and the decoy the image does not show is none
     np.testing.assert_array_equal(labels, guided_labels(image, att, 28))
@@ -413,7 +435,7 @@ def test_a_fixed_cut_is_kept_and_reported():
     fixed = guided_labels(image, att, 24, cut=0.35, info=told)
     assert told["cut"] == 0.35
     assert 26 < _median_diameter(fixed) < 28.5  # 24 + 2 * 4 * 0.385, a little wider than 0.5
-    same = label_cells(att, image, threshold="local", cell_diameter=24, cut="0.35", blob=False)
+    same = label_cells(att, image, threshold="local", cell_diameter=24, cut="0.35", find="attention")
     np.testing.assert_array_equal(same, fixed)
     told = {}
     label_cells(att, image, threshold="local", cell_diameter=24, cut=0.35, info=told)
@@ -538,7 +560,7 @@ def test_blob_map_finds_a_dim_cell_beside_a_bright_one(brightness):
     cells = [(60, 60, 15, 200), (60, 140, 15, 200), (150, 100, 15, 200),
              (150, 133, 15, brightness), (240, 100, 15, 200)]
     image, truth = _scene(cells, shape=(300, 220), noise=2.0, seed=1)
-    labels = label_cells(blob_map(image, 30), image, cell_diameter=30, blob=False, cut=0.35)
+    labels = label_cells(blob_map(image, 30), image, cell_diameter=30, find="attention", cut=0.35)
     tp, fp, fn, iou = _ious(labels, truth)
     assert (tp, fp, fn) == (5, 0, 0)
     assert iou > 0.85

@@ -129,8 +129,21 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
                            min_size=widget.min_size.value,
                            cell_diameter=widget.cell_diameter.value)
     np.testing.assert_array_equal(viewer.layers["slide cells"].data, expected)
+    assert widget.find.enabled is False  # the map's outline finds its own cells
     widget.outline.value = "by the image"
     wait_for_relabel(qtbot, widget, viewer, "slide cells", "outline", "image")
+    np.testing.assert_array_equal(viewer.layers["slide cells"].data, first)
+    assert widget.find.enabled is True and meta["find"] == "both"
+
+    # the cells found in the model-free blob map alone, outlined by the same slide
+    widget.find.value = "blob map (no model)"
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "find", "blob")
+    expected = label_cells(amap.data, widget.results[-1].flat, outline="image",
+                           threshold="local", min_size=widget.min_size.value,
+                           cell_diameter=widget.cell_diameter.value, find="blob")
+    np.testing.assert_array_equal(viewer.layers["slide cells"].data, expected)
+    widget.find.value = "attention + blob map"
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "find", "both")
     np.testing.assert_array_equal(viewer.layers["slide cells"].data, first)
 
     # the edge cut: chosen from the diameter (and recorded), or a fixed fraction

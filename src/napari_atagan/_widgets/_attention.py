@@ -78,6 +78,10 @@ _MODES = {LOCAL: "local", OTSU: "otsu"}
 OUTLINE_IMAGE = "by the image"
 OUTLINE_MAP = "by the map"
 _OUTLINES = {OUTLINE_IMAGE: "image", OUTLINE_MAP: "map"}
+FIND_BOTH = "attention + blob map"
+FIND_ATTENTION = "attention"
+FIND_BLOB = "blob map (no model)"
+_FINDS = {FIND_BOTH: "both", FIND_ATTENTION: "attention", FIND_BLOB: "blob"}
 CUT_AUTO = "auto (from the diameter)"
 CUT_FIXED = "fixed fraction"
 DEFAULT_DIAMETER = 40.0
@@ -136,19 +140,20 @@ class AttentionResult:
 def label_and_measure(amap: np.ndarray, image: Any, flat: Any, checkpoint: Any, *,
                       outline: str, threshold: str | float, min_size: int,
                       cell_diameter: float, device: str, cut: str | float = "auto",
-                      info: dict | None = None) -> tuple[np.ndarray, Any]:
+                      info: dict | None = None, find: str = "both") -> tuple[np.ndarray, Any]:
     """Cell labels of a kept map and their cell table (runs in the worker thread).
 
     The cells are outlined on ``flat``, the slide as the map saw it
     (:func:`napari_atagan.slides.background.flatten_background`); the table measures
-    ``image``, the slide as it is. ``cut`` and ``info`` (which receives the cut used):
-    as :func:`napari_atagan.slides.segment.label_cells` takes them.
+    ``image``, the slide as it is. ``cut``, ``info`` (which receives the cut used) and
+    ``find``: as :func:`napari_atagan.slides.segment.label_cells` takes them.
     """
     from napari_atagan.slides.cells import cell_table
     from napari_atagan.device import resolve_device
 
     labels = label_cells(amap, flat, outline=outline, threshold=threshold, min_size=min_size,
-                         cell_diameter=cell_diameter, cut=cut, info=info)
+                         cell_diameter=cell_diameter, cut=cut, info=info,
+                         find=find if outline == "image" else "both")
     table = cell_table(labels, image, amap, checkpoint=checkpoint, cell_diameter=cell_diameter,
                        device=str(resolve_device(device)))
     return labels, table
@@ -158,7 +163,7 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
                       threshold: str | float, min_size: int, stop: threading.Event,
                       progress_cb: Any, outline: str = "image", background: str = "flatten",
                       patterns_from: Path | None = None, cut: str | float = "auto",
-                      info: dict | None = None
+                      info: dict | None = None, find: str = "both"
                       ) -> tuple[np.ndarray, np.ndarray, Any, Any, Any, Any]:
     """Map, labels and cell table of a slide or a ``(T, Y, X)`` stack (worker thread).
 
@@ -181,7 +186,7 @@ def compute_attention(checkpoint: Path, image: Any, cell_diameter: float, device
     labels, table = label_and_measure(amap, image, flat, namer, outline=outline,
                                       threshold=threshold, min_size=min_size,
                                       cell_diameter=cell_diameter, device=device, cut=cut,
-                                      info=info)
+                                      info=info, find=find)
     return amap, labels, table, ckpt, flat, namer
 
 
@@ -319,6 +324,14 @@ class AttentionWidget(QWidget):
             tooltip="image: the attention, averaged with a model-free blob map, finds the "
                     "cells and the image's own edges outline them (touching cells split where "
                     "they narrow). map: cells cut from the attention map alone.")
+        self.find = ComboBox(
+            label="find cells in", choices=list(_FINDS), value=FIND_BOTH,
+            tooltip="The map that finds and seeds the cells the image outlines. attention + "
+                    "blob map: the model's attention averaged with a model-free blob "
+                    "detector (default). attention: the model's map alone. blob map (no "
+                    "model): the blob detector alone, which found cells best on slides of a "
+                    "pattern the model never saw and on sparse nuclei; the attention layer "
+                    "is still shown.")
         self.cut_mode = ComboBox(
             label="edge cut", choices=[CUT_AUTO, CUT_FIXED], value=CUT_AUTO,
             tooltip="Where each cell's edge is cut, as a fraction of the way from the "
@@ -348,7 +361,7 @@ class AttentionWidget(QWidget):
                     "vignetting, haze) before looking for cells. Takes effect on the next run.")
         self.form = Container(widgets=[
             self.image_layer, self.checkpoint, self.cell_diameter, self.estimate_button,
-            self.threshold_mode, self.threshold_value, self.outline, self.cut_mode,
+            self.threshold_mode, self.threshold_value, self.outline, self.find, self.cut_mode,
             self.cut_value, self.min_size, self.device,
             self.flatten, self.patterns_from, self.colour_by_pattern,
         ])
@@ -357,7 +370,9 @@ class AttentionWidget(QWidget):
         self.threshold_mode.changed.connect(self._schedule_relabel)
         self.threshold_value.changed.connect(self._schedule_relabel)
         self.min_size.changed.connect(self._schedule_relabel)
+        self.outline.changed.connect(self._update_outline)
         self.outline.changed.connect(self._schedule_relabel)
+        self.find.changed.connect(self._schedule_relabel)
         self.cut_mode.changed.connect(self._update_cut_mode)
         self.cut_mode.changed.connect(self._schedule_relabel)
         self.cut_value.changed.connect(self._schedule_relabel)
@@ -387,6 +402,14 @@ class AttentionWidget(QWidget):
     def outline_choice(self) -> str:
         """``"image"`` or ``"map"``, as :func:`napari_atagan.slides.segment.label_cells` takes it."""
         return _OUTLINES[self.outline.value]
+
+    def _update_outline(self, *_: Any) -> None:
+        self.find.enabled = self.outline_choice() == "image"  # the map's outline is its own
+
+    def find_choice(self) -> str:
+        """``"both"``, ``"attention"`` or ``"blob"``, as
+        :func:`napari_atagan.slides.segment.label_cells` takes it."""
+        return _FINDS[self.find.value]
 
     def _check_checkpoint(self, *_: Any) -> None:
         loaded = read_checkpoint(self.checkpoint.value, self.status)
@@ -496,7 +519,7 @@ class AttentionWidget(QWidget):
         self._batch_args = dict(checkpoint=checkpoint, diameter=float(self.cell_diameter.value),
                                 device=self.device.value, threshold=self.threshold(),
                                 min_size=int(self.min_size.value), outline=self.outline_choice(),
-                                cut=self.cut(), background="flatten" if self.flatten.value else "none",
+                                find=self.find_choice(), cut=self.cut(), background="flatten" if self.flatten.value else "none",
                                 patterns_from=patterns_from)
         self._batch = list(layers)
         self._batch_size, self._batch_done, self._batch_ok = len(layers), 0, 0
@@ -530,7 +553,8 @@ class AttentionWidget(QWidget):
             worker = run_function(compute_attention, args["checkpoint"], image, args["diameter"],
                                   args["device"], args["threshold"], args["min_size"],
                                   self._live.stop, self._relay.callback, args["outline"],
-                                  args["background"], args["patterns_from"], args["cut"], told)
+                                  args["background"], args["patterns_from"], args["cut"], told,
+                                  args["find"])
             result = AttentionResult(source=layer, source_name=layer.name,
                                      attention=np.zeros(0, np.float32),
                                      checkpoint=args["checkpoint"],
@@ -619,7 +643,7 @@ class AttentionWidget(QWidget):
                   metadata=self._metadata(result, ckpt.step))
         args = self._batch_args
         self._show_labels(result, labels, args["threshold"], args["min_size"], args["outline"],
-                          ckpt.step, cut=args["cut"])
+                          ckpt.step, cut=args["cut"], find=args["find"])
         if len(table) and not table.patterns:
             self._allow_patterns(False, f"{result.checkpoint.name} names no patterns (it "
                                         "keeps neither a pattern classifier nor a pattern "
@@ -646,15 +670,16 @@ class AttentionWidget(QWidget):
 
     def _show_labels(self, result: AttentionResult, labels: np.ndarray,
                      threshold: str | float, min_size: int, outline: str,
-                     step: int | None = None, cut: str | float = "auto") -> None:
+                     step: int | None = None, cut: str | float = "auto",
+                     find: str = "both") -> None:
         name = cells_name(result.source_name)
         meta = self._metadata(result, step)
         old = self.viewer.layers[name].metadata if name in self.viewer.layers else {}
         if step is None and "checkpoint_step" in old:
             meta["checkpoint_step"] = old["checkpoint_step"]
         meta.update(threshold=threshold, min_size=int(min_size), outline=outline)
-        if outline == "image":  # the map's own outline has no cut
-            meta.update(cut=cut, cut_used=result.told.get("cut"))
+        if outline == "image":  # the map's own outline has no cut, and finds its own cells
+            meta.update(find=find, cut=cut, cut_used=result.told.get("cut"))
         layer = put_labels(self.viewer, name, labels, scale=result.scale,
                            translate=result.translate, metadata=meta,
                            features=cell_features(result.table))
@@ -724,15 +749,15 @@ class AttentionWidget(QWidget):
             return
         threshold, min_size, outline = self.threshold(), int(self.min_size.value), \
             self.outline_choice()
-        cut, told = self.cut(), {}
+        cut, told, find = self.cut(), {}, self.find_choice()
         worker = run_function(label_and_measure, result.attention, result.image, result.flat,
                               result.model,
                               outline=outline, threshold=threshold, min_size=min_size,
                               cell_diameter=result.cell_diameter, device=self.device.value,
-                              cut=cut, info=told)
+                              cut=cut, info=told, find=find)
         worker.returned.connect(
             lambda out: self._on_relabelled(result, *out, threshold, min_size, outline, cut,
-                                            told))
+                                            told, find))
         worker.errored.connect(lambda exc: notify_error(f"Labelling failed: {error_text(exc)}"))
         worker.finished.connect(self._on_relabel_finished)
         self.relabel_worker = worker
@@ -740,11 +765,12 @@ class AttentionWidget(QWidget):
 
     def _on_relabelled(self, result: AttentionResult, labels: np.ndarray, table: Any,
                        threshold: str | float, min_size: int, outline: str,
-                       cut: str | float = "auto", told: dict | None = None) -> None:
+                       cut: str | float = "auto", told: dict | None = None,
+                       find: str = "both") -> None:
         if not self._live.alive:
             return
         result.table, result.told = table, dict(told or {})
-        self._show_labels(result, labels, threshold, min_size, outline, cut=cut)
+        self._show_labels(result, labels, threshold, min_size, outline, cut=cut, find=find)
         self.status.setText(summary_text(result))
 
     def _on_relabel_finished(self) -> None:

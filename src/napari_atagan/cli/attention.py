@@ -76,10 +76,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--threshold", type=threshold_choice, default="local", help=THRESHOLD_HELP)
     p.add_argument("--outline", choices=("image", "map"), default="image",
-                   help="'image' (default): the map, averaged with a model-free blob map (the "
+                   help="'image' (default): a map finds and seeds the cells (--find; by "
+                        "default the attention averaged with a model-free blob map, the "
                         "Laplacian of Gaussian of the slide's log contrast at the cell size), "
-                        "finds and seeds the cells, the slide's own edges outline them and split "
-                        "touching ones; 'map': cells cut from the attention map alone")
+                        "the slide's own edges outline them and split touching ones; 'map': "
+                        "cells cut from the attention map alone")
+    p.add_argument("--find", choices=("both", "attention", "blob"), default="both",
+                   help="with --outline image, the map the cells are found in: 'both' "
+                        "(default) the model's attention averaged with the blob map; "
+                        "'attention' the model's map alone; 'blob' the blob map alone, with "
+                        "no model in the cells (it found cells best on slides of a pattern "
+                        "the model never saw and on sparse nuclei; the attention map is "
+                        "still written)")
     p.add_argument("--cut", type=cut_choice, default="auto", metavar="auto|FRACTION",
                    help=CUT_HELP)
     p.add_argument("--background", choices=("flatten", "none"), default="flatten",
@@ -147,7 +155,8 @@ def _run(args: argparse.Namespace) -> int:
     slides = find_slides(args.image)
     options = ArchiveOptions(
         checkpoint=args.checkpoint, out_dir=args.out, diameter=args.diameter,
-        threshold=args.threshold, outline=args.outline, cut=args.cut, min_size=args.min_size,
+        threshold=args.threshold, outline=args.outline, find=args.find, cut=args.cut,
+        min_size=args.min_size,
         device=args.device, tile_size=args.tile_size, channel=channel_option(args),
         zarr=args.zarr, overwrite=args.overwrite, patterns=args.patterns,
         background=args.background, patterns_from=args.patterns_from)
@@ -188,6 +197,7 @@ def _one_slide(path: Path, options: Any) -> int:
         "table": files["cells"],
         "cells": row["cells"],
         "outline": row["_outline"],
+        **({"find": row["_find"]} if row["_outline"] == "image" else {}),
         "cut": row["_cut"],
         "cell_diameter": row["cell_diameter"],
         **row["_channel"],
@@ -250,6 +260,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--tile-size must be at least 16 pixels, got {args.tile_size}")
     if args.min_size is not None and args.min_size < 0:
         raise ValueError(f"--min-size must be >= 0 pixels, got {args.min_size}")
+    if args.outline == "map" and args.find != "both":
+        raise ValueError(f"--find {args.find} chooses the map that seeds the slide's own "
+                         "outlines: it needs --outline image (--outline map cuts the cells "
+                         "from the attention map itself)")
     check_out_folder(args.out)
 
 

@@ -273,7 +273,7 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     """
     from ..slides.background import flatten_background
     from ..slides.labels import attention_to_labels, min_cell_size
-    from ..slides.segment import blob_map, classic_labels, divide_large, label_cells
+    from ..slides.segment import classic_labels, divide_large, label_cells
     from ..slides.attention import slide_attention
 
     grey = np.asarray(image).astype(np.float32)
@@ -284,8 +284,8 @@ def slide_cells(checkpoint: Any, image: np.ndarray, diameter: float, *,
     found = {"map": attention_to_labels(attention, **options),
              "model": label_cells(attention, flat, outline="image", cut=cut, info=info,
                                   **options),
-             "blob": label_cells(blob_map(flat, diameter), flat, outline="image", cut=cut,
-                                 blob=False, **options)}
+             "blob": label_cells(attention, flat, outline="image", cut=cut, find="blob",
+                                 **options)}
     found["classic"] = classic_labels(grey, diameter)
     found["classic_flat"] = classic_labels(flat, diameter)
     found["classic_split"] = divide_large(found["classic_flat"], min_cell_size(diameter))

@@ -94,6 +94,9 @@ class ArchiveOptions:
     """Cell diameter in pixels, or ``"auto"`` (estimated per slide)."""
     threshold: str | float = "local"
     outline: str = "image"
+    find: str = "both"
+    """Which map finds the cells the image outlines (:data:`napari_atagan.slides.segment.FINDS`):
+    ``"both"``, ``"attention"`` or ``"blob"`` (model-free)."""
     cut: str | float = "auto"
     """Where a cell's edge is cut (:func:`napari_atagan.slides.segment.guided_labels`):
     ``"auto"`` per slide, from the diameter, or a fixed fraction."""
@@ -230,6 +233,8 @@ def settings_key(options: ArchiveOptions) -> str:
                 "min_size": options.min_size, "channel": options.channel,
                 "zarr": options.zarr, "patterns": options.patterns,
                 "background": options.background}
+    if options.find != "both":  # outputs of runs before the choice existed stay valid
+        decisive["find"] = options.find
     if options.patterns_from and options.patterns:
         namer = Path(options.patterns_from)
         decisive["patterns_from"] = [namer.name,
@@ -295,8 +300,8 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
         seconds_map = time.perf_counter() - t0
         cut: dict[str, Any] = {}
         labels, outline = _labels(attention, flat, scratch, options.outline, options.cut, cut,
-                                  threshold=options.threshold, min_size=min_size,
-                                  cell_diameter=diameter)
+                                  find=options.find, threshold=options.threshold,
+                                  min_size=min_size, cell_diameter=diameter)
         metadata = {
             "checkpoint": Path(options.checkpoint).name,
             "checkpoint_format_version": ckpt.metadata.get("format_version"),
@@ -305,6 +310,7 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
             "model_cell_diameter": model_cell_diameter(ckpt),
             "threshold": options.threshold,
             "outline": outline,
+            "find": options.find if outline == "image" else None,
             "cut": options.cut,
             "cut_used": cut.get("cut"),  # the fraction (per plane of a stack); None: map outlines
             # how wide the cells came out, beside the cell_diameter they were asked for
@@ -344,6 +350,7 @@ def process_slide(path: str | os.PathLike, options: ArchiveOptions,
         "error": "",
         # for the single-slide report
         "_outline": outline,
+        "_find": options.find,
         "_cut": cut.get("cut"),
         "_channel": channel_info,
         "_files": {k: str(v) for k, v in files.items()},
@@ -426,7 +433,8 @@ def _rounded(value: Any) -> Any:
 
 
 def _labels(attention: np.ndarray, image: Any, scratch: Path, outline: str,
-            cut: str | float, info: dict, **options: Any) -> tuple[np.ndarray, str]:
+            cut: str | float, info: dict, find: str = "both",
+            **options: Any) -> tuple[np.ndarray, str]:
     """Cell labels of the map (:func:`napari_atagan.slides.segment.label_cells`) and what
     outlined them; ``info`` receives the cut used. A map too large for memory is
     labelled from the map alone, tile by tile into a file, and the returned outline
@@ -440,7 +448,7 @@ def _labels(attention: np.ndarray, image: Any, scratch: Path, outline: str,
         used = "map" if outline == "map" else "map (the slide is too large to outline from)"
         return attention_to_labels_tiled(attention, out=out, **options), used
     return label_cells(np.asarray(attention), image, outline=outline, cut=cut, info=info,
-                       **options), outline
+                       find=find, **options), outline
 
 
 # --------------------------------------------------------------------------- many slides

@@ -106,12 +106,16 @@ from .labels import (
 from .._grouped import grouped_percentiles
 from ..metrics import otsu_baseline
 
-__all__ = ["CLASSIC_SIGMA", "CUT_FRACTION", "CUT_RANGE", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA",
+__all__ = ["CLASSIC_SIGMA", "CUT_FRACTION", "CUT_RANGE", "FINDS", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA",
            "blob_map", "classic_labels", "divide_large", "guided_labels", "label_cells", "log_contrast",
            "median_diameter", "proposed_cells", "seed_map", "split_large"]
 
 OUTLINES = ("image", "map")
 """What outlines the cells in :func:`label_cells`: the slide (seeded by the map) or the map."""
+FINDS = ("both", "attention", "blob")
+"""Which map finds and seeds the cells that the image outlines (:func:`label_cells`):
+the mean of the discriminator's attention and the model-free blob map (:func:`seed_map`),
+the attention alone, or the blob map alone (:func:`blob_map`; no model in the cells)."""
 
 BLOB_BLOCK = 4
 """:func:`blob_map` works on blocks of ``sigma / BLOB_BLOCK`` pixels."""
@@ -163,11 +167,10 @@ def blob_map(image: Any, cell_diameter: float) -> np.ndarray:
     shape), of the slide's contrast on a log scale (:func:`log_contrast`): on the slide
     itself a dim cell beside bright ones answers a tenth as much and is not proposed; on
     the log scale dim and bright cells stand out alike, as they do for the slide's grey
-    levels (:func:`napari_atagan.data.cell_levels`). Given to :func:`label_cells` in place
-    of the discriminator's attention (with ``blob=False``, or it would be averaged with
-    itself), it is the same labelling with a model-free map: the baseline that says how
-    much of a slide's figures the model's map adds. :func:`seed_map` averages it with the
-    attention.
+    levels (:func:`napari_atagan.data.cell_levels`). :func:`label_cells` with
+    ``find="blob"`` finds the cells in it alone: the same labelling with a model-free
+    map, the baseline that says how much of a slide's figures the model's map adds.
+    :func:`seed_map` averages it with the attention.
     """
     from skimage.transform import downscale_local_mean
 
@@ -449,7 +452,7 @@ def proposed_cells(attention_map: np.ndarray, **options: Any) -> np.ndarray:
 def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
                 threshold: str | float = "auto", min_size: int = 0,
                 cell_diameter: float | None = None, cut: float | str = "auto",
-                info: dict | None = None, blob: bool = True) -> np.ndarray:
+                info: dict | None = None, find: str = "both") -> np.ndarray:
     """The cells of a slide (or of every plane of a ``(T, Y, X)`` stack) from its map.
 
     ``outline="image"``: :func:`guided_labels` (needs ``cell_diameter``; the cells
@@ -458,12 +461,22 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
     alone. Ids are unique over a stack. The one labelling the CLI and the
     napari widget share. ``cut`` and ``info``: as :func:`guided_labels` takes them
     (with a stack, ``info`` gets a list per key, one value per plane; the map's own
-    labelling has no cut). ``blob``: with ``outline="image"``, find the cells in
-    :func:`seed_map` (the attention and the model-free blob map together; the default)
-    rather than in the attention alone.
+    labelling has no cut). ``find`` (with ``outline="image"``): the map the cells are
+    found and seeded in, one of :data:`FINDS`: ``"both"`` (the default), :func:`seed_map`
+    of the attention and the model-free blob map; ``"attention"``, the attention alone;
+    ``"blob"``, :func:`blob_map` alone, so no model decides which cells there are (the
+    attention map is then not used). On slides of a pattern the model never saw, and on
+    sparse nuclei, the blob map alone found cells best (docs/RESULTS.md, *The map the
+    labelling needs*).
     """
     if outline not in OUTLINES:
         raise ValueError(f"outline must be one of {', '.join(OUTLINES)}, got {outline!r}")
+    if find not in FINDS:
+        raise ValueError(f"find must be one of {', '.join(FINDS)}, got {find!r}")
+    if outline == "map" and find != "both":
+        raise ValueError(f"find={find!r} chooses the map that seeds the image's outlines: "
+                         "it needs outline='image' (outline='map' cuts the cells from the "
+                         "attention map itself)")
     att = np.asarray(attention_map)
     options = dict(threshold=threshold, min_size=min_size, cell_diameter=cell_diameter)
     if outline == "map":
@@ -473,7 +486,15 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
     _check_cut(cut)
 
     def seeds(a: np.ndarray, img: Any) -> np.ndarray:
-        return seed_map(a, img, cell_diameter) if blob else a
+        if find == "both":
+            return seed_map(a, img, cell_diameter)
+        if find == "blob":
+            blob = blob_map(img, cell_diameter)
+            if blob.shape != a.shape:
+                raise ValueError(f"the attention map has shape {a.shape} but the image has "
+                                 f"{blob.shape}: they must cover the same pixels")
+            return blob
+        return a
 
     if att.ndim == 2:
         m = seeds(att, image)
