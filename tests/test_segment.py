@@ -615,6 +615,9 @@ def test_fill_concave_fills_a_crescent_to_its_hull_and_leaves_round_cells():
     assert iou > 0.85 and ((labels == 1) & whole).sum() / whole.sum() < 0.6
     # below the solidity asked for only: the crescent is 0.53 of its hull
     assert np.array_equal(fill_concave(labels, solidity=0.5), labels)
+    # and only a hull no larger than max_area (this one has 1,000-1,300 pixels)
+    assert np.array_equal(fill_concave(labels, max_area=1000), labels)
+    assert np.array_equal(fill_concave(labels, max_area=1300), filled)
     same = labels.copy()
     assert fill_concave(same, in_place=True) is same and np.array_equal(same, filled)
 

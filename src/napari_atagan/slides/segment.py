@@ -68,7 +68,8 @@ Two labellings live here, both pure functions of numpy arrays:
      less than :data:`CONCAVE_SOLIDITY` of its hull is one whose dim part fell under
      its cut, as the dark nucleus of a cytoplasmic stain or the dim nucleoplasm beside
      a bright cap leaves a crescent whose open ring no hole filling closes. The hull's
-     pixels that no other cell holds join it.
+     pixels that no other cell holds join it, where the hull is no larger than
+     :data:`CONCAVE_MAX_CELLS` cells of the given diameter (a larger one spans cells).
 
   A seed whose own level is not above the image's noise floor (the median of
   the pixels in no zone plus :data:`~napari_atagan.slides.labels.NOISE_MADS` of
@@ -113,10 +114,10 @@ from .labels import (
 from .._grouped import grouped_percentiles
 from ..metrics import otsu_baseline
 
-__all__ = ["CLASSIC_SIGMA", "CONCAVE_SOLIDITY", "CUT_FRACTION", "CUT_RANGE", "FINDS", "OUTLINES",
-           "PROPOSAL_MADS", "SPLIT_AREA", "blob_map", "classic_labels", "divide_large",
-           "fill_concave", "guided_labels", "label_cells", "log_contrast", "median_diameter",
-           "proposed_cells", "seed_map", "split_large"]
+__all__ = ["CLASSIC_SIGMA", "CONCAVE_MAX_CELLS", "CONCAVE_SOLIDITY", "CUT_FRACTION", "CUT_RANGE",
+           "FINDS", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA", "blob_map", "classic_labels",
+           "divide_large", "fill_concave", "guided_labels", "label_cells", "log_contrast",
+           "median_diameter", "proposed_cells", "seed_map", "split_large"]
 
 OUTLINES = ("image", "map")
 """What outlines the cells in :func:`label_cells`: the slide (seeded by the map) or the map."""
@@ -152,6 +153,10 @@ CONCAVE_SOLIDITY = 0.8
 (:func:`fill_concave`). Chosen on the choice sets over 0.85, 0.9 and 0.95 and no filling:
 the one level at which no kind of slide lost object F1 with any of three models
 (docs/experiments.md, *Crescents filled to their convex hull*)."""
+CONCAVE_MAX_CELLS = 1.5
+"""...but only where the hull is at most this many times the area of a cell of the given
+diameter: a crescent's hull is its own cell, and a slide's largest cells are 1.4-1.8 times
+its median one; a larger hull spans the notch between cells pressed together."""
 FIT_MIN_CELLS = 5
 """``cut="auto"`` needs at least this many cells on the slide, outlined at the top of
 :data:`CUT_RANGE` (else the fixed :data:`CUT_FRACTION`): the median diameter of fewer
@@ -372,7 +377,8 @@ def guided_labels(image: Any, attention_map: Any, cell_diameter: float, *,
     def outlined(fraction: float) -> np.ndarray:
         cells = _cut(level, zones, own, background, floor, fraction)
         return fill_concave(divide_large(_split_cells(cells, regions, d), min_size,
-                                         in_place=True), in_place=True)
+                                         in_place=True),
+                            max_area=CONCAVE_MAX_CELLS * math.pi * d * d / 4, in_place=True)
 
     step = max(1, int(d // MEASURE_STEP_DIAMETER))
     grid = (slice(None, None, step),) * 2
@@ -603,9 +609,10 @@ def divide_large(labels: np.ndarray, min_size: int = 0, *, in_place: bool = Fals
 
 
 def fill_concave(labels: np.ndarray, solidity: float = CONCAVE_SOLIDITY, *,
-                 in_place: bool = False) -> np.ndarray:
+                 max_area: float | None = None, in_place: bool = False) -> np.ndarray:
     """Every cell whose area is less than ``solidity`` of its convex hull's gets the
-    pixels of that hull that are background (no other cell's pixel changes).
+    pixels of that hull that are background (no other cell's pixel changes); with
+    ``max_area``, only a cell whose hull is no larger than that many pixels.
 
     The hull is that of the cell's pixel squares (the corners at each row's two ends
     span it); a pixel joins where its centre lies inside. Cells are taken in id order,
@@ -642,6 +649,8 @@ def fill_concave(labels: np.ndarray, solidity: float = CONCAVE_SOLIDITY, *,
         except QhullError:  # a single column: no area
             continue
         if np.count_nonzero(cell) >= solidity * hull.volume:  # 2-D: volume is the area
+            continue
+        if max_area is not None and hull.volume > max_area:  # the notch between cells
             continue
         vertices = corners[hull.vertices]
         rr, cc = polygon(vertices[:, 0], vertices[:, 1], shape=cell.shape)
