@@ -321,9 +321,10 @@ class AttentionWidget(QWidget):
         self.threshold_value.native.setDecimals(4)
         self.outline = ComboBox(
             label="outline", choices=[OUTLINE_IMAGE, OUTLINE_MAP], value=OUTLINE_IMAGE,
-            tooltip="image: the attention, averaged with a model-free blob map, finds the "
-                    "cells and the image's own edges outline them (touching cells split where "
-                    "they narrow). map: cells cut from the attention map alone.")
+            tooltip="image: a map finds the cells (find cells in: by default the attention "
+                    "averaged with a model-free blob map) and the image's own edges outline "
+                    "them (touching cells split where they narrow). map: cells cut from the "
+                    "attention map alone.")
         self.find = ComboBox(
             label="find cells in", choices=list(_FINDS), value=FIND_BOTH,
             tooltip="The map that finds and seeds the cells the image outlines. attention + "
@@ -519,7 +520,8 @@ class AttentionWidget(QWidget):
         self._batch_args = dict(checkpoint=checkpoint, diameter=float(self.cell_diameter.value),
                                 device=self.device.value, threshold=self.threshold(),
                                 min_size=int(self.min_size.value), outline=self.outline_choice(),
-                                find=self.find_choice(), cut=self.cut(), background="flatten" if self.flatten.value else "none",
+                                find=self.find_choice(), cut=self.cut(),
+                                background="flatten" if self.flatten.value else "none",
                                 patterns_from=patterns_from)
         self._batch = list(layers)
         self._batch_size, self._batch_done, self._batch_ok = len(layers), 0, 0
