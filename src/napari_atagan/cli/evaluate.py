@@ -472,7 +472,7 @@ def _crop_table(result: dict) -> str:
 SLIDE_METHOD_NAMES = {
     "model": "model (maps find, image outlines)",
     "map": "model's map alone",
-    "blob": "the same, blob map alone (no model)",
+    "blob": "blob map finds, image outlines (--find blob)",
     "classic": "classic (Otsu + watershed split)",
     "classic_flat": "classic on the flattened slide",
     "classic_split": "the same, large objects divided",
