@@ -648,9 +648,10 @@ def _pattern_accuracy(model: torch.nn.Module, test: Any, names: list[str],
     device = next(model.parameters()).device
     model.eval()
     predicted = []
-    for s in range(0, test.n, batch_size):
-        x = torch.from_numpy(test.images[s:s + batch_size]).unsqueeze(1).to(device)
-        predicted.append(model(x).float().argmax(1).cpu().numpy())
+    with torch.inference_mode():  # no autograd graph: a 64 px network's batch of 256 kept one
+        for s in range(0, test.n, batch_size):
+            x = torch.from_numpy(test.images[s:s + batch_size]).unsqueeze(1).to(device)
+            predicted.append(model(x).float().argmax(1).cpu().numpy())
     called = np.concatenate(predicted)
     right = called == test.labels
     confusion = np.zeros((len(names), len(names)), np.int64)
