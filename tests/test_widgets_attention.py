@@ -142,6 +142,11 @@ def test_attention_overlay_and_labels_follow_the_source(make_napari_viewer, qtbo
                            threshold="local", min_size=widget.min_size.value,
                            cell_diameter=widget.cell_diameter.value, find="blob")
     np.testing.assert_array_equal(viewer.layers["slide cells"].data, expected)
+    widget.outline.value = "by the map"  # the choice left on blob: greyed out, not in the way
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "outline", "map")
+    assert errors() == [] and "find" not in viewer.layers["slide cells"].metadata
+    widget.outline.value = "by the image"
+    wait_for_relabel(qtbot, widget, viewer, "slide cells", "outline", "image")
     widget.find.value = "attention + blob map"
     wait_for_relabel(qtbot, widget, viewer, "slide cells", "find", "both")
     np.testing.assert_array_equal(viewer.layers["slide cells"].data, first)

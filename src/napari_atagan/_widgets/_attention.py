@@ -152,8 +152,7 @@ def label_and_measure(amap: np.ndarray, image: Any, flat: Any, checkpoint: Any, 
     from napari_atagan.device import resolve_device
 
     labels = label_cells(amap, flat, outline=outline, threshold=threshold, min_size=min_size,
-                         cell_diameter=cell_diameter, cut=cut, info=info,
-                         find=find if outline == "image" else "both")
+                         cell_diameter=cell_diameter, cut=cut, info=info, find=find)
     table = cell_table(labels, image, amap, checkpoint=checkpoint, cell_diameter=cell_diameter,
                        device=str(resolve_device(device)))
     return labels, table
@@ -409,8 +408,9 @@ class AttentionWidget(QWidget):
 
     def find_choice(self) -> str:
         """``"both"``, ``"attention"`` or ``"blob"``, as
-        :func:`napari_atagan.slides.segment.label_cells` takes it."""
-        return _FINDS[self.find.value]
+        :func:`napari_atagan.slides.segment.label_cells` takes it (``"both"`` while the
+        map outlines the cells: then the choice is greyed out and does not apply)."""
+        return _FINDS[self.find.value] if self.outline_choice() == "image" else "both"
 
     def _check_checkpoint(self, *_: Any) -> None:
         loaded = read_checkpoint(self.checkpoint.value, self.status)

@@ -254,11 +254,17 @@ def seed_map(attention_map: Any, image: Any, cell_diameter: float) -> np.ndarray
     (docs/experiments.md, *The map the labelling needs*, *The log of the contrast*).
     """
     att = _grey(attention_map, "attention map").astype(np.float32, copy=False)
-    blob = blob_map(image, cell_diameter)
-    if blob.shape != att.shape:
-        raise ValueError(f"the attention map has shape {att.shape} but the image has "
-                         f"{blob.shape}: they must cover the same pixels")
+    blob = _blob_beside(att, image, cell_diameter)
     return (0.5 / _map_scale(att)) * att + (0.5 / _map_scale(blob)) * blob
+
+
+def _blob_beside(att: np.ndarray, image: Any, cell_diameter: float) -> np.ndarray:
+    """:func:`blob_map` of ``image``, refused unless it covers the pixels of ``att``."""
+    blob = blob_map(image, cell_diameter)
+    if blob.shape != np.shape(att):
+        raise ValueError(f"the attention map has shape {np.shape(att)} but the image has "
+                         f"{blob.shape}: they must cover the same pixels")
+    return blob
 
 
 def _map_scale(m: np.ndarray) -> float:
@@ -509,11 +515,7 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
         if find == "both":
             return seed_map(a, img, cell_diameter)
         if find == "blob":
-            blob = blob_map(img, cell_diameter)
-            if blob.shape != a.shape:
-                raise ValueError(f"the attention map has shape {a.shape} but the image has "
-                                 f"{blob.shape}: they must cover the same pixels")
-            return blob
+            return _blob_beside(a, img, cell_diameter)
         return a
 
     if att.ndim == 2:
