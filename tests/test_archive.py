@@ -597,3 +597,20 @@ def test_a_folder_run_refuses_a_bad_checkpoint_before_importing_torch(tmp_path):
     assert out.stdout.split() == ["2", "False"]
     assert "model.safetensors" in out.stderr and "not a valid" in out.stderr
     assert not any((tmp_path / "out").glob("*_labels.tif"))
+
+
+def test_settings_key_keeps_earlier_outputs_valid_and_changes_with_find():
+    """Outputs written before --find existed (their key stored in them) still count as
+    complete for a run with the default; another --find changes the key, so a rerun
+    redoes the slide. The two keys are those the previous version computed."""
+    from napari_atagan.slides.archive import ArchiveOptions, settings_key
+
+    plain = ArchiveOptions(checkpoint="missing.safetensors", out_dir="o")
+    assert settings_key(plain) == "f3853c53f0e8bb05"
+    assert settings_key(ArchiveOptions(checkpoint="missing.safetensors", out_dir="o",
+                                       diameter=60.0, cut=0.35)) == "fb10ba00d171d6bd"
+    assert settings_key(ArchiveOptions(checkpoint="missing.safetensors", out_dir="o",
+                                       find="both")) == settings_key(plain)
+    keys = {settings_key(ArchiveOptions(checkpoint="missing.safetensors", out_dir="o",
+                                        find=find)) for find in ("both", "attention", "blob")}
+    assert len(keys) == 3
