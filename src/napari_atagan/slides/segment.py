@@ -643,9 +643,11 @@ def fill_concave(labels: np.ndarray, solidity: float = CONCAVE_SOLIDITY, *,
         ends = cell[rows]
         first = ends.argmax(axis=1)
         last = ends.shape[1] - 1 - ends[:, ::-1].argmax(axis=1)
-        corners = np.concatenate([np.stack([rows + dy, col + dx], axis=1)
-                                  for col, dx in ((first, -0.5), (last, 0.5))
-                                  for dy in (-0.5, 0.5)]).astype(np.float64)
+        corners = np.empty((4, rows.size, 2))  # both ends of each row, both its edges
+        corners[:, :, 0] = rows + np.array([-0.5, 0.5, -0.5, 0.5])[:, None]
+        corners[:2, :, 1] = first - 0.5
+        corners[2:, :, 1] = last + 0.5
+        corners = corners.reshape(-1, 2)
         try:
             hull = ConvexHull(corners)
         except QhullError:  # a single column: no area
