@@ -28,7 +28,8 @@ same labelling with the edge cut fixed at 0.35 instead of chosen from the diamet
 (``auto_cut_over_fixed``: what choosing it costs; ``cut_used``: the fraction chosen).
 ``image_attention_only`` finds the cells in the attention alone instead of its mean with
 the model-free blob map (``label_cells(..., find="attention")``; ``blob_map_over_attention_only``:
-what the blob map costs).
+what the blob map costs). ``image_no_fill`` leaves out the crescents' convex fill
+(``convex_fill_over_none``: what the fill costs).
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def outlines(size: int, diameter: float) -> dict:
         # the cells found in the attention alone: what the blob map beside it costs
         "image_attention_only": lambda: label_cells(amap, image, outline="image", find="attention",
                                                     **options),
+        # the same without crescents filled to their hull: what the convex fill costs
+        "image_no_fill": lambda: _without_fill(
+            lambda: label_cells(amap, image, outline="image", **options)),
         "map": lambda: label_cells(amap, image, outline="map", **options),
         "classic": lambda: classic_labels(image, diameter),
     }
@@ -142,7 +146,17 @@ def outlines(size: int, diameter: float) -> dict:
                                           / report["image_fixed_cut"]["seconds"], 2)
     report["blob_map_over_attention_only"] = round(
         report["image"]["seconds"] / report["image_attention_only"]["seconds"], 2)
+    report["convex_fill_over_none"] = round(
+        report["image"]["seconds"] / report["image_no_fill"]["seconds"], 2)
     return report
+
+
+def _without_fill(run):
+    """``run()`` with :func:`napari_atagan.slides.segment.fill_concave` left out."""
+    from unittest import mock
+
+    with mock.patch("napari_atagan.slides.segment.fill_concave", lambda labels, **_: labels):
+        return run()
 
 
 def main(argv: list[str] | None = None) -> int:
