@@ -603,7 +603,7 @@ def test_exported_model_is_small_and_gives_the_same_cells(tmp_path, tiny_checkpo
     assert small.name == "model.safetensors"
     assert small.stat().st_size < tiny_checkpoint.stat().st_size / 2
     ck = load_checkpoint(small)
-    assert ck.module_names == ["D", "G_ema"] and not ck.has("optim")
+    assert ck.module_names == ["D", "G_ema", "probe"] and not ck.has("optim")
     a = generate(tiny_checkpoint, 4, seed=5, device="cpu")
     b = generate(small, 4, seed=5, device="cpu")
     np.testing.assert_array_equal(a.images, b.images)

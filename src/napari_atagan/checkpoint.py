@@ -78,6 +78,7 @@ __all__ = [
     "restore_rng",
     "rng_tensors",
     "save_checkpoint",
+    "with_module",
 ]
 
 GENERATOR_STATISTICS = "standing"
@@ -645,14 +646,48 @@ def _restore_group(group: dict, ours: dict) -> dict:
 
 
 def export_model(source: str | os.PathLike | Checkpoint, destination: str | os.PathLike) -> Path:
-    """Write a small checkpoint for sharing and inference: the averaged generator
-    and the discriminator with all metadata, but no optimizer, RNG or teacher state.
+    """Write a small checkpoint for sharing and inference: the averaged generator,
+    the discriminator and its pattern probe (where the run has one) with all
+    metadata, but no optimizer, RNG or teacher state.
 
     Synthesis and slide attention work with it; ``train --resume`` does not.
     """
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
-    modules: dict[str, nn.Module] = {"G_ema": ckpt.generator(ema=True), "D": ckpt.discriminator()}
+    modules: dict[str, Any] = {"G_ema": ckpt.generator(ema=True), "D": ckpt.discriminator()}
+    if ckpt.has("probe"):  # a few hundred numbers that name the cells' patterns
+        probe = _family_module(DEFAULT_FAMILY).load_probe(ckpt)
+        modules["probe"] = probe
     metadata = {k: v for k, v in ckpt.metadata.items() if k not in ("modules",)}
     metadata["exported_from"] = ckpt.path.name
     metadata["generator_statistics"] = GENERATOR_STATISTICS  # given by ckpt.generator()
     return save_checkpoint(destination, config=ckpt.config, modules=modules, metadata=metadata)
+
+
+def with_module(source: str | os.PathLike | Checkpoint, name: str,
+                module: nn.Module, *, metadata: Mapping[str, Any] | None = None,
+                destination: str | os.PathLike | None = None) -> Path:
+    """Write a checkpoint again with module ``name`` added (or replaced) and the
+    ``metadata`` keys set; every other tensor and note is kept as it was, so a
+    training checkpoint still resumes. Written atomically, to ``destination``
+    (default: over the source file, which stays whole until the new one is)."""
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source, family=None)
+    _check_name(name, "module")
+    prefix = name + "."
+    tensors = {k: v for k, v in ckpt.tensors.items() if not k.startswith(prefix)}
+    _add_tensors(tensors, {prefix + k: v for k, v in module.state_dict().items()})
+    document = dict(ckpt.metadata)
+    reserved = set(metadata or {}) & {
+        "format_version", "family", "config", "modules", "optimizers", "versions", "created",
+        "checksum"}
+    if reserved:
+        raise ValueError(f"metadata keys {sorted(reserved)} are written by the checkpoint itself")
+    document.update(metadata or {})
+    document["modules"] = {**(document.get("modules") or {}), name: _module_record(module)}
+    document["checksum"] = _checksum(tensors)
+    try:
+        text = json.dumps(document, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint metadata is not JSON-compatible: {exc}") from exc
+    path = _with_suffix(Path(destination)) if destination is not None else ckpt.path
+    _write_atomically(path, _safetensors_to_bytes(tensors, metadata={METADATA_KEY: text}))
+    return path

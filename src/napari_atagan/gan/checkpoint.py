@@ -20,9 +20,10 @@ from .models import (
     generator_from_hparams,
     standing_statistics,
 )
+from .probe import PatternProbe, ProbedDiscriminator, probe_from_hparams
 
-__all__ = ["load_classifier_run", "load_discriminator", "load_generator", "load_pattern_model",
-           "load_teacher", "open_classifier_run"]
+__all__ = ["PROBE_SOURCE", "load_classifier_run", "load_discriminator", "load_generator",
+           "load_pattern_model", "load_probe", "load_teacher", "open_classifier_run"]
 
 
 def load_generator(ckpt: Checkpoint, device: str | torch.device = "cpu", ema: bool = True
@@ -77,9 +78,11 @@ def load_pattern_model(ckpt: Checkpoint, device: str | torch.device = "cpu"
     """What names a cell's pattern: ``(model, source)``, or ``None`` without patterns.
 
     The pattern classifier the run trained as its teacher, when the file keeps
-    it (``source = "classifier teacher"``), else the discriminator's pattern
-    head (``"discriminator projection head"``, or ``"discriminator auxiliary
-    head"`` for AC-GAN conditioning). Either maps a batch of
+    it (``source = "classifier teacher"``); else the linear probe on the
+    discriminator's features (``"discriminator features, linear probe"``,
+    :mod:`napari_atagan.gan.probe`), when the file keeps one; else the
+    discriminator's pattern head (``"discriminator projection head"``, or
+    ``"discriminator auxiliary head"`` for AC-GAN conditioning). Each maps a batch of
     prepared crops ``(B, 1, S, S)`` in [-1, 1] to class logits ``(B, K)``, in
     the order of the checkpoint's ``class_names``.
     """
@@ -90,10 +93,30 @@ def load_pattern_model(ckpt: Checkpoint, device: str | torch.device = "cpu"
     if teacher is not None:
         return teacher, "classifier teacher"
     disc = load_discriminator(ckpt, device)
+    probe = load_probe(ckpt, device)
+    if probe is not None and probe.n_classes == len(names):
+        return ProbedDiscriminator(disc, probe).eval(), PROBE_SOURCE
     if disc.classifier is None or disc.n_classes != len(names):
         return None
     conditioning = getattr(ckpt.config, "conditioning", "projection")
     return _PatternHead(disc).eval(), f"discriminator {conditioning} head"
+
+
+PROBE_SOURCE = "discriminator features, linear probe"
+"""How :func:`load_pattern_model` names a probe (in cell tables and summaries)."""
+
+
+def load_probe(ckpt: Checkpoint, device: str | torch.device = "cpu") -> PatternProbe | None:
+    """The linear probe on the discriminator's features, in eval mode, or ``None``
+    when the file keeps none (:mod:`napari_atagan.gan.probe`)."""
+    if not ckpt.has("probe"):
+        return None
+    hparams = ckpt.hparams("probe")
+    if hparams is None:
+        raise checkpoint_error(ckpt.path, "keeps a pattern probe without its stored size")
+    model = _build(ckpt, probe_from_hparams, hparams, "probe")
+    load_module_state(model, ckpt.state_dict("probe"), what="pattern probe", path=ckpt.path)
+    return model.to(device).eval()
 
 
 def load_teacher(ckpt: Checkpoint, device: str | torch.device = "cpu") -> nn.Module | None:

@@ -68,6 +68,7 @@ from .config import TrainConfig
 from ..data import CellData
 from ..device import describe, resolve_device, synchronize
 from .models import build_models, recompute_batchnorm, standing_statistics
+from .probe import fit_pattern_probe
 from ..events import (
     CHECKPOINT_NAME,
     CheckpointSaved,
@@ -184,6 +185,9 @@ def train(
     metadata = _metadata_base(config, data, device)
 
     settled_at = [-1]
+    # cells of two patterns or more and no classifier: name patterns by a probe on D
+    probed = labels is not None and n_classes >= 2 and np.unique(data.labels).size >= 2
+    probe_info: dict[str, Any] = {}  # the last probe's summary
 
     def settle_generator() -> None:
         """Standing statistics for the averaged generator, once per step at most."""
@@ -205,6 +209,11 @@ def train(
         modules = {"G": state.G, "G_ema": state.G_ema, "D": state.D}
         if state.teacher is not None:
             modules["teacher"] = state.teacher
+        elif probed:
+            # no classifier to name patterns: a linear probe on D's features (gan.probe)
+            modules["probe"], meta["probe"] = fit_pattern_probe(state.D, images, labels,
+                                                                n_classes)
+            probe_info.update(meta["probe"])
         extra = {"rng.data": state.gen.get_state(),
                  "train.batch_size": torch.tensor([state.batch_size])}
         if state.ada is not None:
@@ -270,6 +279,10 @@ def train(
         _release(device)
         raise
     path = save(final=True)
+    if probe_info:
+        yield Message("no classifier teacher: patterns are named by a linear probe on the "
+                      f"discriminator's features ({probe_info['train_accuracy']:.1%} of the "
+                      "training cells right)")
     yield CheckpointSaved(state.step, path)
     summary = _summary(state, config, True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

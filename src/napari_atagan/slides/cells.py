@@ -10,10 +10,11 @@ cell, as large as a training crop relative to the cell (the cell diameter
 times ``image_size / model cell diameter``), is centred on the cell's mask,
 normalised and resized exactly like a training crop
 (:func:`napari_atagan.data.prepare_crop`) and classified by the run's pattern
-classifier teacher when the checkpoint keeps it, else by the discriminator's
-pattern head (its projection head, or the auxiliary classifier of AC-GAN
-conditioning) (:meth:`napari_atagan.checkpoint.Checkpoint.pattern_model`);
-the table says which.
+classifier teacher when the checkpoint keeps it, else by the linear probe on the
+discriminator's features that training fits (:mod:`napari_atagan.gan.probe`), else
+(files saved before probes) by the discriminator's pattern head (its projection
+head, or the auxiliary classifier of AC-GAN conditioning)
+(:meth:`napari_atagan.checkpoint.Checkpoint.pattern_model`); the table says which.
 
 The slide's own pattern (:meth:`CellTable.summary`) is the pattern that explains
 all its cells best: the highest mean log-probability over its cells (the
@@ -65,7 +66,7 @@ class CellTable:
 
     ``patterns``: the pattern names of the ``p_<name>`` columns (empty when the
     checkpoint knows none); ``pattern_source``: what named them (``"classifier
-    teacher"``, ``"discriminator projection head"``, ...), ``None`` without patterns.
+    teacher"``, ``"discriminator features, linear probe"``, ...), ``None`` without patterns.
     """
 
     columns: dict[str, np.ndarray]
