@@ -5,6 +5,9 @@
 # The generator upsamples bilinearly and has noise inputs (no lattice in its cells);
 # seed 1 was kept over seed 0 on the sample slide and on mosaics of real cells of
 # the I3A training part (docs/experiments.md, "Where the lattice comes from").
+# Training fits the discriminator's pattern probe at every checkpoint and the export
+# keeps it; the file shipped before probes got its probe from the same cells with
+# `napari-atagan probe --checkpoint sample_data/default_model.safetensors --data runs/sim_cells`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BETA="${1:-1.0}"

@@ -124,7 +124,7 @@ def test_patterns_from_the_discriminator_and_from_a_teacher(tmp_path):
     att = np.ones(labels.shape, np.float32)
     table = cell_table(labels, sim.image, att, checkpoint=ckpt, cell_diameter=40)
     assert table.patterns == ckpt.class_names and table.pattern_source == (
-        "discriminator projection head")
+        "discriminator features, linear probe")
     p = table.probabilities
     assert p.shape == (len(table), 6)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
@@ -172,7 +172,7 @@ def test_patterns_from_another_run(slides, tmp_path):
                              workers=2)
     assert [r.status for r in results] == ["done", "done"]
     for p, a, b in zip(paths, own.rows, other.rows):
-        assert a["pattern_source"] == "discriminator projection head"
+        assert a["pattern_source"] == "discriminator features, linear probe"
         assert b["pattern_source"] == "classifier teacher"
         fa, fb = outputs_for(p, tmp_path / "own"), outputs_for(p, tmp_path / "other")
         assert np.array_equal(tifffile.imread(fa["labels"]), tifffile.imread(fb["labels"]))
@@ -310,7 +310,7 @@ def test_archive_writes_every_slide_and_reports_failures(slides, tmp_path):
         assert int(r["cells"]) == len(table) == len(np.unique(labels)) - 1
         assert table.columns["label"].tolist() == sorted(set(np.unique(labels)) - {0})
         assert r["pattern"] in table.patterns and 0 < float(r["confidence"]) <= 1
-        assert r["pattern_source"] == "discriminator projection head"
+        assert r["pattern_source"] == "discriminator features, linear probe"
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 

@@ -385,7 +385,7 @@ def test_cell_table_is_the_labels_features(make_napari_viewer, qtbot, slide, tin
                                        atol=1e-6, err_msg=name)
     summary = direct.summary()
     assert (f"{len(ids)} cells · slide pattern {summary['pattern']} "
-            f"({summary['confidence']:.2f}, discriminator projection head)"
+            f"({summary['confidence']:.2f}, discriminator features, linear probe)"
             in widget.status.text())
 
     # hovering a cell shows its own row

@@ -215,6 +215,41 @@ def _run_export(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- probe
+def _add_probe(sub) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="fit the discriminator's pattern probe, so a run names cells' patterns",
+        description=(
+            "A run without a classifier teacher (taught by masks, the default when cells "
+            "come with masks) names a cell's pattern by a linear probe on its "
+            "discriminator's features, fitted at every checkpoint. This fits one for a "
+            "file saved without (or again, on other labelled cells) and writes the file "
+            "again with it; nothing else in the file changes."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="a checkpoint or exported model")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="labelled cells: one sub-folder per pattern, named as the run names them")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write here (default: over --checkpoint, atomically)")
+    p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    p.set_defaults(run=_run_probe)
+
+
+def _run_probe(args) -> int:
+    from ..checkpoint import load_checkpoint
+    from ..data import load_folder
+    from ..gan.probe import probe_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    data = load_folder(args.data, image_size=int(ckpt.config.image_size))
+    path, info = probe_checkpoint(ckpt, data, destination=args.out, device=args.device)
+    print(json.dumps({"checkpoint": str(path), "class_names": ckpt.class_names, **info}, indent=2))
+    return 0
+
+
 # --------------------------------------------------------------------------- simulate
 def _add_simulate(sub) -> None:
     from ..simulate import EXTRA_PATTERNS, PATTERNS
@@ -356,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_translate(sub)
     _add_export(sub)
+    _add_probe(sub)
     _add_simulate(sub)
     _add_demo(sub)
     return parser
