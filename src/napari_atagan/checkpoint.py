@@ -180,14 +180,24 @@ def save_checkpoint(
         optimizers=optimizer_info,
         versions=_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        checksum=_checksum(tensors),
     )
+    return _write_document(path, tensors, document)
+
+
+_WRITTEN_KEYS = frozenset(("format_version", "family", "config", "modules", "optimizers",
+                           "versions", "created", "checksum"))
+"""Metadata keys the checkpoint itself writes (see :func:`save_checkpoint`)."""
+
+
+def _write_document(path: Path, tensors: dict[str, torch.Tensor], document: dict) -> Path:
+    """``tensors`` and the metadata ``document`` (its checksum set here) written
+    atomically to ``path``."""
+    document["checksum"] = _checksum(tensors)
     try:
         text = json.dumps(document, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint metadata is not JSON-compatible: {exc}") from exc
-    data = _safetensors_to_bytes(tensors, metadata={METADATA_KEY: text})
-    _write_atomically(path, data)
+    _write_atomically(path, _safetensors_to_bytes(tensors, metadata={METADATA_KEY: text}))
     return path
 
 
@@ -675,19 +685,10 @@ def with_module(source: str | os.PathLike | Checkpoint, name: str,
     prefix = name + "."
     tensors = {k: v for k, v in ckpt.tensors.items() if not k.startswith(prefix)}
     _add_tensors(tensors, {prefix + k: v for k, v in module.state_dict().items()})
-    document = dict(ckpt.metadata)
-    reserved = set(metadata or {}) & {
-        "format_version", "family", "config", "modules", "optimizers", "versions", "created",
-        "checksum"}
+    reserved = _WRITTEN_KEYS.intersection(metadata or {})
     if reserved:
         raise ValueError(f"metadata keys {sorted(reserved)} are written by the checkpoint itself")
-    document.update(metadata or {})
+    document = {**ckpt.metadata, **(metadata or {})}
     document["modules"] = {**(document.get("modules") or {}), name: _module_record(module)}
-    document["checksum"] = _checksum(tensors)
-    try:
-        text = json.dumps(document, default=_json_default)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"checkpoint metadata is not JSON-compatible: {exc}") from exc
     path = _with_suffix(Path(destination)) if destination is not None else ckpt.path
-    _write_atomically(path, _safetensors_to_bytes(tensors, metadata={METADATA_KEY: text}))
-    return path
+    return _write_document(path, tensors, document)

@@ -64,8 +64,13 @@ class ProbedDiscriminator(nn.Module):
         self.discriminator, self.probe = discriminator, probe
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.discriminator.features(x)
-        return self.probe(a.mean(dim=(2, 3)).to(self.probe.mean.dtype))
+        return self.probe(_pooled(self.discriminator, x).to(self.probe.mean.dtype))
+
+
+def _pooled(discriminator: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features the discriminator's heads see: its last conv output, averaged over
+    the map (as :meth:`~napari_atagan.gan.models.Discriminator.heads` pools it)."""
+    return discriminator.features(x).mean(dim=(2, 3))
 
 
 def probe_from_hparams(hparams: dict) -> PatternProbe:
@@ -81,7 +86,7 @@ def pooled_features(discriminator: nn.Module, images: torch.Tensor,
     discriminator.eval()
     try:
         with torch.inference_mode():
-            parts = [discriminator.features(images[k:k + batch_size]).mean(dim=(2, 3)).float()
+            parts = [_pooled(discriminator, images[k:k + batch_size]).float()
                      for k in range(0, len(images), batch_size)]
     finally:
         discriminator.train(was_training)
