@@ -218,3 +218,23 @@ def test_training_says_what_names_the_patterns(tiny_data, tmp_path):
     assert not [e for e in events if isinstance(e, Message) and "linear probe" in e.text]
     ckpt = load_checkpoint(tmp_path / "clf" / "checkpoint.safetensors")
     assert not ckpt.has("probe") and ckpt.pattern_model()[1] == "classifier teacher"
+
+
+def test_fitting_the_probe_changes_nothing_in_training(tiny_data, tmp_path, monkeypatch):
+    """A probe fitted at every checkpoint leaves the run as it would be without one:
+    every weight, statistic, optimizer state and random state alike."""
+    from tests.conftest import tiny_config
+    from napari_atagan.events import run_to_end
+    from napari_atagan.gan import training
+    from napari_atagan.gan.training import train
+
+    config = tiny_config(steps=6, checkpoint_every=2)
+    fitted = load_checkpoint(run_to_end(train(config, tiny_data, tmp_path / "a")).checkpoint)
+    monkeypatch.setattr(training, "fit_pattern_probe",
+                        lambda d, images, labels, n: (PatternProbe(16, n), {"train_accuracy": 0}))
+    stub = load_checkpoint(run_to_end(train(config, tiny_data, tmp_path / "b")).checkpoint)
+    kept = sorted(k for k in stub.tensors if not k.startswith("probe."))
+    assert kept == sorted(k for k in fitted.tensors if not k.startswith("probe."))
+    assert any(k.startswith("rng.") for k in kept) and any(k.startswith("optim.") for k in kept)
+    for key in kept:
+        assert torch.equal(fitted.tensors[key], stub.tensors[key]), key
