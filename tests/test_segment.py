@@ -653,3 +653,96 @@ def test_a_cytoplasmic_cell_is_outlined_whole_not_as_a_crescent(monkeypatch):
 
     monkeypatch.setattr(segment, "fill_concave", lambda labels, **_: labels)
     assert _ious(label_cells(att, image, cell_diameter=44), truth)[3] < 0.7  # crescents
+
+
+def test_working_step_follows_the_cell_diameter_and_keeps_small_images_whole():
+    from napari_atagan.slides.segment import WORK_DIAMETER, working_step
+
+    assert WORK_DIAMETER == 30.0
+    assert [working_step(d) for d in (12, 24, 59.9, 60, 75, 90, 300)] == [1, 1, 1, 2, 2, 3, 10]
+    assert working_step(300, (1038, 1388)) == 10
+    assert working_step(300, (64, 1000)) == 4  # a sixteenth of the shorter side
+    assert working_step(300, (10, 10)) == 1
+    with pytest.raises(ValueError, match="positive number"):
+        working_step(0)
+
+
+def test_block_mean_and_repeat_keep_the_slide_shape():
+    from napari_atagan.slides.segment import _block_mean, _block_repeat
+
+    a = np.arange(20, dtype=np.float32).reshape(4, 5)
+    m = _block_mean(a, 2)
+    assert m.dtype == np.float32 and m.shape == (2, 3)
+    # the last column is repeated to fill its blocks: (4 + 4 + 9 + 9) / 4
+    np.testing.assert_allclose(m, [[3.0, 5.0, 6.5], [13.0, 15.0, 16.5]])
+    assert _block_mean(a, 1) is a
+    labels = np.array([[1, 0, 2], [0, 3, 0]], np.uint16)
+    up = _block_repeat(labels, 2, (4, 5))
+    assert up.dtype == np.uint16 and up.shape == (4, 5)
+    np.testing.assert_array_equal(up[:, 4], [2, 2, 0, 0])
+    np.testing.assert_array_equal(up[2:, 2:4], 3)
+
+
+def test_large_cells_are_proposed_on_blocks_and_outlined_at_every_pixel(monkeypatch):
+    """Cells of 64 px: the map's proposals are found on 2 x 2 blocks; the outlines are
+    the image's at full resolution, the same cells as when every pixel is labelled."""
+    import napari_atagan.slides.segment as segment
+
+    centres = [(50, 50), (50, 150), (50, 250), (150, 50), (150, 250), (250, 150), (250, 250)]
+    image, truth = _scene([(cy, cx, 32, 80 + 10 * i) for i, (cy, cx) in enumerate(centres)],
+                          shape=(300, 320), noise=2.0)
+    amap = _coarse_map(truth)
+    calls = []
+    real = segment.proposed_cells
+
+    def spy(m, **options):
+        calls.append((m.shape, options["cell_diameter"]))
+        return real(m, **options)
+
+    monkeypatch.setattr(segment, "proposed_cells", spy)
+    info = {}
+    labels = label_cells(amap, image, cell_diameter=64, info=info)
+    assert calls == [((150, 160), 32.0)]
+    assert labels.dtype == np.uint16 and labels.shape == image.shape
+    assert info["cut"] > 0 and 55 < info["median_diameter"] < 70
+    tp, fp, fn, iou = _ious(labels, truth)
+    assert (tp, fp, fn) == (7, 0, 0) and iou > 0.9
+    # an outline that steps by one pixel, not by the blocks: some cell edge lies on an
+    # odd column
+    edges = np.flatnonzero(np.diff((labels[150] > 0).astype(np.int8)))
+    assert np.any(edges % 2 == 0)
+    monkeypatch.setattr(segment, "WORK_DIAMETER", 1000.0)
+    calls.clear()
+    every = label_cells(amap, image, cell_diameter=64)
+    assert calls == [((300, 320), 64)]
+    np.testing.assert_array_equal(labels, every)
+
+
+def test_zones_are_found_on_blocks_only_where_the_proposals_are_drawn_in_blocks():
+    from napari_atagan.slides.segment import _block_repeat, _zones, _zones_on_grid
+
+    small = np.zeros((40, 48), np.uint16)
+    small[5:12, 6:14] = 1
+    small[20:30, 20:27] = 2
+    small[22:29, 28:34] = 3  # touches 2
+    big = _block_repeat(small, 2, (79, 95))  # cells of 64 px: blocks of 2
+    zones, regions = _zones_on_grid(big, 64.0)
+    assert zones.shape == big.shape and zones.dtype == big.dtype
+    assert np.all(zones[big > 0] == big[big > 0])  # every proposal lies in its own zone
+    reach = 0.25 * 64
+    for i in (1, 2, 3):
+        dist = ndi.distance_transform_edt(big != i)
+        # within the reach, give or take a block, and nowhere beyond it
+        assert dist[zones == i].max() <= reach + 2
+    covered = np.zeros(big.shape, bool)
+    for box, inside in regions:
+        assert inside.shape == big[box].shape
+        covered[box] |= inside
+    assert np.all(covered[zones > 0])
+    # proposals not drawn in blocks: the zones of every pixel, as before
+    odd = big.copy()
+    odd[40, 90] = 1  # one pixel, not a block
+    z1, r1 = _zones_on_grid(odd, 64.0)
+    z2, r2 = _zones(odd, 64.0)
+    np.testing.assert_array_equal(z1, z2)
+    assert [b for b, _ in r1] == [b for b, _ in r2]
