@@ -254,6 +254,63 @@ def _flat(root):
     return root / "flat"
 
 
+def test_compared_cells_train_the_augmented_recipe_in_place_of_the_generated_ones(
+        tiny_checkpoint, folders, tmp_path, monkeypatch, capsys):
+    """--compare-cells: cells of another folder (here 3 simulated cells of each pattern)
+    take the generated cells' place in the augmented recipe; all of them, the same for
+    every count of a seed; its gain is exact and the CLI prints it."""
+    import napari_atagan.gan.attention as attention
+    from napari_atagan.data import load_folder
+
+    other = write_crops_folder(simulate_crops(9, size=32, patterns=PATTERNS, seed=11),
+                               tmp_path / "simulated")
+    seen, train = [], attention.train_classifier
+
+    def spy(data, **kwargs):
+        seen.append((data.n, kwargs["steps"], {x.tobytes() for x in data.images}))
+        return train(data, **kwargs)
+
+    monkeypatch.setattr(attention, "train_classifier", spy)
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[1, 2], seeds=[0],
+                         compare_cells=other, **SETTINGS)
+    assert r["compare_cells"] == str(other) and r["n_compared"] == {p: 3 for p in PATTERNS}
+    wanted = {x.tobytes() for x in load_folder(other, image_size=16).images}
+    # per count: real; generated, real; real long; then the compared cells, then real
+    for start in (0, 6):
+        assert seen[start + 4][0] == 9 and seen[start + 4][2] == wanted
+        assert seen[start + 5][2] == seen[start][2]  # the count's own real cells after
+    for row in r["rows"]:
+        assert row["steps_per_arm"]["compared"] == row["steps_per_arm"]["augmented"]
+        assert row["gain_compared"]["accuracy"] == pytest.approx(
+            row["compared"]["accuracy"] - row["real"]["accuracy"])
+        assert _in_unit(row["compared"]["accuracy"])
+    json.dumps(r)
+    # two of the three per pattern, drawn by the seed
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[1], seeds=[0], compare_cells=other,
+                         **{**SETTINGS, "generated_per_pattern": 2})
+    assert r["n_compared"] == {p: 2 for p in PATTERNS} and seen[-2][0] == 6
+    with pytest.raises(ValueError, match="does not exist"):
+        evaluate_augment(tiny_checkpoint, *folders, counts=[1], compare_cells=tmp_path / "no",
+                         **SETTINGS)
+    two = write_crops_folder(simulate_crops(6, size=32, patterns=PATTERNS[:2], seed=12),
+                             tmp_path / "two")
+    with pytest.raises(ValueError, match="no cells of Centromere"):
+        evaluate_augment(tiny_checkpoint, *folders, counts=[1], compare_cells=two, **SETTINGS)
+    real, test = folders
+    head = ["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real", str(real),
+            "--test", str(test), "--counts", "1", "--generated", "4", "--epochs", "1",
+            "--seeds", "0", "--device", "cpu", "--compare-cells"]
+    assert _main(head + [str(other)]) == 0
+    out = capsys.readouterr()
+    header = next(line for line in out.out.splitlines() if line.startswith("real/pattern"))
+    assert "real+compared" in header and "compared gain" in header
+    assert f"cells of {other} in place of the generated ones" in out.out
+    assert "real + --compare-cells in place of generated ones" in out.err
+    assert _main(head + [str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert "--compare-cells" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory, tiny_data):
     from tests.conftest import tiny_config

@@ -203,6 +203,11 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "cells of every pattern from --real in place of the generated ones: "
                         "the cells of a perfect generator, so its gain is the most generated "
                         "cells could add here")
+    g.add_argument("--compare-cells", default=None, metavar="DIR",
+                   help="also train the augmented classifier with --generated cells of every "
+                        "pattern from DIR (sorted by pattern, e.g. simulated cells or another "
+                        "lab's) in place of the generated ones: does the generator add more "
+                        "than those cells would?")
     _plain_classifiers_option(g)
     g.set_defaults(run=run, action=_run_augment)
     return p
@@ -348,7 +353,10 @@ def _run_augment(args: argparse.Namespace) -> int:
     from ..evaluation.augment import evaluate_augment
 
     check_file(args.checkpoint, "--checkpoint")
-    for option, folder in (("--real", args.real), ("--test", args.test)):
+    for option, folder in (("--real", args.real), ("--test", args.test),
+                           ("--compare-cells", args.compare_cells)):
+        if folder is None:
+            continue
         if not Path(folder).is_dir():
             raise ValueError(f"{option} {folder!r} does not exist or is not a folder")
     result = evaluate_augment(args.checkpoint, args.real, args.test, counts=args.counts,
@@ -356,7 +364,8 @@ def _run_augment(args: argparse.Namespace) -> int:
                               image_size=args.image_size, seeds=args.seeds,
                               batch_size=args.batch_size, device=args.device,
                               progress=_augment_progress, jitter=not args.plain_classifiers,
-                              mix=args.mix, ceiling=args.ceiling)
+                              mix=args.mix, ceiling=args.ceiling,
+                              compare_cells=args.compare_cells)
     _finish(args, result, _augment_table(result))
     return 0
 
@@ -369,7 +378,8 @@ def _augment_progress(event: dict) -> None:
     elif event.get("stage") == "scored":
         arm = {"augmented": "real + generated",
                "real_long": "real only, as many steps",
-               "ceiling": "real + other real cells in place of generated ones (ceiling)"
+               "ceiling": "real + other real cells in place of generated ones (ceiling)",
+               "compared": "real + --compare-cells in place of generated ones",
                }.get(event["arm"], "real only")
         print(f"[{event['run']}/{event['runs']}] {event['count']} real cells per pattern, "
               f"{arm}, seed {event['seed']}: accuracy {event['accuracy']:.3f} "
@@ -574,10 +584,12 @@ def _augment_table(result: dict) -> str:
     several = len(result["seeds"]) > 1
     long = result.get("mix") == "finetune"
     top = bool(result.get("ceiling"))
+    other = bool(result.get("compare_cells"))
     header = (["real/pattern", "steps", "real only", "real+gen", "gain"]
               + (["gain sd"] if several else [])
               + (["real, as many steps", "gain over it"] if long else [])
-              + (["real+other real", "ceiling gain"] if top else []) + short)
+              + (["real+other real", "ceiling gain"] if top else [])
+              + (["real+compared", "compared gain"] if other else []) + short)
     rows = []
     for row in result["rows"]:
         gain = row["gain"]
@@ -588,6 +600,8 @@ def _augment_table(result: dict) -> str:
                         _signed(row["gain_same_steps"]["accuracy"])] if long else [])
                     + ([row["ceiling"]["accuracy"],
                         _signed(row["gain_ceiling"]["accuracy"])] if top else [])
+                    + ([row["compared"]["accuracy"],
+                        _signed(row["gain_compared"]["accuracy"])] if other else [])
                     + [_signed(gain["per_pattern"][p]) for p in names])
     seeds = ", ".join(str(s) for s in result["seeds"])
     epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
@@ -614,6 +628,9 @@ def _augment_table(result: dict) -> str:
         lines.append("ceiling: the augmented recipe with other real cells of --real in place "
                      "of the generated ones (a perfect generator's cells); its gain is the "
                      "most generated cells could add here")
+    if other:
+        lines.append(f"compared: the augmented recipe with cells of {result['compare_cells']} "
+                     "in place of the generated ones")
     if short != names:
         lines.append("patterns: " + ", ".join(f"{s} = {n}" for s, n in zip(short, names)
                                               if s != n))

@@ -29,7 +29,7 @@ from .evaluate import (
 )
 
 __all__ = ["AUGMENT_BATCH", "AUGMENT_COUNTS", "AUGMENT_EPOCHS", "AUGMENT_GENERATED", "MIXES",
-           "evaluate_augment"]
+           "COMPARE_ARM", "evaluate_augment"]
 
 AUGMENT_COUNTS = (25, 100, 400)
 """Default numbers of real training cells per pattern, one measurement each."""
@@ -55,6 +55,12 @@ cells of the same folder in place of the generated cells, i.e. with cells of a p
 generator of that folder's cells. Its gain over real only is the most any generator trained
 on those cells could give."""
 
+COMPARE_ARM = "compared"
+"""With ``compare_cells=FOLDER``, one more classifier: trained as the augmented one, with cells
+of that folder (another source: a simulator, a public set, another lab's cells) in place of
+the generated ones. Its gain over real only says whether the generator adds more than those
+cells would, e.g. more than the simulated cells a model was trained on."""
+
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -75,6 +81,7 @@ def evaluate_augment(
     jitter: bool = True,
     mix: str = "finetune",
     ceiling: bool = False,
+    compare_cells: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Does adding generated cells to few real ones give a better pattern classifier?
 
@@ -161,6 +168,11 @@ def evaluate_augment(
             ``"gain_ceiling"`` (ceiling minus real) is the most generated cells could add
             here: where it is small, the real cells' specimens, not the generator, are
             what limits the classifier.
+        compare_cells: a folder of cells sorted by pattern (the model's patterns): also
+            train ``"compared"``, the augmented classifier's recipe with
+            ``generated_per_pattern`` cells of every pattern drawn from that folder (per
+            seed; a pattern with fewer gives them all, ``"n_compared"``) in place of the
+            generated ones, and report ``"gain_compared"`` (compared minus real).
 
     Returns:
         ``"rows"``: one dict per count (ascending) with ``"count"``, ``"n_real"``
@@ -168,7 +180,8 @@ def evaluate_augment(
         ``"batch_size"``, ``"steps"`` (the real-only classifier's), ``"steps_per_arm"``,
         and ``"real"``, ``"augmented"``, ``"gain"`` (with ``"finetune"`` also
         ``"real_long"`` and ``"gain_same_steps"``; with ``ceiling`` also ``"ceiling"``
-        and ``"gain_ceiling"``):
+        and ``"gain_ceiling"``; with ``compare_cells`` also ``"compared"`` and
+        ``"gain_compared"``):
         ``{"accuracy", "accuracy_sd", "per_pattern"}``, means over the seeds
         (``gain`` is exactly ``augmented`` minus ``real``; ``accuracy_sd`` is the
         standard deviation over seeds, ``None`` with one seed), and
@@ -193,13 +206,15 @@ def evaluate_augment(
     names = _pattern_names(ckpt, "measuring the benefit of generated cells needs")
     model_size = int(ckpt.config.image_size)
     size = model_size if image_size is None else _image_size(image_size, model_size)
-    for folder in (real_folder, test_folder):  # both, before reading a large one
-        if not Path(folder).is_dir():
+    for folder in (real_folder, test_folder) + ((compare_cells,) if compare_cells else ()):
+        if not Path(folder).is_dir():  # all, before reading a large one
             raise ValueError(f"folder {str(folder)!r} does not exist: check the path"
                              if not Path(folder).exists() else
                              f"{str(folder)!r} is a file, not a folder of cell crops")
     real = _labelled_cells(load_folder(real_folder, image_size=size), names, real_folder)
     test = _labelled_cells(load_folder(test_folder, image_size=size), names, test_folder)
+    compared = (_labelled_cells(load_folder(compare_cells, image_size=size), names,
+                                compare_cells) if compare_cells else None)
     by_pattern = [np.flatnonzero(real.labels == k) for k in range(len(names))]
     if ceiling and all(idx.size <= max(counts) for idx in by_pattern):
         raise ValueError(f"no real cells of {str(real_folder)!r} are left for the ceiling: "
@@ -207,7 +222,7 @@ def evaluate_augment(
                          "use smaller counts or more real cells")
     dev = resolve_device(device)
     arms = (ARMS + ((LONG_ARM,) if mix == "finetune" else ())
-            + ((CEILING_ARM,) if ceiling else ()))
+            + ((CEILING_ARM,) if ceiling else ()) + ((COMPARE_ARM,) if compare_cells else ()))
     runs, done = len(arms) * len(counts) * len(seeds), 0
 
     def report(event: dict[str, Any]) -> None:
@@ -224,6 +239,9 @@ def evaluate_augment(
         others = (real.subset(np.concatenate(
             [o[max(counts):max(counts) + int(generated_per_pattern)] for o in order]))
             if ceiling else None)  # real cells no count draws: a perfect generator's
+        drawn = (_drawn(compared, int(generated_per_pattern), seed)
+                 if compared is not None else None)
+        extra = {CEILING_ARM: others, COMPARE_ARM: drawn}
         for n in counts:
             pick = np.concatenate([o[:n] for o in order])
             real_train = real.subset(pick)
@@ -240,7 +258,7 @@ def evaluate_augment(
                 a0 = time.perf_counter()
                 where = {"seed": seed, "count": n, "arm": arm}
                 stages, plan[n]["steps_per_arm"][arm] = _arm_stages(
-                    arm, mix, steps, real_train, others if arm == CEILING_ARM else synthetic)
+                    arm, mix, steps, real_train, extra.get(arm, synthetic))
                 model, taken = None, 0
                 for cells, budget in stages:
                     model, info = _train_pattern_classifier(
@@ -266,6 +284,8 @@ def evaluate_augment(
                 scores["gain_same_steps"] = _difference(scores["augmented"], scores[LONG_ARM])
             if CEILING_ARM in scores:
                 scores["gain_ceiling"] = _difference(scores[CEILING_ARM], scores["real"])
+            if COMPARE_ARM in scores:
+                scores["gain_compared"] = _difference(scores[COMPARE_ARM], scores["real"])
             per_seed[n].append({"seed": seed, **scores,
                                 "seconds": round(time.perf_counter() - r0, 2)})
 
@@ -281,6 +301,8 @@ def evaluate_augment(
     n_ceiling = ({name: int(min(max(idx.size - max(counts), 0), int(generated_per_pattern)))
                   for name, idx in zip(names, by_pattern)} if ceiling else None)
     thin = [name for name, n in (n_ceiling or {}).items() if n < int(generated_per_pattern)]
+    n_compared = ({name: int(min((compared.labels == k).sum(), int(generated_per_pattern)))
+                   for k, name in enumerate(names)} if compared is not None else None)
     return {
         "kind": "augment",
         "checkpoint": ckpt.path.name,
@@ -297,6 +319,8 @@ def evaluate_augment(
         "mix": mix,
         "ceiling": bool(ceiling),
         "n_ceiling": n_ceiling,
+        "compare_cells": str(compare_cells) if compare_cells else None,
+        "n_compared": n_compared,
         "device": str(dev),
         "budget": (("the real-only classifier takes epochs passes over the real + generated "
                     "set; the augmented one half as many steps again on the generated cells "
@@ -395,6 +419,14 @@ def _generated(ckpt: Any, names: list[str], n: int, seed: int, size: int, device
                     class_names=list(names))
 
 
+def _drawn(cells: Any, n: int, seed: int) -> Any:
+    """Up to ``n`` cells of every pattern of ``cells``, drawn at random (``seed``)."""
+    rng = np.random.default_rng([seed, 1])  # apart from the real cells' draw
+    pick = [rng.permutation(np.flatnonzero(cells.labels == k))[:n]
+            for k in range(len(cells.class_names))]
+    return cells.subset(np.sort(np.concatenate(pick)))
+
+
 def _resized(images: np.ndarray, size: int) -> np.ndarray:
     """Crops ``(N, S, S)`` in [-1, 1] at ``size`` (anti-aliased bilinear, as
     :func:`napari_atagan.data.load_folder` resizes crops)."""
@@ -452,7 +484,8 @@ def _summary(per_seed: Sequence[dict[str, Any]], names: list[str],
         }
     for gain, top, other in (("gain", "augmented", "real"),
                              ("gain_same_steps", "augmented", LONG_ARM),
-                             ("gain_ceiling", CEILING_ARM, "real")):
+                             ("gain_ceiling", CEILING_ARM, "real"),
+                             ("gain_compared", COMPARE_ARM, "real")):
         if other in arms and top in arms:
             out[gain] = _difference(out[top], out[other])
             out[gain]["accuracy_sd"] = _sd([s[gain]["accuracy"] for s in per_seed])
