@@ -116,9 +116,9 @@ from .._grouped import grouped_percentiles
 from ..metrics import otsu_baseline
 
 __all__ = ["CLASSIC_SIGMA", "CONCAVE_MAX_CELLS", "CONCAVE_SOLIDITY", "CUT_FRACTION", "CUT_RANGE",
-           "FINDS", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA", "blob_map", "classic_labels",
-           "divide_large", "fill_concave", "guided_labels", "label_cells", "log_contrast",
-           "median_diameter", "proposed_cells", "seed_map", "split_large", "WORK_DIAMETER",
+           "FINDS", "OUTLINES", "PROPOSAL_MADS", "SPLIT_AREA", "WORK_DIAMETER", "blob_map",
+           "classic_labels", "divide_large", "fill_concave", "guided_labels", "label_cells",
+           "log_contrast", "median_diameter", "proposed_cells", "seed_map", "split_large",
            "working_step"]
 
 OUTLINES = ("image", "map")
