@@ -26,7 +26,9 @@ simulated slide like the sample slide (``--size`` square, cells of
 it; the best of three runs each, and the cells each found. ``image_fixed_cut`` is the
 same labelling with the edge cut fixed at 0.35 instead of chosen from the diameter
 (``auto_cut_over_fixed``: what choosing it costs; ``cut_used``: the fraction chosen).
-``image_attention_only`` finds the cells in the attention alone instead of its mean with
+``image_every_pixel`` finds the map's proposals and their zones at every pixel instead of on
+blocks of ``d // 30`` (``grid_over_every_pixel``: what the grid saves; 1 for cells under 60
+px). ``image_attention_only`` finds the cells in the attention alone instead of its mean with
 the model-free blob map (``label_cells(..., find="attention")``; ``blob_map_over_attention_only``:
 what the blob map costs). ``image_no_fill`` leaves out the crescents' convex fill
 (``convex_fill_over_none``: what the fill costs).
@@ -127,6 +129,10 @@ def outlines(size: int, diameter: float) -> dict:
         # the same without crescents filled to their hull: what the convex fill costs
         "image_no_fill": lambda: _without_fill(
             lambda: label_cells(amap, image, outline="image", **options)),
+        # the map's proposals and zones at every pixel, not on blocks of d // 30: what the
+        # grid saves (the same as "image" for cells under 60 px)
+        "image_every_pixel": lambda: _every_pixel(
+            lambda: label_cells(amap, image, outline="image", **options)),
         "map": lambda: label_cells(amap, image, outline="map", **options),
         "classic": lambda: classic_labels(image, diameter),
     }
@@ -148,7 +154,17 @@ def outlines(size: int, diameter: float) -> dict:
         report["image"]["seconds"] / report["image_attention_only"]["seconds"], 2)
     report["convex_fill_over_none"] = round(
         report["image"]["seconds"] / report["image_no_fill"]["seconds"], 2)
+    report["grid_over_every_pixel"] = round(
+        report["image"]["seconds"] / report["image_every_pixel"]["seconds"], 2)
     return report
+
+
+def _every_pixel(run):
+    """``run()`` with the map's proposals and zones found at every pixel."""
+    from unittest import mock
+
+    with mock.patch("napari_atagan.slides.segment.WORK_DIAMETER", float("inf")):
+        return run()
 
 
 def _without_fill(run):

@@ -512,7 +512,8 @@ def label_cells(attention_map: Any, image: Any, *, outline: str = "image",
     labelling needs*).
 
     With ``outline="image"`` and cells at least twice :data:`WORK_DIAMETER` pixels
-    across, the map's proposals are found on blocks of :func:`working_step` pixels.
+    across, the map's proposals and their zones are found on blocks of :func:`working_step`
+    pixels; the image outlines the cells at every pixel.
     """
     if outline not in OUTLINES:
         raise ValueError(f"outline must be one of {', '.join(OUTLINES)}, got {outline!r}")
