@@ -31,6 +31,8 @@ from napari_atagan.slides.archive import (
 from napari_atagan.slides.cells import BASE_COLUMNS, CellTable, cell_table, read_cells_csv
 from napari_atagan.checkpoint import load_checkpoint, save_checkpoint
 from napari_atagan.simulate import simulate_slide, write_slide
+from napari_atagan.metrics import match_objects
+from napari_atagan.slides.labels import drop_border_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -266,6 +268,29 @@ def test_find_slides_file_folder_and_glob(tmp_path):
     (tmp_path / "b2.png").write_bytes(b"")
     with pytest.raises(ValueError, match="same outputs"):
         list(run_archive(find_slides(tmp_path), ArchiveOptions("c", str(tmp_path / "o"))))
+
+
+def test_bmp_and_jpeg_slides_are_found_and_labelled(tmp_path):
+    """Slides exported as BMP or JPEG (RGB, the stain in green) are slides of a folder too."""
+    from PIL import Image
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    s = simulate_slide((200, 240), n_cells=6, cell_diameter=40, seed=3, bit_depth=8)
+    rgb = np.zeros(s.image.shape + (3,), np.uint8)
+    rgb[..., 1] = s.image
+    Image.fromarray(rgb).save(folder / "a.bmp")
+    Image.fromarray(rgb).save(folder / "b.JPG", quality=95)
+    (folder / "notes.txt").write_text("not a slide")
+    paths = find_slides(folder)
+    assert [p.name for p in paths] == ["a.bmp", "b.JPG"]
+    results, done = _events(paths, _options(tmp_path / "out"), workers=1)
+    assert done.counts == {"done": 2, "skipped": 0, "failed": 0, "left": 0}
+    for stem in ("a", "b"):
+        labels = tifffile.imread(tmp_path / "out" / f"{stem}_labels.tif")
+        assert labels.shape == s.image.shape and labels.dtype.kind == "u"
+        found = match_objects(drop_border_cells(labels), drop_border_cells(s.labels), 0.5)
+        assert found["tp"] >= 4, (stem, found)
 
 
 # --------------------------------------------------------------------------- many slides

@@ -67,8 +67,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a trained checkpoint")
     p.add_argument("--image", required=True, metavar="FILE|DIR|GLOB",
-                   help="a slide (TIFF: 2-D, a 3-D stack, colour or multi-channel; PNG or "
-                        ".npy), a folder of slides, or a glob pattern in quotes "
+                   help="a slide (TIFF: 2-D, a 3-D stack, colour or multi-channel; PNG, BMP, "
+                        "JPEG or .npy), a folder of slides, or a glob pattern in quotes "
                         "(\"plate*/*.tif\"); files ending in _labels, _attention or _mask "
                         "are not slides")
     p.add_argument("--diameter", required=True, type=diameter_or_auto, metavar="PIXELS",

@@ -71,8 +71,9 @@ __all__ = [
 ]
 
 SLIDES_CSV = "slides.csv"
-SLIDE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
-"""Files of a folder that are read as slides."""
+SLIDE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg", ".npy")
+"""Files of a folder that are read as slides (older microscope software writes BMP or
+JPEG; JPEG's compression blurs a cell's edge, so a TIFF is better where there is one)."""
 OUTPUT_ENDINGS = ("_labels", "_attention", "_mask")
 """Stems that are results or masks, never slides (the truth beside simulated slides, too)."""
 SLIDE_COLUMNS = ("slide", "status", "cells", "median_area", "pattern", "confidence",
