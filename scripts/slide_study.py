@@ -22,7 +22,7 @@ pooled over their pixels. Prints a markdown table and writes every number to
 Usage:
   scripts/slide_study.py CKPT [CKPT ...] [--crops DIR] [--per-pattern 60] [--seed 0]
                          [--slide IMG LAB D ...] [--simulated N [--simulated-patterns NAME ...]]
-                         [--json FILE] [--device D]
+                         [--intensity F] [--jpeg Q] [--json FILE] [--device D]
                          [--background flatten|none]
 """
 
@@ -68,17 +68,31 @@ def mosaics(folder: Path, per_pattern: int, seed: int):
         yield sub.name, m.image, m.labels, m.cell_diameter
 
 
-def simulated(n: int, seed: int, pattern: str | None = None):
+def simulated(n: int, seed: int, pattern: str | None = None, intensity: float = 1.0,
+              jpeg: int = 0):
     """Realistic simulated slides of 1388 x 1038 (cells of 75 px), of every pattern
-    mixed or, with ``pattern``, of that one only (as a patient's slide is)."""
+    mixed or, with ``pattern``, of that one only (as a patient's slide is).
+    ``intensity`` scales the light reaching the camera (0.3: a weakly positive,
+    "intermediate" slide, fewer grey levels and more noise for the same cells);
+    ``jpeg`` > 0 saves each slide as a JPEG of that quality and reads it back."""
     from napari_atagan.simulate import PATTERNS, simulate_slide
 
     for i in range(n):
         s = simulate_slide((1038, 1388), n_cells=45, cell_diameter=75.0, seed=seed + i,
-                           bit_depth=8, realistic=True,
+                           bit_depth=8, realistic=True, intensity=intensity,
                            patterns=PATTERNS if pattern is None else (pattern,))
         group = "simulated" if pattern is None else f"simulated {pattern}"
-        yield group, s.image, s.labels, s.cell_diameter
+        yield group, (_jpeg(s.image, jpeg) if jpeg else s.image), s.labels, s.cell_diameter
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --simulated N: N slides of each of these patterns alone, instead "
                          "of N slides of all six mixed (names of simulate.PATTERNS or "
                          "EXTRA_PATTERNS)")
+    ap.add_argument("--intensity", type=float, default=1.0,
+                    help="light on the simulated slides (1; 0.3 for weakly positive slides)")
+    ap.add_argument("--jpeg", type=int, default=0, metavar="QUALITY",
+                    help="simulated slides saved as JPEG of this quality and read back (0: not)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     ap.add_argument("--background", default="flatten", choices=("flatten", "none"),
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             img = np.asarray(grey_view(img)[0][:, :])
         slides.append((Path(image).stem, img, tifffile.imread(labels), float(d)))
     for pattern in args.simulated_patterns or [None]:
-        slides += list(simulated(args.simulated, args.seed, pattern))
+        slides += list(simulated(args.simulated, args.seed, pattern, args.intensity, args.jpeg))
 
     report = {}
     for path in args.checkpoints:
