@@ -13,6 +13,11 @@ For every checkpoint, on three kinds of slides:
   pattern a slide (``--simulated-patterns``), the pattern no model here was
   trained on (Cytoplasmic) among them.
 
+``--intensity F`` and ``--jpeg Q`` ask how the figures hold on weakly stained slides
+and JPEG exports: the simulated slides are drawn with ``F`` of the light (the camera's
+shot and read noise follow), a real slide (``--slide``) gets ``F`` of its light by
+:func:`dimmed`; either is then saved as a JPEG of quality ``Q`` and read back.
+
 Every method of :data:`napari_atagan.evaluation.evaluate.SLIDE_METHODS` is scored with
 cells touching the border left out on both sides; counts are pooled over the
 slides of a group before precision, recall and F1 are formed, and pixel IoU is
@@ -82,16 +87,44 @@ def simulated(n: int, seed: int, pattern: str | None = None, intensity: float = 
                            bit_depth=8, realistic=True, intensity=intensity,
                            patterns=PATTERNS if pattern is None else (pattern,))
         group = "simulated" if pattern is None else f"simulated {pattern}"
-        yield group, (_jpeg(s.image, jpeg) if jpeg else s.image), s.labels, s.cell_diameter
+        yield group, as_jpeg(s.image, jpeg), s.labels, s.cell_diameter
 
 
-def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+def dimmed(image: np.ndarray, fraction: float, seed: int = 0,
+           photons: float = 3000.0, read_noise: float = 0.5) -> np.ndarray:
+    """A real slide as it would look with ``fraction`` of its light: 8-bit, each pixel
+    a Poisson draw of ``photons`` photo-electrons at full scale times its share of the
+    light, plus ``read_noise`` grey levels of camera noise (the simulator's camera,
+    ``simulate._camera``). ``fraction`` 1 returns the 8-bit slide unchanged."""
+    img = to_8bit(image)
+    if fraction == 1:
+        return img
+    rng = np.random.default_rng(seed)
+    light = img.astype(np.float64) * (fraction / 255.0)
+    measured = rng.poisson(light * photons) / photons + rng.normal(0.0, read_noise / 255.0,
+                                                                   img.shape)
+    return np.clip(np.rint(measured * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_8bit(image: np.ndarray) -> np.ndarray:
+    """``image`` in 8 bits: as it is when it fits, else scaled so its maximum is 255."""
+    top = float(np.max(image)) if image.size else 0.0
+    if image.dtype == np.uint8:
+        return image
+    scale = 1.0 if top <= 255 else 255.0 / top
+    return np.clip(np.rint(image * scale), 0, 255).astype(np.uint8)
+
+
+def as_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` saved as a JPEG of ``quality`` (8-bit) and read back; 0: unchanged."""
+    if not quality:
+        return image
     import io
 
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(to_8bit(image)).save(buffer, format="JPEG", quality=quality)
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
 
 
@@ -111,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                          "of N slides of all six mixed (names of simulate.PATTERNS or "
                          "EXTRA_PATTERNS)")
     ap.add_argument("--intensity", type=float, default=1.0,
-                    help="light on the simulated slides (1; 0.3 for weakly positive slides)")
+                    help="light on the slides (1; 0.3 for weakly positive slides): simulated "
+                         "slides are drawn with it, real ones (--slide) dimmed by dimmed()")
     ap.add_argument("--jpeg", type=int, default=0, metavar="QUALITY",
-                    help="simulated slides saved as JPEG of this quality and read back (0: not)")
+                    help="every slide saved as JPEG of this quality and read back (0: not)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     ap.add_argument("--background", default="flatten", choices=("flatten", "none"),
@@ -129,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             from napari_atagan.channels import grey_view
 
             img = np.asarray(grey_view(img)[0][:, :])
+        if args.intensity != 1 or args.jpeg:
+            img = as_jpeg(dimmed(img, args.intensity), args.jpeg)
         slides.append((Path(image).stem, img, tifffile.imread(labels), float(d)))
     for pattern in args.simulated_patterns or [None]:
         slides += list(simulated(args.simulated, args.seed, pattern, args.intensity, args.jpeg))
