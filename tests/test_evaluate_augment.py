@@ -507,3 +507,95 @@ def test_ceiling_trains_the_augmented_recipe_on_real_cells_no_count_draws(
     header = next(line for line in out.out.splitlines() if line.startswith("real/pattern"))
     assert "real+other real" in header and "ceiling gain" in header
     assert "a perfect generator's cells" in out.out and "(ceiling)" in out.err
+
+
+def test_selected_cells_are_those_the_real_only_classifier_finds_most_likely_of_their_pattern(
+        tiny_checkpoint, folders, monkeypatch, capsys):
+    """--keep 0.5: twice as many cells drawn; the augmented arm gets the first half of each
+    pattern's as drawn, the selected arm the half that the real-only classifier of the same
+    count gives the highest probability of their own pattern; its gain is exact."""
+    import napari_atagan.gan.attention as attention
+    import napari_atagan.evaluation.augment as augment
+
+    seen, models, train = [], [], attention.train_classifier
+
+    def spy(data, **kwargs):
+        model, info = train(data, **kwargs)
+        seen.append(data)
+        models.append(model)
+        return model, info
+
+    pools = []
+    generated = augment._generated
+
+    def keep_pool(*args, **kwargs):
+        pool = generated(*args, **kwargs)
+        pools.append(pool)
+        return pool
+
+    monkeypatch.setattr(attention, "train_classifier", spy)
+    monkeypatch.setattr(augment, "_generated", keep_pool)
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0], keep=0.5,
+                         **SETTINGS)
+    assert r["keep"] == 0.5 and r["n_drawn"] == 8
+    pool = pools[0]
+    assert pool.n == 8 * len(PATTERNS)
+    # real; generated, real; real long; selected, real
+    augmented, selected = seen[1], seen[4]
+    assert augmented.n == selected.n == 4 * len(PATTERNS)
+    first = augment._first(pool, 4)
+    assert {x.tobytes() for x in augmented.images} == {x.tobytes() for x in first.images}
+    judge = models[0]
+    with torch.inference_mode():
+        logp = torch.log_softmax(judge(torch.from_numpy(pool.images).unsqueeze(1)), 1).numpy()
+    own = logp[range(pool.n), pool.labels]
+    for k in range(len(PATTERNS)):
+        idx = (pool.labels == k).nonzero()[0]
+        best = {pool.images[i].tobytes() for i in idx[own[idx].argsort()[::-1][:4]]}
+        assert {x.tobytes() for x, y in zip(selected.images, selected.labels) if y == k} == best
+    row = r["rows"][0]
+    assert row["steps_per_arm"]["selected"] == row["steps_per_arm"]["augmented"]
+    assert row["gain_selected"]["accuracy"] == pytest.approx(
+        row["selected"]["accuracy"] - row["real"]["accuracy"])
+    assert set(row["kept_called"]) == set(PATTERNS)
+    assert all(_in_unit(v) for v in row["kept_called"].values())
+    json.dumps(r)
+    # select="called": of those, only the ones the real-only classifier calls by their pattern
+    seen.clear(), models.clear(), pools.clear()
+    r = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0], keep=0.5,
+                         select="called", **SETTINGS)
+    pool, judge = pools[0], models[0]
+    with torch.inference_mode():
+        logp = torch.log_softmax(judge(torch.from_numpy(pool.images).unsqueeze(1)), 1).numpy()
+    own, called = logp[range(pool.n), pool.labels], logp.argmax(1) == pool.labels
+    kept = {}
+    for k, name in enumerate(r["patterns"]):
+        idx = (pool.labels == k).nonzero()[0]
+        best = idx[own[idx].argsort()[::-1][:4]]
+        kept[name] = {pool.images[i].tobytes() for i in best if called[i]}
+    assert r["select"] == "called"
+    assert r["rows"][0]["per_seed"][0]["n_selected"] == {p: len(v) for p, v in kept.items()}
+    if sum(len(v) for v in kept.values()):  # the selected arm trains on exactly those first
+        assert {x.tobytes() for x in seen[4].images} == set().union(*kept.values())
+    with pytest.raises(ValueError, match="select must be one of likely, called"):
+        evaluate_augment(tiny_checkpoint, *folders, counts=[2], keep=0.5, select="best",
+                         **SETTINGS)
+    # keep 1 (the default): no selected arm, as before
+    plain = evaluate_augment(tiny_checkpoint, *folders, counts=[2], seeds=[0], **SETTINGS)
+    assert "selected" not in plain["rows"][0] and plain["n_drawn"] == 4
+    for bad_keep in (0, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="keep"):
+            evaluate_augment(tiny_checkpoint, *folders, counts=[2], keep=bad_keep, **SETTINGS)
+    real, test = folders
+    head = ["evaluate", "augment", "--checkpoint", str(tiny_checkpoint), "--real", str(real),
+            "--test", str(test), "--counts", "2", "--generated", "4", "--epochs", "1",
+            "--seeds", "0", "--device", "cpu", "--keep"]
+    assert _main(head + ["0.5"]) == 0
+    out = capsys.readouterr()
+    assert "real+selected" in out.out and "selected gain" in out.out
+    assert "the 4 of 8 generated cells of every pattern" in out.out
+    assert "selected by the real-only classifier" in out.err
+    with pytest.raises(SystemExit) as exc:  # refused as argparse refuses a bad value
+        _main(head + ["0"])
+    assert exc.value.code == 2
+    assert "argument --keep: expected a fraction in (0, 1], got '0'" in capsys.readouterr().err

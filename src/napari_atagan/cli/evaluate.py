@@ -208,6 +208,16 @@ def _add_evaluate(subparsers: Any) -> argparse.ArgumentParser:
                         "pattern from DIR (sorted by pattern, e.g. simulated cells or another "
                         "lab's) in place of the generated ones: does the generator add more "
                         "than those cells would?")
+    g.add_argument("--keep", type=_keep_fraction, default=1.0, metavar="F",
+                   help="below 1, also train the augmented classifier with the generated "
+                        "cells selected by the real-only classifier: --generated / F cells "
+                        "of every pattern are drawn and the --generated it finds most "
+                        "likely of their own pattern kept (default: %(default)s, none "
+                        "selected)")
+    g.add_argument("--select", choices=("likely", "called"), default="likely",
+                   help="with --keep below 1: likely keeps the cells described there; called "
+                        "keeps of those only the ones the real-only classifier calls by their "
+                        "own pattern, so a pattern may keep fewer (default: %(default)s)")
     _plain_classifiers_option(g)
     g.set_defaults(run=run, action=_run_augment)
     return p
@@ -283,6 +293,16 @@ def _batch_size(text: str) -> int:
     value = positive_int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"expected a batch size of at least 2, got {value}")
+    return value
+
+
+def _keep_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
     return value
 
 
@@ -365,7 +385,8 @@ def _run_augment(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, device=args.device,
                               progress=_augment_progress, jitter=not args.plain_classifiers,
                               mix=args.mix, ceiling=args.ceiling,
-                              compare_cells=args.compare_cells)
+                              compare_cells=args.compare_cells, keep=args.keep,
+                              select=args.select)
     _finish(args, result, _augment_table(result))
     return 0
 
@@ -380,6 +401,7 @@ def _augment_progress(event: dict) -> None:
                "real_long": "real only, as many steps",
                "ceiling": "real + other real cells in place of generated ones (ceiling)",
                "compared": "real + --compare-cells in place of generated ones",
+               "selected": "real + generated cells selected by the real-only classifier",
                }.get(event["arm"], "real only")
         print(f"[{event['run']}/{event['runs']}] {event['count']} real cells per pattern, "
               f"{arm}, seed {event['seed']}: accuracy {event['accuracy']:.3f} "
@@ -585,11 +607,13 @@ def _augment_table(result: dict) -> str:
     long = result.get("mix") == "finetune"
     top = bool(result.get("ceiling"))
     other = bool(result.get("compare_cells"))
+    chosen = result.get("keep", 1.0) < 1
     header = (["real/pattern", "steps", "real only", "real+gen", "gain"]
               + (["gain sd"] if several else [])
               + (["real, as many steps", "gain over it"] if long else [])
               + (["real+other real", "ceiling gain"] if top else [])
-              + (["real+compared", "compared gain"] if other else []) + short)
+              + (["real+compared", "compared gain"] if other else [])
+              + (["real+selected", "selected gain"] if chosen else []) + short)
     rows = []
     for row in result["rows"]:
         gain = row["gain"]
@@ -602,6 +626,8 @@ def _augment_table(result: dict) -> str:
                         _signed(row["gain_ceiling"]["accuracy"])] if top else [])
                     + ([row["compared"]["accuracy"],
                         _signed(row["gain_compared"]["accuracy"])] if other else [])
+                    + ([row["selected"]["accuracy"],
+                        _signed(row["gain_selected"]["accuracy"])] if chosen else [])
                     + [_signed(gain["per_pattern"][p]) for p in names])
     seeds = ", ".join(str(s) for s in result["seeds"])
     epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
@@ -631,6 +657,16 @@ def _augment_table(result: dict) -> str:
     if other:
         lines.append(f"compared: the augmented recipe with cells of {result['compare_cells']} "
                      "in place of the generated ones")
+    if chosen:
+        lines.append(f"selected: the augmented recipe with the {result['generated_per_pattern']} "
+                     f"of {result['n_drawn']} generated cells of every pattern that the real-only "
+                     "classifier finds most likely of their own pattern"
+                     + (", those it calls by it only" if result.get("select") == "called"
+                        else "")
+                     + "; it called the drawn cells by it: "
+                     + ", ".join(f"{s} {row['kept_called'][n]:.2f}"
+                                 for s, n in zip(short, names)
+                                 for row in result["rows"][:1]))
     if short != names:
         lines.append("patterns: " + ", ".join(f"{s} = {n}" for s, n in zip(short, names)
                                               if s != n))

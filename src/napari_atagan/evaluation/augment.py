@@ -29,7 +29,7 @@ from .evaluate import (
 )
 
 __all__ = ["AUGMENT_BATCH", "AUGMENT_COUNTS", "AUGMENT_EPOCHS", "AUGMENT_GENERATED", "MIXES",
-           "COMPARE_ARM", "evaluate_augment"]
+           "COMPARE_ARM", "SELECT_ARM", "evaluate_augment"]
 
 AUGMENT_COUNTS = (25, 100, 400)
 """Default numbers of real training cells per pattern, one measurement each."""
@@ -61,6 +61,18 @@ of that folder (another source: a simulator, a public set, another lab's cells) 
 the generated ones. Its gain over real only says whether the generator adds more than those
 cells would, e.g. more than the simulated cells a model was trained on."""
 
+SELECT_ARM = "selected"
+"""With ``keep`` < 1, one more classifier: trained as the augmented one, with the generated
+cells that the real-only classifier (trained on the same real cells) finds most likely of
+their own pattern, the fraction ``keep`` of ``generated_per_pattern / keep`` drawn. A
+conditional generator also draws cells that do not carry their pattern (they teach the wrong
+label); the lab's own labelled cells are the only judge at hand that knows its patterns."""
+
+SELECTIONS = ("likely", "called")
+"""Which generated cells the selected arm keeps: the ``generated_per_pattern`` of each pattern
+most likely of their own pattern (``"likely"``), or of those only the ones the real-only
+classifier also calls by their own pattern (``"called"``; a pattern may then keep fewer)."""
+
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -82,6 +94,8 @@ def evaluate_augment(
     mix: str = "finetune",
     ceiling: bool = False,
     compare_cells: str | os.PathLike | None = None,
+    keep: float = 1.0,
+    select: str = "likely",
 ) -> dict[str, Any]:
     """Does adding generated cells to few real ones give a better pattern classifier?
 
@@ -173,6 +187,16 @@ def evaluate_augment(
             ``generated_per_pattern`` cells of every pattern drawn from that folder (per
             seed; a pattern with fewer gives them all, ``"n_compared"``) in place of the
             generated ones, and report ``"gain_compared"`` (compared minus real).
+        keep: a fraction in (0, 1]: below 1, ``round(generated_per_pattern / keep)``
+            cells of every pattern are drawn; the augmented classifier uses the first
+            ``generated_per_pattern`` of them as drawn, and one more, ``"selected"``
+            (same recipe), the ``generated_per_pattern`` that the ``"real"``
+            classifier of the same count and seed gives the highest probability of
+            their own pattern (``"gain_selected"``: selected minus real; ``"kept_called"``:
+            the share of the drawn cells that classifier calls by their own pattern).
+        select: ``"likely"``: the selected arm keeps the cells described under ``keep``;
+            ``"called"``: of those, only the ones the real-only classifier calls by their
+            own pattern (``"n_selected"`` per pattern, per seed).
 
     Returns:
         ``"rows"``: one dict per count (ascending) with ``"count"``, ``"n_real"``
@@ -202,6 +226,13 @@ def evaluate_augment(
             raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
     if mix not in MIXES:
         raise ValueError(f"mix must be one of {', '.join(MIXES)}, got {mix!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
+        raise ValueError(f"keep must be a fraction in (0, 1] of the generated cells kept, "
+                         f"got {keep!r}")
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
+    n_gen = int(generated_per_pattern)
+    n_draw = max(n_gen, int(round(n_gen / float(keep))))
     ckpt = as_checkpoint(checkpoint)
     names = _pattern_names(ckpt, "measuring the benefit of generated cells needs")
     model_size = int(ckpt.config.image_size)
@@ -222,7 +253,8 @@ def evaluate_augment(
                          "use smaller counts or more real cells")
     dev = resolve_device(device)
     arms = (ARMS + ((LONG_ARM,) if mix == "finetune" else ())
-            + ((CEILING_ARM,) if ceiling else ()) + ((COMPARE_ARM,) if compare_cells else ()))
+            + ((CEILING_ARM,) if ceiling else ()) + ((COMPARE_ARM,) if compare_cells else ())
+            + ((SELECT_ARM,) if n_draw > n_gen else ()))
     runs, done = len(arms) * len(counts) * len(seeds), 0
 
     def report(event: dict[str, Any]) -> None:
@@ -232,8 +264,8 @@ def evaluate_augment(
     per_seed: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
     plan: dict[int, dict[str, Any]] = {}
     for seed in seeds:
-        synthetic = _generated(ckpt, names, int(generated_per_pattern), seed, size, device,
-                               report)
+        pool = _generated(ckpt, names, n_draw, seed, size, device, report)
+        synthetic = _first(pool, n_gen)  # as drawn
         rng = np.random.default_rng(seed)
         order = [rng.permutation(idx) for idx in by_pattern]
         others = (real.subset(np.concatenate(
@@ -255,6 +287,11 @@ def evaluate_augment(
             plan[n]["steps_per_arm"] = {}
             scores, r0 = {}, time.perf_counter()
             for arm in arms:
+                if arm == SELECT_ARM:
+                    extra[SELECT_ARM], scores["kept_called"] = _select(
+                        judge, pool, n_gen, names, called_only=select == "called")
+                    scores["n_selected"] = {name: int((extra[SELECT_ARM].labels == k).sum())
+                                            for k, name in enumerate(names)}
                 a0 = time.perf_counter()
                 where = {"seed": seed, "count": n, "arm": arm}
                 stages, plan[n]["steps_per_arm"][arm] = _arm_stages(
@@ -274,6 +311,8 @@ def evaluate_augment(
 
                     raise Stopped("stopped on request")
                 scores[arm] = _pattern_accuracy(model, test, names)
+                if arm == "real":
+                    judge = model  # picks the selected arm's cells
                 del model
                 done += 1
                 report({"stage": "scored", **where, "run": done, "runs": runs,
@@ -286,6 +325,9 @@ def evaluate_augment(
                 scores["gain_ceiling"] = _difference(scores[CEILING_ARM], scores["real"])
             if COMPARE_ARM in scores:
                 scores["gain_compared"] = _difference(scores[COMPARE_ARM], scores["real"])
+            if SELECT_ARM in scores:
+                scores["gain_selected"] = _difference(scores[SELECT_ARM], scores["real"])
+            judge = None
             per_seed[n].append({"seed": seed, **scores,
                                 "seconds": round(time.perf_counter() - r0, 2)})
 
@@ -294,6 +336,9 @@ def evaluate_augment(
         row = {"count": n, **plan[n],
                "capped": [name for name, used in plan[n]["n_real"].items() if used < n]}
         row.update(_summary(per_seed[n], names, arms))
+        if SELECT_ARM in arms:
+            row["kept_called"] = {p: _mean([s["kept_called"][p] for s in per_seed[n]])
+                                  for p in names}
         row["per_seed"] = per_seed[n]
         rows.append(row)
     n_available = {name: int(idx.size) for name, idx in zip(names, by_pattern)}
@@ -321,6 +366,9 @@ def evaluate_augment(
         "n_ceiling": n_ceiling,
         "compare_cells": str(compare_cells) if compare_cells else None,
         "n_compared": n_compared,
+        "keep": float(keep),
+        "select": select,
+        "n_drawn": n_draw,
         "device": str(dev),
         "budget": (("the real-only classifier takes epochs passes over the real + generated "
                     "set; the augmented one half as many steps again on the generated cells "
@@ -419,6 +467,40 @@ def _generated(ckpt: Any, names: list[str], n: int, seed: int, size: int, device
                     class_names=list(names))
 
 
+def _first(cells: Any, n: int) -> Any:
+    """The first ``n`` cells of every pattern of ``cells``, in their order."""
+    pick = [np.flatnonzero(cells.labels == k)[:n] for k in range(len(cells.class_names))]
+    return cells.subset(np.concatenate(pick))
+
+
+def _select(judge: Any, cells: Any, n: int, names: list[str], called_only: bool = False,
+            batch_size: int = 256) -> tuple[Any, dict[str, float]]:
+    """The ``n`` cells of every pattern that ``judge`` (a pattern classifier) gives the
+    highest probability of their own pattern (with ``called_only``, of those only the ones
+    it calls by their own pattern), and the share of every pattern's cells it calls by
+    that pattern."""
+    import torch
+
+    device = next(judge.parameters()).device
+    judge.eval()
+    own, called = [], []
+    with torch.inference_mode():
+        for s in range(0, cells.n, batch_size):
+            x = torch.from_numpy(cells.images[s:s + batch_size]).unsqueeze(1).to(device)
+            logp = torch.log_softmax(judge(x).float(), 1).cpu().numpy()
+            y = cells.labels[s:s + batch_size]
+            own.append(logp[np.arange(y.size), y])
+            called.append(logp.argmax(1) == y)
+    own, called = np.concatenate(own), np.concatenate(called)
+    pick, share = [], {}
+    for k, name in enumerate(names):
+        idx = np.flatnonzero(cells.labels == k)
+        best = idx[np.argsort(-own[idx], kind="stable")[:n]]
+        pick.append(best[called[best]] if called_only else best)
+        share[name] = float(called[idx].mean())
+    return cells.subset(np.sort(np.concatenate(pick))), share
+
+
 def _drawn(cells: Any, n: int, seed: int) -> Any:
     """Up to ``n`` cells of every pattern of ``cells``, drawn at random (``seed``)."""
     rng = np.random.default_rng([seed, 1])  # apart from the real cells' draw
@@ -467,7 +549,7 @@ def _arm_stages(arm: str, mix: str, steps: int, real: Any, extra: Any
         stages = [(extra, steps // 2), (real, steps - steps // 2)]
     else:  # finetune
         stages = [(extra, steps // 2), (real, steps)]
-    stages = [(cells, n) for cells, n in stages if n > 0]
+    stages = [(cells, n) for cells, n in stages if n > 0 and cells.n > 0]
     return stages, sum(n for _, n in stages)
 
 
@@ -485,7 +567,8 @@ def _summary(per_seed: Sequence[dict[str, Any]], names: list[str],
     for gain, top, other in (("gain", "augmented", "real"),
                              ("gain_same_steps", "augmented", LONG_ARM),
                              ("gain_ceiling", CEILING_ARM, "real"),
-                             ("gain_compared", COMPARE_ARM, "real")):
+                             ("gain_compared", COMPARE_ARM, "real"),
+                             ("gain_selected", SELECT_ARM, "real")):
         if other in arms and top in arms:
             out[gain] = _difference(out[top], out[other])
             out[gain]["accuracy_sd"] = _sd([s[gain]["accuracy"] for s in per_seed])
