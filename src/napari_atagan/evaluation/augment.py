@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .evaluate import (
+    _log_probabilities,
     _pattern_accuracy,
     _pattern_names,
     _real_cells_for,
@@ -285,7 +286,7 @@ def evaluate_augment(
                        "n_train": {"real": real_train.n, "augmented": n_augmented},
                        "batch_size": bs, "steps": steps}
             plan[n]["steps_per_arm"] = {}
-            scores, r0 = {}, time.perf_counter()
+            scores, r0, judge = {}, time.perf_counter(), None
             for arm in arms:
                 if arm == SELECT_ARM:
                     extra[SELECT_ARM], scores["kept_called"] = _select(
@@ -327,7 +328,6 @@ def evaluate_augment(
                 scores["gain_compared"] = _difference(scores[COMPARE_ARM], scores["real"])
             if SELECT_ARM in scores:
                 scores["gain_selected"] = _difference(scores[SELECT_ARM], scores["real"])
-            judge = None
             per_seed[n].append({"seed": seed, **scores,
                                 "seconds": round(time.perf_counter() - r0, 2)})
 
@@ -479,19 +479,9 @@ def _select(judge: Any, cells: Any, n: int, names: list[str], called_only: bool 
     highest probability of their own pattern (with ``called_only``, of those only the ones
     it calls by their own pattern), and the share of every pattern's cells it calls by
     that pattern."""
-    import torch
-
-    device = next(judge.parameters()).device
-    judge.eval()
-    own, called = [], []
-    with torch.inference_mode():
-        for s in range(0, cells.n, batch_size):
-            x = torch.from_numpy(cells.images[s:s + batch_size]).unsqueeze(1).to(device)
-            logp = torch.log_softmax(judge(x).float(), 1).cpu().numpy()
-            y = cells.labels[s:s + batch_size]
-            own.append(logp[np.arange(y.size), y])
-            called.append(logp.argmax(1) == y)
-    own, called = np.concatenate(own), np.concatenate(called)
+    logp = _log_probabilities(judge, cells.images, batch_size)
+    own = logp[np.arange(cells.n), cells.labels]
+    called = logp.argmax(1) == cells.labels
     pick, share = [], {}
     for k, name in enumerate(names):
         idx = np.flatnonzero(cells.labels == k)

@@ -645,14 +645,7 @@ def _pattern_accuracy(model: torch.nn.Module, test: Any, names: list[str],
                       batch_size: int = 256) -> dict[str, Any]:
     """Overall and per-pattern accuracy of ``model`` on the labelled cells ``test``, and the
     confusion matrix (row: true pattern, column: called pattern, in ``names`` order)."""
-    device = next(model.parameters()).device
-    model.eval()
-    predicted = []
-    with torch.inference_mode():  # no autograd graph: a 64 px network's batch of 256 kept one
-        for s in range(0, test.n, batch_size):
-            x = torch.from_numpy(test.images[s:s + batch_size]).unsqueeze(1).to(device)
-            predicted.append(model(x).float().argmax(1).cpu().numpy())
-    called = np.concatenate(predicted)
+    called = _log_probabilities(model, test.images, batch_size).argmax(1)
     right = called == test.labels
     confusion = np.zeros((len(names), len(names)), np.int64)
     np.add.at(confusion, (np.asarray(test.labels), called), 1)
@@ -662,3 +655,17 @@ def _pattern_accuracy(model: torch.nn.Module, test: Any, names: list[str],
                         for k, name in enumerate(names)},
         "confusion": confusion.tolist(),
     }
+
+
+def _log_probabilities(model: torch.nn.Module, images: np.ndarray,
+                       batch_size: int = 256) -> np.ndarray:
+    """``(N, patterns)`` log-probabilities of a pattern classifier on crops ``(N, S, S)``,
+    in batches, without an autograd graph (a 64 px network's batch of 256 kept one)."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[s:s + batch_size]).unsqueeze(1).to(device)
+            out.append(torch.log_softmax(model(x).float(), 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
