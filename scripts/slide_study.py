@@ -13,8 +13,9 @@ For every checkpoint, on three kinds of slides:
   pattern a slide (``--simulated-patterns``), the pattern no model here was
   trained on (Cytoplasmic) among them.
 
-``--intensity F`` and ``--jpeg Q`` ask how the figures hold on weakly stained slides
-and JPEG exports: the simulated slides are drawn with ``F`` of the light (the camera's
+``--zoom F`` asks how they hold at another magnification: a real slide (``--slide``) is
+enlarged F times (cubic) with its labels (nearest) and its diameter. ``--intensity F``
+and ``--jpeg Q`` ask how the figures hold on weakly stained slides and JPEG exports: the simulated slides are drawn with ``F`` of the light (the camera's
 shot and read noise follow), a real slide (``--slide``) gets ``F`` of its light by
 :func:`dimmed`; either is then saved as a JPEG of quality ``Q`` and read back.
 
@@ -27,7 +28,7 @@ pooled over their pixels. Prints a markdown table and writes every number to
 Usage:
   scripts/slide_study.py CKPT [CKPT ...] [--crops DIR] [--per-pattern 60] [--seed 0]
                          [--slide IMG LAB D ...] [--simulated N [--simulated-patterns NAME ...]]
-                         [--intensity F] [--jpeg Q] [--json FILE] [--device D]
+                         [--zoom F] [--intensity F] [--jpeg Q] [--json FILE] [--device D]
                          [--background flatten|none]
 """
 
@@ -106,6 +107,22 @@ def dimmed(image: np.ndarray, fraction: float, seed: int = 0,
     return np.clip(np.rint(measured * 255.0), 0, 255).astype(np.uint8)
 
 
+def zoomed(image: np.ndarray, labels: np.ndarray, factor: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """A slide and its labels as at ``factor`` times the magnification: the image
+    enlarged by cubic interpolation (in its own dtype), the labels by repetition."""
+    from skimage.transform import resize
+
+    shape = (image.shape[0] * factor, image.shape[1] * factor)
+    big = resize(image.astype(np.float32), shape, order=3, preserve_range=True,
+                 anti_aliasing=False)
+    if image.dtype.kind in "ui":
+        info = np.iinfo(image.dtype)
+        big = np.clip(np.rint(big), info.min, info.max)
+    return (big.astype(image.dtype),
+            np.repeat(np.repeat(labels, factor, axis=0), factor, axis=1))
+
+
 def to_8bit(image: np.ndarray) -> np.ndarray:
     """``image`` in 8 bits: as it is when it fits, else scaled so its maximum is 255."""
     top = float(np.max(image)) if image.size else 0.0
@@ -146,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intensity", type=float, default=1.0,
                     help="light on the slides (1; 0.3 for weakly positive slides): simulated "
                          "slides are drawn with it, real ones (--slide) dimmed by dimmed()")
+    ap.add_argument("--zoom", type=int, default=1, metavar="F",
+                    help="a real slide (--slide) enlarged F times with its labels and diameter, "
+                         "as at a higher magnification (1: as it is)")
     ap.add_argument("--jpeg", type=int, default=0, metavar="QUALITY",
                     help="every slide saved as JPEG of this quality and read back (0: not)")
     ap.add_argument("--json", type=Path, default=None)
@@ -163,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             from napari_atagan.channels import grey_view
 
             img = np.asarray(grey_view(img)[0][:, :])
+        truth = tifffile.imread(labels)
+        if args.zoom != 1:
+            img, truth = zoomed(img, truth, args.zoom)
         if args.intensity != 1 or args.jpeg:
             img = as_jpeg(dimmed(img, args.intensity), args.jpeg)
-        slides.append((Path(image).stem, img, tifffile.imread(labels), float(d)))
+        slides.append((Path(image).stem, img, truth, float(d) * args.zoom))
     for pattern in args.simulated_patterns or [None]:
         slides += list(simulated(args.simulated, args.seed, pattern, args.intensity, args.jpeg))
 
