@@ -594,6 +594,12 @@ def test_selected_cells_are_those_the_real_only_classifier_finds_most_likely_of_
     out = capsys.readouterr()
     assert "real+selected" in out.out and "selected gain" in out.out
     assert "the 4 of 8 generated cells of every pattern" in out.out
+    assert "real-only classifier of 2 real cells calls by their own pattern" in out.out
+    # a keep that draws no extra cell, and a choice with nothing to choose from: clear errors
+    with pytest.raises(ValueError, match="draws no extra cell"):
+        evaluate_augment(tiny_checkpoint, *folders, counts=[2], keep=0.9, **SETTINGS)
+    with pytest.raises(ValueError, match="nothing to choose"):
+        evaluate_augment(tiny_checkpoint, *folders, counts=[2], select="called", **SETTINGS)
     assert "selected by the real-only classifier" in out.err
     with pytest.raises(SystemExit) as exc:  # refused as argparse refuses a bad value
         _main(head + ["0"])

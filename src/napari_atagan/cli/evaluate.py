@@ -607,7 +607,7 @@ def _augment_table(result: dict) -> str:
     long = result.get("mix") == "finetune"
     top = bool(result.get("ceiling"))
     other = bool(result.get("compare_cells"))
-    chosen = result.get("keep", 1.0) < 1
+    chosen = any("selected" in row for row in result["rows"])
     header = (["real/pattern", "steps", "real only", "real+gen", "gain"]
               + (["gain sd"] if several else [])
               + (["real, as many steps", "gain over it"] if long else [])
@@ -662,11 +662,12 @@ def _augment_table(result: dict) -> str:
                      f"of {result['n_drawn']} generated cells of every pattern that the real-only "
                      "classifier finds most likely of their own pattern"
                      + (", those it calls by it only" if result.get("select") == "called"
-                        else "")
-                     + "; it called the drawn cells by it: "
-                     + ", ".join(f"{s} {row['kept_called'][n]:.2f}"
-                                 for s, n in zip(short, names)
-                                 for row in result["rows"][:1]))
+                        else ""))
+        for row in result["rows"]:  # each count has its own real-only classifier
+            lines.append(f"  share of the drawn cells the real-only classifier of {row['count']} "
+                         "real cells calls by their own pattern: "
+                         + ", ".join(f"{s} {row['kept_called'][n]:.2f}"
+                                     for s, n in zip(short, names)))
     if short != names:
         lines.append("patterns: " + ", ".join(f"{s} = {n}" for s, n in zip(short, names)
                                               if s != n))

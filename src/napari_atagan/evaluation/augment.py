@@ -233,7 +233,14 @@ def evaluate_augment(
     if select not in SELECTIONS:
         raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
     n_gen = int(generated_per_pattern)
-    n_draw = max(n_gen, int(round(n_gen / float(keep))))
+    n_draw = int(round(n_gen / float(keep)))
+    if keep < 1 and n_draw <= n_gen:
+        raise ValueError(f"keep {keep} of {n_gen} generated cells draws no extra cell to "
+                         f"select from: use keep <= {n_gen / (n_gen + 1):.3f} or more "
+                         "generated cells")
+    if select != "likely" and keep == 1:
+        raise ValueError(f"select={select!r} chooses among the cells keep < 1 draws in excess; "
+                         "with keep 1 there is nothing to choose: give keep below 1 too")
     ckpt = as_checkpoint(checkpoint)
     names = _pattern_names(ckpt, "measuring the benefit of generated cells needs")
     model_size = int(ckpt.config.image_size)
@@ -255,7 +262,7 @@ def evaluate_augment(
     dev = resolve_device(device)
     arms = (ARMS + ((LONG_ARM,) if mix == "finetune" else ())
             + ((CEILING_ARM,) if ceiling else ()) + ((COMPARE_ARM,) if compare_cells else ())
-            + ((SELECT_ARM,) if n_draw > n_gen else ()))
+            + ((SELECT_ARM,) if keep < 1 else ()))
     runs, done = len(arms) * len(counts) * len(seeds), 0
 
     def report(event: dict[str, Any]) -> None:
