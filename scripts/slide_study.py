@@ -97,14 +97,13 @@ def dimmed(image: np.ndarray, fraction: float, seed: int = 0,
     a Poisson draw of ``photons`` photo-electrons at full scale times its share of the
     light, plus ``read_noise`` grey levels of camera noise (the simulator's camera,
     ``simulate._camera``). ``fraction`` 1 returns the 8-bit slide unchanged."""
+    from napari_atagan.simulate import _camera
+
     img = to_8bit(image)
     if fraction == 1:
         return img
-    rng = np.random.default_rng(seed)
     light = img.astype(np.float64) * (fraction / 255.0)
-    measured = rng.poisson(light * photons) / photons + rng.normal(0.0, read_noise / 255.0,
-                                                                   img.shape)
-    return np.clip(np.rint(measured * 255.0), 0, 255).astype(np.uint8)
+    return _camera(light, photons, read_noise, 8, np.random.default_rng(seed))
 
 
 def zoomed(image: np.ndarray, labels: np.ndarray, factor: int
