@@ -139,6 +139,20 @@ def test_grey_levels_own_is_recorded_with_the_run(domains, tmp_path):
     assert exc.value.code == 2
 
 
+def test_grey_levels_target_is_recorded_and_said_when_applied(domains, tmp_path, slide_file):
+    code, out, err = run_cli(train_args(domains, tmp_path / "run", "--steps", "2",
+                                        "--grey-levels", "target"))
+    assert code == 0, err
+    assert "translated cells on the target domain's grey range" in err
+    translator = load_translator(out.strip())
+    assert translator.config.grey_levels == "target"
+    code, _, err = run_cli(["translate", "apply", "--checkpoint", out.strip(), "--image",
+                            str(slide_file), "--out", str(tmp_path / "out"), "--device",
+                            "cpu", "--composite", "hard"])
+    assert code == 0, err
+    assert f"grey range of {translator.domain_name('b')}'s cells" in err
+
+
 def test_no_attention_trains_the_cyclegan_baseline(domains, tmp_path, slide_file):
     code, out, err = run_cli(train_args(domains, tmp_path / "run", "--steps", "2",
                                         "--no-attention"))

@@ -96,7 +96,7 @@ def slide():
     (dict(batch_size=0), "batch_size"),
     (dict(steps=0), "steps"),
     (dict(device="tpu"), "device"),
-    (dict(grey_levels="auto"), "grey_levels must be one of shared, own"),
+    (dict(grey_levels="auto"), "grey_levels must be one of shared, own, target"),
     (dict(attention="yes"), "attention must be true or false"),
     (dict(generator_skip=1), "generator_skip must be true or false"),
     (dict(widths=(8, 0, 8)), "widths must be whole numbers >= 1"),
@@ -172,6 +172,20 @@ def test_a_hard_composite_either_translates_a_pixel_or_keeps_it():
     assert compose(x, None, f, "hard") is f  # no attention: the whole image is translated
     with pytest.raises(ValueError, match="composite must be one of soft, hard"):
         compose(x, att, f, "blend")
+
+
+@pytest.mark.parametrize("composite", ["soft", "hard"])
+def test_compose_parts_add_up_to_the_composite(composite):
+    from napari_atagan.translate import compose_parts
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(2, 1, 8, 8, generator=gen) * 2 - 1 for _ in range(2))
+    att = torch.rand(2, 1, 8, 8, generator=gen)
+    for a in (att, None):
+        kept, moved = compose_parts(x, a, y, composite)
+        torch.testing.assert_close(kept + moved - 1.0, compose(x, a, y, composite))
+    kept, moved = compose_parts(x, torch.zeros_like(att), y, composite)
+    assert torch.equal(moved, torch.zeros_like(moved))  # nothing of the translation
 
 
 def test_nothing_attended_is_an_attention_above_the_cut_nowhere():
@@ -406,6 +420,77 @@ def test_own_levels_keep_the_brightness_of_what_is_translated(domains, tmp_path,
     np.testing.assert_allclose(tiled, brighter, rtol=1e-5, atol=1e-3)  # no seams
     with pytest.raises(ValueError, match="one grey value"):
         translate_image(translator, np.full((40, 40), 5, np.uint8), device="cpu")
+
+
+def test_every_domain_records_the_median_grey_range_of_its_crops(domains):
+    dim_dir, bright_dir, dim, bright = domains
+    a, b, _ = load_domains(dim_dir, bright_dir, image_size=16)
+    for dom, crops in ((a, dim), (b, bright)):
+        spans = [np.subtract(*np.percentile(c.astype(np.float32), [99.5, 0.5]))
+                 for c in crops.images]
+        assert dom.own_span == pytest.approx(np.median(spans), rel=1e-5)
+        assert dom.info()["own_span"] == pytest.approx(dom.own_span)
+    assert b.own_span > 2 * a.own_span  # the bright crops stand higher above their floor
+
+
+def test_target_levels_give_the_translated_cells_the_target_domains_brightness(
+        domains, tmp_path):
+    config = tiny(grey_levels="target", attention=False, steps=3)
+    assert config.own_levels and tiny(grey_levels="own").own_levels
+    assert not tiny().own_levels
+    done = run_to_end(train_translation(config, domains[0], domains[1], tmp_path))
+    translator = load_translator(done.checkpoint)
+    span_b = translator.own_span("b")
+    assert span_b == pytest.approx(load_domains(domains[0], domains[1])[1].own_span)
+    # a generator that changes nothing: what is left is the grey levels' mapping
+    generator, _ = translator.networks("a2b", "cpu")
+    last = generator.net[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    yy, xx = np.mgrid[:48, :48]
+    image = np.full((48, 48), 10.0, np.float32)
+    image[(yy - 24) ** 2 + (xx - 24) ** 2 < 8 ** 2] = 16.0  # a dim cell, 6 levels up
+    out, att = translate_image(translator, image, device="cpu")
+    # the cell comes out at the target domain's range above the input's own floor,
+    # however dim it went in; the background stays where it was
+    assert out[24, 24] == pytest.approx(10.0 + span_b, rel=1e-3)
+    assert out[2, 2] == pytest.approx(10.0, abs=1e-3)
+    np.testing.assert_array_equal(att, 1.0)
+    dimmer, _ = translate_image(translator, (image - 10) / 3 + 10, device="cpu")
+    np.testing.assert_allclose(dimmer, out, rtol=1e-4, atol=1e-3)
+    # and back: a bright cell goes to the dim domain's range
+    generator, _ = translator.networks("b2a", "cpu")
+    torch.nn.init.zeros_(generator.net[-1].weight)
+    torch.nn.init.zeros_(generator.net[-1].bias)
+    back, _ = translate_image(translator, image, direction="b2a", device="cpu")
+    assert back[24, 24] == pytest.approx(10.0 + translator.own_span("a"), rel=1e-3)
+
+
+def test_a_target_run_keeps_every_pixel_it_does_not_translate(domains, tmp_path, slide):
+    done = run_to_end(train_translation(tiny(grey_levels="target", steps=3), domains[0],
+                                        domains[1], tmp_path))
+    from napari_atagan.translate.data import local_levels
+
+    image = slide[:96, :120].copy()
+    out, att = translate_image(done.checkpoint, image, device="cpu", composite="hard")
+    # a kept pixel is the input, through its own levels and back (within the model range)
+    lo, span = local_levels(image, 16).region(slice(0, 96), slice(0, 120))
+    kept = (att <= HARD_CUT) & (np.abs(image - lo - span / 2) < 0.74 * span)
+    assert kept.mean() > 0.5
+    np.testing.assert_allclose(out[kept], image[kept], rtol=1e-5, atol=1e-4)
+    tiled, _ = translate_image(done.checkpoint, image, device="cpu", composite="hard",
+                               tile_size=32)
+    np.testing.assert_allclose(tiled, out, rtol=1e-5, atol=1e-3)  # no seams
+
+
+def test_a_target_run_without_a_grey_range_says_so(trained):
+    from napari_atagan.translate.translator import Translator
+
+    translator = load_translator(trained[1] / "checkpoint.safetensors")
+    ckpt = translator.checkpoint
+    del ckpt.metadata["domains"]["b"]["own_span"]
+    with pytest.raises(CheckpointError, match="no grey range for domain B"):
+        Translator(ckpt).own_span("b")
 
 
 def test_local_levels_give_every_cell_its_own_high_level():

@@ -115,8 +115,10 @@ def test_config_follows_the_form_and_the_quick_preset():
     assert full.mask_weight == 0.0
     taught = translation_config(tiny(), dict(settings, mask_teacher=True), a, b)
     assert taught.mask_weight == 1.0 and taught.grey_levels == "shared"
-    own = translation_config(tiny(), dict(settings, own_levels=True), a, b)
+    own = translation_config(tiny(), dict(settings, grey_levels="own"), a, b)
     assert own.grey_levels == "own"
+    target = translation_config(tiny(), dict(settings, grey_levels="target"), a, b)
+    assert target.grey_levels == "target"
 
 
 def test_sample_grid_puts_each_row_of_the_event_on_its_own_row():

@@ -129,6 +129,10 @@ def domain_label(translator: Any, key: str) -> str:
 
 COMPOSITE_CHOICES = [("blend by the attention", "soft"), ("translated or kept", "hard")]
 """The composite drop-down (:func:`napari_atagan.translate.translate_image`)."""
+GREY_LEVEL_CHOICES = [("one scale for both domains", "shared"),
+                      ("keep each cell's brightness", "own"),
+                      ("the target domain's brightness", "target")]
+"""The grey levels drop-down (:attr:`napari_atagan.translate.TranslateConfig.grey_levels`)."""
 
 
 def direction_choices(translator: Any | None) -> list[tuple[str, str]]:
@@ -306,7 +310,7 @@ def translation_config(base: TranslateConfig, settings: dict[str, Any],
         steps=steps,
         attention=bool(settings["attention"]),
         mask_weight=1.0 if settings.get("mask_teacher") else base.mask_weight,
-        grey_levels="own" if settings.get("own_levels") else base.grey_levels,
+        grey_levels=settings.get("grey_levels") or base.grey_levels,
         device=settings["device"],
         sample_every=max(1, min(base.sample_every, steps // 20)),
         extra={**base.extra, "source": f"napari: A {a.describe()}, B {b.describe()}",
@@ -677,18 +681,20 @@ class TranslateWidget(RunsTraining, QWidget):
             tooltip="Where a folder of crops has cell masks (NNNNN_Mask.png), teach the "
                     "attention with them too (mask_weight 1): on real cells it keeps the "
                     "background far better. Crops from layers have no masks.")
-        self.own_levels = CheckBox(
-            text="keep each cell's brightness", value=False,
-            tooltip="Map every crop (and later every image) by its own grey levels, so only "
-                    "the stain's pattern is translated, not its brightness: for two "
-                    "patterns whose specimens differ in brightness (grey_levels 'own').\n"
-                    "Off: one grey scale for both folders, so brightness is translated too "
-                    "(e.g. dim -> bright).")
+        self.grey_levels = ComboBox(
+            label="grey levels", choices=GREY_LEVEL_CHOICES, value="shared",
+            tooltip="One scale for both domains: brightness is translated too, as learnt "
+                    "from the training cells.\nKeep each cell's brightness: every crop (and "
+                    "later every image) on its own grey levels, only the stain's pattern "
+                    "translated: for two patterns whose specimens differ in brightness.\n"
+                    "The target domain's brightness: as the last, and the translated cells "
+                    "get the target domain's grey range: dim -> bright on specimens dimmer "
+                    "than the training ones.")
         self.train_device = device_combo()
         self.train_form = Container(widgets=[
             self.a_source, self.a_layers, self.a_folder, self.b_source, self.b_layers,
             self.b_folder, self.out_folder, self.quick, self.steps, self.attention,
-            self.mask_teacher, self.own_levels, self.train_device,
+            self.mask_teacher, self.grey_levels, self.train_device,
         ])
         for box in (self.a_source, self.b_source):
             box.changed.connect(self._update_sources)
@@ -782,7 +788,7 @@ class TranslateWidget(RunsTraining, QWidget):
         return {"quick": bool(self.quick.value), "steps": int(self.steps.value),
                 "attention": bool(self.attention.value),
                 "mask_teacher": bool(self.mask_teacher.value),
-                "own_levels": bool(self.own_levels.value), "device": self.train_device.value}
+                "grey_levels": self.grey_levels.value, "device": self.train_device.value}
 
     # ------------------------------------------------------------------ train: run
     @property

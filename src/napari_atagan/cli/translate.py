@@ -4,7 +4,7 @@
 
     napari-atagan translate train --a dim/ --b bright/ --out runs/dim2bright \\
         [--steps N] [--quick] [--set NAME=VALUE ...] [--no-attention] \\
-        [--mask-weight W] [--grey-levels shared|own] [--resume CHECKPOINT] \\
+        [--mask-weight W] [--grey-levels shared|own|target] [--resume CHECKPOINT] \\
         [--device auto] [--seed N]
     napari-atagan translate apply --checkpoint runs/dim2bright/checkpoint.safetensors \\
         --image slide.tif --out results/ [--direction a2b|b2a] [--diameter PX|auto] \\
@@ -109,11 +109,13 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--mask-weight", type=non_negative_float, default=None, metavar="W",
                    help="teach the attention with the crops' cell masks, at this weight "
                         "(e.g. 1; default 0: the attention learns without them)")
-    p.add_argument("--grey-levels", choices=("shared", "own"), default=None,
+    p.add_argument("--grey-levels", choices=("shared", "own", "target"), default=None,
                    help="shared (default): one grey scale for both domains, so brightness is "
                         "translated too (dim -> bright); own: every crop and image on its own "
                         "levels, brightness kept, only the stain's pattern translated (a "
-                        "pattern pair, specimens of different brightness)")
+                        "pattern pair, specimens of different brightness); target: trained "
+                        "as own, the translated cells given the target domain's grey range "
+                        "(dim -> bright on specimens dimmer than the training ones)")
     p.add_argument("--seed", type=non_negative_int, default=None, metavar="N",
                    help="random seed (default: 0)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
@@ -360,6 +362,13 @@ def _plan(args: argparse.Namespace, translator: Any, image: Any, diameter: Any,
     else:
         lines.append(f"cells of {float(diameter):.1f} px resized to "
                      f"{translator.model_cell_diameter(src):.1f} px at model scale")
+    levels = translator.config.grey_levels
+    if levels == "target":
+        lines.append(f"grey levels: each neighbourhood its own; translated cells given the "
+                     f"grey range of {translator.domain_name(dst)}'s cells "
+                     f"({translator.own_span(dst):g} above their background)")
+    elif levels == "own":
+        lines.append("grey levels: each neighbourhood its own (brightness kept)")
     return lines
 
 

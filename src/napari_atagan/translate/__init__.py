@@ -10,7 +10,9 @@ translation"). ``attention=False`` trains the plain CycleGAN baseline.
 Brightness is kept: both domains share one fixed grey scale, stored in the
 checkpoint, and :func:`translate_image` returns grey levels of the input's
 dtype. With ``grey_levels="own"`` every crop and image is mapped by its own
-levels instead, so brightness is not translated, only the stain's pattern. Like
+levels instead, so brightness is not translated, only the stain's pattern; with
+``grey_levels="target"`` the translated cells are given the target domain's grey
+range, whatever the input's brightness (dim -> bright across specimens). Like
 the rest of the engine this package uses only torch and numpy.
 
 Typical use::
@@ -33,6 +35,7 @@ from .models import (
     TranslationGenerator,
     build_translation_models,
     compose,
+    compose_parts,
     standing_statistics,
 )
 from .training import CHECKPOINT_NAME, SAMPLE_ROWS, train_translation
@@ -55,6 +58,7 @@ __all__ = [
     "Translator",
     "build_translation_models",
     "compose",
+    "compose_parts",
     "default_tile_size",
     "load_domains",
     "load_translator",

@@ -15,7 +15,9 @@ For a 2-D grey image and a direction (``a2b``: ``F_ab`` and ``A_a``; ``b2a``:
    [-1.5, 1.5], exactly as the training crops were mapped. A model trained with
    ``grey_levels="own"`` maps every neighbourhood of one training crop's size by
    its own levels instead, as its training crops each were
-   (:func:`napari_atagan.translate.data.local_levels`).
+   (:func:`napari_atagan.translate.data.local_levels`); one trained with
+   ``grey_levels="target"`` maps its input so and sends its translated pixels back
+   through the target domain's grey range (step 4).
 3. **Translation.** ``x' = A(x) * F(x) + (1 - A(x)) * x`` (``F(x)`` without
    attention; with ``composite="hard"``, ``F(x)`` where ``A(x) > 0.5`` and ``x``
    elsewhere: :func:`~napari_atagan.translate.models.compose`), computed in
@@ -27,7 +29,10 @@ For a 2-D grey image and a direction (``a2b``: ``F_ab`` and ``A_a``; ``b2a``:
 4. **Back.** The translated image and the attention are resampled back to the
    image's own pixel grid; the translation is mapped back to grey levels with
    the same levels and returned in the input's dtype (integers rounded and
-   clipped to the dtype's range).
+   clipped to the dtype's range). With ``grey_levels="target"`` the kept part of
+   each pixel goes back through the input's levels and the translated part through
+   the input's low level plus the target domain's median grey range
+   (:func:`~napari_atagan.translate.models.compose_parts`).
 
 Memory: one tile (plus halo) of the image is read and on the device at a time;
 the results are written tile by tile into ``out`` (preallocated arrays or
@@ -49,7 +54,7 @@ from ..device import resolve_device
 from ..events import Stopped
 from ..slides.attention import _AxisTaps, _check_diameter, _too_small
 from .data import CLIP, Levels, LocalLevels, local_levels
-from .models import HARD_CUT, MULTIPLE, check_composite, compose
+from .models import HARD_CUT, MULTIPLE, check_composite, compose, compose_parts
 from .translator import check_direction, load_translator
 
 __all__ = ["MIN_SIDE", "Stopped", "default_tile_size", "nothing_attended", "translate_image"]
@@ -151,9 +156,12 @@ def translate_image(
     out_t, out_a = _outputs(out, img.shape, np.dtype(img.dtype))
     _check_finite(img)
     levels: Levels | LocalLevels = translator.levels
-    if translator.config.grey_levels == "own":  # crops of the training size, each its own
+    if translator.config.own_levels:  # crops of the training size, each its own
         levels = local_levels(img, translator.config.image_size / factor)
-    runner = _Runner(levels, generator, attention, img, plan, dev, composite)
+    out_span = None
+    if translator.config.grey_levels == "target":
+        out_span = translator.own_span(direction[2])
+    runner = _Runner(levels, generator, attention, img, plan, dev, composite, out_span)
     tiles = plan.tiles
     with torch.inference_mode():
         for done, tile in enumerate(tiles, start=1):
@@ -298,8 +306,10 @@ class _Runner:
     """Computes one output tile: read, map, translate, resample back, write."""
 
     def __init__(self, levels: Levels | LocalLevels, generator, attention, image, plan: _Plan,
-                 device: torch.device, composite: str = "soft") -> None:
+                 device: torch.device, composite: str = "soft",
+                 out_span: float | None = None) -> None:
         self.generator, self.attention, self.composite = generator, attention, composite
+        self.out_span = out_span
         self.image, self.plan, self.device = image, plan, device
         self.levels = levels
         self.dtype = np.dtype(image.dtype)
@@ -332,17 +342,27 @@ class _Runner:
         x = fwd_x.apply(fwd_y.apply(x, 0), 1).clamp_(-CLIP, CLIP)[None, None]
 
         att = None if self.attention is None else self.attention(x)
-        y = compose(x, att, self.generator(x), self.composite)
         rows = slice(back_y.start - cy[0], back_y.stop - cy[0])
         cols = slice(back_x.start - cx[0], back_x.stop - cx[0])
-        y = back_x.apply(back_y.apply(y[0, 0, rows, cols], 0), 1)
+
+        def back(t: torch.Tensor) -> torch.Tensor:
+            return back_x.apply(back_y.apply(t[0, 0, rows, cols], 0), 1)
+
+        if self.out_span is None:
+            y = back(compose(x, att, self.generator(x), self.composite))
+        else:  # kept pixels on the input's levels, translated ones on the target's range
+            kept, moved = compose_parts(x, att, self.generator(x), self.composite)
+            kept, moved = back(kept).float().cpu().numpy(), back(moved).float().cpu().numpy()
         if att is None:
             a = np.ones((y1 - y0, x1 - x0), np.float32)
         else:
             a = back_x.apply(back_y.apply(att[0, 0, rows, cols], 0), 1).clamp_(0.0, 1.0)
             a = a.float().cpu().numpy()
         lo, span = self.levels.region(slice(y0, y1), slice(x0, x1))
-        values = (y.float().cpu().numpy() + 1.0) * (span / 2.0) + lo
+        if self.out_span is None:
+            values = (y.float().cpu().numpy() + 1.0) * (span / 2.0) + lo
+        else:
+            values = kept * (span / 2.0) + moved * np.float32(self.out_span / 2.0) + lo
         out_t[y0:y1, x0:x1] = self._to_dtype(values)
         out_a[y0:y1, x0:x1] = a
         release_pages(out_t)

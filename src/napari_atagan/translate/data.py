@@ -133,6 +133,10 @@ class DomainData:
             diameter of the mask, else 0.7 x the crop side, as for ATA-GAN crops).
         model_cell_diameter: the same after the resize to ``image_size``.
         class_names: the pattern sub-folders, if any (kept for reference only).
+        own_span: the median grey range of the crops, each on its own levels (99.5th
+            minus 0.5th percentile, in source grey levels): how bright the domain's
+            cells stand above their background, which a ``grey_levels="target"`` run
+            gives the cells it translates into this domain.
     """
 
     name: str
@@ -143,6 +147,7 @@ class DomainData:
     cell_diameter: float
     model_cell_diameter: float
     class_names: list[str]
+    own_span: float = float("nan")
 
     @property
     def n(self) -> int:
@@ -167,6 +172,7 @@ class DomainData:
             "cell_diameter": float(self.cell_diameter),
             "model_cell_diameter": float(self.model_cell_diameter),
             "class_names": list(self.class_names),
+            "own_span": float(self.own_span) if math.isfinite(self.own_span) else None,
         }
 
     def __repr__(self) -> str:
@@ -404,7 +410,22 @@ def _prepare_domain(raw: _Raw, size: int, levels: Levels, own: bool = False) -> 
         cell_diameter=float(np.median(diam)),
         model_cell_diameter=float(np.median(diam * size / sides)),
         class_names=raw.class_names,
+        own_span=_median_span(raw.images),
     )
+
+
+def _median_span(images: Sequence[np.ndarray]) -> float:
+    """The median over crops of their own grey range (99.5th minus 0.5th percentile);
+    NaN when no crop has one (flat crops)."""
+    spans = []
+    for im in images:
+        sample = np.asarray(im, dtype=np.float32)
+        sample = sample[np.isfinite(sample)]
+        if sample.size:
+            lo, hi = np.percentile(sample, [LO_PCT, HI_PCT])
+            if hi > lo:
+                spans.append(float(hi - lo))
+    return float(np.median(spans)) if spans else float("nan")
 
 
 def _prepare(img: np.ndarray, mask: np.ndarray | None, name: str, size: int,

@@ -226,6 +226,23 @@ def compose(x: torch.Tensor, attention: torch.Tensor | None, translated: torch.T
     return attention * translated + (1.0 - attention) * x
 
 
+def compose_parts(x: torch.Tensor, attention: torch.Tensor | None, translated: torch.Tensor,
+                  composite: str = "soft") -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`compose` in two parts, each above the model range's floor of -1:
+    ``(kept, moved) = ((1 - w) * (x + 1), w * (translated + 1))`` with ``w`` the
+    composite's weight (the attention, the attention cut at :data:`HARD_CUT`, or 1
+    without attention), so ``kept + moved - 1`` is ``compose(...)``. A translation whose
+    kept and translated pixels go back to grey levels on different scales
+    (``grey_levels="target"``) maps each part with its own."""
+    if attention is None:
+        w = torch.ones_like(translated)
+    elif check_composite(composite) == "hard":
+        w = (attention > HARD_CUT).to(translated.dtype)
+    else:
+        w = attention
+    return (1.0 - w) * (x + 1.0), w * (translated + 1.0)
+
+
 def init_weights(module: nn.Module) -> None:
     """Weights ~ N(0, 0.02), biases 0; normalisation gains ~ N(1, 0.02) (as in CycleGAN)."""
     for m in module.modules():

@@ -127,7 +127,7 @@ def train_translation(
         config = resumed.config.replace(**runtime)
         levels = Levels.from_dict(resumed.metadata.get("levels"))
     config.validate()
-    own = config.grey_levels == "own"
+    own = config.own_levels
     dom_a, dom_b, levels = load_domains(a, b, image_size=config.image_size, levels=levels,
                                         own_levels=own)
     for dom in (dom_a, dom_b):
@@ -139,7 +139,11 @@ def train_translation(
 
     device = resolve_device(config.device)
     kind = "attention-guided translation" if config.attention else "CycleGAN (no attention)"
-    scale = ("every crop on its own grey levels (brightness is kept)" if own else
+    scale = ("every crop on its own grey levels (brightness is kept)"
+             if config.grey_levels == "own" else
+             "every crop on its own grey levels, translated cells on the target domain's "
+             f"grey range ({dom_a.own_span:g} for {dom_a.name!r}, {dom_b.own_span:g} for "
+             f"{dom_b.name!r})" if own else
              f"grey levels {levels.lo:g} -> -1, {levels.hi:g} -> +1")
     yield Message(f"{kind} on {describe(device)}: {dom_a.n} cells of {dom_a.name!r} <-> "
                   f"{dom_b.n} cells of {dom_b.name!r}; {scale}")

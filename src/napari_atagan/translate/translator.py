@@ -84,6 +84,15 @@ class Translator:
         value = (self.domains.get(domain) or {}).get("cell_diameter")
         return float(value) if _positive(value) else None
 
+    def own_span(self, domain: str) -> float:
+        """Median grey range of a training domain's crops, each on its own levels (what a
+        ``grey_levels="target"`` run gives the cells it translates into ``domain``)."""
+        value = (self.domains.get(domain) or {}).get("own_span")
+        if not _positive(value):
+            raise CheckpointError(f"checkpoint {str(self.path)!r}: has no grey range for "
+                                  f"domain {domain.upper()}, which grey_levels 'target' needs")
+        return float(value)
+
     def model_cell_diameter(self, domain: str) -> float:
         """Median cell diameter of a training domain at model scale (pixels)."""
         value = (self.domains.get(domain) or {}).get("model_cell_diameter")
