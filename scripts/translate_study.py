@@ -190,10 +190,13 @@ VARIANTS = {"uag": dict(attention=True), "cyclegan": dict(attention=False),
             "uagmask_low": dict(attention=True, mask_weight=1.0, cycle_sigma=2.0),
             "uagmask_own": dict(attention=True, mask_weight=1.0, grey_levels="own"),
             "cyclegan_own": dict(attention=False, grey_levels="own"),
-            "uag_own": dict(attention=True, grey_levels="own")}
+            "uag_own": dict(attention=True, grey_levels="own"),
+            "uagmask_target": dict(attention=True, mask_weight=1.0, grey_levels="target"),
+            "cyclegan_target": dict(attention=False, grey_levels="target")}
 """UAG-GAN as in the paper, the same networks without attention, and UAG-GAN whose
 attention is also taught by the training cells' masks; ``_low``: a low-pass cycle loss;
-``_own``: every crop on its own grey levels (brightness kept)."""
+``_own``: every crop on its own grey levels (brightness kept); ``_target``: trained as
+``_own``, the output on the target domain's grey range."""
 
 
 SCALES = ("quick", "full")
@@ -243,21 +246,87 @@ def to_classifier(levels, crops: np.ndarray, masks: np.ndarray,
                      for c, m in zip(crops, masks)])
 
 
-def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str,
+def _on_target_levels(tr, data: dict, src: str, dst: str, direction: str, composite: str):
+    """A ``grey_levels="target"`` run on the validation crops, as ``translate_image`` does
+    it (input on its own levels, translated pixels on the target domain's grey range),
+    brought to the run's pooled levels like the shared-scale runs' crops: ``(x, y, att,
+    dom_s, dom_t)``, all scored as those are."""
+    from napari_atagan.translate.data import own_levels
+    from napari_atagan.translate.models import compose_parts
+
+    levels, span_out = tr.levels, tr.own_span(direction[2])
+    dom_s, dom_t, _ = load_domains(_Set(*data[src]), _Set(*data[dst]), image_size=64,
+                                   levels=levels, own_levels=True)
+    g, a = tr.networks(direction)
+    t = torch.from_numpy(dom_s.images)[:, None]
+    with torch.no_grad():
+        att = a(t) if a is not None else None
+        kept, moved = (p[:, 0].numpy() for p in compose_parts(t, att, g(t), composite))
+    lv_s = [own_levels(im) for im in data[src][0]]
+    lv_t = [own_levels(im) for im in data[dst][0]]
+    grey_x = np.stack([lv.to_source(c) for lv, c in zip(lv_s, dom_s.images)])
+    grey_y = np.stack([lv.lo + k * (lv.hi - lv.lo) / 2 + mv * span_out / 2
+                       for lv, k, mv in zip(lv_s, kept, moved)])
+    dom_t.images = np.stack([levels.to_model(lv.to_source(c))
+                             for lv, c in zip(lv_t, dom_t.images)])
+    att = att[:, 0].numpy() if att is not None else np.ones_like(kept)
+    return levels.to_model(grey_x), levels.to_model(grey_y), att, dom_s, dom_t
+
+
+def stretched(data: dict, src: str, dst: str, levels, span_out: float):
+    """The model-free dim -> bright: the cell the classic pipeline finds in each crop
+    (smoothed Otsu, holes filled, touching cells split at the crops' median diameter)
+    stretched above the crop's own floor to ``span_out`` (the bright training cells'
+    median grey range), every other pixel kept. ``(x, y, found, dom_s, dom_t)`` on the
+    pooled levels, as :func:`_on_target_levels`."""
+    from napari_atagan.slides.segment import classic_labels
+    from napari_atagan.translate.data import own_levels
+
+    dom_s, dom_t, _ = load_domains(_Set(*data[src]), _Set(*data[dst]), image_size=64,
+                                   levels=levels)
+    grey_x = np.stack([levels.to_source(c) for c in dom_s.images])
+    d = float(np.median([_diameter(mm) for mm in dom_s.masks.astype(bool) if mm.any()]))
+    ys, found = [], []
+    for raw, c in zip(data[src][0], grey_x):
+        lv = own_levels(raw)
+        cell = classic_labels(c, d) > 0
+        ys.append(np.where(cell, lv.lo + (c - lv.lo) * span_out / (lv.hi - lv.lo), c))
+        found.append(cell.astype(np.float32))
+    return dom_s.images, levels.to_model(np.stack(ys)), np.stack(found), dom_s, dom_t
+
+
+def score(ckpt: Path | None, data: dict, clf, class_names: list[str], exp: str,
           size: int = JUDGE_SIZE, composite: str = "soft") -> dict:
-    tr = load_translator(ckpt)
-    levels = tr.levels
-    summary = tr.checkpoint.metadata.get("summary") or {}
-    res: dict = {"attention": tr.attention, "steps": tr.step,
-                 "train_seconds": summary.get("seconds"), "steps_per_s": summary.get("steps_per_s")}
+    """The figures of one run (``ckpt``), or of the model-free stretch (``ckpt=None``:
+    dim -> bright only)."""
+    if ckpt is None:
+        from napari_atagan.translate.data import _median_span, pooled_levels
+
+        levels = pooled_levels(data["train_a"][0] + data["train_b"][0])
+        span_b = _median_span(data["train_b"][0])
+        res: dict = {"attention": False, "steps": 0, "model_free": "classic cell stretched",
+                     "span_out": span_b}
+    else:
+        tr = load_translator(ckpt)
+        levels = tr.levels
+        summary = tr.checkpoint.metadata.get("summary") or {}
+        res = {"attention": tr.attention, "steps": tr.step,
+               "train_seconds": summary.get("seconds"),
+               "steps_per_s": summary.get("steps_per_s")}
     directions = [("a2b", "val_a", "val_b", 1)] + ([("b2a", "val_b", "val_a", 0)]
                                                     if exp == "pattern" else [])
     for direction, src, dst, target_i in directions:
-        dom_s, dom_t, _ = load_domains(_Set(*data[src]), _Set(*data[dst]), image_size=64,
-                                       levels=levels,
-                                       own_levels=tr.config.grey_levels == "own")
-        x, m = dom_s.images, dom_s.masks.astype(bool)
-        y, att = translate_crops(tr, x, direction, composite)
+        if ckpt is None:
+            x, y, att, dom_s, dom_t = stretched(data, src, dst, levels, span_b)
+        elif tr.config.grey_levels == "target":
+            x, y, att, dom_s, dom_t = _on_target_levels(tr, data, src, dst, direction,
+                                                        composite)
+        else:
+            dom_s, dom_t, _ = load_domains(_Set(*data[src]), _Set(*data[dst]), image_size=64,
+                                           levels=levels, own_levels=tr.config.own_levels)
+            x = dom_s.images
+            y, att = translate_crops(tr, x, direction, composite)
+        m = dom_s.masks.astype(bool)
         bg = ~m
         change = np.abs(y - x)
         away = bg & ~other_cells(x, m)
@@ -301,8 +370,9 @@ def score(ckpt: Path, data: dict, clf, class_names: list[str], exp: str,
             r["reaches_bright_median"] = float(np.mean(c_y >= np.median(c_t)))
         res[direction] = r
         tag = "" if composite == "soft" else f"_{composite}"  # the figures' crops
-        np.savez_compressed(ckpt.parent / f"val_{direction}{tag}.npz", x=x[:16], y=y[:16],
-                            att=att[:16], m=m[:16])
+        if ckpt is not None:
+            np.savez_compressed(ckpt.parent / f"val_{direction}{tag}.npz", x=x[:16],
+                                y=y[:16], att=att[:16], m=m[:16])
     return res
 
 
@@ -351,7 +421,7 @@ def real_slide(ckpt: Path, folder: Path, direction: str = "a2b", composite: str 
     tr = load_translator(ckpt)
     y, att = translate_image(tr, image, direction=direction, cell_diameter=d, device="cpu",
                              composite=composite)
-    lv = own_levels(image) if tr.config.grey_levels == "own" else tr.levels
+    lv = own_levels(image) if tr.config.own_levels else tr.levels
     change = np.abs(y.astype(np.float64) - image) / (lv.hi - lv.lo)
     truth = tifffile.imread(folder / "nuclei_labels.tif")
     classic = classic_labels(image, d)
@@ -445,6 +515,38 @@ def figure(out: Path, exp: str, seed: int, direction: str = "a2b", n: int = 6) -
     return dest
 
 
+def target_figure(out: Path, exp: str, seed: int, n: int = 6) -> Path | None:
+    """Dim -> bright on the target domain's grey range: rows of held-out dim cells, the
+    input, UAG + masks' attention and output (hard composite), CycleGAN's output, the
+    model-free stretch, then each one's |change|; one grey scale (the run's pooled
+    levels) for every panel."""
+    from _study_figures import _sheet, fit, heat
+
+    files = {"UAG+m": out / f"{exp}_uagmask_target_s{seed}" / "val_a2b_hard.npz",
+             "Cycle": out / f"{exp}_cyclegan_target_s{seed}" / "val_a2b.npz",
+             "stretch": out / f"{exp}_stretch_val_a2b.npz"}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    runs = {k: np.load(f) for k, f in files.items()}
+
+    def g(a):
+        u = np.clip((np.asarray(a) + 1.0) / 2.5, 0, 1)
+        return fit(np.repeat((u * 255).astype(np.uint8)[..., None], 3, axis=2))
+
+    columns = ["input", "att UAG+m", *runs, *(f"chg {k}" for k in runs)]
+    rows = []
+    for i in range(min(n, len(runs["UAG+m"]["x"]))):
+        x = runs["UAG+m"]["x"][i]
+        rows.append([g(x), fit(heat(runs["UAG+m"]["att"][i], top=1.0)),
+                     *(g(r["y"][i]) for r in runs.values()),
+                     *(fit(heat(np.abs(r["y"][i] - x) / 2, top=0.5)) for r in runs.values())])
+    sheet = _sheet(rows, columns, [f"dim {i + 1}" for i in range(len(rows))], left=118)
+    dest = out / f"translate_{exp}_target.png"
+    sheet.save(dest)
+    print(f"figure: {dest}", file=sys.stderr)
+    return dest
+
+
 def runs_figure(runs: dict[str, Path], direction: str, dest: Path, n: int = 6) -> Path:
     """Rows of validation cells: the input, then each run's attention, output and
     |change|, on one grey scale; ``runs`` maps a column label to a run folder (its
@@ -505,6 +607,9 @@ def main(argv=None) -> int:
                    help="only draw RUNs side by side (e.g. 1k=OUT/pattern_uagmask_s0 "
                         "4k=OUT4K/pattern_uagmask_s0) into --out, both directions")
     p.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
+    p.add_argument("--stretch", action="store_true",
+                   help="dim -> bright: also score the model-free stretch (the classic "
+                        "pipeline's cell stretched to the bright cells' grey range)")
     args = p.parse_args(argv)
     if args.figure_runs:
         runs = dict(item.split("=", 1) for item in args.figure_runs)
@@ -526,6 +631,20 @@ def main(argv=None) -> int:
         data = domains(args.split, exp)
         print(f"{exp}: train {len(data['train_a'][0])} / {len(data['train_b'][0])}, "
               f"val {len(data['val_a'][0])} / {len(data['val_b'][0])}", file=sys.stderr)
+        if args.stretch and exp != "pattern" and not args.train_only:
+            res = score(None, data, clf, names, exp, size)
+            res.update(experiment=exp, variant="stretch", domains=list(data["names"]),
+                       cut=data.get("cut"), classifier=clf_info)
+            (args.out / f"{exp}_stretch_{judge_name}.json").write_text(
+                json.dumps(res, indent=1, default=float))
+            from napari_atagan.translate.data import _median_span, pooled_levels
+
+            x, y, found, *_ = stretched(data, "val_a", "val_b", pooled_levels(
+                data["train_a"][0] + data["train_b"][0]), _median_span(data["train_b"][0]))
+            np.savez_compressed(args.out / f"{exp}_stretch_val_a2b.npz", x=x[:16], y=y[:16],
+                                att=found[:16])
+            print(json.dumps({k: v for k, v in res.items() if k != "classifier"},
+                             default=float), flush=True)
         for variant in args.variants:
             run = args.out / f"{exp}_{variant}_s{args.seed}"
             ckpt = run / "checkpoint.safetensors"
@@ -551,6 +670,8 @@ def main(argv=None) -> int:
                              default=float), flush=True)
         for direction in ("a2b", "b2a") if exp == "pattern" else ("a2b",):
             figure(args.out, exp, args.seed, direction)
+        if exp != "pattern":
+            target_figure(args.out, exp, args.seed)
     return 0
 
 
