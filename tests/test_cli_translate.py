@@ -148,9 +148,10 @@ def test_grey_levels_target_is_recorded_and_said_when_applied(domains, tmp_path,
     assert translator.config.grey_levels == "target"
     code, _, err = run_cli(["translate", "apply", "--checkpoint", out.strip(), "--image",
                             str(slide_file), "--out", str(tmp_path / "out"), "--device",
-                            "cpu", "--composite", "hard"])
+                            "cpu"])
     assert code == 0, err
     assert f"grey range of {translator.domain_name('b')}'s cells" in err
+    assert "composite hard" in err  # the default for a model of target levels
 
 
 def test_no_attention_trains_the_cyclegan_baseline(domains, tmp_path, slide_file):

@@ -481,6 +481,8 @@ def test_a_target_run_keeps_every_pixel_it_does_not_translate(domains, tmp_path,
     tiled, _ = translate_image(done.checkpoint, image, device="cpu", composite="hard",
                                tile_size=32)
     np.testing.assert_allclose(tiled, out, rtol=1e-5, atol=1e-3)  # no seams
+    default, _ = translate_image(done.checkpoint, image, device="cpu")
+    np.testing.assert_array_equal(default, out)  # the hard composite is such a model's own
 
 
 def test_a_target_run_without_a_grey_range_says_so(trained):

@@ -334,6 +334,24 @@ def test_a_model_without_attention_has_no_attended_cells(make_napari_viewer, qtb
     assert "no attended cells" in widget.apply_status.text()
 
 
+def test_a_target_levels_model_is_applied_with_the_hard_composite(make_napari_viewer, qtbot,
+                                                                  tmp_path, domains, image,
+                                                                  checkpoint, errors):
+    from napari_atagan.events import run_to_end
+
+    done = run_to_end(train_translation(tiny(steps=2, grey_levels="target"), domains[0],
+                                        domains[1], tmp_path))
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Translate")
+    apply_on(widget, viewer.add_image(image, name="slide"), done.checkpoint)
+    assert widget.composite.value == "hard"  # the model's own way
+    translate_and_wait(qtbot, widget)
+    assert errors() == []
+    assert viewer.layers["slide translated"].data.dtype == image.dtype
+    widget.checkpoint.value = checkpoint  # a model of one shared scale: the paper's blend
+    assert widget.composite.value == "soft"
+
+
 def test_screenshot(make_napari_viewer, qtbot, tmp_path, domains):
     """Train on dim and bright cells, then translate a dim slide.
 

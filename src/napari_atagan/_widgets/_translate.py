@@ -528,6 +528,7 @@ class TranslateWidget(RunsTraining, QWidget):
                 self.apply_status.setText(f"⚠ cannot use this model: {error_text(exc)}")
             else:
                 self.apply_status.setText(model_text(path, self.translator))
+                self.composite.value = self.translator.default_composite
         self.direction.reset_choices()  # named after the model's domains
         self._update_apply_buttons()
 

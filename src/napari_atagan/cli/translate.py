@@ -268,10 +268,11 @@ def _add_apply(sub: Any) -> None:
     p.add_argument("--grey", action="store_true",
                    help="use the luminance of a colour (RGB) image instead of its stained "
                         "channel")
-    p.add_argument("--composite", choices=("soft", "hard"), default="soft",
-                   help="soft (default, the paper's): every pixel blended with its "
-                        "translation by the attention; hard: every pixel either translated "
-                        "(attention above 0.5) or left as it is")
+    p.add_argument("--composite", choices=("soft", "hard"), default=None,
+                   help="soft (the paper's): every pixel blended with its translation by the "
+                        "attention; hard: every pixel either translated (attention above 0.5) "
+                        "or left as it is. Default: hard for a model trained with "
+                        "--grey-levels target, soft otherwise")
     p.add_argument("--tile-size", type=int, default=None, metavar="N",
                    help="tile side at model scale in pixels; smaller needs less memory, the "
                         "result is the same (default: 1024 on a CUDA GPU, 512 elsewhere)")
@@ -320,6 +321,7 @@ def _apply(args: argparse.Namespace) -> int:
                              "translate one 2-D image")
         diameter = estimate_cell_diameter(image)
         notes.append(f"estimated cell diameter: {diameter:.1f} px")
+    args.composite = args.composite or translator.default_composite
     notes += _plan(args, translator, image, diameter, src, dst)
 
     out_dir = Path(args.out)
@@ -366,7 +368,8 @@ def _plan(args: argparse.Namespace, translator: Any, image: Any, diameter: Any,
     if levels == "target":
         lines.append(f"grey levels: each neighbourhood its own; translated cells given the "
                      f"grey range of {translator.domain_name(dst)}'s cells "
-                     f"({translator.own_span(dst):g} above their background)")
+                     f"({translator.own_span(dst):g} above their background); composite "
+                     f"{args.composite}")
     elif levels == "own":
         lines.append("grey levels: each neighbourhood its own (brightness kept)")
     return lines

@@ -94,7 +94,7 @@ def translate_image(
     progress: Progress | None = None,
     stop: Stop | None = None,
     out: tuple[np.ndarray | None, np.ndarray | None] | None = None,
-    composite: str = "soft",
+    composite: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Translate a 2-D grey image (a crop or a whole slide) to the other domain.
 
@@ -133,7 +133,9 @@ def translate_image(
         every pixel either translated (attention above 0.5) or kept as it is. On
         held-out I3A cells the hard composite changed the background less and
         translated further in both studies (``docs/RESULTS.md``). The attention
-        returned is the soft map either way.
+        returned is the soft map either way. ``None`` (default): the model's own
+        (:attr:`~napari_atagan.translate.Translator.default_composite`: ``"hard"`` for a
+        model of ``grey_levels="target"``, else ``"soft"``).
 
     Returns
     -------
@@ -143,7 +145,7 @@ def translate_image(
     """
     translator = load_translator(checkpoint)
     check_direction(direction)
-    check_composite(composite)
+    composite = check_composite(composite or translator.default_composite)
     img = _as_image(image)
     factor = 1.0
     if cell_diameter is not None:
