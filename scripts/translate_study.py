@@ -439,6 +439,70 @@ def real_slide(ckpt: Path, folder: Path, direction: str = "a2b", composite: str 
     return res
 
 
+DIM_FRACTIONS = (1.0, 0.3, 0.1)
+"""The real slide's light for :func:`dim_slide`: as recorded, and a third and a tenth of it."""
+BRIGHT_MEDIAN = 31.1
+"""The median contrast of the bright training cells of the ``dimh`` split (grey levels)."""
+
+
+def dim_slide(runs: dict[str, Path], folder: Path, fractions=DIM_FRACTIONS) -> dict:
+    """Dim -> bright models of target grey levels on a real slide of another laboratory
+    (``nuclei.tif`` and its labels), dimmed to ``fractions`` of its light by the
+    simulator's camera (``slide_study.dimmed``: 8-bit, photon and read noise), at the
+    slide's median nucleus diameter, each with its own default composite; beside the
+    model-free stretch of the classic pipeline's nuclei to the same range. Contrast: the
+    median over nuclei of their median minus the median of every pixel 3 or more pixels
+    from any nucleus; background change: mean |x' - x| there, as a fraction of the bright
+    domain's grey range."""
+    from skimage.measure import label, regionprops
+    from slide_study import dimmed
+
+    from napari_atagan.slides.segment import classic_labels
+    from napari_atagan.translate import translate_image
+    from napari_atagan.translate.data import local_levels
+
+    image = tifffile_read(folder / "nuclei.tif")
+    truth = tifffile_read(folder / "nuclei_labels.tif")
+    cells = truth > 0
+    away = ~ndi.binary_dilation(cells, iterations=3)
+    ids = [k for k in np.unique(truth) if k]
+    d = float(np.median([r.equivalent_diameter_area for r in regionprops(label(cells))]))
+    first = load_translator(next(iter(runs.values())))
+    span_b = first.own_span("b")
+
+    def figures(y: np.ndarray, x: np.ndarray) -> dict:
+        bg = np.median(y[away])
+        per = np.array([np.median(y[truth == k]) - bg for k in ids])
+        return {"contrast": float(np.median(per)),
+                "nuclei_at_bright_median": float(np.mean(per >= BRIGHT_MEDIAN)),
+                "background_change": float(np.abs(y - x)[away].mean() / span_b)}
+
+    out: dict = {"diameter": d, "span_b": span_b}
+    for frac in fractions:
+        x = dimmed(image, frac).astype(np.float32)
+        res: dict = {"input": figures(x, x)}
+        for name, ckpt in runs.items():
+            tr = load_translator(ckpt)
+            y, att = translate_image(tr, x, cell_diameter=d, device="cpu")
+            res[name] = figures(y, x)
+            if tr.attention:
+                res[name]["attention_iou"] = float(pixel_iou(att > 0.5, cells))
+        lv = local_levels(x, first.config.image_size * d / first.model_cell_diameter("a"))
+        lo, span = lv.region(slice(0, x.shape[0]), slice(0, x.shape[1]))
+        found = classic_labels(x, d) > 0
+        res["stretch"] = figures(np.where(found, lo + (x - lo) * span_b / span, x), x)
+        res["stretch"]["classic_iou"] = float(pixel_iou(found, cells))
+        out[str(frac)] = res
+        print(f"light {frac}: " + json.dumps(res, default=float), file=sys.stderr, flush=True)
+    return out
+
+
+def tifffile_read(path: Path) -> np.ndarray:
+    import tifffile
+
+    return np.asarray(tifffile.imread(path))
+
+
 def _objects(pred: np.ndarray, truth: np.ndarray) -> dict:
     """Object F1 at IoU 0.5 and pixel IoU, cells on the image border left out on both
     sides (as the slide study scores them)."""
@@ -607,10 +671,22 @@ def main(argv=None) -> int:
                    help="only draw RUNs side by side (e.g. 1k=OUT/pattern_uagmask_s0 "
                         "4k=OUT4K/pattern_uagmask_s0) into --out, both directions")
     p.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
+    p.add_argument("--dim-slide", type=Path, default=None, metavar="FOLDER",
+                   help="dim -> bright: apply the target-level runs of --out (seed --seed and "
+                        "seed + 1) to this real slide (nuclei.tif, nuclei_labels.tif) dimmed "
+                        "to 1, 0.3 and 0.1 of its light; writes dimh_slide.json")
     p.add_argument("--stretch", action="store_true",
                    help="dim -> bright: also score the model-free stretch (the classic "
                         "pipeline's cell stretched to the bright cells' grey range)")
     args = p.parse_args(argv)
+    if args.dim_slide:
+        runs = {f"{v}_s{seed}": args.out / f"dimh_{v}_s{seed}" / "checkpoint.safetensors"
+                for v in ("uagmask_target", "cyclegan_target")
+                for seed in (args.seed, args.seed + 1)}
+        runs = {k: v for k, v in runs.items() if v.is_file()}
+        res = dim_slide(runs, args.dim_slide)
+        (args.out / "dimh_slide.json").write_text(json.dumps(res, indent=1, default=float))
+        return 0
     if args.figure_runs:
         runs = dict(item.split("=", 1) for item in args.figure_runs)
         for direction in ("a2b", "b2a"):
