@@ -671,6 +671,9 @@ def main(argv=None) -> int:
                    help="only draw RUNs side by side (e.g. 1k=OUT/pattern_uagmask_s0 "
                         "4k=OUT4K/pattern_uagmask_s0) into --out, both directions")
     p.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
+    p.add_argument("--pair", nargs=2, default=None, metavar=("A", "B"),
+                   help="the pattern pair (default: Homogeneous Speckled); give another "
+                        "pair its own --out")
     p.add_argument("--dim-slide", type=Path, default=None, metavar="FOLDER",
                    help="dim -> bright: apply the target-level runs of --out (seed --seed and "
                         "seed + 1) to this real slide (nuclei.tif, nuclei_labels.tif) dimmed "
@@ -679,6 +682,8 @@ def main(argv=None) -> int:
                    help="dim -> bright: also score the model-free stretch (the classic "
                         "pipeline's cell stretched to the bright cells' grey range)")
     args = p.parse_args(argv)
+    if args.pair:
+        globals()["PAIR"] = tuple(args.pair)
     if args.dim_slide:
         runs = {f"{v}_s{seed}": args.out / f"dimh_{v}_s{seed}" / "checkpoint.safetensors"
                 for v in ("uagmask_target", "cyclegan_target")
@@ -731,6 +736,7 @@ def main(argv=None) -> int:
                 continue
             res = score(ckpt, data, clf, names, exp, size, args.composite)
             res.update(experiment=exp, variant=variant, seed=args.seed, scale=args.scale,
+                       pair=list(PAIR) if exp == "pattern" else None,
                        domains=list(data["names"]), cut=data.get("cut"),
                        classifier=clf_info, n_train=[len(data["train_a"][0]),
                                                      len(data["train_b"][0])])
