@@ -190,13 +190,16 @@ VARIANTS = {"uag": dict(attention=True), "cyclegan": dict(attention=False),
             "uagmask_low": dict(attention=True, mask_weight=1.0, cycle_sigma=2.0),
             "uagmask_own": dict(attention=True, mask_weight=1.0, grey_levels="own"),
             "cyclegan_own": dict(attention=False, grey_levels="own"),
+            "uagmask_own_cyc3": dict(attention=True, mask_weight=1.0, grey_levels="own",
+                                     cycle_weight=3.0),
             "uag_own": dict(attention=True, grey_levels="own"),
             "uagmask_target": dict(attention=True, mask_weight=1.0, grey_levels="target"),
             "cyclegan_target": dict(attention=False, grey_levels="target")}
 """UAG-GAN as in the paper, the same networks without attention, and UAG-GAN whose
 attention is also taught by the training cells' masks; ``_low``: a low-pass cycle loss;
 ``_own``: every crop on its own grey levels (brightness kept); ``_target``: trained as
-``_own``, the output on the target domain's grey range."""
+``_own``, the output on the target domain's grey range; ``_cyc3``: a cycle loss of weight 3
+instead of 10."""
 
 
 SCALES = ("quick", "full")
