@@ -24,7 +24,7 @@
 #     - the translation of Homogeneous <-> Speckled at full scale (UAG + masks and CycleGAN,
 #       each crop on its own grey levels), scored with both composites;
 #     - dim -> bright on held-out Homogeneous specimens at full scale (UAG + masks and
-#       CycleGAN), scored with both composites.
+#       CycleGAN, on the target domain's grey range), scored with both composites.
 # A job that reaches the deadline leaves its log (and, for training, its checkpoint, which
 # a second run of this script on the same machine resumes from).
 #
@@ -146,7 +146,7 @@ cuda_tests &
 mask_job &
 classifier_job &
 translate_job translate_pattern "$SPLIT" pattern uagmask_own cyclegan_own &
-translate_job translate_dimh "$SPLIT_DIM" dimh uagmask cyclegan &
+translate_job translate_dimh "$SPLIT_DIM" dimh uagmask_target cyclegan_target &
 wait
 
 # what comes back: every log and JSON in one archive, and the headline numbers
