@@ -192,6 +192,8 @@ VARIANTS = {"uag": dict(attention=True), "cyclegan": dict(attention=False),
             "cyclegan_own": dict(attention=False, grey_levels="own"),
             "uagmask_own_cyc3": dict(attention=True, mask_weight=1.0, grey_levels="own",
                                      cycle_weight=3.0),
+            "uagmask_target_cyc3": dict(attention=True, mask_weight=1.0, grey_levels="target",
+                                        cycle_weight=3.0),
             "uag_own": dict(attention=True, grey_levels="own"),
             "uagmask_target": dict(attention=True, mask_weight=1.0, grey_levels="target"),
             "cyclegan_target": dict(attention=False, grey_levels="target")}
