@@ -256,7 +256,7 @@ def _on_target_levels(tr, data: dict, src: str, dst: str, direction: str, compos
     it (input on its own levels, translated pixels on the target domain's grey range),
     brought to the run's pooled levels like the shared-scale runs' crops: ``(x, y, att,
     dom_s, dom_t)``, all scored as those are."""
-    from napari_atagan.translate.data import own_levels
+    from napari_atagan.translate.data import grey_of_parts, own_levels
     from napari_atagan.translate.models import compose_parts
 
     levels, span_out = tr.levels, tr.own_span(direction[2])
@@ -270,7 +270,7 @@ def _on_target_levels(tr, data: dict, src: str, dst: str, direction: str, compos
     lv_s = [own_levels(im) for im in data[src][0]]
     lv_t = [own_levels(im) for im in data[dst][0]]
     grey_x = np.stack([lv.to_source(c) for lv, c in zip(lv_s, dom_s.images)])
-    grey_y = np.stack([lv.lo + k * (lv.hi - lv.lo) / 2 + mv * span_out / 2
+    grey_y = np.stack([grey_of_parts(k, mv, lv.lo, lv.hi - lv.lo, span_out)
                        for lv, k, mv in zip(lv_s, kept, moved)])
     dom_t.images = np.stack([levels.to_model(lv.to_source(c))
                              for lv, c in zip(lv_t, dom_t.images)])
@@ -301,14 +301,14 @@ def stretched(data: dict, src: str, dst: str, levels, span_out: float):
 
 
 def score(ckpt: Path | None, data: dict, clf, class_names: list[str], exp: str,
-          size: int = JUDGE_SIZE, composite: str = "soft") -> dict:
+          size: int = JUDGE_SIZE, composite: str = "soft",
+          stretch_npz: Path | None = None) -> dict:
     """The figures of one run (``ckpt``), or of the model-free stretch (``ckpt=None``:
-    dim -> bright only)."""
-    if ckpt is None:
-        from napari_atagan.translate.data import _median_span, pooled_levels
-
-        levels = pooled_levels(data["train_a"][0] + data["train_b"][0])
-        span_b = _median_span(data["train_b"][0])
+    dim -> bright only; its first crops go to ``stretch_npz``)."""
+    if ckpt is None:  # the levels and bright range a run on these domains would record
+        _, dom_b, levels = load_domains(_Set(*data["train_a"]), _Set(*data["train_b"]),
+                                        image_size=64)
+        span_b = dom_b.own_span
         res: dict = {"attention": False, "steps": 0, "model_free": "classic cell stretched",
                      "span_out": span_b}
     else:
@@ -375,9 +375,9 @@ def score(ckpt: Path | None, data: dict, clf, class_names: list[str], exp: str,
             r["reaches_bright_median"] = float(np.mean(c_y >= np.median(c_t)))
         res[direction] = r
         tag = "" if composite == "soft" else f"_{composite}"  # the figures' crops
-        if ckpt is not None:
-            np.savez_compressed(ckpt.parent / f"val_{direction}{tag}.npz", x=x[:16],
-                                y=y[:16], att=att[:16], m=m[:16])
+        dest = ckpt.parent / f"val_{direction}{tag}.npz" if ckpt is not None else stretch_npz
+        if dest is not None:
+            np.savez_compressed(dest, x=x[:16], y=y[:16], att=att[:16], m=m[:16])
     return res
 
 
@@ -459,6 +459,7 @@ def dim_slide(runs: dict[str, Path], folder: Path, fractions=DIM_FRACTIONS) -> d
     median over nuclei of their median minus the median of every pixel 3 or more pixels
     from any nucleus; background change: mean |x' - x| there, as a fraction of the bright
     domain's grey range."""
+    import tifffile
     from skimage.measure import label, regionprops
     from slide_study import dimmed
 
@@ -466,8 +467,8 @@ def dim_slide(runs: dict[str, Path], folder: Path, fractions=DIM_FRACTIONS) -> d
     from napari_atagan.translate import translate_image
     from napari_atagan.translate.data import local_levels
 
-    image = tifffile_read(folder / "nuclei.tif")
-    truth = tifffile_read(folder / "nuclei_labels.tif")
+    image = tifffile.imread(folder / "nuclei.tif")
+    truth = tifffile.imread(folder / "nuclei_labels.tif")
     cells = truth > 0
     away = ~ndi.binary_dilation(cells, iterations=3)
     ids = [k for k in np.unique(truth) if k]
@@ -500,12 +501,6 @@ def dim_slide(runs: dict[str, Path], folder: Path, fractions=DIM_FRACTIONS) -> d
         out[str(frac)] = res
         print(f"light {frac}: " + json.dumps(res, default=float), file=sys.stderr, flush=True)
     return out
-
-
-def tifffile_read(path: Path) -> np.ndarray:
-    import tifffile
-
-    return np.asarray(tifffile.imread(path))
 
 
 def _objects(pred: np.ndarray, truth: np.ndarray) -> dict:
@@ -718,17 +713,12 @@ def main(argv=None) -> int:
         print(f"{exp}: train {len(data['train_a'][0])} / {len(data['train_b'][0])}, "
               f"val {len(data['val_a'][0])} / {len(data['val_b'][0])}", file=sys.stderr)
         if args.stretch and exp != "pattern" and not args.train_only:
-            res = score(None, data, clf, names, exp, size)
+            res = score(None, data, clf, names, exp, size,
+                        stretch_npz=args.out / f"{exp}_stretch_val_a2b.npz")
             res.update(experiment=exp, variant="stretch", domains=list(data["names"]),
                        cut=data.get("cut"), classifier=clf_info)
             (args.out / f"{exp}_stretch_{judge_name}.json").write_text(
                 json.dumps(res, indent=1, default=float))
-            from napari_atagan.translate.data import _median_span, pooled_levels
-
-            x, y, found, *_ = stretched(data, "val_a", "val_b", pooled_levels(
-                data["train_a"][0] + data["train_b"][0]), _median_span(data["train_b"][0]))
-            np.savez_compressed(args.out / f"{exp}_stretch_val_a2b.npz", x=x[:16], y=y[:16],
-                                att=found[:16])
             print(json.dumps({k: v for k, v in res.items() if k != "classifier"},
                              default=float), flush=True)
         for variant in args.variants:

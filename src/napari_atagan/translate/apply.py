@@ -53,7 +53,7 @@ from .._memmap import release_pages
 from ..device import resolve_device
 from ..events import Stopped
 from ..slides.attention import _AxisTaps, _check_diameter, _too_small
-from .data import CLIP, Levels, LocalLevels, local_levels
+from .data import CLIP, Levels, LocalLevels, grey_of_parts, local_levels
 from .models import HARD_CUT, MULTIPLE, check_composite, compose, compose_parts
 from .translator import check_direction, load_translator
 
@@ -364,7 +364,7 @@ class _Runner:
         if self.out_span is None:
             values = (y.float().cpu().numpy() + 1.0) * (span / 2.0) + lo
         else:
-            values = kept * (span / 2.0) + moved * np.float32(self.out_span / 2.0) + lo
+            values = grey_of_parts(kept, moved, lo, span, self.out_span)
         out_t[y0:y1, x0:x1] = self._to_dtype(values)
         out_a[y0:y1, x0:x1] = a
         release_pages(out_t)

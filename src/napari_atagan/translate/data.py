@@ -276,6 +276,15 @@ def _levels_of(sample: np.ndarray, lo_pct: float, hi_pct: float, nan: str,
     return Levels(lo, hi, lo_pct, hi_pct)
 
 
+def grey_of_parts(kept: Any, moved: Any, lo: Any, span: Any, out_span: float) -> np.ndarray:
+    """Grey levels of a translation in the two parts of
+    :func:`~napari_atagan.translate.models.compose_parts`: the kept part on the input's
+    levels (``lo``, ``span``), the translated part on ``out_span`` above the same ``lo``
+    (``grey_levels="target"``: the target domain's grey range)."""
+    return (np.asarray(kept, np.float32) * (np.float32(span) / 2)
+            + np.asarray(moved, np.float32) * np.float32(out_span / 2) + np.float32(lo))
+
+
 @dataclass(frozen=True)
 class LocalLevels:
     """A slide's own levels, neighbourhood by neighbourhood: ``lo`` for the whole
@@ -397,8 +406,13 @@ def _read_folder(root: Path, default_name: str) -> _Raw:
 
 def _prepare_domain(raw: _Raw, size: int, levels: Levels, own: bool = False) -> DomainData:
     masks = raw.masks if raw.masks is not None else [None] * len(raw.images)
-    crops = [_prepare(im, m, name, size, own_levels(im, name=name) if own else levels)
-             for im, m, name in zip(raw.images, masks, raw.labels)]
+    # every crop's own levels, measured once: they map the crops of an own-level run (a
+    # flat crop is refused there) and give the domain's grey range in any run
+    own_of = [own_levels(im, name=name) if own else _own_or_none(im, name)
+              for im, name in zip(raw.images, raw.labels)]
+    crops = [_prepare(im, m, name, size, lv if own else levels)
+             for im, m, name, lv in zip(raw.images, masks, raw.labels, own_of)]
+    spans = [lv.hi - lv.lo for lv in own_of if lv is not None]
     diam = np.array([c[2] for c in crops])
     sides = np.array([c[3] for c in crops])
     return DomainData(
@@ -410,22 +424,17 @@ def _prepare_domain(raw: _Raw, size: int, levels: Levels, own: bool = False) -> 
         cell_diameter=float(np.median(diam)),
         model_cell_diameter=float(np.median(diam * size / sides)),
         class_names=raw.class_names,
-        own_span=_median_span(raw.images),
+        own_span=float(np.median(spans)) if spans else float("nan"),
     )
 
 
-def _median_span(images: Sequence[np.ndarray]) -> float:
-    """The median over crops of their own grey range (99.5th minus 0.5th percentile);
-    NaN when no crop has one (flat crops)."""
-    spans = []
-    for im in images:
-        sample = np.asarray(im, dtype=np.float32)
-        sample = sample[np.isfinite(sample)]
-        if sample.size:
-            lo, hi = np.percentile(sample, [LO_PCT, HI_PCT])
-            if hi > lo:
-                spans.append(float(hi - lo))
-    return float(np.median(spans)) if spans else float("nan")
+def _own_or_none(image: np.ndarray, name: str) -> Levels | None:
+    """:func:`own_levels` of a crop of a shared-scale run, ``None`` where it has none (a
+    flat crop, NaN; :func:`_prepare` says what is wrong with it)."""
+    try:
+        return own_levels(image, name=name)
+    except ValueError:
+        return None
 
 
 def _prepare(img: np.ndarray, mask: np.ndarray | None, name: str, size: int,
