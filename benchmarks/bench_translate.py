@@ -29,6 +29,11 @@ A synthetic uint16 slide (cells on a dark field) is translated at model scale
   slide is mapped neighbourhood by neighbourhood (one more pass over the slide for
   its levels, a level map per tile); ``own_over_shared`` is its speed over
   ``tiled``'s, measured in the same run;
+* ``tiled_target``: the same networks trained with ``grey_levels="target"`` (mapped
+  as own levels; the kept and the translated part of each pixel resampled back
+  apart and given their own grey ranges), with its default, hard composite;
+  ``target_over_own`` is its speed over the own-level model's with the hard
+  composite (``tiled_own_hard``), measured in the same run;
 * ``tiled_hard``: the same model and slide with ``composite="hard"`` (each pixel
   translated or kept); ``hard_over_soft`` is its speed over ``tiled``'s, measured in
   the same run;
@@ -40,7 +45,8 @@ A synthetic uint16 slide (cells on a dark field) is translated at model scale
   and of its two outputs, and the peak of the memory the process itself holds
   (``peak_anonymous_mb``, RssAnon sampled every 20 ms): what bounds a run;
   ``big_own``: the same slide through the own-level model (its levels read from
-  the memory map in bands), ``big_own_over_shared`` its speed over ``big``'s.
+  the memory map in bands), ``big_own_over_shared`` its speed over ``big``'s;
+  ``big_target`` the same through the target-level model.
 """
 
 from __future__ import annotations
@@ -283,11 +289,18 @@ def main(argv: list[str] | None = None) -> int:
         report["tiled_own"], _ = tiled(own, image, device, args.repeat)
         report["own_over_shared"] = round(report["tiled_own"]["mpx_per_s"]
                                           / report["tiled"]["mpx_per_s"], 2)
+        target_checkpoint = make_model(tmp / "model_target", args.quick, str(device), "target")
+        report["tiled_own_hard"], _ = tiled(own, image, device, args.repeat, "hard")
+        report["tiled_target"], _ = tiled(load_translator(target_checkpoint), image, device,
+                                          args.repeat, "hard")  # such a model's default
+        report["target_over_own"] = round(report["tiled_target"]["mpx_per_s"]
+                                          / report["tiled_own_hard"]["mpx_per_s"], 2)
         if args.big:
             report["big"] = run_big(args.big, checkpoint, str(device), tmp)
             report["big_own"] = run_big(args.big, own_checkpoint, str(device), tmp)
             report["big_own_over_shared"] = round(report["big_own"]["mpx_per_s"]
                                                   / report["big"]["mpx_per_s"], 2)
+            report["big_target"] = run_big(args.big, target_checkpoint, str(device), tmp)
     print(json.dumps(report, indent=2))
     return 0
 

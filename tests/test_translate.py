@@ -483,6 +483,11 @@ def test_a_target_run_keeps_every_pixel_it_does_not_translate(domains, tmp_path,
     np.testing.assert_allclose(tiled, out, rtol=1e-5, atol=1e-3)  # no seams
     default, _ = translate_image(done.checkpoint, image, device="cpu")
     np.testing.assert_array_equal(default, out)  # the hard composite is such a model's own
+    resumed = run_to_end(train_translation(tiny(steps=4), domains[0], domains[1],
+                                           tmp_path / "more", resume=done.checkpoint))
+    again = load_translator(resumed.checkpoint)
+    assert again.config.grey_levels == "target"  # the run's own, with its grey ranges
+    assert again.own_span("b") == pytest.approx(load_translator(done.checkpoint).own_span("b"))
 
 
 def test_a_target_run_without_a_grey_range_says_so(trained):
